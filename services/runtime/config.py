@@ -1,0 +1,118 @@
+"""Configuration from environment variables, with defaults that run on one machine.
+
+Every variable a service reads goes through `Env`, which records its name, so that the
+deployment tests can compare what the manifests set with what the services read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# The JWT key used only in dev mode, so that `make demo` runs with nothing configured.
+DEV_JWT_SECRET = "giftcoin-dev-secret-not-for-production-use"
+
+DEFAULT_PORTS = {"wallet": 50051, "gifting": 50052, "payout": 50053}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+class Env:
+    """Reads settings from a mapping (os.environ by default) and remembers every name asked for."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self.names: set[str] = set()
+
+    def text(self, name: str, default: str) -> str:
+        self.names.add(name)
+        return self._environ.get(name, default)
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.text(name, str(default))
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "true" if default else "false").strip().lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """mTLS material; all three set means the server and its clients use mTLS."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file and self.ca_file)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every service needs; a service's own settings extend this."""
+
+    service: str
+    host: str
+    port: int
+    database_url: str
+    dev_mode: bool
+    jwt_secret: str
+    idempotency_retention_seconds: int
+    shutdown_grace_seconds: int
+    max_workers: int
+    trace_exporter: str  # none | console | file | otlp | memory
+    trace_file: str
+    log_level: str
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def load_service_settings(service: str, env: Env) -> ServiceSettings:
+    upper = service.upper()
+    dev_mode = env.flag("GIFTCOIN_DEV_MODE", False)
+    secret = env.text("GIFTCOIN_JWT_SECRET", "")
+    if not secret:
+        if not dev_mode:
+            raise ConfigError("GIFTCOIN_JWT_SECRET is required (or set GIFTCOIN_DEV_MODE=true locally)")
+        secret = DEV_JWT_SECRET
+    tls = TlsSettings(
+        cert_file=env.text("GIFTCOIN_TLS_CERT_FILE", ""),
+        key_file=env.text("GIFTCOIN_TLS_KEY_FILE", ""),
+        ca_file=env.text("GIFTCOIN_TLS_CA_FILE", ""),
+    )
+    if not dev_mode and not tls.enabled:
+        raise ConfigError(
+            "mTLS is required outside dev mode: set GIFTCOIN_TLS_CERT_FILE, GIFTCOIN_TLS_KEY_FILE and "
+            "GIFTCOIN_TLS_CA_FILE (or GIFTCOIN_DEV_MODE=true locally)"
+        )
+    return ServiceSettings(
+        service=service,
+        host=env.text(f"GIFTCOIN_{upper}_HOST", "127.0.0.1" if dev_mode else "0.0.0.0"),
+        port=env.integer(f"GIFTCOIN_{upper}_PORT", DEFAULT_PORTS[service]),
+        database_url=env.text(f"GIFTCOIN_{upper}_DATABASE_URL", f"sqlite:///.data/{service}.db"),
+        dev_mode=dev_mode,
+        jwt_secret=secret,
+        idempotency_retention_seconds=env.integer("GIFTCOIN_IDEMPOTENCY_RETENTION_SECONDS", 24 * 3600),
+        shutdown_grace_seconds=env.integer("GIFTCOIN_SHUTDOWN_GRACE_SECONDS", 10),
+        max_workers=env.integer("GIFTCOIN_MAX_WORKERS", 16),
+        trace_exporter=env.text("GIFTCOIN_TRACE_EXPORTER", "none"),
+        trace_file=env.text("GIFTCOIN_TRACE_FILE", f".data/traces-{service}.jsonl"),
+        log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
+        tls=tls,
+    )

@@ -1,0 +1,120 @@
+"""Storage plumbing shared by the services: engines, transactions with retry, migrations.
+
+Each service owns its database and its tables (SQLAlchemy Core); repositories receive the open
+`Connection` of one transaction, so a unit of work is exactly one database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# PostgreSQL errors that mean "the same transaction may succeed if run again".
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    """An engine for SQLite (the embedded default) or PostgreSQL (psycopg 3)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        # SQLite takes the write lock when a transaction begins, not at its first write: two
+        # transactions that both read and then write cannot deadlock on the lock upgrade.
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _retryable(error: exc.DBAPIError) -> bool:
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(error.orig)
+
+
+class Database:
+    """One service's database: transactions, retried when the database says they may be."""
+
+    def __init__(self, engine: Engine, attempts: int = 5) -> None:
+        self.engine = engine
+        self.attempts = attempts
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 10) -> Database:
+        return cls(make_engine(url, pool_size=pool_size))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; rerun it on a serialization failure or deadlock."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                with self.transaction() as conn:
+                    return work(conn)
+            except exc.DBAPIError as error:
+                if attempt == self.attempts or not _retryable(error):
+                    raise
+                log.info("transaction retried after %s (attempt %d)", type(error.orig).__name__, attempt)
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(migrations_dir: Path, url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(migrations_dir: Path, url: str) -> None:
+    """Bring a service's database to the newest migration."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        os.makedirs(Path(parsed.database).parent, exist_ok=True)
+    command.upgrade(alembic_config(migrations_dir, url), "head")

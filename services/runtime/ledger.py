@@ -1,0 +1,228 @@
+"""A double-entry, append-only ledger, shared by the services that hold value (wallet, payout).
+
+Every movement is a transfer: a set of entries, one per account touched, that sums to zero per unit,
+written in the same transaction as the balance changes it explains. Entries are never updated or
+deleted; a correction is a new transfer.
+
+Two kinds of account:
+- holder accounts (a viewer's coins, a creator's diamonds) keep a stored balance that a database
+  CHECK constraint keeps non-negative; the balance moves by a conditional UPDATE, so concurrent
+  spends can never overdraw it, on SQLite or PostgreSQL;
+- platform accounts (coins issued, revenue, rounding) may go negative, and keep no stored balance:
+  theirs is the sum of their entries. Every gift touches them, so a stored balance would be a row
+  that every transaction locks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from services.runtime.tables import UtcDateTime
+
+
+@dataclass(frozen=True)
+class LedgerTables:
+    accounts: Table
+    transfers: Table
+    entries: Table
+
+
+def ledger_tables(metadata: MetaData) -> LedgerTables:
+    accounts = Table(
+        "ledger_accounts",
+        metadata,
+        Column("code", String(160), primary_key=True),
+        Column("unit", String(16), nullable=False),
+        Column("platform", Boolean(), nullable=False),
+        Column("balance", BigInteger(), nullable=False, default=0),
+        Column("created_at", UtcDateTime(), nullable=False),
+        CheckConstraint("platform OR balance >= 0", name="ck_ledger_accounts_non_negative"),
+    )
+    transfers = Table(
+        "ledger_transfers",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        Column("kind", String(32), nullable=False),
+        Column("reference", String(160), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Index("ix_ledger_transfers_reference", "reference"),
+    )
+    entries = Table(
+        "ledger_entries",
+        metadata,
+        Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        Column("transfer_id", String(64), ForeignKey("ledger_transfers.id"), nullable=False),
+        Column("account", String(160), ForeignKey("ledger_accounts.code"), nullable=False),
+        Column("unit", String(16), nullable=False),
+        Column("amount", BigInteger(), nullable=False),  # signed: positive raises the account's balance
+        Column("created_at", UtcDateTime(), nullable=False),
+        CheckConstraint("amount <> 0", name="ck_ledger_entries_nonzero"),
+        Index("ix_ledger_entries_account_id", "account", "id"),
+        Index("ix_ledger_entries_transfer", "transfer_id"),
+    )
+    return LedgerTables(accounts, transfers, entries)
+
+
+@dataclass(frozen=True)
+class Posting:
+    account: str
+    amount: int  # signed
+
+
+class Overdraft(Exception):
+    """A holder account would go below zero; nothing was written."""
+
+    def __init__(self, account: str, amount: int) -> None:
+        super().__init__(f"account {account} cannot take {amount}")
+        self.account = account
+        self.amount = amount
+
+
+class UnbalancedTransfer(ValueError):
+    """Entries that do not sum to zero per unit: a programming error, never written."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Ledger:
+    """The ledger inside one unit of work (one open transaction)."""
+
+    def __init__(self, tables: LedgerTables, conn: Connection) -> None:
+        self.t = tables
+        self.conn = conn
+
+    def open_account(self, code: str, unit: str, now: datetime, platform: bool = False) -> None:
+        """Create the account if it does not exist (idempotent)."""
+        values = {"code": code, "unit": unit, "platform": platform, "balance": 0, "created_at": now}
+        dialect = self.conn.dialect.name
+        stmt = (
+            postgresql.insert(self.t.accounts).values(values).on_conflict_do_nothing()
+            if dialect == "postgresql"
+            else sqlite.insert(self.t.accounts).values(values).on_conflict_do_nothing()
+        )
+        self.conn.execute(stmt)
+
+    def post(self, kind: str, reference: str, postings: Sequence[Posting], now: datetime, transfer_id: str = "") -> str:
+        """Write one transfer; raises Overdraft (and writes nothing) if a holder would go negative.
+
+        The caller's transaction must roll back on Overdraft, since earlier balance updates of this
+        transfer may already have been applied.
+        """
+        postings = [p for p in postings if p.amount != 0]
+        if not postings:
+            raise UnbalancedTransfer("a transfer needs at least one non-zero entry")
+        accounts = self._accounts({p.account for p in postings})
+        totals: dict[str, int] = defaultdict(int)
+        for p in postings:
+            totals[accounts[p.account][0]] += p.amount
+        if any(totals.values()):
+            raise UnbalancedTransfer(f"{kind} {reference}: entries do not sum to zero per unit: {dict(totals)}")
+        transfer_id = transfer_id or new_id("tr")
+        a = self.t.accounts
+        # Debits first (they can fail), in a fixed order so that concurrent transfers lock rows alike.
+        for p in sorted(postings, key=lambda p: (p.amount > 0, p.account)):
+            if accounts[p.account][1]:
+                continue  # platform accounts keep no stored balance
+            result = self.conn.execute(
+                update(a)
+                .where(a.c.code == p.account)
+                .where(a.c.balance + p.amount >= 0)
+                .values(balance=a.c.balance + p.amount)
+            )
+            if result.rowcount == 0:
+                raise Overdraft(p.account, p.amount)
+        self.conn.execute(
+            self.t.transfers.insert().values(id=transfer_id, kind=kind, reference=reference, created_at=now)
+        )
+        self.conn.execute(
+            self.t.entries.insert(),
+            [
+                {
+                    "transfer_id": transfer_id,
+                    "account": p.account,
+                    "unit": accounts[p.account][0],
+                    "amount": p.amount,
+                    "created_at": now,
+                }
+                for p in postings
+            ],
+        )
+        return transfer_id
+
+    def balance(self, code: str) -> int:
+        """A holder's stored balance, or a platform account's sum of entries."""
+        a, e = self.t.accounts, self.t.entries
+        row = self.conn.execute(select(a.c.platform, a.c.balance).where(a.c.code == code)).one_or_none()
+        if row is None:
+            return 0
+        if not row.platform:
+            return int(row.balance)
+        return int(
+            self.conn.execute(select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == code)).scalar_one()
+        )
+
+    def balances(self, codes: Iterable[str]) -> dict[str, int]:
+        return {code: self.balance(code) for code in codes}
+
+    def _accounts(self, codes: set[str]) -> dict[str, tuple[str, bool]]:
+        """unit and platform flag of each account."""
+        a = self.t.accounts
+        rows = self.conn.execute(select(a.c.code, a.c.unit, a.c.platform).where(a.c.code.in_(codes))).all()
+        found = {r.code: (r.unit, bool(r.platform)) for r in rows}
+        missing = codes - found.keys()
+        if missing:
+            raise KeyError(f"ledger accounts not opened: {sorted(missing)}")
+        return found
+
+
+def ledger_problems(tables: LedgerTables, conn: Connection) -> list[str]:
+    """Every way the ledger breaks its invariants; empty when it is sound.
+
+    - each transfer's entries sum to zero per unit;
+    - each unit's entries sum to zero over the whole ledger;
+    - each holder account's stored balance equals the sum of its entries, and is not negative.
+    """
+    e, a = tables.entries, tables.accounts
+    problems = [
+        f"transfer {r.transfer_id} sums to {r.total} {r.unit}"
+        for r in conn.execute(
+            select(e.c.transfer_id, e.c.unit, func.sum(e.c.amount).label("total"))
+            .group_by(e.c.transfer_id, e.c.unit)
+            .having(func.sum(e.c.amount) != 0)
+        )
+    ]
+    problems += [
+        f"unit {r.unit} sums to {r.total}"
+        for r in conn.execute(
+            select(e.c.unit, func.sum(e.c.amount).label("total")).group_by(e.c.unit).having(func.sum(e.c.amount) != 0)
+        )
+    ]
+    sums = dict(conn.execute(select(e.c.account, func.sum(e.c.amount)).group_by(e.c.account)).tuples().all())
+    for r in conn.execute(select(a.c.code, a.c.balance).where(a.c.platform.is_(False))):
+        if r.balance != sums.get(r.code, 0) or r.balance < 0:
+            problems.append(f"account {r.code} balance {r.balance} != entries {sums.get(r.code, 0)}")
+    return problems

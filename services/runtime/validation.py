@@ -1,0 +1,109 @@
+"""Request validation that reports every bad field at once, as google.rpc.BadRequest."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+
+from services.runtime.errors import FieldViolation, invalid_argument
+
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 256
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class Validator:
+    """Collects field violations; `check()` raises INVALID_ARGUMENT naming them all."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def check(self) -> None:
+        if self.violations:
+            raise invalid_argument(self.violations)
+
+    def request_id(self, value: str, field: str = "request_id") -> None:
+        if not value:
+            self.fail(field, "required: a client-chosen UUID")
+            return
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            self.fail(field, "must be a UUID")
+
+    def identifier(self, value: str, field: str, required: bool = True) -> None:
+        """Ids of users, gifts, packages, targets: short, printable, no spaces."""
+        if not value:
+            if required:
+                self.fail(field, "required")
+            return
+        if len(value) > MAX_ID_LENGTH:
+            self.fail(field, f"at most {MAX_ID_LENGTH} characters")
+        elif not _ID_PATTERN.match(value):
+            self.fail(field, "letters, digits and . _ : - only, starting with a letter or digit")
+
+    def text(self, value: str, field: str, required: bool = True, max_length: int = MAX_TEXT_LENGTH) -> None:
+        if not value.strip():
+            if required:
+                self.fail(field, "required")
+            return
+        if len(value) > max_length:
+            self.fail(field, f"at most {max_length} characters")
+
+    def positive(self, value: int, field: str, maximum: int | None = None) -> None:
+        if value <= 0:
+            self.fail(field, "must be positive")
+        elif maximum is not None and value > maximum:
+            self.fail(field, f"at most {maximum}")
+
+    def non_negative(self, value: int, field: str, maximum: int | None = None) -> None:
+        if value < 0:
+            self.fail(field, "must not be negative")
+        elif maximum is not None and value > maximum:
+            self.fail(field, f"at most {maximum}")
+
+    def country(self, value: str, field: str = "country_code") -> None:
+        if not _COUNTRY.match(value):
+            self.fail(field, "required: an ISO 3166-1 alpha-2 code such as US")
+
+    def currency(self, value: str, field: str = "currency_code") -> None:
+        if not _CURRENCY.match(value):
+            self.fail(field, "an ISO 4217 code such as USD")
+
+    def page_size(self, value: int, field: str = "page_size") -> None:
+        if value < 0:
+            self.fail(field, "must not be negative")
+
+    def enum(self, value: int, allowed: set[int], field: str) -> None:
+        if value not in allowed:
+            self.fail(field, "required: one of the enum's defined values other than UNSPECIFIED")
+
+    def calendar_date(self, year: int, month: int, day: int, field: str) -> date | None:
+        """A real past date (a date of birth), or None with a violation recorded."""
+        try:
+            value = date(year, month, day)
+        except ValueError:
+            self.fail(field, "required: a valid calendar date")
+            return None
+        if year < 1900 or value > date.today():
+            self.fail(field, "must be a past date after 1900")
+            return None
+        return value
+
+
+def age_on(born: date, today: date) -> int:
+    """Whole years between a birth date and today (a 29 February birthday counts on 1 March)."""
+    years = today.year - born.year
+    if (today.month, today.day) < (born.month, born.day):
+        years -= 1
+    return years
+
+
+def clamp_page_size(value: int, default: int = 50, maximum: int = 500) -> int:
+    return default if value <= 0 else min(value, maximum)
