@@ -68,7 +68,7 @@ class DomainError(Exception):
             reason=data["reason"],
             message=data["message"],
             metadata=data["metadata"],
-            violations=[FieldViolation(f, d) for f, d in data["violations"]],
+            violations=tuple(FieldViolation(f, d) for f, d in data["violations"]),
         )
 
 
@@ -156,4 +156,4 @@ def from_rpc_error(err: grpc.RpcError) -> DomainError | None:
     if reason not in KNOWN_REASONS:
         return None
     code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
-    return DomainError(code, reason, status.message, metadata, violations)
+    return DomainError(code, reason, status.message, metadata, tuple(violations))

@@ -221,7 +221,10 @@ def ledger_problems(tables: LedgerTables, conn: Connection) -> list[str]:
             select(e.c.unit, func.sum(e.c.amount).label("total")).group_by(e.c.unit).having(func.sum(e.c.amount) != 0)
         )
     ]
-    sums = dict(conn.execute(select(e.c.account, func.sum(e.c.amount)).group_by(e.c.account)).tuples().all())
+    sums = {
+        r.account: r.total
+        for r in conn.execute(select(e.c.account, func.sum(e.c.amount).label("total")).group_by(e.c.account))
+    }
     for r in conn.execute(select(a.c.code, a.c.balance).where(a.c.platform.is_(False))):
         if r.balance != sums.get(r.code, 0) or r.balance < 0:
             problems.append(f"account {r.code} balance {r.balance} != entries {sums.get(r.code, 0)}")

@@ -69,6 +69,17 @@ def fresh_database(backend: str, service: str, workdir: Path) -> str:
     return _pg_url(name)
 
 
+def empty_database(backend: str, workdir: Path) -> str:
+    """A new database with no tables, for tests that create their own (the runtime's)."""
+    if backend == "sqlite":
+        return f"sqlite:///{workdir / f'empty-{secrets.token_hex(4)}.db'}"
+    name = f"gc_test_empty_{secrets.token_hex(6)}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    _created_pg.append(name)
+    return _pg_url(name)
+
+
 def _make_template(backend: str, service: str, workdir: Path) -> str:
     if backend == "sqlite":
         path = workdir.parent / f"template-{service}-{secrets.token_hex(4)}.db"
