@@ -18,7 +18,6 @@ from opentelemetry.instrumentation.grpc import client_interceptor
 
 from services.runtime.auth import Caller, mint_token
 from services.runtime.config import TlsSettings
-from services.runtime.telemetry import setup_tracing
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -115,7 +114,6 @@ def open_channel(
     caller: Caller,
     jwt_secret: str,
     tls: TlsSettings | None = None,
-    tracing_service: str = "",
 ) -> grpc.Channel:
     """A channel to `target` calling as `caller`, traced, with retries for `service_full_name`."""
     options = [
@@ -132,8 +130,6 @@ def open_channel(
         channel = grpc.secure_channel(target, credentials, options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
-    interceptors: list[Any] = [_Identity(caller, jwt_secret)]
-    if tracing_service:
-        provider = setup_tracing(tracing_service, "none")
-        interceptors.insert(0, client_interceptor(tracer_provider=provider))
-    return grpc.intercept_channel(channel, *interceptors)
+    # The tracing interceptor resolves the global tracer provider lazily, so a channel opened before
+    # telemetry is set up still joins the caller's trace (W3C traceparent in the metadata).
+    return grpc.intercept_channel(channel, client_interceptor(), _Identity(caller, jwt_secret))

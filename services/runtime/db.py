@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
@@ -81,7 +82,10 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10) -> Database:
-        return cls(make_engine(url, pool_size=pool_size))
+        """A database whose statements are traced as spans under the current RPC's span."""
+        engine = make_engine(url, pool_size=pool_size)
+        SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
+        return cls(engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

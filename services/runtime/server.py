@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from services.runtime.auth import Access, caller_from_metadata, reset_current_caller, set_current_caller
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, to_rpc_status
-from services.runtime.telemetry import setup_tracing
+from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,17 @@ class _Guard(grpc.ServerInterceptor):
         method: str = details.method
         if handler is None or not method.startswith(self.prefix):
             return handler  # health, reflection: open to all
-        access = self.app.access.get(method[len(self.prefix) :])
+        name = method[len(self.prefix) :]
+        access = self.app.access.get(name)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, access),
+                self._unary(handler.unary_unary, name, access),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, access),
+                self._stream(handler.unary_stream, name, access),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -110,42 +112,51 @@ class _Guard(grpc.ServerInterceptor):
         access.check(caller)
         return set_current_caller(caller)
 
-    def _fail(self, context: grpc.ServicerContext, error: BaseException) -> None:
+    def _fail(self, context: grpc.ServicerContext, method: str, error: BaseException) -> None:
         span = trace.get_current_span()
         if isinstance(error, DomainError):
             span.set_status(Status(StatusCode.ERROR, error.reason))
             span.set_attribute("giftcoin.error.reason", error.reason)
+            RPC_ERRORS.add(
+                1, {"service": self.app.name, "method": method, "code": error.code.name, "reason": error.reason}
+            )
             context.abort_with_status(rpc_status.to_status(to_rpc_status(error, self.app.domain)))
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.record_exception(error)
-        log.error("unhandled error in RPC", exc_info=error)
+        RPC_ERRORS.add(1, {"service": self.app.name, "method": method, "code": "INTERNAL", "reason": ""})
+        log.error("unhandled error in %s", method, exc_info=error)
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _unary(self, behavior: Callable[..., Any], access: Access | None) -> Callable[..., Any]:
+    def _record(self, method: str, started: float) -> None:
+        RPC_DURATION.record((time.perf_counter() - started) * 1000, {"service": self.app.name, "method": method})
+
+    def _unary(self, behavior: Callable[..., Any], method: str, access: Access | None) -> Callable[..., Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
             try:
                 token = self._authorize(context, access)
             except Exception as error:
-                self._fail(context, error)
+                self._fail(context, method, error)
             try:
                 return behavior(request, context)
             except Exception as error:
-                self._fail(context, error)
+                self._fail(context, method, error)
             finally:
                 reset_current_caller(token)
+                self._record(method, started)
 
         return handle
 
-    def _stream(self, behavior: Callable[..., Iterator[Any]], access: Access | None) -> Callable[..., Any]:
+    def _stream(self, behavior: Callable[..., Iterator[Any]], method: str, access: Access | None) -> Callable[..., Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 token = self._authorize(context, access)
             except Exception as error:
-                self._fail(context, error)
+                self._fail(context, method, error)
             try:
                 yield from behavior(request, context)
             except Exception as error:
-                self._fail(context, error)
+                self._fail(context, method, error)
             finally:
                 reset_current_caller(token)
 

@@ -1,20 +1,27 @@
-"""OpenTelemetry set-up: traces for every service, exporters chosen by configuration.
+"""OpenTelemetry set-up: traces and metrics for every service, exporters chosen by configuration.
 
 `GIFTCOIN_TRACE_EXPORTER`: none (default), console, file (one JSON span per line in
-GIFTCOIN_TRACE_FILE), otlp (OTEL_EXPORTER_OTLP_ENDPOINT, gRPC), memory (tests).
+GIFTCOIN_TRACE_FILE), otlp (OTEL_EXPORTER_OTLP_ENDPOINT, gRPC), memory (tests, in-process).
+Metrics go to the same place where there is one (otlp, console, memory); file and none keep none.
 The service name comes from OTEL_SERVICE_NAME when set, else `giftcoin-<service>`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -26,9 +33,14 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-log = logging.getLogger(__name__)
+EXPORTERS = ("none", "console", "file", "otlp", "memory")
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_meter_provider: MeterProvider | None = None
+
+# Tests that run services in-process read spans and metrics here (GIFTCOIN_TRACE_EXPORTER=memory).
+MEMORY_EXPORTER = InMemorySpanExporter()
+MEMORY_METRICS = InMemoryMetricReader()
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -53,6 +65,7 @@ class JsonLinesSpanExporter(SpanExporter):
 def span_to_json(span: ReadableSpan) -> str:
     ctx = span.get_span_context()
     parent = span.parent
+    attributes = {k: v if isinstance(v, str | int | bool) else str(v) for k, v in (span.attributes or {}).items()}
     return json.dumps(
         {
             "trace_id": f"{ctx.trace_id:032x}" if ctx else "",
@@ -64,23 +77,35 @@ def span_to_json(span: ReadableSpan) -> str:
             "start_ns": span.start_time,
             "end_ns": span.end_time,
             "status": span.status.status_code.name,
-            "attributes": {
-                k: v if isinstance(v, str | int | bool) else str(v) for k, v in (span.attributes or {}).items()
-            },
+            "attributes": attributes,
             "links": [f"{link.context.trace_id:032x}:{link.context.span_id:016x}" for link in span.links],
         },
         sort_keys=True,
     )
 
 
+def _metric_reader(exporter: str) -> MetricReader | None:
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return PeriodicExportingMetricReader(OTLPMetricExporter())
+    if exporter == "console":
+        return PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60_000)
+    if exporter == "memory":
+        return MEMORY_METRICS
+    return None
+
+
 def setup_tracing(service: str, exporter: str, trace_file: str = "") -> TracerProvider:
-    """Install the process's tracer provider once; later calls return the same provider."""
-    global _provider
+    """Install the process's tracer and meter providers once; later calls return the same provider."""
+    global _provider, _meter_provider
     with _lock:
         if _provider is not None:
             return _provider
-        name = os.environ.get("OTEL_SERVICE_NAME") or f"giftcoin-{service}"
-        provider = TracerProvider(resource=Resource.create({"service.name": name}))
+        if exporter not in EXPORTERS:
+            raise ValueError(f"GIFTCOIN_TRACE_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or f"giftcoin-{service}"})
+        provider = TracerProvider(resource=resource)
         if exporter == "console":
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         elif exporter == "file":
@@ -91,17 +116,33 @@ def setup_tracing(service: str, exporter: str, trace_file: str = "") -> TracerPr
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         elif exporter == "memory":
             provider.add_span_processor(SimpleSpanProcessor(MEMORY_EXPORTER))
-        elif exporter != "none":
-            raise ValueError(f"GIFTCOIN_TRACE_EXPORTER must be none, console, file, otlp or memory, not {exporter!r}")
         trace.set_tracer_provider(provider)
+        reader = _metric_reader(exporter)
+        _meter_provider = MeterProvider(resource=resource, metric_readers=[reader] if reader else [])
+        metrics.set_meter_provider(_meter_provider)
         _provider = provider
         return provider
-
-
-# Tests that run services in-process read spans from here (GIFTCOIN_TRACE_EXPORTER=memory).
-MEMORY_EXPORTER = InMemorySpanExporter()
 
 
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.force_flush()
+    if _meter_provider is not None:
+        _meter_provider.force_flush()
+
+
+# --- the metrics every service records (instruments resolve the global meter provider lazily) ---
+
+_meter = metrics.get_meter("giftcoin")
+RPC_DURATION = _meter.create_histogram(
+    "giftcoin.rpc.server.duration", unit="ms", description="Server-side RPC latency, by method and code"
+)
+RPC_ERRORS = _meter.create_counter(
+    "giftcoin.rpc.server.errors", description="RPCs that ended in an error, by method, code and reason"
+)
+VALUE_MOVED = _meter.create_counter(
+    "giftcoin.value.moved", description="Coins, diamonds and cash moved, by unit and movement kind"
+)
+OUTCOMES = _meter.create_counter(
+    "giftcoin.outcomes", description="Gifts and payouts reaching a state, by kind and state"
+)
