@@ -17,7 +17,8 @@ all: test
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/giftcoin.pth", "w").write("$(CURDIR)\n$(CURDIR)/gen\n")'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c 'import site; open(site.getsitepackages()[0] + "/giftcoin-gen.pth", "w").write("$(CURDIR)/gen\n")'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -57,7 +58,7 @@ pytest: $(GEN_STAMP)
 test: lint-protos breaking lint typecheck pytest
 
 demo: $(GEN_STAMP)
-	$(PY) -m services.demo
+	$(BIN)/giftctl demo
 
 run-wallet: $(GEN_STAMP)
 	$(PY) -m services.wallet
