@@ -77,6 +77,9 @@ class ServiceSettings:
     trace_file: str
     log_level: str
     tls: TlsSettings = field(default_factory=TlsSettings)
+    # A second, plaintext port serving only grpc.health.v1 (0 = none): the kubelet's native gRPC
+    # probes cannot present a client certificate, so they cannot use the mTLS service port.
+    health_port: int = 0
 
     @property
     def address(self) -> str:
@@ -115,4 +118,5 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
         trace_file=env.text("GIFTCOIN_TRACE_FILE", f".data/traces-{service}.jsonl"),
         log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
         tls=tls,
+        health_port=env.integer("GIFTCOIN_HEALTH_PORT", 0),
     )

@@ -169,6 +169,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     app: ServiceApp
+    health_server: grpc.Server | None = None  # the plaintext health-only port, when configured
+    health_port: int = 0
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Graceful: NOT_SERVING first, then loops, then drain in-flight calls."""
@@ -176,6 +178,9 @@ class RunningServer:
         for loop in self.app.loops:
             loop.stop()
         self.server.stop(grace).wait()
+        # Last, so that probes read NOT_SERVING (not a refused connection) while calls drain.
+        if self.health_server is not None:
+            self.health_server.stop(None).wait()
         self.app.close()
 
 
@@ -206,12 +211,29 @@ def create_server(app: ServiceApp, settings: ServiceSettings, address: str | Non
     else:
         port = server.add_insecure_port(address)
     server.start()
+    health_server, health_port = _start_health_server(health_servicer, settings)
     for loop in app.loops:
         loop.start()
     for name in ("", app.full_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on port %d", app.full_name, port)
-    return RunningServer(server, port, health_servicer, app)
+    return RunningServer(server, port, health_servicer, app, health_server, health_port)
+
+
+def _start_health_server(
+    health_servicer: health.HealthServicer, settings: ServiceSettings
+) -> tuple[grpc.Server | None, int]:
+    """Serve only grpc.health.v1, in plaintext, on GIFTCOIN_HEALTH_PORT (for the kubelet's probes)."""
+    if not settings.health_port:
+        return None, 0
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"), options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    server.start()
+    log.info("health checks (plaintext) on port %d", port)
+    return server, port
 
 
 def serve(running: RunningServer, grace_seconds: float) -> None:
