@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import client_interceptor
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
 from services.runtime.auth import Caller, mint_token
 from services.runtime.config import TlsSettings
@@ -131,5 +131,7 @@ def open_channel(
     else:
         channel = grpc.insecure_channel(target, options=options)
     # The tracing interceptor resolves the global tracer provider lazily, so a channel opened before
-    # telemetry is set up still joins the caller's trace (W3C traceparent in the metadata).
-    return grpc.intercept_channel(channel, client_interceptor(), _Identity(caller, jwt_secret))
+    # telemetry is set up still joins the caller's trace (W3C traceparent in the metadata). It is an
+    # OpenTelemetry grpcext interceptor, not a grpc one, so it wraps the channel through grpcext.
+    traced = grpcext.intercept_channel(channel, client_interceptor())
+    return grpc.intercept_channel(traced, _Identity(caller, jwt_secret))
