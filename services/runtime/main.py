@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from services.runtime.config import ConfigError, Env, ServiceSettings
 from services.runtime.db import migrate
@@ -14,12 +15,13 @@ from services.runtime.logs import setup_logging
 from services.runtime.server import ServiceApp, create_server, serve
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=ServiceSettings)  # a service's own settings class
 
 
 def run(
     name: str,
-    load_settings: Callable[[Env], ServiceSettings],
-    build: Callable[[ServiceSettings], ServiceApp],
+    load_settings: Callable[[Env], S],
+    build: Callable[[S], ServiceApp],
     migrations_dir: Path,
     argv: list[str] | None = None,
 ) -> int:
