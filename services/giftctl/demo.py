@@ -1,0 +1,262 @@
+"""`giftctl demo` (`make demo`): start the suite and walk the story through the public RPCs.
+
+Every step is a real giftctl command: the demo prints its command line, runs it through the same
+code as the command line does, and prints what giftctl prints. The suite runs in a temporary
+directory on free ports, so the demo never touches `.data/` or a suite already running.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from giftcoin.gifting.v1 import gifting_pb2
+from giftcoin.payout.v1 import payout_pb2
+from google.protobuf.message import Message
+
+from services.giftctl import render, traces
+from services.giftctl.cli import build_parser
+from services.giftctl.feed import Follower
+from services.giftctl.session import SERVICES, CliError, Session
+from services.giftctl.suite import Suite, describe, free_port
+from services.runtime.auth import Caller
+from services.runtime.telemetry import setup_tracing, shutdown_tracing
+
+STREAM = "live-cara-1"
+OPERATOR = "operator:ops"
+WAIT_SECONDS = 30.0
+# The demo's payout processor runs often, so that a payout is paid within a second or two.
+SUITE_ENV = {"GIFTCOIN_PAYOUT_PROCESSOR_INTERVAL_MS": "200"}
+
+
+class Story:
+    """Prints numbered steps and runs giftctl commands as the story's characters."""
+
+    def __init__(self, targets: dict[str, str], out: Callable[[str], None]) -> None:
+        self.targets = targets
+        self.out = out
+        self.parser = build_parser()
+        self.sessions: dict[Caller, Session] = {}
+        self.number = 0
+
+    def step(self, title: str) -> None:
+        self.number += 1
+        self.out(f"\n== {self.number}. {title}")
+
+    def session(self, caller: Caller) -> Session:
+        if caller not in self.sessions:
+            self.sessions[caller] = Session(caller, self.targets)
+        return self.sessions[caller]
+
+    def run(self, command_line: str) -> Any:
+        """Run one giftctl RPC command (printed as typed) and print its output; returns the response."""
+        argv = shlex.split(command_line)
+        self.out(f"$ giftctl {command_line}")
+        args = self.parser.parse_args(argv)
+        session = self.session(args.identity)
+        try:
+            response: Message = args.rpc.run(session, args)
+        except grpc.RpcError as err:
+            raise session.failure(args.rpc.service, err) from None
+        self.out(_indent(render.text(response)))
+        return response
+
+    def refused(self, command_line: str) -> str:
+        """Run a command expected to be refused; print and return the refusal."""
+        try:
+            response = self.run(command_line)
+        except CliError as error:
+            self.out(_indent(f"refused: {error.message}"))
+            return error.message
+        raise CliError(f"expected `giftctl {command_line}` to be refused, got {response}")
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("   " + line for line in text.splitlines())
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise CliError(f"demo: gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+def _completed(story: Story, response: gifting_pb2.SendGiftResponse, sender: str) -> gifting_pb2.GiftTransfer:
+    """A send's transfer once its saga has finished (SendGift may answer while it is still pending)."""
+    transfer = response.transfer
+    stub = story.session(_caller(sender)).gifting()
+    while transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_PENDING:
+        time.sleep(0.1)
+        transfer = stub.GetGiftTransfer(gifting_pb2.GetGiftTransferRequest(transfer_id=transfer.transfer_id)).transfer
+    return transfer
+
+
+def _caller(subject: str) -> Caller:
+    from services.giftctl.arguments import identity
+
+    return identity(subject)
+
+
+def walk(story: Story, data_dir: Path) -> None:
+    run, step = story.run, story.step
+
+    step("The catalogues: coin packages and gifts")
+    run("wallet packages")
+    run("gifting gifts")
+
+    step("Ana, a viewer, opens her wallet and buys 700 coins with a (sandbox) store receipt")
+    run("--as user:ana wallet open --birth-date 1994-05-17 --country US")
+    run("--as user:ana wallet buy --package coins_700 --transaction-id demo-ana-0001")
+    story.out("   ... the same receipt again credits nothing:")
+    story.refused("--as user:ana wallet buy --package coins_700 --transaction-id demo-ana-0001")
+
+    step("An operator creates a welcome promotion; Ana claims it (promotional coins are spent first)")
+    run(f"--as {OPERATOR} wallet promotion create welcome --name 'Welcome gift' --coins 100 --budget 10000")
+    run("--as user:ana wallet claim welcome")
+
+    step("Cara registers as a creator, is KYC-verified by an operator, and sets a sandbox payout destination")
+    run("--as user:cara payout register --birth-date 1991-02-03 --country US")
+    run(f"--as {OPERATOR} payout creator verify cara --status verified")
+    run("--as user:cara payout destination --kind sandbox --account succeed --currency USD")
+
+    step(f"Dan watches Cara's live stream {STREAM} (a WatchGifts stream in the background)")
+    story.out(f"$ giftctl watch {STREAM}")
+    feed: list[gifting_pb2.WatchGiftsResponse] = []
+    watcher = Follower(
+        story.session(_caller("user:dan")),
+        gifting_pb2.Target(kind=gifting_pb2.TARGET_KIND_LIVE_STREAM, id=STREAM),
+        on_event=feed.append,
+    )
+    thread = threading.Thread(target=watcher.run, name="demo-watch", daemon=True)
+    thread.start()
+    _wait_for("the watcher to subscribe", watcher.subscribed.is_set)
+    time.sleep(0.5)  # let the server register the subscription before the first gift completes
+
+    step("Ana sends a Rose combo (10 Roses) to Cara on the stream")
+    rose = run(f"--as user:ana gifting send rose --quantity 10 --to cara --stream {STREAM}")
+    _completed(story, rose, "user:ana")
+
+    step("Ben, a big fan, buys the two largest packages and sends a Lion")
+    run("--as user:ben wallet open --birth-date 1987-11-30 --country GB")
+    run("--as user:ben wallet buy --package coins_17500")
+    run("--as user:ben wallet buy --package coins_17500")
+    lion_response = run(f"--as user:ben gifting send lion --to cara --stream {STREAM}")
+    lion = _completed(story, lion_response, "user:ben")
+
+    step("What Dan saw on the live feed")
+    _wait_for("the live feed to show both gifts", lambda: len(feed) >= 2, timeout=10)
+    for event in feed:
+        story.out(_indent(render.feed_event(event)))
+
+    step("The stream's leaderboard")
+    run(f"gifting leaderboard --stream {STREAM}")
+
+    step("Cara's earnings")
+    run("--as user:cara payout earnings")
+    run("--as user:cara gifting received")
+
+    step("Payout quotes: 1,000 diamonds is below the minimum payout; the whole balance is above it")
+    run("--as user:cara payout quote --diamonds 1000")
+    run("--as user:cara payout quote")
+
+    step("Cara requests a payout of her whole balance; the sandbox provider pays it")
+    requested = run("--as user:cara payout request")
+    payout_id = requested.payout.payout_id
+    payouts = story.session(_caller("user:cara")).payout()
+    final = {payout_pb2.PAYOUT_STATE_PAID, payout_pb2.PAYOUT_STATE_FAILED}
+    _wait_for(
+        "the payout to be paid",
+        lambda: payouts.GetPayout(payout_pb2.GetPayoutRequest(payout_id=payout_id)).payout.state in final,
+    )
+    run(f"--as user:cara payout payout {payout_id}")
+    run("--as user:cara payout earnings")
+
+    step("Ana tries to send a Universe (34,999 coins) with the coins she has left: refused, she loses nothing")
+    _refused_gift(story, f"--as user:ana gifting send universe --to cara --stream {STREAM}")
+    run("--as user:ana wallet get")
+
+    step(f"The trace of Ben's Lion ({lion.transfer_id}) across the services")
+    story.out(f"$ giftctl trace {lion.transfer_id} --brief")
+    spans = _gift_trace(data_dir, lion.transfer_id)
+    for trace in spans:
+        story.out(_indent(traces.render_tree(traces.build_tree(trace), brief=True)))
+
+    watcher.stop()
+    thread.join(5)
+
+
+def _refused_gift(story: Story, command_line: str) -> None:
+    """A refused send is either refused outright (an RPC error) or recorded as a failed transfer."""
+    try:
+        response = story.run(command_line)
+    except CliError as error:
+        story.out(_indent(f"refused: {error.message}"))
+        return
+    transfer = _completed(story, response, "user:ana")
+    if transfer.state != gifting_pb2.GIFT_TRANSFER_STATE_FAILED:
+        raise CliError(f"expected the Universe to be refused, but it is {render.transfer(transfer)}")
+    story.out(_indent(f"failed: {transfer.failure_reason}"))
+
+
+def _gift_trace(data_dir: Path, gift_id: str) -> list[list[traces.Span]]:
+    """The gift's trace(s), once spans from all three services have reached the span files."""
+    wanted = {f"giftcoin-{name}" for name in SERVICES}
+    found: list[list[traces.Span]] = []
+
+    def complete() -> bool:
+        nonlocal found
+        found = traces.gift_traces(traces.read_spans(traces.span_files(data_dir)), gift_id)
+        return wanted <= traces.services_in(span for trace in found for span in trace)
+
+    try:
+        _wait_for("the gift's spans from all three services", complete, timeout=5)
+    except CliError:
+        if not found:
+            raise
+    return found
+
+
+def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None] = print) -> int:
+    def say(text: str) -> None:
+        out(text)
+        sys.stdout.flush()
+
+    targets = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+    suite = Suite(data_dir, targets, SUITE_ENV)
+    # giftctl's own calls are the root of each trace, next to the services' spans.
+    setup_tracing("giftctl", "file", str(data_dir / "traces-giftctl.jsonl"))
+    story = Story(targets, say)
+    started = time.monotonic()
+    try:
+        say(f"giftcoin demo: starting wallet, payout and gifting (dev mode, SQLite in {data_dir}) ...")
+        suite.start()
+        say("up:\n" + describe(suite))
+        walk(story, data_dir)
+    except CliError as error:
+        say(f"\ndemo failed: {error.message}")
+        return 1
+    finally:
+        story.close()
+        shutdown_tracing()
+        statuses = suite.stop()
+        if statuses:
+            say("\nstopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()))
+        if keep_data:
+            say(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    say(f"demo finished in {int(time.monotonic() - started)}s")
+    return 0

@@ -1,0 +1,136 @@
+"""`giftctl payout ...`: creators' diamonds and cash-outs (giftcoin.payout.v1.PayoutService)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from giftcoin.payout.v1 import payout_pb2
+
+from services.giftctl import arguments
+from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
+from services.giftctl.session import Session
+
+DESTINATIONS = arguments.Choice(
+    {
+        "sandbox": payout_pb2.DESTINATION_KIND_SANDBOX,
+        "bank": payout_pb2.DESTINATION_KIND_BANK_ACCOUNT,
+        "paypal": payout_pb2.DESTINATION_KIND_PAYPAL,
+    }
+)
+KYC = arguments.Choice(
+    {
+        "verified": payout_pb2.KYC_STATUS_VERIFIED,
+        "rejected": payout_pb2.KYC_STATUS_REJECTED,
+        "unverified": payout_pb2.KYC_STATUS_UNVERIFIED,
+    }
+)
+
+
+def register_creator(session: Session, args: argparse.Namespace) -> payout_pb2.RegisterCreatorResponse:
+    request = payout_pb2.RegisterCreatorRequest(
+        request_id=session.request_id(), date_of_birth=args.birth_date, country_code=args.country
+    )
+    return session.payout().RegisterCreator(request)
+
+
+def set_destination(session: Session, args: argparse.Namespace) -> payout_pb2.SetPayoutDestinationResponse:
+    request = payout_pb2.SetPayoutDestinationRequest(
+        request_id=session.request_id(),
+        destination=payout_pb2.PayoutDestination(
+            kind=args.kind, account_reference=args.account, currency_code=args.currency
+        ),
+    )
+    return session.payout().SetPayoutDestination(request)
+
+
+def verify_creator(session: Session, args: argparse.Namespace) -> payout_pb2.VerifyCreatorResponse:
+    request = payout_pb2.VerifyCreatorRequest(
+        request_id=session.request_id(), creator_id=args.creator_id, kyc_status=args.status
+    )
+    return session.payout().VerifyCreator(request)
+
+
+def earnings(session: Session, _args: argparse.Namespace) -> payout_pb2.GetEarningsResponse:
+    return session.payout().GetEarnings(payout_pb2.GetEarningsRequest())
+
+
+def diamonds(session: Session, args: argparse.Namespace) -> payout_pb2.ListDiamondTransactionsResponse:
+    request = payout_pb2.ListDiamondTransactionsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.payout().ListDiamondTransactions(request)
+
+
+def quote(session: Session, args: argparse.Namespace) -> payout_pb2.QuotePayoutResponse:
+    return session.payout().QuotePayout(payout_pb2.QuotePayoutRequest(diamonds=args.diamonds))
+
+
+def request_payout(session: Session, args: argparse.Namespace) -> payout_pb2.RequestPayoutResponse:
+    request = payout_pb2.RequestPayoutRequest(request_id=session.request_id(), diamonds=args.diamonds)
+    return session.payout().RequestPayout(request)
+
+
+def get_payout(session: Session, args: argparse.Namespace) -> payout_pb2.GetPayoutResponse:
+    return session.payout().GetPayout(payout_pb2.GetPayoutRequest(payout_id=args.payout_id))
+
+
+def list_payouts(session: Session, args: argparse.Namespace) -> payout_pb2.ListPayoutsResponse:
+    request = payout_pb2.ListPayoutsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.payout().ListPayouts(request)
+
+
+def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    def leaf(name: str, summary: str, command: RpcCommand, details: str = "") -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, parents=parents, help=summary, description=details or summary)
+        parser.set_defaults(rpc=command, prog=parser.prog)
+        return parser
+
+    p = leaf("register", "become a creator", RpcCommand("payout", "RegisterCreator", Who.USER, register_creator))
+    p.add_argument("--birth-date", type=arguments.birth_date, required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--country", type=arguments.country, required=True, metavar="CC", help="ISO 3166 alpha-2, e.g. US")
+
+    p = leaf(
+        "destination",
+        "set where your payouts go",
+        RpcCommand("payout", "SetPayoutDestination", Who.USER, set_destination),
+        "Set where your payouts go. The sandbox provider's account says what it does: "
+        "succeed, fail, or delay:<seconds>.",
+    )
+    p.add_argument("--kind", type=DESTINATIONS, default=payout_pb2.DESTINATION_KIND_SANDBOX, metavar=DESTINATIONS.names)
+    p.add_argument("--account", required=True, help="IBAN, PayPal id, or the sandbox behaviour (succeed)")
+    p.add_argument("--currency", type=arguments.currency, default="USD", help="paid out in (default USD)")
+
+    leaf(
+        "earnings",
+        "your diamonds, their cash value, pending and paid payouts",
+        RpcCommand("payout", "GetEarnings", Who.USER, earnings),
+    )
+    paging(
+        leaf(
+            "diamonds",
+            "your diamond history, newest first",
+            RpcCommand("payout", "ListDiamondTransactions", Who.USER, diamonds),
+        )
+    )
+
+    p = leaf("quote", "what a payout would pay", RpcCommand("payout", "QuotePayout", Who.USER, quote))
+    p.add_argument("--diamonds", type=arguments.integer(0), default=0, help="to cash out (default: the whole balance)")
+
+    p = leaf("request", "cash out diamonds", RpcCommand("payout", "RequestPayout", Who.USER, request_payout))
+    p.add_argument("--diamonds", type=arguments.integer(0), default=0, help="to cash out (default: the whole balance)")
+
+    p = leaf("payout", "one of your payouts", RpcCommand("payout", "GetPayout", Who.USER, get_payout))
+    p.add_argument("payout_id", metavar="PAYOUT_ID")
+
+    paging(leaf("payouts", "your payouts, newest first", RpcCommand("payout", "ListPayouts", Who.USER, list_payouts)))
+
+    creator = commands.add_parser("creator", help="[operator] creators", description="[operator] creators")
+    creator_commands = creator.add_subparsers(metavar="COMMAND", required=True)
+    p = creator_commands.add_parser(
+        "verify",
+        parents=parents,
+        help="[operator] record a creator's identity verification (KYC)",
+        description=OPERATOR_NOTE + "Record the result of a creator's identity verification (KYC).",
+    )
+    p.set_defaults(rpc=RpcCommand("payout", "VerifyCreator", Who.OPERATOR, verify_creator), prog=p.prog)
+    p.add_argument("creator_id", metavar="CREATOR_ID")
+    p.add_argument("--status", type=KYC, default=payout_pb2.KYC_STATUS_VERIFIED, metavar=KYC.names)

@@ -1,0 +1,165 @@
+"""`giftctl wallet ...`: coins (giftcoin.wallet.v1.WalletService)."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from giftcoin.wallet.v1 import wallet_pb2
+from google.protobuf import timestamp_pb2
+
+from services.giftctl import arguments
+from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
+from services.giftctl.session import Session
+
+SANDBOX_STORE = "sandbox"
+REFUND_KINDS = arguments.Choice(
+    {"refund": wallet_pb2.REFUND_KIND_REFUND, "chargeback": wallet_pb2.REFUND_KIND_CHARGEBACK}
+)
+
+
+def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def sandbox_receipt(user_id: str, package_id: str, store_transaction_id: str = "") -> wallet_pb2.Receipt:
+    """A test-store receipt signed with the sandbox key, as the wallet's receipt tool mints them."""
+    from services.wallet import receipts  # the wallet's own tool: one definition of the signature
+
+    transaction_id = store_transaction_id or f"sandbox-{uuid.uuid4()}"
+    payload = receipts.mint_receipt(user_id=user_id, package_id=package_id, store_transaction_id=transaction_id)
+    return wallet_pb2.Receipt(store=SANDBOX_STORE, payload=payload)
+
+
+def open_wallet(session: Session, args: argparse.Namespace) -> wallet_pb2.OpenWalletResponse:
+    request = wallet_pb2.OpenWalletRequest(
+        request_id=session.request_id(), date_of_birth=args.birth_date, country_code=args.country
+    )
+    return session.wallet().OpenWallet(request)
+
+
+def get_wallet(session: Session, _args: argparse.Namespace) -> wallet_pb2.GetWalletResponse:
+    return session.wallet().GetWallet(wallet_pb2.GetWalletRequest())
+
+
+def packages(session: Session, args: argparse.Namespace) -> wallet_pb2.ListCoinPackagesResponse:
+    return session.wallet().ListCoinPackages(wallet_pb2.ListCoinPackagesRequest(currency_code=args.currency or ""))
+
+
+def buy(session: Session, args: argparse.Namespace) -> wallet_pb2.PurchaseCoinsResponse:
+    if args.receipt:
+        receipt = wallet_pb2.Receipt(store=args.store, payload=args.receipt)
+    else:
+        receipt = sandbox_receipt(session.caller.id, args.package, args.transaction_id)
+    request = wallet_pb2.PurchaseCoinsRequest(
+        request_id=session.request_id(), package_id=args.package, currency_code=args.currency or "", receipt=receipt
+    )
+    return session.wallet().PurchaseCoins(request)
+
+
+def claim(session: Session, args: argparse.Namespace) -> wallet_pb2.ClaimPromotionResponse:
+    request = wallet_pb2.ClaimPromotionRequest(request_id=session.request_id(), promotion_id=args.promotion_id)
+    return session.wallet().ClaimPromotion(request)
+
+
+def history(session: Session, args: argparse.Namespace) -> wallet_pb2.ListTransactionsResponse:
+    request = wallet_pb2.ListTransactionsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.wallet().ListTransactions(request)
+
+
+def refund(session: Session, args: argparse.Namespace) -> wallet_pb2.RefundPurchaseResponse:
+    request = wallet_pb2.RefundPurchaseRequest(
+        request_id=session.request_id(),
+        store=args.store,
+        store_transaction_id=args.transaction_id,
+        kind=args.kind,
+    )
+    return session.wallet().RefundPurchase(request)
+
+
+def create_promotion(session: Session, args: argparse.Namespace) -> wallet_pb2.CreatePromotionResponse:
+    start = args.starts or datetime.now(UTC)
+    end = args.ends or start + timedelta(days=args.days)
+    request = wallet_pb2.CreatePromotionRequest(
+        request_id=session.request_id(),
+        promotion_id=args.promotion_id,
+        name=args.name or args.promotion_id,
+        coins_per_claim=args.coins,
+        budget=args.budget,
+        start_time=_stamp(start),
+        end_time=_stamp(end),
+    )
+    return session.wallet().CreatePromotion(request)
+
+
+def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    def leaf(name: str, summary: str, command: RpcCommand, details: str = "") -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, parents=parents, help=summary, description=details or summary)
+        parser.set_defaults(rpc=command, prog=parser.prog)
+        return parser
+
+    p = leaf("open", "open your wallet", RpcCommand("wallet", "OpenWallet", Who.USER, open_wallet))
+    p.add_argument("--birth-date", type=arguments.birth_date, required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--country", type=arguments.country, required=True, metavar="CC", help="ISO 3166 alpha-2, e.g. US")
+
+    leaf("get", "your wallet: status and balance", RpcCommand("wallet", "GetWallet", Who.USER, get_wallet))
+
+    p = leaf("packages", "the coin packages on sale", RpcCommand("wallet", "ListCoinPackages", Who.ANYONE, packages))
+    p.add_argument("--currency", type=arguments.currency, default=None, help="ISO 4217 (default USD)")
+
+    p = leaf(
+        "buy",
+        "buy a coin package",
+        RpcCommand("wallet", "PurchaseCoins", Who.USER, buy),
+        "Buy a coin package. Without --receipt, giftctl mints a sandbox store receipt for you "
+        "(the wallet's receipt tool), as an app would get from a store's test mode.",
+    )
+    p.add_argument("--package", required=True, help="a package id from `giftctl wallet packages`, e.g. coins_700")
+    p.add_argument("--currency", type=arguments.currency, default=None, help="the currency charged (default USD)")
+    p.add_argument("--receipt", default="", help="a store receipt payload, verbatim (default: mint a sandbox one)")
+    p.add_argument("--store", default=SANDBOX_STORE, help="the store that issued --receipt (default sandbox)")
+    p.add_argument(
+        "--transaction-id",
+        default="",
+        help="the store transaction id for a minted sandbox receipt (default: a fresh one; reuse it to see a "
+        "replayed receipt refused)",
+    )
+
+    p = leaf("claim", "claim a promotion's coins", RpcCommand("wallet", "ClaimPromotion", Who.USER, claim))
+    p.add_argument("promotion_id", metavar="PROMOTION")
+
+    p = leaf(
+        "history", "your coin transactions, newest first", RpcCommand("wallet", "ListTransactions", Who.USER, history)
+    )
+    paging(p)
+
+    p = leaf(
+        "refund",
+        "[operator] refund or charge back a purchase",
+        RpcCommand("wallet", "RefundPurchase", Who.OPERATOR, refund),
+        OPERATOR_NOTE + "What the store's webhook does: takes the purchase's coins back (or records a debt).",
+    )
+    p.add_argument("transaction_id", metavar="STORE_TRANSACTION_ID")
+    p.add_argument("--store", default=SANDBOX_STORE, help="default sandbox")
+    p.add_argument("--kind", type=REFUND_KINDS, default=wallet_pb2.REFUND_KIND_REFUND, metavar=REFUND_KINDS.names)
+
+    promotion = commands.add_parser("promotion", help="[operator] promotions", description="[operator] promotions")
+    promotion_commands = promotion.add_subparsers(metavar="COMMAND", required=True)
+    p = promotion_commands.add_parser(
+        "create",
+        parents=parents,
+        help="[operator] create a time-limited promotion",
+        description=OPERATOR_NOTE + "Create a time-limited promotion granting coins once per user, within a budget.",
+    )
+    p.set_defaults(rpc=RpcCommand("wallet", "CreatePromotion", Who.OPERATOR, create_promotion), prog=p.prog)
+    p.add_argument("promotion_id", metavar="PROMOTION", help="a stable id, e.g. welcome-2026")
+    p.add_argument("--name", default="", help="shown to users (default: the id)")
+    p.add_argument("--coins", type=arguments.integer(1), required=True, help="coins granted per claim")
+    p.add_argument("--budget", type=arguments.integer(1), required=True, help="coins the promotion may grant in all")
+    p.add_argument("--starts", type=arguments.timestamp, help="ISO 8601 (default now)")
+    p.add_argument("--ends", type=arguments.timestamp, help="ISO 8601 (default: --days after the start)")
+    p.add_argument("--days", type=arguments.integer(1), default=7, help="length when --ends is not given (default 7)")
