@@ -1,0 +1,80 @@
+"""Wiring: the wallet's servicer, who may call what, and its background loops."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from giftcoin.wallet.v1 import wallet_pb2_grpc
+
+from services.runtime import auth
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.idempotency import RequestIdStore
+from services.runtime.server import BackgroundLoop, ServiceApp
+from services.wallet import storage
+from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
+from services.wallet.receipts import SandboxProvider
+from services.wallet.servicer import FULL_NAME, WalletServicer
+from services.wallet.settings import WalletSettings
+
+ACCESS: Mapping[str, auth.Access] = {
+    "OpenWallet": auth.USER,
+    "GetWallet": auth.USER,
+    "PurchaseCoins": auth.USER,
+    "ClaimPromotion": auth.USER,
+    "ListTransactions": auth.USER,
+    "ListCoinPackages": auth.ANYONE,
+    "RefundPurchase": auth.OPERATOR,
+    "CreatePromotion": auth.OPERATOR,
+    "HoldCoins": auth.internal("gifting"),
+    "CaptureHold": auth.internal("gifting"),
+    "ReleaseHold": auth.internal("gifting"),
+}
+
+HOLD_EXPIRY_LOOP = "wallet-hold-expiry"
+REAPER_LOOP = "wallet-request-id-reaper"
+
+
+def payment_providers(settings: WalletSettings) -> dict[str, PaymentProvider]:
+    """The stores whose receipts this wallet accepts: the sandbox store when it has a key."""
+    providers: dict[str, PaymentProvider] = {}
+    if settings.sandbox_receipt_key:
+        sandbox = SandboxProvider(settings.sandbox_receipt_key)
+        providers[sandbox.store] = sandbox
+    return providers
+
+
+def build(
+    settings: WalletSettings,
+    clock: Clock | None = None,
+    providers: Mapping[str, PaymentProvider] | None = None,
+) -> ServiceApp:
+    clock = clock or SystemClock()
+    db = Database.from_url(settings.database_url, pool_size=settings.max_workers)
+    store = storage.WalletStore(db)
+    book = WalletBook(
+        Catalogue(settings.packages),
+        payment_providers(settings) if providers is None else providers,
+        clock,
+        settings.hold_ttl_seconds,
+    )
+    store.run(book.open_platform_accounts)
+    requests = RequestIdStore(db, storage.request_ids, clock)
+    servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds)
+    loops = [
+        BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
+        BackgroundLoop(
+            REAPER_LOOP,
+            settings.reaper_interval_seconds,
+            lambda: requests.reap(settings.idempotency_retention_seconds),
+        ),
+    ]
+    return ServiceApp(
+        name="wallet",
+        full_name=FULL_NAME,
+        servicer=servicer,
+        add_to_server=wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+        access=ACCESS,
+        loops=loops,
+        close=db.dispose,
+    )

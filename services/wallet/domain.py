@@ -1,0 +1,779 @@
+"""The wallet's rules (SPEC §3), in plain Python over a unit of work: no protobuf, no gRPC.
+
+Accounting (double entry, unit "coin", every movement one ledger transfer):
+
+    per user (holder accounts: never negative)      platform accounts (may go negative)
+      wallet:<u>:purchased         coins bought       platform:coins:issued:purchase    source of bought coins
+      wallet:<u>:promotional       coins granted      platform:coins:issued:promotion   source of promotion budgets
+      wallet:<u>:held:purchased    held, bought       platform:coins:spent:purchased    captured gifts, paid for
+      wallet:<u>:held:promotional  held, granted      platform:coins:spent:promotional  captured gifts, granted
+    per promotion                                     platform:coins:refunded           issuance taken back
+      promotion:<id>:budget        coins left         wallet:<u>:debt  the user's debt, as the platform's
+                                                                       claim on them: its balance is -debt
+
+Balances derive from accounts: total = the four wallet accounts, held = the two held ones,
+available = total - held, promotional = promotional + held promotional. Promotional coins are held
+and spent first, so a capture's transfer tells how much of a gift was paid for.
+
+Debt: a refund takes the purchase's coins back from the available purchased coins; what is missing
+(already spent or held) becomes debt and freezes spending. Purchased coins that come back (a
+purchase, a released or expired hold) settle debt first. So a wallet in debt never has available
+purchased coins, and no balance is ever negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from enum import Enum
+from functools import partial
+from typing import Protocol
+
+import grpc
+
+from services.runtime.clock import Clock
+from services.runtime.errors import (
+    DomainError,
+    FieldViolation,
+    already_exists,
+    failed_precondition,
+    not_found,
+)
+from services.runtime.ledger import Overdraft, Posting, new_id
+from services.runtime.telemetry import VALUE_MOVED
+from services.runtime.validation import age_on
+from services.wallet.settings import PackageConfig
+from services.wallet.storage import (
+    CAPTURED,
+    EXPIRED,
+    HELD,
+    RELEASED,
+    Duplicate,
+    HoldRecord,
+    PromotionRecord,
+    PurchaseRecord,
+    WalletRecord,
+    WalletStore,
+    WalletUnit,
+)
+
+COIN = "coin"
+ADULT_AGE = 18
+DEFAULT_CURRENCY = "USD"
+
+ISSUED_BY_PURCHASE = "platform:coins:issued:purchase"
+ISSUED_BY_PROMOTION = "platform:coins:issued:promotion"
+SPENT_PURCHASED = "platform:coins:spent:purchased"
+SPENT_PROMOTIONAL = "platform:coins:spent:promotional"
+REFUNDED = "platform:coins:refunded"
+PLATFORM_ACCOUNTS = (ISSUED_BY_PURCHASE, ISSUED_BY_PROMOTION, SPENT_PURCHASED, SPENT_PROMOTIONAL, REFUNDED)
+
+# Ledger transfer kinds that appear in a wallet's history.
+PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT = (
+    "purchase",
+    "promotion",
+    "hold",
+    "capture",
+    "release",
+    "expiry",
+    "refund",
+    "debt_settlement",
+)
+PROMOTION_FUNDING = "promotion_funding"
+
+
+@dataclass(frozen=True)
+class WalletAccounts:
+    user_id: str
+
+    @property
+    def purchased(self) -> str:
+        return f"wallet:{self.user_id}:purchased"
+
+    @property
+    def promotional(self) -> str:
+        return f"wallet:{self.user_id}:promotional"
+
+    @property
+    def held_purchased(self) -> str:
+        return f"wallet:{self.user_id}:held:purchased"
+
+    @property
+    def held_promotional(self) -> str:
+        return f"wallet:{self.user_id}:held:promotional"
+
+    @property
+    def debt(self) -> str:
+        return f"wallet:{self.user_id}:debt"
+
+    @property
+    def coins(self) -> tuple[str, str, str, str]:
+        """The holder accounts whose sum is the wallet's total."""
+        return (self.purchased, self.promotional, self.held_purchased, self.held_promotional)
+
+
+def promotion_budget_account(promotion_id: str) -> str:
+    return f"promotion:{promotion_id}:budget"
+
+
+# --- what the domain returns -------------------------------------------------------------------
+
+
+class WalletStatus(Enum):
+    ACTIVE = "active"
+    FROZEN = "frozen"
+
+
+@dataclass(frozen=True)
+class Balance:
+    total: int
+    held: int
+    available: int
+    promotional: int
+    purchased: int
+
+
+@dataclass(frozen=True)
+class Wallet:
+    user_id: str
+    status: WalletStatus
+    date_of_birth: date
+    country_code: str
+    adult: bool
+    balance: Balance
+    debt: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CoinPackage:
+    package_id: str
+    coins: int
+    price_minor: int
+    currency_code: str
+
+
+@dataclass(frozen=True)
+class PurchaseResult:
+    purchase: PurchaseRecord
+    wallet: Wallet
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    purchase: PurchaseRecord
+    coins_reclaimed: int
+    debt_added: int
+    wallet: Wallet
+
+
+@dataclass(frozen=True)
+class Promotion:
+    record: PromotionRecord
+    remaining: int
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    coins_granted: int
+    wallet: Wallet
+
+
+@dataclass(frozen=True)
+class Transaction:
+    transaction_id: str
+    kind: str
+    total_delta: int
+    held_delta: int
+    promotional_delta: int
+    reference: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TransactionPage:
+    transactions: list[Transaction]
+    next_cursor: int | None  # pass back as `before` for the next page; None on the last page
+
+
+# --- the payment-provider interface ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """What a store confirms about a purchase."""
+
+    store: str
+    store_transaction_id: str
+    package_id: str
+    amount_minor: int
+    currency_code: str
+    user_id: str = ""  # the account the store bound the purchase to, if any
+
+
+class ReceiptRejected(Exception):
+    """The store does not vouch for this receipt."""
+
+
+class PaymentProvider(Protocol):
+    """A store that verifies its receipts (the sandbox store; App Store, Google Play in deployment)."""
+
+    store: str
+
+    def verify(self, payload: str) -> VerifiedReceipt:
+        """The verified purchase; raises ReceiptRejected when the receipt is not genuine."""
+        ...
+
+
+# --- the catalogue -----------------------------------------------------------------------------
+
+
+def _bad_field(reason: str, field: str, message: str, **metadata: object) -> DomainError:
+    """INVALID_ARGUMENT with a specific reason and the field in google.rpc.BadRequest."""
+    return DomainError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        message,
+        {k: str(v) for k, v in metadata.items()},
+        (FieldViolation(field, message),),
+    )
+
+
+class Catalogue:
+    """The coin packages on sale, from configuration."""
+
+    def __init__(self, packages: Sequence[PackageConfig]) -> None:
+        self._packages = sorted(packages, key=lambda p: (p.coins, p.package_id))
+        self._by_id = {p.package_id: p for p in self._packages}
+        self.currencies = frozenset(currency for p in self._packages for currency, _ in p.prices)
+
+    def packages(self, currency: str) -> list[CoinPackage]:
+        """Packages priced in `currency`, smallest first."""
+        currency = currency or DEFAULT_CURRENCY
+        if currency not in self.currencies:
+            raise _bad_field(
+                "CURRENCY_NOT_SUPPORTED",
+                "currency_code",
+                f"no coin packages are sold in {currency}",
+                currency_code=currency,
+            )
+        return [
+            CoinPackage(p.package_id, p.coins, dict(p.prices)[currency], currency)
+            for p in self._packages
+            if currency in dict(p.prices)
+        ]
+
+    def package(self, package_id: str, currency: str) -> CoinPackage:
+        currency = currency or DEFAULT_CURRENCY
+        config = self._by_id.get(package_id)
+        if config is None:
+            raise _bad_field(
+                "PACKAGE_NOT_FOUND", "package_id", f"no coin package {package_id!r}", package_id=package_id
+            )
+        price = dict(config.prices).get(currency)
+        if price is None:
+            raise _bad_field(
+                "CURRENCY_NOT_SUPPORTED",
+                "currency_code",
+                f"package {package_id} is not sold in {currency}",
+                package_id=package_id,
+                currency_code=currency,
+            )
+        return CoinPackage(config.package_id, config.coins, price, currency)
+
+
+# --- the wallet's rules ------------------------------------------------------------------------
+
+
+class WalletBook:
+    """Every wallet rule; each method runs inside the unit of work it is given."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        providers: Mapping[str, PaymentProvider],
+        clock: Clock,
+        hold_ttl_seconds: int = 600,
+    ) -> None:
+        self.catalogue = catalogue
+        self.providers = dict(providers)
+        self.clock = clock
+        self.hold_ttl_seconds = hold_ttl_seconds
+
+    def open_platform_accounts(self, uow: WalletUnit) -> None:
+        now = self.clock.now()
+        for code in PLATFORM_ACCOUNTS:
+            uow.ledger.open_account(code, COIN, now, platform=True)
+
+    # --- wallets ------------------------------------------------------------------------------
+
+    def open_wallet(self, uow: WalletUnit, user_id: str, date_of_birth: date, country_code: str) -> Wallet:
+        now = self.clock.now()
+        record = WalletRecord(user_id, date_of_birth, country_code, now)
+        try:
+            uow.insert_wallet(record)
+        except Duplicate:
+            raise already_exists(
+                "WALLET_ALREADY_EXISTS", f"user {user_id} already has a wallet", user_id=user_id
+            ) from None
+        accounts = WalletAccounts(user_id)
+        for code in accounts.coins:
+            uow.ledger.open_account(code, COIN, now)
+        # The debt account is the platform's claim on the user: it goes negative, like a platform account.
+        uow.ledger.open_account(accounts.debt, COIN, now, platform=True)
+        return self._view(uow, record)
+
+    def get_wallet(self, uow: WalletUnit, user_id: str) -> Wallet:
+        return self._view(uow, self._wallet(uow, user_id, lock=False))
+
+    def _wallet(self, uow: WalletUnit, user_id: str, lock: bool = True) -> WalletRecord:
+        record = uow.lock_wallet(user_id) if lock else uow.wallet(user_id)
+        if record is None:
+            raise not_found("WALLET_NOT_FOUND", f"user {user_id} has no wallet", user_id=user_id)
+        return record
+
+    def _view(self, uow: WalletUnit, record: WalletRecord) -> Wallet:
+        accounts = WalletAccounts(record.user_id)
+        b = uow.ledger.balances([*accounts.coins, accounts.debt])
+        purchased = b[accounts.purchased] + b[accounts.held_purchased]
+        promotional = b[accounts.promotional] + b[accounts.held_promotional]
+        held = b[accounts.held_purchased] + b[accounts.held_promotional]
+        total = purchased + promotional
+        debt = -b[accounts.debt]
+        return Wallet(
+            user_id=record.user_id,
+            status=WalletStatus.FROZEN if debt > 0 else WalletStatus.ACTIVE,
+            date_of_birth=record.date_of_birth,
+            country_code=record.country_code,
+            adult=age_on(record.date_of_birth, self.clock.now().date()) >= ADULT_AGE,
+            balance=Balance(total, held, total - held, promotional, purchased),
+            debt=debt,
+            created_at=record.created_at,
+        )
+
+    # --- purchases and refunds ----------------------------------------------------------------
+
+    def purchase(
+        self, uow: WalletUnit, user_id: str, package_id: str, currency: str, store: str, payload: str
+    ) -> PurchaseResult:
+        """Credit a package for a verified store receipt; a receipt credits once, ever.
+
+        The receipt is verified inside the unit of work, so that a replayed request id returns the
+        recorded outcome without asking the store again.
+        """
+        package = self.catalogue.package(package_id, currency)
+        receipt = self._verify(store, payload, user_id)
+        if receipt.package_id != package.package_id or receipt.currency_code != package.currency_code:
+            raise _bad_field(
+                "RECEIPT_PACKAGE_MISMATCH",
+                "package_id",
+                f"the receipt is for {receipt.package_id} in {receipt.currency_code}, "
+                f"not {package.package_id} in {package.currency_code}",
+                receipt_package_id=receipt.package_id,
+                receipt_currency_code=receipt.currency_code,
+                package_id=package.package_id,
+                currency_code=package.currency_code,
+            )
+        wallet = self._wallet(uow, user_id)
+        now = self.clock.now()
+        record = PurchaseRecord(
+            purchase_id=new_id("pur"),
+            user_id=user_id,
+            package_id=package.package_id,
+            coins=package.coins,
+            price_minor=receipt.amount_minor,  # what the store charged
+            currency_code=receipt.currency_code,
+            store=receipt.store,
+            store_transaction_id=receipt.store_transaction_id,
+            created_at=now,
+        )
+        try:
+            uow.insert_purchase(record)
+        except Duplicate:
+            raise already_exists(
+                "RECEIPT_ALREADY_USED",
+                f"store transaction {receipt.store_transaction_id} of store {receipt.store} was already credited",
+                store=receipt.store,
+                store_transaction_id=receipt.store_transaction_id,
+            ) from None
+        accounts = WalletAccounts(user_id)
+        self._post(
+            uow,
+            user_id,
+            PURCHASE,
+            record.purchase_id,
+            [Posting(ISSUED_BY_PURCHASE, -record.coins), Posting(accounts.purchased, record.coins)],
+            now,
+        )
+        self._settle_debt(uow, accounts, record.purchase_id, now)
+        return PurchaseResult(record, self._view(uow, wallet))
+
+    def _verify(self, store: str, payload: str, user_id: str) -> VerifiedReceipt:
+        provider = self.providers.get(store)
+        if provider is None:
+            raise _bad_field(
+                "RECEIPT_INVALID",
+                "receipt.store",
+                f"receipts of store {store!r} are not accepted here",
+                store=store,
+            )
+        try:
+            receipt = provider.verify(payload)
+        except ReceiptRejected as exc:
+            raise _bad_field(
+                "RECEIPT_INVALID", "receipt.payload", f"the receipt does not verify: {exc}", store=store
+            ) from None
+        if receipt.user_id and receipt.user_id != user_id:
+            raise _bad_field(
+                "RECEIPT_INVALID", "receipt.payload", "the receipt was issued to another account", store=store
+            )
+        return receipt
+
+    def refund(self, uow: WalletUnit, store: str, store_transaction_id: str, kind: str) -> RefundResult:
+        """Take a refunded (or charged back) purchase's coins back; what was spent becomes debt."""
+        purchase = uow.purchase_by_store_transaction(store, store_transaction_id)
+        if purchase is None:
+            raise not_found(
+                "PURCHASE_NOT_FOUND",
+                f"no purchase with store transaction {store_transaction_id} of store {store}",
+                store=store,
+                store_transaction_id=store_transaction_id,
+            )
+        wallet = self._wallet(uow, purchase.user_id)
+        now = self.clock.now()
+        accounts = WalletAccounts(purchase.user_id)
+        reclaimed = min(purchase.coins, uow.ledger.balance(accounts.purchased))
+        debt_added = purchase.coins - reclaimed
+        try:
+            uow.insert_refund(purchase.purchase_id, kind, reclaimed, debt_added, now)
+        except Duplicate:
+            raise already_exists(
+                "PURCHASE_ALREADY_REFUNDED",
+                f"purchase {purchase.purchase_id} was already refunded",
+                purchase_id=purchase.purchase_id,
+            ) from None
+        self._post(
+            uow,
+            purchase.user_id,
+            REFUND,
+            purchase.purchase_id,
+            [
+                Posting(accounts.purchased, -reclaimed),
+                Posting(accounts.debt, -debt_added),
+                Posting(REFUNDED, purchase.coins),
+            ],
+            now,
+        )
+        return RefundResult(replace(purchase, refund_kind=kind), reclaimed, debt_added, self._view(uow, wallet))
+
+    def _settle_debt(self, uow: WalletUnit, accounts: WalletAccounts, reference: str, now: datetime) -> None:
+        """Available purchased coins pay off debt first."""
+        debt = -uow.ledger.balance(accounts.debt)
+        settled = min(debt, uow.ledger.balance(accounts.purchased))
+        if settled > 0:
+            self._post(
+                uow,
+                accounts.user_id,
+                DEBT_SETTLEMENT,
+                reference,
+                [Posting(accounts.purchased, -settled), Posting(accounts.debt, settled)],
+                now,
+            )
+
+    # --- promotions ---------------------------------------------------------------------------
+
+    def create_promotion(self, uow: WalletUnit, record: PromotionRecord) -> Promotion:
+        """A promotion and its budget: a holder account funded now, so claims can never overspend it."""
+        now = self.clock.now()
+        try:
+            uow.insert_promotion(record, now)
+        except Duplicate:
+            raise already_exists(
+                "PROMOTION_ALREADY_EXISTS",
+                f"promotion {record.promotion_id} already exists",
+                promotion_id=record.promotion_id,
+            ) from None
+        budget = promotion_budget_account(record.promotion_id)
+        uow.ledger.open_account(budget, COIN, now)
+        self._post(
+            uow,
+            "",
+            PROMOTION_FUNDING,
+            record.promotion_id,
+            [Posting(ISSUED_BY_PROMOTION, -record.budget), Posting(budget, record.budget)],
+            now,
+        )
+        return Promotion(record, record.budget)
+
+    def claim_promotion(self, uow: WalletUnit, user_id: str, promotion_id: str) -> ClaimResult:
+        wallet = self._wallet(uow, user_id)
+        promotion = uow.promotion(promotion_id)
+        if promotion is None:
+            raise not_found("PROMOTION_NOT_FOUND", f"no promotion {promotion_id}", promotion_id=promotion_id)
+        now = self.clock.now()
+        if not promotion.start_time <= now < promotion.end_time:
+            raise failed_precondition(
+                "PROMOTION_NOT_ACTIVE",
+                f"promotion {promotion_id} runs from {promotion.start_time.isoformat()} "
+                f"to {promotion.end_time.isoformat()}",
+                promotion_id=promotion_id,
+                start_time=promotion.start_time.isoformat(),
+                end_time=promotion.end_time.isoformat(),
+            )
+        coins = promotion.coins_per_claim
+        try:
+            uow.insert_claim(promotion_id, user_id, coins, now)
+        except Duplicate:
+            raise already_exists(
+                "PROMOTION_ALREADY_CLAIMED",
+                f"user {user_id} already claimed promotion {promotion_id}",
+                promotion_id=promotion_id,
+                user_id=user_id,
+            ) from None
+        try:
+            self._post(
+                uow,
+                user_id,
+                PROMOTION,
+                promotion_id,
+                [
+                    Posting(promotion_budget_account(promotion_id), -coins),
+                    Posting(WalletAccounts(user_id).promotional, coins),
+                ],
+                now,
+            )
+        except Overdraft:
+            # The budget account's balance cannot go negative (a database constraint): the budget is spent.
+            raise failed_precondition(
+                "PROMOTION_BUDGET_EXHAUSTED",
+                f"promotion {promotion_id} has fewer than {coins} coins left",
+                promotion_id=promotion_id,
+                coins_per_claim=coins,
+            ) from None
+        return ClaimResult(coins, self._view(uow, wallet))
+
+    def promotion_remaining(self, uow: WalletUnit, promotion_id: str) -> int:
+        return uow.ledger.balance(promotion_budget_account(promotion_id))
+
+    # --- holds (two-phase spend) --------------------------------------------------------------
+
+    def hold(self, uow: WalletUnit, gift_id: str, user_id: str, amount: int, ttl_seconds: int = 0) -> HoldRecord:
+        """Reserve coins for a gift, promotional first. One hold per gift: asking again returns it."""
+        existing = uow.hold_by_gift(gift_id)
+        if existing is not None:
+            return _same_hold(existing, user_id, amount)
+        wallet = self._view(uow, self._wallet(uow, user_id))
+        if wallet.status is WalletStatus.FROZEN:
+            raise failed_precondition(
+                "WALLET_FROZEN",
+                f"wallet of {user_id} is frozen (debt {wallet.debt})",
+                user_id=user_id,
+                debt=wallet.debt,
+            )
+        if not wallet.adult:
+            raise failed_precondition("SENDER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}", user_id=user_id)
+        if wallet.balance.available < amount:
+            raise failed_precondition(
+                "INSUFFICIENT_FUNDS",
+                f"wallet of {user_id} has {wallet.balance.available} coins available, {amount} needed",
+                user_id=user_id,
+                available=wallet.balance.available,
+                amount=amount,
+            )
+        accounts = WalletAccounts(user_id)
+        promotional = min(amount, uow.ledger.balance(accounts.promotional))
+        now = self.clock.now()
+        record = HoldRecord(
+            hold_id=new_id("hold"),
+            gift_id=gift_id,
+            user_id=user_id,
+            amount=amount,
+            promotional_amount=promotional,
+            debt_added=0,
+            state=HELD,
+            expire_time=now + timedelta(seconds=ttl_seconds or self.hold_ttl_seconds),
+            created_at=now,
+        )
+        if not uow.insert_hold(record):  # another hold for this gift committed first
+            winner = uow.hold_by_gift(gift_id)
+            assert winner is not None
+            return _same_hold(winner, user_id, amount)
+        purchased = amount - promotional
+        try:
+            self._post(
+                uow,
+                user_id,
+                HOLD,
+                gift_id,
+                [
+                    Posting(accounts.promotional, -promotional),
+                    Posting(accounts.held_promotional, promotional),
+                    Posting(accounts.purchased, -purchased),
+                    Posting(accounts.held_purchased, purchased),
+                ],
+                now,
+            )
+        except Overdraft:  # cannot happen under the wallet lock; the database refuses it regardless
+            raise failed_precondition(
+                "INSUFFICIENT_FUNDS", f"wallet of {user_id} cannot cover {amount} coins", user_id=user_id, amount=amount
+            ) from None
+        return record
+
+    def capture(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
+        """Spend a gift's hold. Capturing again returns the captured hold.
+
+        THE EXPIRING-HOLD RULE (SPEC §4, "beware the expiring hold"): gifting captures only after the
+        creator's diamonds are credited, and from then on the gift must complete. So a hold that has
+        already EXPIRED (its coins returned to the wallet) is still captured: the same amount is spent
+        from the wallet's current balance, promotional coins first; whatever the wallet no longer has
+        is recorded as debt and freezes the wallet. The capture never fails and no balance goes
+        negative; the ledger shows exactly how much was spent on credit.
+        """
+        hold = self._hold_locked(uow, gift_id)
+        if hold.state == CAPTURED:
+            return hold
+        if hold.state == RELEASED:
+            raise failed_precondition(
+                "HOLD_ALREADY_RELEASED", f"the hold of gift {gift_id} was released", gift_id=gift_id
+            )
+        now = self.clock.now()
+        accounts = WalletAccounts(hold.user_id)
+        if hold.state == HELD:
+            promotional, purchased, debt = hold.promotional_amount, hold.amount - hold.promotional_amount, 0
+            postings = [
+                Posting(accounts.held_promotional, -promotional),
+                Posting(accounts.held_purchased, -purchased),
+            ]
+        else:  # EXPIRED: spend from the current balance, the shortfall on credit
+            promotional = min(hold.amount, uow.ledger.balance(accounts.promotional))
+            purchased = min(hold.amount - promotional, uow.ledger.balance(accounts.purchased))
+            debt = hold.amount - promotional - purchased
+            postings = [
+                Posting(accounts.promotional, -promotional),
+                Posting(accounts.purchased, -purchased),
+                Posting(accounts.debt, -debt),
+            ]
+        postings += [
+            Posting(SPENT_PROMOTIONAL, promotional),
+            # Coins owed count as paid for: the debt entry above says they are not paid yet.
+            Posting(SPENT_PURCHASED, purchased + debt),
+        ]
+        self._post(uow, hold.user_id, CAPTURE, gift_id, postings, now)
+        captured = uow.move_hold(
+            hold.hold_id, hold.state, CAPTURED, now, promotional_amount=promotional, debt_added=debt
+        )
+        assert captured is not None  # the wallet lock keeps the state from changing under us
+        return captured
+
+    def release(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
+        """Return a gift's held coins. Releasing again (or after expiry) returns the hold as it is."""
+        hold = self._hold_locked(uow, gift_id)
+        if hold.state in (RELEASED, EXPIRED):
+            return hold
+        if hold.state == CAPTURED:
+            raise failed_precondition(
+                "HOLD_ALREADY_CAPTURED", f"the hold of gift {gift_id} was captured", gift_id=gift_id
+            )
+        return self._return_held(uow, hold, RELEASED, RELEASE)
+
+    def expire(self, uow: WalletUnit, gift_id: str) -> bool:
+        """Release one hold whose time has passed (state EXPIRED); False if it is no longer due."""
+        hold = self._hold_locked(uow, gift_id)
+        if hold.state != HELD or hold.expire_time > self.clock.now():
+            return False
+        self._return_held(uow, hold, EXPIRED, EXPIRY)
+        return True
+
+    def expire_due_holds(self, store: WalletStore, batch: int = 100) -> int:
+        """The expiry loop's step: release every lapsed hold, each in its own transaction."""
+        expired = 0
+        while True:
+            due = store.run(lambda uow: uow.due_holds(self.clock.now(), batch))
+            for gift_id in due:
+                expired += store.run(partial(self.expire, gift_id=gift_id))
+            if len(due) < batch:
+                return expired
+
+    def _hold_locked(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
+        """The gift's hold, read again once its wallet is locked (every hold change takes that lock)."""
+        hold = uow.hold_by_gift(gift_id)
+        if hold is None:
+            raise not_found("HOLD_NOT_FOUND", f"gift {gift_id} has no hold", gift_id=gift_id)
+        self._wallet(uow, hold.user_id)
+        locked = uow.hold_by_gift(gift_id)
+        assert locked is not None
+        return locked
+
+    def _return_held(self, uow: WalletUnit, hold: HoldRecord, state: str, kind: str) -> HoldRecord:
+        now = self.clock.now()
+        accounts = WalletAccounts(hold.user_id)
+        purchased = hold.amount - hold.promotional_amount
+        self._post(
+            uow,
+            hold.user_id,
+            kind,
+            hold.gift_id,
+            [
+                Posting(accounts.held_promotional, -hold.promotional_amount),
+                Posting(accounts.promotional, hold.promotional_amount),
+                Posting(accounts.held_purchased, -purchased),
+                Posting(accounts.purchased, purchased),
+            ],
+            now,
+        )
+        moved = uow.move_hold(hold.hold_id, HELD, state, now)
+        assert moved is not None
+        self._settle_debt(uow, accounts, hold.gift_id, now)
+        return moved
+
+    # --- history ------------------------------------------------------------------------------
+
+    def transactions(self, uow: WalletUnit, user_id: str, page_size: int, before: int | None) -> TransactionPage:
+        """The user's movements, newest first; `before` is the previous page's `next_cursor`."""
+        self._wallet(uow, user_id, lock=False)
+        records = uow.history(user_id, before, page_size + 1)
+        page, more = records[:page_size], len(records) > page_size
+        accounts = WalletAccounts(user_id)
+        held = {accounts.held_purchased, accounts.held_promotional}
+        promotional = {accounts.promotional, accounts.held_promotional}
+        deltas: dict[str, list[int]] = {r.transfer_id: [0, 0, 0] for r in page}
+        for transfer_id, account, amount in uow.entries(list(deltas), accounts.coins):
+            delta = deltas[transfer_id]
+            delta[0] += amount
+            delta[1] += amount if account in held else 0
+            delta[2] += amount if account in promotional else 0
+        transactions = [
+            Transaction(
+                transaction_id=r.transfer_id,
+                kind=r.kind,
+                total_delta=deltas[r.transfer_id][0],
+                held_delta=deltas[r.transfer_id][1],
+                promotional_delta=deltas[r.transfer_id][2],
+                reference=r.reference,
+                created_at=r.created_at,
+            )
+            for r in page
+        ]
+        return TransactionPage(transactions, page[-1].seq if more else None)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _post(
+        self, uow: WalletUnit, user_id: str, kind: str, reference: str, postings: list[Posting], now: datetime
+    ) -> None:
+        uow.post(user_id, kind, reference, postings, now)
+        VALUE_MOVED.add(sum(p.amount for p in postings if p.amount > 0), {"unit": COIN, "kind": kind})
+
+
+def _same_hold(hold: HoldRecord, user_id: str, amount: int) -> HoldRecord:
+    """A gift's existing hold is the answer to holding for it again, if it is the same hold."""
+    if hold.user_id != user_id or hold.amount != amount:
+        raise already_exists(
+            "HOLD_MISMATCH",
+            f"gift {hold.gift_id} already has a hold of {hold.amount} coins from {hold.user_id}",
+            gift_id=hold.gift_id,
+            user_id=hold.user_id,
+            amount=hold.amount,
+        )
+    return hold

@@ -1,0 +1,401 @@
+"""WalletService over gRPC: validate, translate protobuf <-> domain, nothing else.
+
+Every mutating RPC runs its domain call inside the request-id store (AIP-155), keyed by the caller's
+subject and the request id, so a replay returns the recorded response or business failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+from giftcoin.common.v1 import common_pb2
+from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+from sqlalchemy import Connection
+
+from services.runtime.auth import current_caller
+from services.runtime.errors import FieldViolation, invalid_argument
+from services.runtime.idempotency import RequestIdStore
+from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.validation import Validator, clamp_page_size
+from services.wallet import domain
+from services.wallet.storage import (
+    CAPTURED,
+    CHARGEBACK,
+    EXPIRED,
+    HELD,
+    REFUND,
+    RELEASED,
+    HoldRecord,
+    PromotionRecord,
+    PurchaseRecord,
+    WalletStore,
+    WalletUnit,
+)
+
+FULL_NAME = "giftcoin.wallet.v1.WalletService"
+MAX_COINS = 10**12  # far above any real amount, far below int64: sums of many amounts cannot overflow
+MAX_RECEIPT_LENGTH = 16_384
+MAX_STORE_TRANSACTION_ID_LENGTH = 256
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+M = TypeVar("M", bound=Message)
+
+_WALLET_STATUS = {
+    domain.WalletStatus.ACTIVE: wallet_pb2.WALLET_STATUS_ACTIVE,
+    domain.WalletStatus.FROZEN: wallet_pb2.WALLET_STATUS_FROZEN,
+}
+_PURCHASE_STATE = {
+    "": wallet_pb2.PURCHASE_STATE_COMPLETED,
+    REFUND: wallet_pb2.PURCHASE_STATE_REFUNDED,
+    CHARGEBACK: wallet_pb2.PURCHASE_STATE_CHARGED_BACK,
+}
+_REFUND_KIND = {wallet_pb2.REFUND_KIND_REFUND: REFUND, wallet_pb2.REFUND_KIND_CHARGEBACK: CHARGEBACK}
+_HOLD_STATE = {
+    HELD: wallet_pb2.HOLD_STATE_HELD,
+    CAPTURED: wallet_pb2.HOLD_STATE_CAPTURED,
+    RELEASED: wallet_pb2.HOLD_STATE_RELEASED,
+    EXPIRED: wallet_pb2.HOLD_STATE_EXPIRED,
+}
+_TRANSACTION_KIND = {
+    domain.PURCHASE: wallet_pb2.TRANSACTION_KIND_PURCHASE,
+    domain.PROMOTION: wallet_pb2.TRANSACTION_KIND_PROMOTION,
+    domain.HOLD: wallet_pb2.TRANSACTION_KIND_HOLD,
+    domain.CAPTURE: wallet_pb2.TRANSACTION_KIND_CAPTURE,
+    domain.RELEASE: wallet_pb2.TRANSACTION_KIND_RELEASE,
+    domain.EXPIRY: wallet_pb2.TRANSACTION_KIND_EXPIRY,
+    domain.REFUND: wallet_pb2.TRANSACTION_KIND_REFUND,
+    domain.DEBT_SETTLEMENT: wallet_pb2.TRANSACTION_KIND_DEBT_SETTLEMENT,
+}
+
+
+class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
+    def __init__(
+        self, book: domain.WalletBook, store: WalletStore, requests: RequestIdStore, hold_ttl_max_seconds: int
+    ) -> None:
+        self.book = book
+        self.store = store
+        self.requests = requests
+        self.hold_ttl_max_seconds = hold_ttl_max_seconds
+
+    # --- user ---------------------------------------------------------------------------------
+
+    def OpenWallet(
+        self, request: wallet_pb2.OpenWalletRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.OpenWalletResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.request_id(request.request_id)
+        born = None
+        if not request.HasField("date_of_birth"):
+            v.fail("date_of_birth", "required")
+        else:
+            d = request.date_of_birth
+            born = v.calendar_date(d.year, d.month, d.day, "date_of_birth")
+        v.country(request.country_code)
+        v.check()
+        assert born is not None
+
+        def work(conn: Connection) -> wallet_pb2.OpenWalletResponse:
+            wallet = self.book.open_wallet(WalletUnit(conn), user_id, born, request.country_code)
+            return wallet_pb2.OpenWalletResponse(wallet=_wallet(wallet))
+
+        return self._mutate("OpenWallet", request, wallet_pb2.OpenWalletResponse, work)
+
+    def GetWallet(
+        self, request: wallet_pb2.GetWalletRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.GetWalletResponse:
+        user_id = _caller_user_id()
+        wallet = self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
+        return wallet_pb2.GetWalletResponse(wallet=_wallet(wallet))
+
+    def PurchaseCoins(
+        self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.PurchaseCoinsResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.package_id, "package_id")
+        if request.currency_code:
+            v.currency(request.currency_code)
+        if not request.HasField("receipt"):
+            v.fail("receipt", "required: the store's receipt")
+        else:
+            v.identifier(request.receipt.store, "receipt.store")
+            v.text(request.receipt.payload, "receipt.payload", max_length=MAX_RECEIPT_LENGTH)
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.PurchaseCoinsResponse:
+            result = self.book.purchase(
+                WalletUnit(conn),
+                user_id,
+                request.package_id,
+                request.currency_code,
+                request.receipt.store,
+                request.receipt.payload,
+            )
+            return wallet_pb2.PurchaseCoinsResponse(purchase=_purchase(result.purchase), wallet=_wallet(result.wallet))
+
+        return self._mutate("PurchaseCoins", request, wallet_pb2.PurchaseCoinsResponse, work)
+
+    def ClaimPromotion(
+        self, request: wallet_pb2.ClaimPromotionRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ClaimPromotionResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.promotion_id, "promotion_id")
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.ClaimPromotionResponse:
+            result = self.book.claim_promotion(WalletUnit(conn), user_id, request.promotion_id)
+            return wallet_pb2.ClaimPromotionResponse(coins_granted=result.coins_granted, wallet=_wallet(result.wallet))
+
+        return self._mutate("ClaimPromotion", request, wallet_pb2.ClaimPromotionResponse, work)
+
+    def ListTransactions(
+        self, request: wallet_pb2.ListTransactionsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListTransactionsResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        cursor = decode_page_token(request.page_token)
+        before = None
+        if cursor is not None:
+            before = cursor.get("before")
+            if not isinstance(before, int) or isinstance(before, bool):
+                raise invalid_argument([FieldViolation("page_token", "not a page token from a previous response")])
+        size = clamp_page_size(request.page_size)
+        page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
+        return wallet_pb2.ListTransactionsResponse(
+            transactions=[_transaction(t) for t in page.transactions],
+            next_page_token="" if page.next_cursor is None else encode_page_token({"before": page.next_cursor}),
+        )
+
+    # --- anyone -------------------------------------------------------------------------------
+
+    def ListCoinPackages(
+        self, request: wallet_pb2.ListCoinPackagesRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListCoinPackagesResponse:
+        v = Validator()
+        if request.currency_code:
+            v.currency(request.currency_code)
+        v.check()
+        return wallet_pb2.ListCoinPackagesResponse(
+            packages=[
+                wallet_pb2.CoinPackage(
+                    package_id=p.package_id, coins=p.coins, price=_money(p.price_minor, p.currency_code)
+                )
+                for p in self.book.catalogue.packages(request.currency_code)
+            ]
+        )
+
+    # --- operator -----------------------------------------------------------------------------
+
+    def RefundPurchase(
+        self, request: wallet_pb2.RefundPurchaseRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.RefundPurchaseResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.store, "store")
+        v.text(request.store_transaction_id, "store_transaction_id", max_length=MAX_STORE_TRANSACTION_ID_LENGTH)
+        v.enum(request.kind, set(_REFUND_KIND), "kind")
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.RefundPurchaseResponse:
+            result = self.book.refund(
+                WalletUnit(conn), request.store, request.store_transaction_id, _REFUND_KIND[request.kind]
+            )
+            return wallet_pb2.RefundPurchaseResponse(
+                purchase=_purchase(result.purchase),
+                coins_reclaimed=result.coins_reclaimed,
+                debt_added=result.debt_added,
+                wallet=_wallet(result.wallet),
+            )
+
+        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, work)
+
+    def CreatePromotion(
+        self, request: wallet_pb2.CreatePromotionRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.CreatePromotionResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.promotion_id, "promotion_id")
+        v.text(request.name, "name")
+        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_COINS)
+        v.positive(request.budget, "budget", maximum=MAX_COINS)
+        if 0 < request.budget < request.coins_per_claim:
+            v.fail("budget", "must be at least coins_per_claim")
+        start = _timestamp(v, request, "start_time")
+        end = _timestamp(v, request, "end_time")
+        if start is not None and end is not None and end <= start:
+            v.fail("end_time", "must be after start_time")
+        v.check()
+        assert start is not None and end is not None
+        record = PromotionRecord(
+            request.promotion_id, request.name, request.coins_per_claim, request.budget, start, end
+        )
+
+        def work(conn: Connection) -> wallet_pb2.CreatePromotionResponse:
+            promotion = self.book.create_promotion(WalletUnit(conn), record)
+            return wallet_pb2.CreatePromotionResponse(promotion=_promotion(promotion))
+
+        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, work)
+
+    # --- internal: gifting --------------------------------------------------------------------
+
+    def HoldCoins(
+        self, request: wallet_pb2.HoldCoinsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.HoldCoinsResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.identifier(request.user_id, "user_id")
+        v.positive(request.amount, "amount", maximum=MAX_COINS)
+        v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.HoldCoinsResponse:
+            hold = self.book.hold(
+                WalletUnit(conn), request.gift_id, request.user_id, request.amount, request.ttl_seconds
+            )
+            return wallet_pb2.HoldCoinsResponse(hold=_hold(hold))
+
+        return self._mutate("HoldCoins", request, wallet_pb2.HoldCoinsResponse, work)
+
+    def CaptureHold(
+        self, request: wallet_pb2.CaptureHoldRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.CaptureHoldResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.CaptureHoldResponse:
+            return wallet_pb2.CaptureHoldResponse(hold=_hold(self.book.capture(WalletUnit(conn), request.gift_id)))
+
+        return self._mutate("CaptureHold", request, wallet_pb2.CaptureHoldResponse, work)
+
+    def ReleaseHold(
+        self, request: wallet_pb2.ReleaseHoldRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ReleaseHoldResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.check()
+
+        def work(conn: Connection) -> wallet_pb2.ReleaseHoldResponse:
+            return wallet_pb2.ReleaseHoldResponse(hold=_hold(self.book.release(WalletUnit(conn), request.gift_id)))
+
+        return self._mutate("ReleaseHold", request, wallet_pb2.ReleaseHoldResponse, work)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[Connection], M]) -> M:
+        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
+        return self.requests.execute(
+            current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, work
+        )
+
+
+def _caller_user_id() -> str:
+    """The calling user's id (the access policy already admitted only users), checked like any id."""
+    user_id = current_caller().id
+    v = Validator()
+    v.identifier(user_id, "authorization")
+    v.check()
+    return user_id
+
+
+def _timestamp(v: Validator, request: wallet_pb2.CreatePromotionRequest, field: str) -> datetime | None:
+    if not request.HasField(field):  # type: ignore[arg-type]
+        v.fail(field, "required")
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(request, field)
+    if not 0 <= stamp.seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        v.fail(field, "must be a valid time between 1970 and 9999")
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _money(amount_minor: int, currency_code: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount_minor, currency_code=currency_code)
+
+
+def _wallet(w: domain.Wallet) -> wallet_pb2.Wallet:
+    b = w.balance
+    return wallet_pb2.Wallet(
+        user_id=w.user_id,
+        status=_WALLET_STATUS[w.status],
+        date_of_birth=common_pb2.Date(year=w.date_of_birth.year, month=w.date_of_birth.month, day=w.date_of_birth.day),
+        country_code=w.country_code,
+        adult=w.adult,
+        balance=wallet_pb2.Balance(
+            total=b.total, held=b.held, available=b.available, promotional=b.promotional, purchased=b.purchased
+        ),
+        debt=w.debt,
+        create_time=_stamp(w.created_at),
+    )
+
+
+def _purchase(p: PurchaseRecord) -> wallet_pb2.Purchase:
+    return wallet_pb2.Purchase(
+        purchase_id=p.purchase_id,
+        user_id=p.user_id,
+        package_id=p.package_id,
+        coins=p.coins,
+        price=_money(p.price_minor, p.currency_code),
+        store=p.store,
+        store_transaction_id=p.store_transaction_id,
+        state=_PURCHASE_STATE[p.refund_kind],
+        create_time=_stamp(p.created_at),
+    )
+
+
+def _promotion(p: domain.Promotion) -> wallet_pb2.Promotion:
+    r = p.record
+    return wallet_pb2.Promotion(
+        promotion_id=r.promotion_id,
+        name=r.name,
+        coins_per_claim=r.coins_per_claim,
+        budget=r.budget,
+        remaining=p.remaining,
+        start_time=_stamp(r.start_time),
+        end_time=_stamp(r.end_time),
+    )
+
+
+def _hold(h: HoldRecord) -> wallet_pb2.Hold:
+    return wallet_pb2.Hold(
+        hold_id=h.hold_id,
+        gift_id=h.gift_id,
+        user_id=h.user_id,
+        amount=h.amount,
+        promotional_amount=h.promotional_amount,
+        state=_HOLD_STATE[h.state],
+        expire_time=_stamp(h.expire_time),
+        create_time=_stamp(h.created_at),
+    )
+
+
+def _transaction(t: domain.Transaction) -> wallet_pb2.Transaction:
+    return wallet_pb2.Transaction(
+        transaction_id=t.transaction_id,
+        kind=_TRANSACTION_KIND[t.kind],
+        total_delta=t.total_delta,
+        held_delta=t.held_delta,
+        promotional_delta=t.promotional_delta,
+        reference=t.reference,
+        create_time=_stamp(t.created_at),
+    )

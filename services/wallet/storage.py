@@ -1,0 +1,400 @@
+"""The wallet's database: tables (SQLAlchemy Core), the unit of work and its repositories.
+
+Uniqueness that money depends on is a constraint here, not a read before a write:
+- one wallet per user: wallets' primary key;
+- a receipt credits once, ever: UNIQUE(purchases.store, purchases.store_transaction_id);
+- a purchase is refunded once: purchase_refunds' primary key is the purchase id;
+- a promotion is claimed once per user: promotion_claims' primary key (promotion_id, user_id);
+- one hold per gift, ever: UNIQUE(holds.gift_id).
+
+Concurrency: every unit of work that changes a wallet's coins or holds first locks the wallet's row
+(`lock_wallet`: SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
+writers). So a wallet's balances, holds and history change one transaction at a time, and a read of
+its balances inside such a unit is exact. The ledger's conditional updates and CHECK constraints stay
+the last line: no code path can overdraw an account even if it forgot the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from services.runtime.db import Database
+from services.runtime.ledger import Ledger, Posting, ledger_tables
+from services.runtime.tables import UtcDateTime, request_ids_table
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Hold states as stored.
+HELD, CAPTURED, RELEASED, EXPIRED = "held", "captured", "released", "expired"
+# Refund kinds as stored.
+REFUND, CHARGEBACK = "refund", "chargeback"
+
+metadata = MetaData()
+request_ids = request_ids_table(metadata)
+ledger = ledger_tables(metadata)
+
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("date_of_birth", Date(), nullable=False),
+    Column("country_code", String(2), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("purchase_id", String(64), primary_key=True),
+    Column("user_id", String(128), ForeignKey("wallets.user_id"), nullable=False),
+    Column("package_id", String(128), nullable=False),
+    Column("coins", BigInteger(), nullable=False),
+    Column("price_minor", BigInteger(), nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("store", String(64), nullable=False),
+    Column("store_transaction_id", String(256), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("coins > 0", name="ck_purchases_coins_positive"),
+    CheckConstraint("price_minor >= 0", name="ck_purchases_price_non_negative"),
+    UniqueConstraint("store", "store_transaction_id", name="uq_purchases_store_transaction"),
+    Index("ix_purchases_user_id", "user_id"),
+)
+
+purchase_refunds = Table(
+    "purchase_refunds",
+    metadata,
+    Column("purchase_id", String(64), ForeignKey("purchases.purchase_id"), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("coins_reclaimed", BigInteger(), nullable=False),
+    Column("debt_added", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("kind IN ('refund', 'chargeback')", name="ck_purchase_refunds_kind"),
+    CheckConstraint("coins_reclaimed >= 0 AND debt_added >= 0", name="ck_purchase_refunds_non_negative"),
+)
+
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("promotion_id", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("coins_per_claim", BigInteger(), nullable=False),
+    Column("budget", BigInteger(), nullable=False),
+    Column("start_time", UtcDateTime(), nullable=False),
+    Column("end_time", UtcDateTime(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("coins_per_claim > 0 AND budget >= coins_per_claim", name="ck_promotions_amounts"),
+    CheckConstraint("start_time < end_time", name="ck_promotions_window"),
+)
+
+promotion_claims = Table(
+    "promotion_claims",
+    metadata,
+    Column("promotion_id", String(128), ForeignKey("promotions.promotion_id"), primary_key=True),
+    Column("user_id", String(128), ForeignKey("wallets.user_id"), primary_key=True),
+    Column("coins", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("hold_id", String(64), primary_key=True),
+    Column("gift_id", String(128), nullable=False),
+    Column("user_id", String(128), ForeignKey("wallets.user_id"), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    # The promotional part of the coins held (or, once captured, spent).
+    Column("promotional_amount", BigInteger(), nullable=False),
+    # Coins a capture after expiry could not find in the wallet, recorded as debt.
+    Column("debt_added", BigInteger(), nullable=False, default=0),
+    Column("state", String(16), nullable=False),
+    Column("expire_time", UtcDateTime(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    CheckConstraint("amount > 0", name="ck_holds_amount_positive"),
+    CheckConstraint("promotional_amount >= 0 AND promotional_amount <= amount", name="ck_holds_promotional_part"),
+    CheckConstraint("debt_added >= 0 AND debt_added <= amount", name="ck_holds_debt_added"),
+    CheckConstraint("state IN ('held', 'captured', 'released', 'expired')", name="ck_holds_state"),
+    UniqueConstraint("gift_id", name="uq_holds_gift_id"),
+    Index("ix_holds_state_expire_time", "state", "expire_time"),
+)
+
+# The wallet's history: which ledger transfers moved which user's coins, in the order they committed
+# (the wallet lock makes a user's transfers commit one at a time, so `seq` is their order).
+wallet_transfers = Table(
+    "wallet_transfers",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", String(128), ForeignKey("wallets.user_id"), nullable=False),
+    Column("transfer_id", String(64), ForeignKey("ledger_transfers.id"), nullable=False),
+    Index("ix_wallet_transfers_user_seq", "user_id", "seq"),
+)
+
+
+class Duplicate(Exception):
+    """An insert broke a unique constraint: the thing already exists."""
+
+
+@dataclass(frozen=True)
+class WalletRecord:
+    user_id: str
+    date_of_birth: date
+    country_code: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PurchaseRecord:
+    purchase_id: str
+    user_id: str
+    package_id: str
+    coins: int
+    price_minor: int
+    currency_code: str
+    store: str
+    store_transaction_id: str
+    created_at: datetime
+    refund_kind: str = ""  # "", refund or chargeback
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    promotion_id: str
+    name: str
+    coins_per_claim: int
+    budget: int
+    start_time: datetime
+    end_time: datetime
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    hold_id: str
+    gift_id: str
+    user_id: str
+    amount: int
+    promotional_amount: int
+    debt_added: int
+    state: str
+    expire_time: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    seq: int
+    transfer_id: str
+    kind: str
+    reference: str
+    created_at: datetime
+
+
+class WalletStore:
+    """The wallet's database; `run` gives a unit of work one transaction (retried on serialization failure)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def run(self, work: Callable[[WalletUnit], T]) -> T:
+        return self.db.run(lambda conn: work(WalletUnit(conn)))
+
+
+class WalletUnit:
+    """Repositories over one open transaction: everything in it commits or rolls back together."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ledger = Ledger(ledger, conn)
+
+    # --- wallets ------------------------------------------------------------------------------
+
+    def insert_wallet(self, record: WalletRecord) -> None:
+        self._insert(wallets, vars(record))
+
+    def wallet(self, user_id: str) -> WalletRecord | None:
+        row = self.conn.execute(select(wallets).where(wallets.c.user_id == user_id)).one_or_none()
+        return None if row is None else WalletRecord(**row._mapping)
+
+    def lock_wallet(self, user_id: str) -> WalletRecord | None:
+        """The wallet, locked until the transaction ends: see the module's note on concurrency."""
+        row = self.conn.execute(select(wallets).where(wallets.c.user_id == user_id).with_for_update()).one_or_none()
+        return None if row is None else WalletRecord(**row._mapping)
+
+    # --- ledger, with the wallet's history ----------------------------------------------------
+
+    def post(self, user_id: str, kind: str, reference: str, postings: Sequence[Posting], now: datetime) -> str:
+        """One ledger transfer, entered in `user_id`'s history. Raises Overdraft, writing nothing."""
+        transfer_id = self.ledger.post(kind, reference, postings, now)
+        if user_id:
+            self.conn.execute(insert(wallet_transfers).values(user_id=user_id, transfer_id=transfer_id))
+        return transfer_id
+
+    def history(self, user_id: str, before_seq: int | None, limit: int) -> list[TransferRecord]:
+        """The user's transfers, newest first, strictly before `before_seq` when given."""
+        t, w = ledger.transfers, wallet_transfers
+        query = (
+            select(w.c.seq, w.c.transfer_id, t.c.kind, t.c.reference, t.c.created_at)
+            .join(t, t.c.id == w.c.transfer_id)
+            .where(w.c.user_id == user_id)
+            .order_by(w.c.seq.desc())
+            .limit(limit)
+        )
+        if before_seq is not None:
+            query = query.where(w.c.seq < before_seq)
+        return [TransferRecord(**row._mapping) for row in self.conn.execute(query)]
+
+    def entries(self, transfer_ids: Sequence[str], accounts: Sequence[str]) -> list[tuple[str, str, int]]:
+        """(transfer id, account, signed amount) of the given transfers on the given accounts."""
+        e = ledger.entries
+        rows = self.conn.execute(
+            select(e.c.transfer_id, e.c.account, e.c.amount).where(
+                and_(e.c.transfer_id.in_(transfer_ids), e.c.account.in_(accounts))
+            )
+        )
+        return [(r.transfer_id, r.account, int(r.amount)) for r in rows]
+
+    # --- purchases and refunds ----------------------------------------------------------------
+
+    def insert_purchase(self, record: PurchaseRecord) -> None:
+        values = vars(record).copy()
+        del values["refund_kind"]
+        self._insert(purchases, values)
+
+    def purchase_by_store_transaction(self, store: str, store_transaction_id: str) -> PurchaseRecord | None:
+        p, r = purchases, purchase_refunds
+        row = self.conn.execute(
+            select(p, r.c.kind.label("refund_kind"))
+            .outerjoin(r, r.c.purchase_id == p.c.purchase_id)
+            .where(and_(p.c.store == store, p.c.store_transaction_id == store_transaction_id))
+        ).one_or_none()
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        values["refund_kind"] = values["refund_kind"] or ""
+        return PurchaseRecord(**values)
+
+    def insert_refund(self, purchase_id: str, kind: str, coins_reclaimed: int, debt_added: int, now: datetime) -> None:
+        self._insert(
+            purchase_refunds,
+            {
+                "purchase_id": purchase_id,
+                "kind": kind,
+                "coins_reclaimed": coins_reclaimed,
+                "debt_added": debt_added,
+                "created_at": now,
+            },
+        )
+
+    # --- promotions ---------------------------------------------------------------------------
+
+    def insert_promotion(self, record: PromotionRecord, now: datetime) -> None:
+        self._insert(promotions, {**vars(record), "created_at": now})
+
+    def promotion(self, promotion_id: str) -> PromotionRecord | None:
+        p = promotions
+        row = self.conn.execute(
+            select(p.c.promotion_id, p.c.name, p.c.coins_per_claim, p.c.budget, p.c.start_time, p.c.end_time).where(
+                p.c.promotion_id == promotion_id
+            )
+        ).one_or_none()
+        return None if row is None else PromotionRecord(**row._mapping)
+
+    def insert_claim(self, promotion_id: str, user_id: str, coins: int, now: datetime) -> None:
+        self._insert(
+            promotion_claims, {"promotion_id": promotion_id, "user_id": user_id, "coins": coins, "created_at": now}
+        )
+
+    # --- holds --------------------------------------------------------------------------------
+
+    def hold_by_gift(self, gift_id: str) -> HoldRecord | None:
+        row = self.conn.execute(select(holds).where(holds.c.gift_id == gift_id)).one_or_none()
+        return None if row is None else _hold(row)
+
+    def insert_hold(self, record: HoldRecord) -> bool:
+        """Insert a hold; False (and nothing written) if the gift already has one.
+
+        A savepoint keeps the transaction usable after the unique violation, so that the caller
+        can read the hold that won.
+        """
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(insert(holds).values(**vars(record), updated_at=record.created_at))
+        except IntegrityError as exc:
+            if _is_unique_violation(exc):
+                return False
+            raise
+        return True
+
+    def move_hold(
+        self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
+    ) -> HoldRecord | None:
+        """Change a hold's state if it is still `from_state`; the changed hold, or None."""
+        done = self.conn.execute(
+            update(holds)
+            .where(and_(holds.c.hold_id == hold_id, holds.c.state == from_state))
+            .values(state=to_state, updated_at=now, **changes)
+        )
+        if done.rowcount != 1:
+            return None
+        row = self.conn.execute(select(holds).where(holds.c.hold_id == hold_id)).one()
+        return _hold(row)
+
+    def due_holds(self, now: datetime, limit: int) -> list[str]:
+        """Gift ids of holds still held after their expiry time, oldest first."""
+        rows = self.conn.execute(
+            select(holds.c.gift_id)
+            .where(and_(holds.c.state == HELD, holds.c.expire_time <= now))
+            .order_by(holds.c.expire_time)
+            .limit(limit)
+        )
+        return [r.gift_id for r in rows]
+
+    # ------------------------------------------------------------------------------------------
+
+    def _insert(self, table: Table, values: dict[str, object]) -> None:
+        try:
+            self.conn.execute(insert(table).values(**values))
+        except IntegrityError as exc:
+            if _is_unique_violation(exc):
+                raise Duplicate(table.name) from exc
+            raise
+
+
+def _is_unique_violation(error: IntegrityError) -> bool:
+    """A duplicate key, as opposed to a broken CHECK or foreign key (which are bugs, not duplicates)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate == "23505")  # PostgreSQL unique_violation
+    return "UNIQUE constraint failed" in str(error.orig)  # SQLite, primary keys included
+
+
+def _hold(row: Row[tuple[object, ...]]) -> HoldRecord:
+    values = dict(row._mapping)
+    del values["updated_at"]
+    return HoldRecord(**values)
