@@ -1,0 +1,90 @@
+"""Assembling the payout service: database, domain, provider, servicer, access rules and loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+
+from services.runtime import auth
+from services.runtime.clock import Clock, SystemClock
+from services.runtime.db import Database
+from services.runtime.idempotency import RequestIdStore
+from services.runtime.server import BackgroundLoop, ServiceApp
+
+from . import storage
+from .domain import PayoutProcessor, Payouts, PayoutTerms, Rate
+from .provider import PayoutProvider, SandboxProvider
+from .servicer import PayoutServicer
+from .settings import PayoutSettings
+
+FULL_NAME = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
+
+ACCESS = {
+    "RegisterCreator": auth.USER,
+    "SetPayoutDestination": auth.USER,
+    "VerifyCreator": auth.OPERATOR,
+    "CreditDiamonds": auth.internal("gifting"),
+    "GetEarnings": auth.USER,
+    "ListDiamondTransactions": auth.USER,
+    "QuotePayout": auth.USER,
+    "RequestPayout": auth.USER,
+    "GetPayout": auth.USER,
+    "ListPayouts": auth.USER,
+}
+
+
+@dataclass
+class PayoutComponents:
+    """The assembled service; tests reach the domain, processor and provider through it."""
+
+    settings: PayoutSettings
+    db: Database
+    payouts: Payouts
+    processor: PayoutProcessor
+    provider: PayoutProvider
+    request_ids: RequestIdStore
+    app: ServiceApp
+
+
+def terms(settings: PayoutSettings) -> PayoutTerms:
+    return PayoutTerms(
+        rate=Rate(cents=settings.rate_cents, diamonds=settings.rate_diamonds),
+        currency=settings.currency,
+        fee_bps=settings.fee_bps,
+        minimum=settings.minimum_cents,
+        daily_maximum=settings.daily_maximum_cents,
+    )
+
+
+def assemble(
+    settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None
+) -> PayoutComponents:
+    clock = clock or SystemClock()
+    db = Database.from_url(settings.database_url)
+    provider = provider or SandboxProvider(db, clock)
+    payouts = Payouts(terms(settings), clock)
+    processor = PayoutProcessor(db, payouts, provider)
+    request_ids = RequestIdStore(db, storage.request_ids, clock)
+    app = ServiceApp(
+        name="payout",
+        full_name=FULL_NAME,
+        servicer=PayoutServicer(db, request_ids, payouts),
+        add_to_server=payout_pb2_grpc.add_PayoutServiceServicer_to_server,
+        access=ACCESS,
+        loops=[
+            BackgroundLoop("payout-processor", settings.processor_interval_ms / 1000, processor.process_due),
+            BackgroundLoop(
+                "payout-request-id-reaper",
+                settings.reaper_interval_seconds,
+                lambda: request_ids.reap(settings.idempotency_retention_seconds),
+            ),
+        ],
+        close=db.dispose,
+    )
+    return PayoutComponents(settings, db, payouts, processor, provider, request_ids, app)
+
+
+def build(settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None) -> ServiceApp:
+    """The payout ServiceApp; the clock defaults to the system's, the provider to the sandbox."""
+    return assemble(settings, clock, provider).app

@@ -1,0 +1,162 @@
+"""The payout database: request ids, the ledger, creators, diamond credits, payouts, sandbox payments.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-01-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from services.runtime.tables import UtcDateTime
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+_IN_FLIGHT = "state IN ('requested', 'processing')"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "request_ids",
+        sa.Column("caller", sa.String(160), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("method", sa.String(160), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("owner", sa.String(32), nullable=False),
+        sa.Column("lease_until", UtcDateTime(), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("attempts", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("caller", "request_id", name="pk_request_ids"),
+    )
+    op.create_index("ix_request_ids_created_at", "request_ids", ["created_at"])
+
+    op.create_table(
+        "ledger_accounts",
+        sa.Column("code", sa.String(160), primary_key=True),
+        sa.Column("unit", sa.String(16), nullable=False),
+        sa.Column("platform", sa.Boolean(), nullable=False),
+        sa.Column("balance", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("platform OR balance >= 0", name="ck_ledger_accounts_non_negative"),
+    )
+    op.create_table(
+        "ledger_transfers",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("reference", sa.String(160), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+    )
+    op.create_index("ix_ledger_transfers_reference", "ledger_transfers", ["reference"])
+    op.create_table(
+        "ledger_entries",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), nullable=False),
+        sa.Column("account", sa.String(160), sa.ForeignKey("ledger_accounts.code"), nullable=False),
+        sa.Column("unit", sa.String(16), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("amount <> 0", name="ck_ledger_entries_nonzero"),
+    )
+    op.create_index("ix_ledger_entries_account_id", "ledger_entries", ["account", "id"])
+    op.create_index("ix_ledger_entries_transfer", "ledger_entries", ["transfer_id"])
+
+    op.create_table(
+        "creators",
+        sa.Column("creator_id", sa.String(128), primary_key=True),
+        sa.Column("date_of_birth", sa.Date(), nullable=False),
+        sa.Column("country_code", sa.String(2), nullable=False),
+        sa.Column("gifting_enabled", sa.Boolean(), nullable=False),
+        sa.Column("kyc_status", sa.String(16), nullable=False),
+        sa.Column("destination_kind", sa.String(16), nullable=True),
+        sa.Column("destination_reference", sa.String(256), nullable=True),
+        sa.Column("destination_currency", sa.String(3), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("kyc_status IN ('unverified', 'verified', 'rejected')", name="ck_creators_kyc_status"),
+    )
+
+    op.create_table(
+        "diamond_credits",
+        sa.Column("credit_id", sa.String(64), primary_key=True),
+        sa.Column("gift_id", sa.String(128), nullable=False),
+        sa.Column("creator_id", sa.String(128), sa.ForeignKey("creators.creator_id"), nullable=False),
+        sa.Column("diamonds", sa.BigInteger(), nullable=False),
+        sa.Column("coins", sa.BigInteger(), nullable=False),
+        sa.Column("promotional_coins", sa.BigInteger(), nullable=False),
+        sa.Column("transfer_id", sa.String(64), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("diamonds > 0", name="ck_diamond_credits_diamonds_positive"),
+        sa.CheckConstraint("promotional_coins >= 0 AND promotional_coins <= coins", name="ck_diamond_credits_coins"),
+    )
+    # One credit per gift, ever.
+    op.create_index("ux_diamond_credits_gift_id", "diamond_credits", ["gift_id"], unique=True)
+
+    op.create_table(
+        "payouts",
+        sa.Column("payout_id", sa.String(64), primary_key=True),
+        sa.Column("creator_id", sa.String(128), sa.ForeignKey("creators.creator_id"), nullable=False),
+        sa.Column("diamonds", sa.BigInteger(), nullable=False),
+        sa.Column("gross", sa.BigInteger(), nullable=False),
+        sa.Column("fee", sa.BigInteger(), nullable=False),
+        sa.Column("net", sa.BigInteger(), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("destination_kind", sa.String(16), nullable=False),
+        sa.Column("destination_reference", sa.String(256), nullable=False),
+        sa.Column("destination_currency", sa.String(3), nullable=False),
+        sa.Column("provider_reference", sa.String(128), nullable=False),
+        sa.Column("failure_reason", sa.String(256), nullable=False),
+        sa.Column("submissions", sa.Integer(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("state IN ('requested', 'processing', 'paid', 'failed')", name="ck_payouts_state"),
+        sa.CheckConstraint("diamonds > 0 AND net > 0 AND fee >= 0 AND gross = fee + net", name="ck_payouts_amounts"),
+    )
+    # At most one payout in flight per creator.
+    op.create_index(
+        "ux_payouts_one_in_flight_per_creator",
+        "payouts",
+        ["creator_id"],
+        unique=True,
+        sqlite_where=sa.text(_IN_FLIGHT),
+        postgresql_where=sa.text(_IN_FLIGHT),
+    )
+    op.create_index("ix_payouts_creator_created", "payouts", ["creator_id", "created_at", "payout_id"])
+    op.create_index("ix_payouts_state_created", "payouts", ["state", "created_at"])
+
+    op.create_table(
+        "sandbox_payments",
+        sa.Column("idempotency_key", sa.String(64), primary_key=True),
+        sa.Column("provider_reference", sa.String(64), nullable=False, unique=True),
+        sa.Column("beneficiary", sa.String(128), nullable=False),
+        sa.Column("destination_reference", sa.String(256), nullable=False),
+        sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("failure_reason", sa.String(256), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("settle_at", UtcDateTime(), nullable=False),
+        sa.CheckConstraint("amount_minor > 0", name="ck_sandbox_payments_amount_positive"),
+    )
+
+
+def downgrade() -> None:
+    for table in (
+        "sandbox_payments",
+        "payouts",
+        "diamond_credits",
+        "creators",
+        "ledger_entries",
+        "ledger_transfers",
+        "ledger_accounts",
+        "request_ids",
+    ):
+        op.drop_table(table)

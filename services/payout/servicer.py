@@ -1,0 +1,392 @@
+"""PayoutService over gRPC: validates requests, calls the domain, turns its results into protobuf.
+
+Who may call what is the ACCESS table in app.py; user RPCs act only for the caller (the token's
+user id is the creator id). Every mutating RPC runs through the request-id store (AIP-155).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+import grpc
+from giftcoin.common.v1 import common_pb2
+from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.runtime.auth import current_caller, require_user
+from services.runtime.db import Database
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument
+from services.runtime.idempotency import RequestIdStore
+from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.validation import Validator, clamp_page_size
+
+from . import domain
+from .domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
+from .provider import MAX_SANDBOX_DELAY_SECONDS, sandbox_behaviour
+from .storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+SERVICE = "giftcoin.payout.v1.PayoutService"
+# Far above any real amount, far below int64 overflow when multiplied by a rate.
+MAX_DIAMONDS = 10**15
+MAX_COINS = 10**15
+MAX_REFERENCE_LENGTH = 256
+
+_KYC = {
+    payout_pb2.KYC_STATUS_UNVERIFIED: domain.KYC_UNVERIFIED,
+    payout_pb2.KYC_STATUS_VERIFIED: domain.KYC_VERIFIED,
+    payout_pb2.KYC_STATUS_REJECTED: domain.KYC_REJECTED,
+}
+_KYC_PB = {v: k for k, v in _KYC.items()}
+_KINDS = {
+    payout_pb2.DESTINATION_KIND_BANK_ACCOUNT: domain.BANK_ACCOUNT,
+    payout_pb2.DESTINATION_KIND_PAYPAL: domain.PAYPAL,
+    payout_pb2.DESTINATION_KIND_SANDBOX: domain.SANDBOX,
+}
+_KINDS_PB = {v: k for k, v in _KINDS.items()}
+_STATES_PB = {
+    REQUESTED: payout_pb2.PAYOUT_STATE_REQUESTED,
+    PROCESSING: payout_pb2.PAYOUT_STATE_PROCESSING,
+    PAID: payout_pb2.PAYOUT_STATE_PAID,
+    FAILED: payout_pb2.PAYOUT_STATE_FAILED,
+}
+_TRANSACTION_KINDS_PB = {
+    domain.GIFT_CREDIT: payout_pb2.DIAMOND_TRANSACTION_KIND_GIFT_CREDIT,
+    domain.PAYOUT: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT,
+    domain.PAYOUT_RETURNED: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT_RETURNED,
+}
+
+
+class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
+    def __init__(self, db: Database, request_ids: RequestIdStore, payouts: Payouts) -> None:
+        self.db = db
+        self.request_ids = request_ids
+        self.payouts = payouts
+
+    # --- creators ------------------------------------------------------------------------------
+
+    def RegisterCreator(
+        self, request: payout_pb2.RegisterCreatorRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.RegisterCreatorResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.request_id(request.request_id)
+        # The user id becomes the creator id, which gifting sends back in CreditDiamonds.
+        v.identifier(creator_id, "caller")
+        born = _date_of_birth(v, request)
+        v.country(request.country_code)
+        v.check()
+        assert born is not None
+        return self._mutate(
+            "RegisterCreator",
+            request,
+            payout_pb2.RegisterCreatorResponse,
+            lambda uow: payout_pb2.RegisterCreatorResponse(
+                creator=_creator(self.payouts.register_creator(uow, creator_id, born, request.country_code))
+            ),
+        )
+
+    def SetPayoutDestination(
+        self, request: payout_pb2.SetPayoutDestinationRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.SetPayoutDestinationResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.request_id(request.request_id)
+        if not request.HasField("destination"):
+            v.fail("destination", "required")
+        else:
+            d = request.destination
+            v.enum(d.kind, set(_KINDS), "destination.kind")
+            v.text(d.account_reference, "destination.account_reference", max_length=MAX_REFERENCE_LENGTH)
+            sandbox = d.kind == payout_pb2.DESTINATION_KIND_SANDBOX
+            if sandbox and d.account_reference and sandbox_behaviour(d.account_reference) is None:
+                v.fail(
+                    "destination.account_reference",
+                    f'sandbox: "succeed", "fail" or "delay:<seconds>" (at most {MAX_SANDBOX_DELAY_SECONDS} seconds)',
+                )
+            v.currency(d.currency_code, "destination.currency_code")
+        v.check()
+        d = request.destination
+        destination = Destination(_KINDS[d.kind], d.account_reference, d.currency_code)
+        return self._mutate(
+            "SetPayoutDestination",
+            request,
+            payout_pb2.SetPayoutDestinationResponse,
+            lambda uow: payout_pb2.SetPayoutDestinationResponse(
+                creator=_creator(self.payouts.set_destination(uow, creator_id, destination))
+            ),
+        )
+
+    def VerifyCreator(
+        self, request: payout_pb2.VerifyCreatorRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.VerifyCreatorResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.creator_id, "creator_id")
+        v.enum(request.kyc_status, set(_KYC), "kyc_status")
+        v.check()
+        return self._mutate(
+            "VerifyCreator",
+            request,
+            payout_pb2.VerifyCreatorResponse,
+            lambda uow: payout_pb2.VerifyCreatorResponse(
+                creator=_creator(self.payouts.verify_creator(uow, request.creator_id, _KYC[request.kyc_status]))
+            ),
+        )
+
+    # --- credits -------------------------------------------------------------------------------
+
+    def CreditDiamonds(
+        self, request: payout_pb2.CreditDiamondsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.CreditDiamondsResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.identifier(request.creator_id, "creator_id")
+        v.positive(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.coins, "coins", MAX_COINS)
+        v.non_negative(request.promotional_coins, "promotional_coins", MAX_COINS)
+        if request.promotional_coins > request.coins >= 0:
+            v.fail("promotional_coins", "at most coins (the promotional part of the coins spent)")
+        v.check()
+        return self._mutate(
+            "CreditDiamonds",
+            request,
+            payout_pb2.CreditDiamondsResponse,
+            lambda uow: payout_pb2.CreditDiamondsResponse(
+                credit=_credit(
+                    self.payouts.credit_diamonds(
+                        uow,
+                        request.gift_id,
+                        request.creator_id,
+                        request.diamonds,
+                        request.coins,
+                        request.promotional_coins,
+                    )
+                )
+            ),
+        )
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def GetEarnings(
+        self, request: payout_pb2.GetEarningsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.GetEarningsResponse:
+        creator_id = require_user(current_caller())
+        e = self._read(lambda uow: self.payouts.earnings(uow, creator_id))
+        return payout_pb2.GetEarningsResponse(
+            diamond_balance=e.diamond_balance,
+            cash_value=_money(e.cash_value, e.currency),
+            pending_diamonds=e.pending_diamonds,
+            pending_net=_money(e.pending_net, e.currency),
+            paid_net=_money(e.paid_net, e.currency),
+            rate=common_pb2.Ratio(numerator=e.rate.cents, denominator=e.rate.diamonds),
+        )
+
+    def ListDiamondTransactions(
+        self, request: payout_pb2.ListDiamondTransactionsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListDiamondTransactionsResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        cursor = _cursor(request.page_token, "diamond_transactions", {"position": int})
+        before = None if cursor is None else int(cursor["position"])
+        size = clamp_page_size(request.page_size)
+        page = self._read(lambda uow: self.payouts.diamond_transactions(uow, creator_id, size, before))
+        token = ""
+        if page.has_more:
+            token = encode_page_token({"list": "diamond_transactions", "position": page.items[-1].position})
+        return payout_pb2.ListDiamondTransactionsResponse(
+            transactions=[_transaction(t) for t in page.items], next_page_token=token
+        )
+
+    def QuotePayout(
+        self, request: payout_pb2.QuotePayoutRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.QuotePayoutResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.check()
+        quote = self._read(lambda uow: self.payouts.quote(uow, creator_id, request.diamonds))
+        return payout_pb2.QuotePayoutResponse(quote=_quote(quote))
+
+    def RequestPayout(
+        self, request: payout_pb2.RequestPayoutRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.RequestPayoutResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.request_id(request.request_id)
+        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.check()
+        return self._mutate(
+            "RequestPayout",
+            request,
+            payout_pb2.RequestPayoutResponse,
+            lambda uow: payout_pb2.RequestPayoutResponse(
+                payout=_payout(self.payouts.request_payout(uow, creator_id, request.diamonds))
+            ),
+        )
+
+    def GetPayout(
+        self, request: payout_pb2.GetPayoutRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.GetPayoutResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.identifier(request.payout_id, "payout_id")
+        v.check()
+        payout = self._read(lambda uow: self.payouts.get_payout(uow, creator_id, request.payout_id))
+        return payout_pb2.GetPayoutResponse(payout=_payout(payout))
+
+    def ListPayouts(
+        self, request: payout_pb2.ListPayoutsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListPayoutsResponse:
+        creator_id = require_user(current_caller())
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        cursor = _cursor(request.page_token, "payouts", {"created_at": str, "payout_id": str})
+        before = None
+        if cursor is not None:
+            try:
+                before = (datetime.fromisoformat(cursor["created_at"]), str(cursor["payout_id"]))
+            except ValueError as exc:
+                raise _bad_token() from exc
+            if before[0].tzinfo is None:
+                raise _bad_token()
+        size = clamp_page_size(request.page_size)
+        page = self._read(lambda uow: self.payouts.list_payouts(uow, creator_id, size, before))
+        token = ""
+        if page.has_more:
+            last = page.items[-1]
+            token = encode_page_token(
+                {"list": "payouts", "created_at": last.created_at.isoformat(), "payout_id": last.payout_id}
+            )
+        return payout_pb2.ListPayoutsResponse(payouts=[_payout(p) for p in page.items], next_page_token=token)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _mutate(self, method: str, request: Any, response_type: type[M], work: Callable[[UnitOfWork], M]) -> M:
+        """Run `work` once per (caller, request id), in one transaction with its recorded response."""
+        return self.request_ids.execute(
+            current_caller().subject,
+            f"/{SERVICE}/{method}",
+            request,
+            request.request_id,
+            response_type,
+            lambda conn: work(UnitOfWork(conn)),
+        )
+
+    def _read(self, work: Callable[[UnitOfWork], T]) -> T:
+        return self.db.run(lambda conn: work(UnitOfWork(conn)))
+
+
+# --- protobuf <-> domain ----------------------------------------------------------------------------
+
+
+def _date_of_birth(v: Validator, request: payout_pb2.RegisterCreatorRequest) -> date | None:
+    if not request.HasField("date_of_birth"):
+        v.fail("date_of_birth", "required: a valid calendar date")
+        return None
+    d = request.date_of_birth
+    return v.calendar_date(d.year, d.month, d.day, "date_of_birth")
+
+
+def _bad_token() -> DomainError:
+    return invalid_argument([FieldViolation("page_token", "not a page token from a previous response of this list")])
+
+
+def _cursor(token: str, list_name: str, fields: dict[str, type]) -> dict[str, Any] | None:
+    """A page token's cursor, checked to be one this list made."""
+    cursor = decode_page_token(token)
+    if cursor is None:
+        return None
+    if cursor.get("list") != list_name or any(not isinstance(cursor.get(k), t) for k, t in fields.items()):
+        raise _bad_token()
+    return cursor
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _money(amount: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount, currency_code=currency)
+
+
+def _destination(d: Destination) -> payout_pb2.PayoutDestination:
+    return payout_pb2.PayoutDestination(
+        kind=_KINDS_PB[d.kind], account_reference=d.account_reference, currency_code=d.currency
+    )
+
+
+def _creator(c: Creator) -> payout_pb2.Creator:
+    message = payout_pb2.Creator(
+        creator_id=c.creator_id,
+        date_of_birth=common_pb2.Date(year=c.date_of_birth.year, month=c.date_of_birth.month, day=c.date_of_birth.day),
+        country_code=c.country_code,
+        eligible=c.eligible,
+        gifting_enabled=c.gifting_enabled,
+        kyc_status=_KYC_PB[c.kyc_status],
+        create_time=_timestamp(c.created_at),
+    )
+    if c.destination is not None:
+        message.destination.CopyFrom(_destination(c.destination))
+    return message
+
+
+def _credit(c: Credit) -> payout_pb2.DiamondCredit:
+    return payout_pb2.DiamondCredit(
+        credit_id=c.credit_id,
+        gift_id=c.gift_id,
+        creator_id=c.creator_id,
+        diamonds=c.diamonds,
+        create_time=_timestamp(c.created_at),
+    )
+
+
+def _transaction(t: DiamondTransaction) -> payout_pb2.DiamondTransaction:
+    return payout_pb2.DiamondTransaction(
+        transaction_id=t.transaction_id,
+        kind=_TRANSACTION_KINDS_PB.get(t.kind, payout_pb2.DIAMOND_TRANSACTION_KIND_UNSPECIFIED),
+        diamonds_delta=t.diamonds_delta,
+        reference=t.reference,
+        create_time=_timestamp(t.created_at),
+    )
+
+
+def _quote(q: Quote) -> payout_pb2.Quote:
+    return payout_pb2.Quote(
+        diamonds=q.amounts.diamonds,
+        gross=_money(q.amounts.gross, q.currency),
+        fee=_money(q.amounts.fee, q.currency),
+        net=_money(q.amounts.net, q.currency),
+        minimum=_money(q.minimum, q.currency),
+        meets_minimum=q.meets_minimum,
+        daily_remaining=_money(q.daily_remaining, q.currency),
+        within_daily_limit=q.within_daily_limit,
+    )
+
+
+def _payout(p: Payout) -> payout_pb2.Payout:
+    return payout_pb2.Payout(
+        payout_id=p.payout_id,
+        creator_id=p.creator_id,
+        diamonds=p.amounts.diamonds,
+        gross=_money(p.amounts.gross, p.currency),
+        fee=_money(p.amounts.fee, p.currency),
+        net=_money(p.amounts.net, p.currency),
+        state=_STATES_PB[p.state],
+        destination=_destination(p.destination),
+        provider_reference=p.provider_reference,
+        failure_reason=p.failure_reason,
+        create_time=_timestamp(p.created_at),
+        update_time=_timestamp(p.updated_at),
+    )

@@ -1,0 +1,367 @@
+"""The payout service's database: tables (SQLAlchemy Core), repositories and the unit of work.
+
+Uniqueness that money depends on is a constraint here, not a read before a write:
+- one credit per gift: UNIQUE(diamond_credits.gift_id);
+- at most one payout in flight per creator: a partial unique index on payouts(creator_id) over the
+  states requested and processing (SQLite and PostgreSQL both support partial indexes);
+- each payout's ledger transfers have ids derived from the payout id (primary key of ledger_transfers),
+  so a payout's diamonds are taken, paid or returned at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from services.runtime.ledger import Ledger, ledger_tables
+from services.runtime.tables import UtcDateTime, request_ids_table
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Payout states as stored; the in-flight ones hold the creator's single in-flight slot.
+REQUESTED, PROCESSING, PAID, FAILED = "requested", "processing", "paid", "failed"
+IN_FLIGHT = (REQUESTED, PROCESSING)
+_IN_FLIGHT_SQL = "state IN ('requested', 'processing')"
+
+metadata = MetaData()
+request_ids = request_ids_table(metadata)
+ledger = ledger_tables(metadata)
+
+creators = Table(
+    "creators",
+    metadata,
+    Column("creator_id", String(128), primary_key=True),
+    Column("date_of_birth", Date(), nullable=False),
+    Column("country_code", String(2), nullable=False),
+    Column("gifting_enabled", Boolean(), nullable=False),
+    Column("kyc_status", String(16), nullable=False),
+    Column("destination_kind", String(16), nullable=True),
+    Column("destination_reference", String(256), nullable=True),
+    Column("destination_currency", String(3), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    CheckConstraint("kyc_status IN ('unverified', 'verified', 'rejected')", name="ck_creators_kyc_status"),
+)
+
+diamond_credits = Table(
+    "diamond_credits",
+    metadata,
+    Column("credit_id", String(64), primary_key=True),
+    Column("gift_id", String(128), nullable=False),
+    Column("creator_id", String(128), ForeignKey("creators.creator_id"), nullable=False),
+    Column("diamonds", BigInteger(), nullable=False),
+    Column("coins", BigInteger(), nullable=False),
+    Column("promotional_coins", BigInteger(), nullable=False),
+    Column("transfer_id", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("diamonds > 0", name="ck_diamond_credits_diamonds_positive"),
+    CheckConstraint("promotional_coins >= 0 AND promotional_coins <= coins", name="ck_diamond_credits_coins"),
+    Index("ux_diamond_credits_gift_id", "gift_id", unique=True),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("payout_id", String(64), primary_key=True),
+    Column("creator_id", String(128), ForeignKey("creators.creator_id"), nullable=False),
+    Column("diamonds", BigInteger(), nullable=False),
+    Column("gross", BigInteger(), nullable=False),
+    Column("fee", BigInteger(), nullable=False),
+    Column("net", BigInteger(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("destination_kind", String(16), nullable=False),
+    Column("destination_reference", String(256), nullable=False),
+    Column("destination_currency", String(3), nullable=False),
+    Column("provider_reference", String(128), nullable=False),
+    Column("failure_reason", String(256), nullable=False),
+    Column("submissions", Integer(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    CheckConstraint("state IN ('requested', 'processing', 'paid', 'failed')", name="ck_payouts_state"),
+    CheckConstraint("diamonds > 0 AND net > 0 AND fee >= 0 AND gross = fee + net", name="ck_payouts_amounts"),
+    Index(
+        "ux_payouts_one_in_flight_per_creator",
+        "creator_id",
+        unique=True,
+        sqlite_where=text(_IN_FLIGHT_SQL),
+        postgresql_where=text(_IN_FLIGHT_SQL),
+    ),
+    Index("ix_payouts_creator_created", "creator_id", "created_at", "payout_id"),
+    Index("ix_payouts_state_created", "state", "created_at"),
+)
+
+# The sandbox provider's own records: the provider's side of each payment, keyed by the idempotency
+# key the payout service sends (the payout id). Written only by provider.SandboxProvider.
+sandbox_payments = Table(
+    "sandbox_payments",
+    metadata,
+    Column("idempotency_key", String(64), primary_key=True),
+    Column("provider_reference", String(64), nullable=False, unique=True),
+    Column("beneficiary", String(128), nullable=False),
+    Column("destination_reference", String(256), nullable=False),
+    Column("amount_minor", BigInteger(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | paid | failed
+    Column("failure_reason", String(256), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("settle_at", UtcDateTime(), nullable=False),
+    CheckConstraint("amount_minor > 0", name="ck_sandbox_payments_amount_positive"),
+)
+
+
+# --- ledger account codes ----------------------------------------------------------------------
+
+DIAMOND = "diamond"
+DIAMONDS_ISSUED = "platform:diamonds_issued"  # where credited diamonds come from (goes negative)
+DIAMONDS_REDEEMED = "platform:diamonds_redeemed"  # diamonds of paid payouts end here
+
+
+def creator_diamonds(creator_id: str) -> str:
+    """The creator's diamond balance (holder: never negative)."""
+    return f"creator:{creator_id}:diamonds"
+
+
+def creator_diamonds_in_payout(creator_id: str) -> str:
+    """Diamonds of the creator's payouts that are requested or processing (holder)."""
+    return f"creator:{creator_id}:diamonds_in_payout"
+
+
+def cash_issued(currency: str) -> str:
+    """The platform's cash liability for redeemed diamonds: the gross of every paid payout (negative)."""
+    return f"platform:cash_issued:{currency}"
+
+
+def cash_paid_out(currency: str) -> str:
+    """Net cash sent to creators."""
+    return f"platform:cash_paid_out:{currency}"
+
+
+def fee_revenue(currency: str) -> str:
+    """The platform's fee on payouts."""
+    return f"platform:payout_fee_revenue:{currency}"
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatorRecord:
+    creator_id: str
+    date_of_birth: date
+    country_code: str
+    gifting_enabled: bool
+    kyc_status: str
+    destination_kind: str | None
+    destination_reference: str | None
+    destination_currency: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CreditRecord:
+    credit_id: str
+    gift_id: str
+    creator_id: str
+    diamonds: int
+    coins: int
+    promotional_coins: int
+    transfer_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PayoutRecord:
+    payout_id: str
+    creator_id: str
+    diamonds: int
+    gross: int
+    fee: int
+    net: int
+    currency: str
+    state: str
+    destination_kind: str
+    destination_reference: str
+    destination_currency: str
+    provider_reference: str
+    failure_reason: str
+    submissions: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DiamondEntry:
+    """One entry on a creator's diamond account, with its transfer's kind and reference."""
+
+    entry_id: int
+    transfer_id: str
+    kind: str
+    reference: str
+    amount: int
+    created_at: datetime
+
+
+def _record(cls: Any, row: Any) -> Any:
+    return cls(**row._asdict())
+
+
+# --- repositories ----------------------------------------------------------------------------------
+
+
+class CreatorRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, record: CreatorRecord) -> None:
+        """Raises IntegrityError if the creator exists (callers run it in a savepoint)."""
+        self.conn.execute(insert(creators).values(**record.__dict__))
+
+    def get(self, creator_id: str, for_update: bool = False) -> CreatorRecord | None:
+        """`for_update` locks the row to the end of the transaction (SQLite's transactions are serial anyway)."""
+        query = select(creators).where(creators.c.creator_id == creator_id)
+        row = self.conn.execute(query.with_for_update() if for_update else query).one_or_none()
+        return None if row is None else _record(CreatorRecord, row)
+
+    def update(self, creator_id: str, **values: object) -> None:
+        self.conn.execute(update(creators).where(creators.c.creator_id == creator_id).values(**values))
+
+
+class CreditRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, record: CreditRecord) -> None:
+        """Raises IntegrityError if the gift was credited already (UNIQUE gift_id)."""
+        self.conn.execute(insert(diamond_credits).values(**record.__dict__))
+
+    def by_gift(self, gift_id: str) -> CreditRecord | None:
+        row = self.conn.execute(select(diamond_credits).where(diamond_credits.c.gift_id == gift_id)).one_or_none()
+        return None if row is None else _record(CreditRecord, row)
+
+
+class PayoutRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, record: PayoutRecord) -> None:
+        """Raises IntegrityError if the creator has a payout in flight (the partial unique index)."""
+        self.conn.execute(insert(payouts).values(**record.__dict__))
+
+    def get(self, payout_id: str) -> PayoutRecord | None:
+        row = self.conn.execute(select(payouts).where(payouts.c.payout_id == payout_id)).one_or_none()
+        return None if row is None else _record(PayoutRecord, row)
+
+    def in_flight(self, creator_id: str) -> str | None:
+        """The id of the creator's payout that is requested or processing, if any."""
+        return self.conn.execute(
+            select(payouts.c.payout_id).where(payouts.c.creator_id == creator_id, payouts.c.state.in_(IN_FLIGHT))
+        ).scalar_one_or_none()
+
+    def transition(self, payout_id: str, from_state: str, **values: object) -> bool:
+        """Move a payout out of `from_state`; False if it was not in it (another worker moved it)."""
+        result = self.conn.execute(
+            update(payouts)
+            .where(and_(payouts.c.payout_id == payout_id, payouts.c.state == from_state))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def set_provider_reference(self, payout_id: str, reference: str, now: datetime) -> None:
+        self.conn.execute(
+            update(payouts)
+            .where(and_(payouts.c.payout_id == payout_id, payouts.c.provider_reference == ""))
+            .values(provider_reference=reference, updated_at=now)
+        )
+
+    def ids_in_state(self, state: str, limit: int) -> list[str]:
+        rows = self.conn.execute(
+            select(payouts.c.payout_id)
+            .where(payouts.c.state == state)
+            .order_by(payouts.c.created_at, payouts.c.payout_id)
+            .limit(limit)
+        )
+        return [r.payout_id for r in rows]
+
+    def net_total(self, creator_id: str, states: Sequence[str], currency: str, since: datetime | None = None) -> int:
+        query = select(func.coalesce(func.sum(payouts.c.net), 0)).where(
+            payouts.c.creator_id == creator_id, payouts.c.state.in_(states), payouts.c.currency == currency
+        )
+        if since is not None:
+            query = query.where(payouts.c.created_at >= since)
+        return int(self.conn.execute(query).scalar_one())
+
+    def page(self, creator_id: str, size: int, before: tuple[datetime, str] | None) -> list[PayoutRecord]:
+        """Newest first; `before` is the (created_at, payout_id) of the last payout already listed."""
+        query = select(payouts).where(payouts.c.creator_id == creator_id)
+        if before is not None:
+            at, payout_id = before
+            query = query.where(
+                or_(payouts.c.created_at < at, and_(payouts.c.created_at == at, payouts.c.payout_id < payout_id))
+            )
+        rows = self.conn.execute(query.order_by(payouts.c.created_at.desc(), payouts.c.payout_id.desc()).limit(size))
+        return [_record(PayoutRecord, r) for r in rows]
+
+
+class DiamondHistory:
+    """A creator's diamond movements, read from the ledger entries of their diamond account."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def page(self, creator_id: str, size: int, before_entry_id: int | None) -> list[DiamondEntry]:
+        e, t = ledger.entries, ledger.transfers
+        query = (
+            select(
+                e.c.id.label("entry_id"),
+                e.c.transfer_id,
+                t.c.kind,
+                t.c.reference,
+                e.c.amount,
+                e.c.created_at,
+            )
+            .join(t, t.c.id == e.c.transfer_id)
+            .where(e.c.account == creator_diamonds(creator_id))
+        )
+        if before_entry_id is not None:
+            query = query.where(e.c.id < before_entry_id)
+        rows = self.conn.execute(query.order_by(e.c.id.desc()).limit(size))
+        return [_record(DiamondEntry, r) for r in rows]
+
+
+class UnitOfWork:
+    """Everything one database transaction of the payout service touches."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.creators = CreatorRepository(conn)
+        self.credits = CreditRepository(conn)
+        self.payouts = PayoutRepository(conn)
+        self.history = DiamondHistory(conn)
+        self.ledger = Ledger(ledger, conn)
