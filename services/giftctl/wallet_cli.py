@@ -26,12 +26,19 @@ def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def sandbox_receipt(user_id: str, package_id: str, store_transaction_id: str = "") -> wallet_pb2.Receipt:
-    """A test-store receipt signed with the sandbox key, as the wallet's receipt tool mints them."""
+def sandbox_receipt(
+    user_id: str, package_id: str, currency_code: str = "", store_transaction_id: str = ""
+) -> wallet_pb2.Receipt:
+    """A test-store receipt signed with the sandbox key (GIFTCOIN_WALLET_SANDBOX_RECEIPT_KEY, else the
+    dev key), for the package's price, bound to the buyer: what the wallet's receipt tool mints."""
     from services.wallet import receipts  # the wallet's own tool: one definition of the signature
 
-    transaction_id = store_transaction_id or f"sandbox-{uuid.uuid4()}"
-    payload = receipts.mint_receipt(user_id=user_id, package_id=package_id, store_transaction_id=transaction_id)
+    payload = receipts.mint_receipt(
+        package_id=package_id,
+        store_transaction_id=store_transaction_id or f"sandbox-{uuid.uuid4()}",
+        user_id=user_id,
+        currency_code=currency_code or "USD",
+    )
     return wallet_pb2.Receipt(store=SANDBOX_STORE, payload=payload)
 
 
@@ -54,7 +61,7 @@ def buy(session: Session, args: argparse.Namespace) -> wallet_pb2.PurchaseCoinsR
     if args.receipt:
         receipt = wallet_pb2.Receipt(store=args.store, payload=args.receipt)
     else:
-        receipt = sandbox_receipt(session.caller.id, args.package, args.transaction_id)
+        receipt = sandbox_receipt(session.caller.id, args.package, args.currency or "", args.transaction_id)
     request = wallet_pb2.PurchaseCoinsRequest(
         request_id=session.request_id(), package_id=args.package, currency_code=args.currency or "", receipt=receipt
     )
