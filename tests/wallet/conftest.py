@@ -1,0 +1,223 @@
+"""The wallet in-process over real gRPC on 127.0.0.1, on a fresh database per test (SQLite and PostgreSQL).
+
+Every test that uses `wallet` ends with the books checked: the ledger's invariants
+(runtime.ledger.ledger_problems) and the wallet's own (`wallet_problems`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from giftcoin.common.v1 import common_pb2
+from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from sqlalchemy import Connection, func, select
+
+from services.runtime.auth import Caller
+from services.runtime.clock import FakeClock
+from services.runtime.config import Env
+from services.runtime.db import Database
+from services.runtime.errors import DomainError, from_rpc_error
+from services.runtime.ledger import ledger_problems
+from services.runtime.server import BackgroundLoop, RunningServer, create_server
+from services.wallet import app as wallet_app
+from services.wallet import storage
+from services.wallet.receipts import mint_receipt
+from services.wallet.settings import WalletSettings, load_settings
+from tests.support.identity import as_caller, operator, service, user
+
+R = TypeVar("R")
+GIFTING = service("gifting")
+OPERATOR = operator("ops")
+ADULT_BIRTH = common_pb2.Date(year=1990, month=6, day=15)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def wallet_settings(database_url: str, **env: str) -> WalletSettings:
+    """Dev-mode settings whose loops never tick on their own: tests call a loop's step themselves."""
+    return load_settings(
+        Env(
+            {
+                "GIFTCOIN_DEV_MODE": "true",
+                "GIFTCOIN_WALLET_DATABASE_URL": database_url,
+                "GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS": "3600",
+                "GIFTCOIN_WALLET_REAPER_INTERVAL_SECONDS": "3600",
+                **env,
+            }
+        )
+    )
+
+
+def rpc_error(call: Callable[[], Any]) -> DomainError:
+    """The DomainError a call fails with (read back from google.rpc details); fails if it succeeds."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        error = from_rpc_error(err)
+        assert error is not None, f"no ErrorInfo in {err.code()} {err.details()}"  # type: ignore[attr-defined]
+        return error
+    raise AssertionError("the call succeeded")
+
+
+def wallet_problems(conn: Connection) -> list[str]:
+    """The wallet's own invariants, on top of the ledger's."""
+    e, w, h = storage.ledger.entries, storage.wallet_transfers, storage.holds
+    problems: list[str] = []
+    # Every transfer on a user's accounts is in that user's history, and nothing else is.
+    touched = {
+        (r.account.split(":")[1], r.transfer_id)
+        for r in conn.execute(select(e.c.account, e.c.transfer_id).where(e.c.account.like("wallet:%")))
+    }
+    linked = {(r.user_id, r.transfer_id) for r in conn.execute(select(w.c.user_id, w.c.transfer_id))}
+    if touched != linked:
+        problems.append(f"history differs from ledger: {sorted(touched ^ linked)}")
+    for (user_id,) in conn.execute(select(storage.wallets.c.user_id)):
+        debt_entries = conn.execute(
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == f"wallet:{user_id}:debt")
+        ).scalar_one()
+        if debt_entries > 0:
+            problems.append(f"{user_id}: debt account is positive ({debt_entries})")
+        held = conn.execute(
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account.like(f"wallet:{user_id}:held:%"))
+        ).scalar_one()
+        holding = conn.execute(
+            select(func.coalesce(func.sum(h.c.amount), 0)).where(h.c.user_id == user_id, h.c.state == storage.HELD)
+        ).scalar_one()
+        if held != holding:
+            problems.append(f"{user_id}: held accounts {held} != holds in state held {holding}")
+    return problems
+
+
+def check_books(database_url: str) -> None:
+    db = Database.from_url(database_url, pool_size=1)
+    try:
+        with db.transaction() as conn:
+            assert ledger_problems(storage.ledger, conn) == []
+            assert wallet_problems(conn) == []
+    finally:
+        db.dispose()
+
+
+@dataclass
+class WalletHarness:
+    """A running wallet and the calls tests make, as each kind of caller."""
+
+    running: RunningServer
+    stub: wallet_pb2_grpc.WalletServiceStub
+    clock: FakeClock
+    database_url: str
+    packages: dict[str, int] = field(default_factory=dict)
+
+    def loop(self, name: str) -> BackgroundLoop:
+        return next(loop for loop in self.running.app.loops if loop.name == name)
+
+    def expire_holds(self) -> None:
+        self.loop(wallet_app.HOLD_EXPIRY_LOOP).step()
+
+    # --- user calls ---------------------------------------------------------------------------
+
+    def open_wallet(self, user_id: str, born: common_pb2.Date = ADULT_BIRTH, country: str = "US") -> wallet_pb2.Wallet:
+        request = wallet_pb2.OpenWalletRequest(request_id=new_id(), date_of_birth=born, country_code=country)
+        return self.stub.OpenWallet(request, metadata=as_caller(user(user_id))).wallet
+
+    def get(self, user_id: str) -> wallet_pb2.Wallet:
+        return self.stub.GetWallet(wallet_pb2.GetWalletRequest(), metadata=as_caller(user(user_id))).wallet
+
+    def purchase_request(
+        self, package_id: str = "coins_700", transaction_id: str = "", receipt_package: str = ""
+    ) -> wallet_pb2.PurchaseCoinsRequest:
+        payload = mint_receipt(receipt_package or package_id, transaction_id or f"txn-{new_id()}")
+        return wallet_pb2.PurchaseCoinsRequest(
+            request_id=new_id(), package_id=package_id, receipt=wallet_pb2.Receipt(store="sandbox", payload=payload)
+        )
+
+    def buy(self, user_id: str, package_id: str = "coins_700") -> wallet_pb2.PurchaseCoinsResponse:
+        return self.stub.PurchaseCoins(self.purchase_request(package_id), metadata=as_caller(user(user_id)))
+
+    def claim(self, user_id: str, promotion_id: str, request_id: str = "") -> wallet_pb2.ClaimPromotionResponse:
+        request = wallet_pb2.ClaimPromotionRequest(request_id=request_id or new_id(), promotion_id=promotion_id)
+        return self.stub.ClaimPromotion(request, metadata=as_caller(user(user_id)))
+
+    def history(self, user_id: str, page_size: int = 0, page_token: str = "") -> wallet_pb2.ListTransactionsResponse:
+        request = wallet_pb2.ListTransactionsRequest(page_size=page_size, page_token=page_token)
+        return self.stub.ListTransactions(request, metadata=as_caller(user(user_id)))
+
+    # --- operator calls -----------------------------------------------------------------------
+
+    def refund(
+        self, store_transaction_id: str, kind: wallet_pb2.RefundKind.ValueType = wallet_pb2.REFUND_KIND_REFUND
+    ) -> wallet_pb2.RefundPurchaseResponse:
+        request = wallet_pb2.RefundPurchaseRequest(
+            request_id=new_id(), store="sandbox", store_transaction_id=store_transaction_id, kind=kind
+        )
+        return self.stub.RefundPurchase(request, metadata=as_caller(OPERATOR))
+
+    def create_promotion(
+        self, promotion_id: str, coins_per_claim: int, budget: int, hours: int = 24
+    ) -> wallet_pb2.Promotion:
+        start = self.clock.now()
+        request = wallet_pb2.CreatePromotionRequest(
+            request_id=new_id(),
+            promotion_id=promotion_id,
+            name=f"promotion {promotion_id}",
+            coins_per_claim=coins_per_claim,
+            budget=budget,
+        )
+        request.start_time.FromDatetime(start)
+        request.end_time.FromDatetime(start + timedelta(hours=hours))
+        return self.stub.CreatePromotion(request, metadata=as_caller(OPERATOR)).promotion
+
+    # --- gifting calls ------------------------------------------------------------------------
+
+    def hold(
+        self,
+        gift_id: str,
+        user_id: str,
+        amount: int,
+        request_id: str = "",
+        ttl_seconds: int = 0,
+        caller: Caller = GIFTING,
+    ) -> wallet_pb2.Hold:
+        request = wallet_pb2.HoldCoinsRequest(
+            request_id=request_id or new_id(), gift_id=gift_id, user_id=user_id, amount=amount, ttl_seconds=ttl_seconds
+        )
+        return self.stub.HoldCoins(request, metadata=as_caller(caller)).hold
+
+    def capture(self, gift_id: str, request_id: str = "") -> wallet_pb2.Hold:
+        request = wallet_pb2.CaptureHoldRequest(request_id=request_id or new_id(), gift_id=gift_id)
+        return self.stub.CaptureHold(request, metadata=as_caller(GIFTING)).hold
+
+    def release(self, gift_id: str, request_id: str = "") -> wallet_pb2.Hold:
+        request = wallet_pb2.ReleaseHoldRequest(request_id=request_id or new_id(), gift_id=gift_id)
+        return self.stub.ReleaseHold(request, metadata=as_caller(GIFTING)).hold
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def wallet_url(make_database: Callable[[str], str]) -> str:
+    return make_database("wallet")
+
+
+@pytest.fixture
+def wallet(wallet_url: str, clock: FakeClock) -> Iterator[WalletHarness]:
+    settings = wallet_settings(wallet_url)
+    running = create_server(wallet_app.build(settings, clock), settings, "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield WalletHarness(running, wallet_pb2_grpc.WalletServiceStub(channel), clock, wallet_url)
+    finally:
+        channel.close()
+        running.stop(None)
+    check_books(wallet_url)
