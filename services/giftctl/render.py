@@ -113,8 +113,9 @@ def purchase(p: wallet_pb2.Purchase) -> str:
 
 
 def promotion(p: wallet_pb2.Promotion) -> str:
+    name = f" ({p.name})" if p.name and p.name != p.promotion_id else ""
     return (
-        f"promotion {p.promotion_id} ({p.name}): {count(p.coins_per_claim, 'coin')} per claim, "
+        f"promotion {p.promotion_id}{name}: {count(p.coins_per_claim, 'coin')} per claim, "
         f"{p.remaining:,} of {p.budget:,} left, {when(p.start_time)} to {when(p.end_time)}"
     )
 
