@@ -62,7 +62,7 @@ def rpc_error(call: Callable[[], Any]) -> DomainError:
         call()
     except grpc.RpcError as err:
         error = from_rpc_error(err)
-        assert error is not None, f"no ErrorInfo in {err.code()} {err.details()}"  # type: ignore[attr-defined]
+        assert error is not None, f"no ErrorInfo in {err}"
         return error
     raise AssertionError("the call succeeded")
 

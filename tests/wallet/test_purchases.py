@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 from giftcoin.wallet.v1 import wallet_pb2
 
@@ -88,7 +90,7 @@ def test_an_unverifiable_receipt_is_refused_and_credits_nothing(wallet: WalletHa
         request = wallet_pb2.PurchaseCoinsRequest(
             request_id=new_id(), package_id="coins_70", receipt=wallet_pb2.Receipt(store=store, payload=payload)
         )
-        refused = rpc_error(lambda request=request: wallet.stub.PurchaseCoins(request, metadata=ALICE))
+        refused = rpc_error(partial(wallet.stub.PurchaseCoins, request, metadata=ALICE))
         assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "RECEIPT_INVALID"), payload
         assert [v.field for v in refused.violations] == [field]
     assert wallet.get("alice").balance.total == 0
