@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -65,9 +66,7 @@ def test_each_rpc_refuses_callers_it_is_not_for(wallet: WalletHarness) -> None:
     calls = _calls(wallet)
     for rpc, caller in FORBIDDEN:
         method, request = calls[rpc]
-        denied = rpc_error(
-            lambda method=method, request=request, caller=caller: method(request, metadata=as_caller(caller))
-        )
+        denied = rpc_error(partial(method, request, metadata=as_caller(caller)))
         assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"), (rpc, caller)
     # A user cannot reach another's coins: holds are gifting's, and user RPCs act on the caller only.
     denied = rpc_error(lambda: wallet.hold("g-bob", "alice", 1, caller=user("bob")))
@@ -82,9 +81,7 @@ def test_calls_without_a_valid_token_are_unauthenticated(wallet: WalletHarness) 
     expired = (("authorization", f"Bearer {mint_token(ALICE, DEV_JWT_SECRET, ttl_seconds=-60)}"),)
     for rpc, (method, request) in calls.items():
         for metadata in [(), (("authorization", "Basic abc"),), forged, expired]:
-            refused = rpc_error(
-                lambda method=method, request=request, metadata=metadata: method(request, metadata=metadata)
-            )
+            refused = rpc_error(partial(method, request, metadata=metadata))
             assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"), rpc
     # ListCoinPackages is open to anyone, but "anyone" still presents a token.
     packages = wallet.stub.ListCoinPackages(wallet_pb2.ListCoinPackagesRequest(), metadata=as_caller(service("edge")))
@@ -236,9 +233,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(wallet: WalletHarness) -
     calls = _calls(wallet)
     for rpc, caller, request, field in _bad_requests(wallet):
         method = calls[rpc][0]
-        refused = rpc_error(
-            lambda method=method, request=request, caller=caller: method(request, metadata=as_caller(caller))
-        )
+        refused = rpc_error(partial(method, request, metadata=as_caller(caller)))
         assert refused.code == grpc.StatusCode.INVALID_ARGUMENT, (rpc, field, refused)
         assert field in [v.field for v in refused.violations], (rpc, field, refused)
     # Every violation at once, not the first only.
