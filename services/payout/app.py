@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+from giftcoin.payout.v1 import payout_pb2_grpc
 
+from services.payout import storage
+from services.payout.domain import PayoutProcessor, Payouts, PayoutTerms, Rate
+from services.payout.provider import PayoutProvider, SandboxProvider
+from services.payout.servicer import FULL_NAME, PayoutServicer
+from services.payout.settings import PayoutSettings
 from services.runtime import auth
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
 
-from . import storage
-from .domain import PayoutProcessor, Payouts, PayoutTerms, Rate
-from .provider import PayoutProvider, SandboxProvider
-from .servicer import PayoutServicer
-from .settings import PayoutSettings
-
-FULL_NAME = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
-
-ACCESS = {
+ACCESS: Mapping[str, auth.Access] = {
     "RegisterCreator": auth.USER,
     "SetPayoutDestination": auth.USER,
     "VerifyCreator": auth.OPERATOR,
@@ -32,6 +30,9 @@ ACCESS = {
     "GetPayout": auth.USER,
     "ListPayouts": auth.USER,
 }
+
+PROCESSOR_LOOP = "payout-processor"
+REAPER_LOOP = "payout-request-id-reaper"
 
 
 @dataclass
@@ -61,7 +62,7 @@ def assemble(
     settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None
 ) -> PayoutComponents:
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url)
+    db = Database.from_url(settings.database_url, pool_size=settings.max_workers)
     provider = provider or SandboxProvider(db, clock)
     payouts = Payouts(terms(settings), clock)
     processor = PayoutProcessor(db, payouts, provider)
@@ -73,9 +74,9 @@ def assemble(
         add_to_server=payout_pb2_grpc.add_PayoutServiceServicer_to_server,
         access=ACCESS,
         loops=[
-            BackgroundLoop("payout-processor", settings.processor_interval_ms / 1000, processor.process_due),
+            BackgroundLoop(PROCESSOR_LOOP, settings.processor_interval_ms / 1000, processor.process_due),
             BackgroundLoop(
-                "payout-request-id-reaper",
+                REAPER_LOOP,
                 settings.reaper_interval_seconds,
                 lambda: request_ids.reap(settings.idempotency_retention_seconds),
             ),

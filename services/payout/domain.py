@@ -22,16 +22,10 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.clock import Clock
-from services.runtime.db import Database
-from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
-from services.runtime.ledger import Overdraft, Posting, new_id
-from services.runtime.validation import age_on
-
-from .provider import FAILED as PROVIDER_FAILED
-from .provider import PAID as PROVIDER_PAID
-from .provider import PayoutProvider, ProviderPayment, ProviderResult
-from .storage import (
+from services.payout.provider import FAILED as PROVIDER_FAILED
+from services.payout.provider import PAID as PROVIDER_PAID
+from services.payout.provider import PayoutProvider, ProviderPayment, ProviderResult
+from services.payout.storage import (
     DIAMOND,
     DIAMONDS_ISSUED,
     DIAMONDS_REDEEMED,
@@ -51,6 +45,11 @@ from .storage import (
     creator_diamonds_in_payout,
     fee_revenue,
 )
+from services.runtime.clock import Clock
+from services.runtime.db import Database
+from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
+from services.runtime.ledger import Overdraft, Posting, new_id
+from services.runtime.validation import age_on
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -599,9 +598,6 @@ class Payouts:
             destination=_destination(record),
             created_at=record.created_at,
         )
-
-    def creator(self, uow: UnitOfWork, creator_id: str) -> Creator:
-        return self._creator(self._existing_creator(uow, creator_id))
 
 
 def _creator_not_found(creator_id: str) -> DomainError:

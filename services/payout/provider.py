@@ -16,10 +16,9 @@ from typing import Protocol
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from services.payout.storage import sandbox_payments
 from services.runtime.clock import Clock
 from services.runtime.db import Database
-
-from .storage import sandbox_payments
 
 # Provider-side payment states.
 PENDING, PAID, FAILED = "pending", "paid", "failed"

@@ -16,6 +16,10 @@ from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.payout import domain
+from services.payout.domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
+from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, sandbox_behaviour
+from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
 from services.runtime.auth import current_caller, require_user
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument
@@ -23,15 +27,10 @@ from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.validation import Validator, clamp_page_size
 
-from . import domain
-from .domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
-from .provider import MAX_SANDBOX_DELAY_SECONDS, sandbox_behaviour
-from .storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
-
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
-SERVICE = "giftcoin.payout.v1.PayoutService"
+FULL_NAME = "giftcoin.payout.v1.PayoutService"
 # Far above any real amount, far below int64 overflow when multiplied by a rate.
 MAX_DIAMONDS = 10**15
 MAX_COINS = 10**15
@@ -275,7 +274,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         """Run `work` once per (caller, request id), in one transaction with its recorded response."""
         return self.request_ids.execute(
             current_caller().subject,
-            f"/{SERVICE}/{method}",
+            f"/{FULL_NAME}/{method}",
             request,
             request.request_id,
             response_type,
