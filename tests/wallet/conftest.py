@@ -56,6 +56,16 @@ def wallet_settings(database_url: str, **env: str) -> WalletSettings:
     )
 
 
+def purchase_request(
+    package_id: str = "coins_700", transaction_id: str = "", receipt_package: str = ""
+) -> wallet_pb2.PurchaseCoinsRequest:
+    """A purchase with a freshly minted sandbox receipt (for `receipt_package`, when it should not match)."""
+    payload = mint_receipt(receipt_package or package_id, transaction_id or f"txn-{new_id()}")
+    return wallet_pb2.PurchaseCoinsRequest(
+        request_id=new_id(), package_id=package_id, receipt=wallet_pb2.Receipt(store="sandbox", payload=payload)
+    )
+
+
 def rpc_error(call: Callable[[], Any]) -> DomainError:
     """The DomainError a call fails with (read back from google.rpc details); fails if it succeeds."""
     try:
@@ -134,10 +144,7 @@ class WalletHarness:
     def purchase_request(
         self, package_id: str = "coins_700", transaction_id: str = "", receipt_package: str = ""
     ) -> wallet_pb2.PurchaseCoinsRequest:
-        payload = mint_receipt(receipt_package or package_id, transaction_id or f"txn-{new_id()}")
-        return wallet_pb2.PurchaseCoinsRequest(
-            request_id=new_id(), package_id=package_id, receipt=wallet_pb2.Receipt(store="sandbox", payload=payload)
-        )
+        return purchase_request(package_id, transaction_id, receipt_package)
 
     def buy(self, user_id: str, package_id: str = "coins_700") -> wallet_pb2.PurchaseCoinsResponse:
         return self.stub.PurchaseCoins(self.purchase_request(package_id), metadata=as_caller(user(user_id)))

@@ -1,0 +1,150 @@
+"""The wallet's rules driven directly (domain.py over storage.py), without gRPC, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from services.runtime.clock import FakeClock
+from services.runtime.db import Database
+from services.runtime.errors import DomainError
+from services.wallet import domain
+from services.wallet.domain import Catalogue, WalletBook, WalletStatus
+from services.wallet.receipts import SandboxProvider, mint_receipt
+from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, parse_packages
+from services.wallet.storage import CAPTURED, EXPIRED, PromotionRecord, WalletStore
+from tests.wallet.conftest import check_books
+
+BORN = date(1990, 6, 15)
+T = TypeVar("T")
+
+
+class Books:
+    """A WalletBook over a real database, each call its own unit of work."""
+
+    def __init__(self, url: str, clock: FakeClock) -> None:
+        self.db = Database.from_url(url, pool_size=4)
+        self.store = WalletStore(self.db)
+        self.clock = clock
+        self.book = WalletBook(
+            Catalogue(DEFAULT_PACKAGES), {"sandbox": SandboxProvider(DEV_SANDBOX_RECEIPT_KEY)}, clock, 600
+        )
+        self.store.run(self.book.open_platform_accounts)
+
+    def open(self, user_id: str, born: date = BORN) -> domain.Wallet:
+        return self.store.run(lambda uow: self.book.open_wallet(uow, user_id, born, "US"))
+
+    def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
+        receipt = mint_receipt(package_id, user_id=user_id)
+        return self.store.run(lambda uow: self.book.purchase(uow, user_id, package_id, "", "sandbox", receipt))
+
+    def wallet(self, user_id: str) -> domain.Wallet:
+        return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
+
+    def do(self, rule: Callable[..., T], *args: Any) -> T:
+        """`rule(uow, *args)` for a rule of the book, in a unit of work of its own."""
+        return self.store.run(lambda uow: rule(uow, *args))
+
+
+@pytest.fixture
+def books(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Books]:
+    url = make_database("wallet")
+    books = Books(url, clock)
+    yield books
+    books.db.dispose()
+    check_books(url)
+
+
+def refused(call: Callable[[], object]) -> DomainError:
+    with pytest.raises(DomainError) as error:
+        call()
+    return error.value
+
+
+def test_holds_take_promotional_coins_first(books: Books) -> None:
+    books.open("alice")
+    books.buy("alice", "coins_70")
+    now = books.clock.now()
+    books.do(
+        books.book.create_promotion, PromotionRecord("welcome", "Welcome", 20, 100, now, now.replace(year=now.year + 1))
+    )
+    books.do(books.book.claim_promotion, "alice", "welcome")
+    hold = books.do(books.book.hold, "gift-1", "alice", 30, 0)
+    assert (hold.amount, hold.promotional_amount) == (30, 20)
+    wallet = books.wallet("alice")
+    assert (wallet.balance.total, wallet.balance.held, wallet.balance.promotional) == (90, 30, 20)
+    books.do(books.book.capture, "gift-1")
+    wallet = books.wallet("alice")
+    assert (wallet.balance.total, wallet.balance.promotional, wallet.balance.purchased) == (60, 0, 60)
+    assert books.do(books.book.promotion_remaining, "welcome") == 80
+
+
+def test_the_expired_hold_rule_spends_what_is_there_and_owes_the_rest(books: Books) -> None:
+    books.open("alice")
+    books.buy("alice", "coins_70")
+    books.do(books.book.hold, "gift-late", "alice", 70, 5)
+    books.clock.advance(seconds=5)
+    assert books.book.expire_due_holds(books.store) == 1
+    assert books.book.expire_due_holds(books.store) == 0
+    books.do(books.book.hold, "gift-other", "alice", 45, 0)  # 25 left available, 45 held elsewhere
+    captured = books.do(books.book.capture, "gift-late")
+    assert (captured.state, captured.promotional_amount, captured.debt_added) == (CAPTURED, 0, 45)
+    wallet = books.wallet("alice")
+    assert (wallet.status, wallet.debt, wallet.balance.total, wallet.balance.held) == (WalletStatus.FROZEN, 45, 45, 45)
+    # The other gift still completes from its own hold; releasing it instead settles the debt.
+    books.do(books.book.release, "gift-other")
+    wallet = books.wallet("alice")
+    assert (wallet.status, wallet.debt, wallet.balance.total) == (WalletStatus.ACTIVE, 0, 0)
+
+
+def test_a_hold_is_not_expired_before_its_time(books: Books) -> None:
+    books.open("alice")
+    books.buy("alice", "coins_70")
+    books.do(books.book.hold, "gift-1", "alice", 10, 60)
+    books.clock.advance(seconds=59)
+    assert books.do(books.book.expire, "gift-1") is False
+    books.clock.advance(seconds=1)
+    assert books.do(books.book.expire, "gift-1") is True
+    assert books.store.run(lambda uow: uow.hold_by_gift("gift-1")).state == EXPIRED  # type: ignore[union-attr]
+
+
+def test_refund_of_a_fully_spent_purchase_is_all_debt(books: Books) -> None:
+    books.open("alice")
+    bought = books.buy("alice", "coins_350").purchase
+    books.do(books.book.hold, "gift-1", "alice", 350, 0)
+    books.do(books.book.capture, "gift-1")
+    result = books.do(books.book.refund, "sandbox", bought.store_transaction_id, "chargeback")
+    assert (result.coins_reclaimed, result.debt_added, result.wallet.debt) == (0, 350, 350)
+    assert result.purchase.refund_kind == "chargeback"
+    frozen = refused(lambda: books.do(books.book.hold, "gift-2", "alice", 1, 0))
+    assert frozen.reason == "WALLET_FROZEN" and frozen.metadata["debt"] == "350"
+
+
+def test_underage_wallets_open_but_cannot_spend(books: Books) -> None:
+    today = books.clock.now().date()
+    teen = books.open("teen", today.replace(year=today.year - 18) + timedelta(days=1))
+    assert teen.adult is False
+    books.buy("teen", "coins_70")
+    assert refused(lambda: books.do(books.book.hold, "gift-1", "teen", 1, 0)).reason == "SENDER_UNDERAGE"
+    books.clock.advance(days=1)  # the eighteenth birthday
+    assert books.wallet("teen").adult is True
+    assert books.do(books.book.hold, "gift-1", "teen", 1, 0).amount == 1
+
+
+def test_catalogue_from_configuration() -> None:
+    catalogue = Catalogue(
+        parse_packages(
+            '[{"package_id": "big", "coins": 1000, "prices": {"USD": 1299, "EUR": 1199}},'
+            ' {"package_id": "small", "coins": 10, "prices": {"USD": 15}}]'
+        )
+    )
+    assert [(p.package_id, p.price_minor) for p in catalogue.packages("")] == [("small", 15), ("big", 1299)]
+    assert [(p.package_id, p.price_minor) for p in catalogue.packages("EUR")] == [("big", 1199)]
+    assert catalogue.package("big", "EUR").coins == 1000
+    not_sold = refused(lambda: catalogue.package("small", "EUR"))
+    assert (not_sold.code, not_sold.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CURRENCY_NOT_SUPPORTED")
+    assert refused(lambda: catalogue.package("huge", "USD")).reason == "PACKAGE_NOT_FOUND"

@@ -1,0 +1,19 @@
+"""The Alembic migrations build exactly the schema storage.py describes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from services.runtime.db import Database
+from services.wallet import storage
+
+
+def test_migrations_match_the_tables_in_code(wallet_url: str) -> None:
+    db = Database.from_url(wallet_url, pool_size=1)
+    try:
+        with db.engine.connect() as conn:
+            differences = compare_metadata(MigrationContext.configure(conn), storage.metadata)
+    finally:
+        db.dispose()
+    assert differences == []

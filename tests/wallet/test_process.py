@@ -1,0 +1,69 @@
+"""The wallet as its own process: health, reflection, replays that survive a restart, clean SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.wallet.servicer import FULL_NAME
+from tests.support.identity import as_caller, user
+from tests.support.processes import ServiceProcess
+from tests.wallet.conftest import ADULT_BIRTH, new_id, purchase_request, rpc_error
+
+ALICE = as_caller(user("alice"))
+
+
+def listed_services(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    return {s.name for reply in replies for s in reply.list_services_response.service}
+
+
+def test_replays_survive_a_restart_and_sigterm_exits_cleanly(wallet_url: str, tmp_path: Path) -> None:
+    process = ServiceProcess("wallet", wallet_url, log_dir=tmp_path).start()
+    try:
+        with process.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", FULL_NAME):
+                status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
+            assert FULL_NAME in listed_services(channel)
+
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            opened = wallet_pb2.OpenWalletRequest(request_id=new_id(), date_of_birth=ADULT_BIRTH, country_code="US")
+            stub.OpenWallet(opened, metadata=ALICE, timeout=5)
+            purchase = purchase_request("coins_700")
+            first = stub.PurchaseCoins(purchase, metadata=ALICE, timeout=5)
+            replays = _replays(stub, purchase)
+            assert replays["same request"] == first.SerializeToString()
+        assert process.terminate() == 0
+
+        process = ServiceProcess("wallet", wallet_url, log_dir=tmp_path).start()
+        with process.channel() as channel:
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            assert _replays(stub, purchase) == replays
+            assert stub.OpenWallet(opened, metadata=ALICE, timeout=5).wallet.user_id == "alice"
+            assert stub.GetWallet(wallet_pb2.GetWalletRequest(), metadata=ALICE, timeout=5).wallet.balance.total == 700
+        assert process.terminate() == 0
+    finally:
+        process.kill()
+
+
+def _replays(stub: wallet_pb2_grpc.WalletServiceStub, purchase: wallet_pb2.PurchaseCoinsRequest) -> dict[str, object]:
+    """The outcomes of replaying a purchase three ways."""
+    same = stub.PurchaseCoins(purchase, metadata=ALICE, timeout=5).SerializeToString()
+    other_package = wallet_pb2.PurchaseCoinsRequest()
+    other_package.CopyFrom(purchase)
+    other_package.package_id = "coins_70"
+    reused = rpc_error(lambda: stub.PurchaseCoins(other_package, metadata=ALICE, timeout=5))
+    same_receipt = wallet_pb2.PurchaseCoinsRequest()
+    same_receipt.CopyFrom(purchase)
+    same_receipt.request_id = new_id()
+    used = rpc_error(lambda: stub.PurchaseCoins(same_receipt, metadata=ALICE, timeout=5))
+    assert (reused.code, reused.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert (used.code, used.reason) == (grpc.StatusCode.ALREADY_EXISTS, "RECEIPT_ALREADY_USED")
+    return {"same request": same, "other package": reused.reason, "same receipt": used.reason}
