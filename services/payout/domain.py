@@ -65,7 +65,7 @@ PAYOUT_PAID = "payout_paid"
 
 # Creator KYC states and destination kinds, as stored.
 KYC_UNVERIFIED, KYC_VERIFIED, KYC_REJECTED = "unverified", "verified", "rejected"
-BANK_ACCOUNT, PAYPAL, SANDBOX = "bank_account", "paypal", "sandbox"
+BANK_ACCOUNT, PAYPAL = "bank_account", "paypal"  # and provider.SANDBOX, the sandbox provider's own
 
 
 # --- the arithmetic, written once ------------------------------------------------------------------
@@ -738,4 +738,7 @@ class PayoutProcessor:
         return self._apply(payout_id, result)
 
     def _apply(self, payout_id: str, result: ProviderResult) -> str:
-        return self.db.run(lambda conn: self.payouts.apply_result(UnitOfWork(conn), payout_id, result))
+        state = self.db.run(lambda conn: self.payouts.apply_result(UnitOfWork(conn), payout_id, result))
+        if state in (PAID, FAILED):
+            log.info("payout %s %s (provider reference %s)", payout_id, state, result.provider_reference)
+        return state

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.payout import domain
 from services.payout.domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
-from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, sandbox_behaviour
+from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
 from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
 from services.runtime.auth import current_caller, require_user
 from services.runtime.db import Database
@@ -45,7 +45,7 @@ _KYC_PB = {v: k for k, v in _KYC.items()}
 _KINDS = {
     payout_pb2.DESTINATION_KIND_BANK_ACCOUNT: domain.BANK_ACCOUNT,
     payout_pb2.DESTINATION_KIND_PAYPAL: domain.PAYPAL,
-    payout_pb2.DESTINATION_KIND_SANDBOX: domain.SANDBOX,
+    payout_pb2.DESTINATION_KIND_SANDBOX: SANDBOX,
 }
 _KINDS_PB = {v: k for k, v in _KINDS.items()}
 _STATES_PB = {
@@ -80,7 +80,8 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         born = _date_of_birth(v, request)
         v.country(request.country_code)
         v.check()
-        assert born is not None
+        if born is None:  # unreachable: check() refused a missing or invalid date
+            raise invalid_argument([FieldViolation("date_of_birth", "required: a valid calendar date")])
         return self._mutate(
             "RegisterCreator",
             request,
