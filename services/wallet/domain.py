@@ -2,14 +2,17 @@
 
 Accounting (double entry, unit "coin", every movement one ledger transfer):
 
-    per user (holder accounts: never negative)      platform accounts (may go negative)
-      wallet:<u>:purchased         coins bought       platform:coins:issued:purchase    source of bought coins
-      wallet:<u>:promotional       coins granted      platform:coins:issued:promotion   source of promotion budgets
-      wallet:<u>:held:purchased    held, bought       platform:coins:spent:purchased    captured gifts, paid for
-      wallet:<u>:held:promotional  held, granted      platform:coins:spent:promotional  captured gifts, granted
-    per promotion                                     platform:coins:refunded           issuance taken back
-      promotion:<id>:budget        coins left         wallet:<u>:debt  the user's debt, as the platform's
-                                                                       claim on them: its balance is -debt
+    per user (holder accounts: never negative)        platform accounts (may go negative)
+      wallet:purchased:<u>          coins bought        platform:coins:issued:purchase    source of bought coins
+      wallet:promotional:<u>        coins granted       platform:coins:issued:promotion   source of budgets
+      wallet:held-purchased:<u>     held, bought        platform:coins:spent:purchased    gifts, paid for
+      wallet:held-promotional:<u>   held, granted       platform:coins:spent:promotional  gifts, granted
+    per promotion                                       platform:coins:refunded           issuance taken back
+      promotion-budget:<id>         coins left          wallet:debt:<u>  the user's debt as the platform's
+                                                                         claim on them: its balance is -debt
+
+The id comes last, after a prefix that names the kind, so no id (ids may contain ':') can make one
+account's code equal another's.
 
 Balances derive from accounts: total = the four wallet accounts, held = the two held ones,
 available = total - held, promotional = promotional + held promotional. Promotional coins are held
@@ -23,6 +26,7 @@ purchased coins, and no balance is ever negative.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -58,6 +62,8 @@ from services.wallet.storage import (
     WalletUnit,
 )
 
+log = logging.getLogger(__name__)
+
 COIN = "coin"
 ADULT_AGE = 18
 DEFAULT_CURRENCY = "USD"
@@ -89,23 +95,23 @@ class WalletAccounts:
 
     @property
     def purchased(self) -> str:
-        return f"wallet:{self.user_id}:purchased"
+        return f"wallet:purchased:{self.user_id}"
 
     @property
     def promotional(self) -> str:
-        return f"wallet:{self.user_id}:promotional"
+        return f"wallet:promotional:{self.user_id}"
 
     @property
     def held_purchased(self) -> str:
-        return f"wallet:{self.user_id}:held:purchased"
+        return f"wallet:held-purchased:{self.user_id}"
 
     @property
     def held_promotional(self) -> str:
-        return f"wallet:{self.user_id}:held:promotional"
+        return f"wallet:held-promotional:{self.user_id}"
 
     @property
     def debt(self) -> str:
-        return f"wallet:{self.user_id}:debt"
+        return f"wallet:debt:{self.user_id}"
 
     @property
     def coins(self) -> tuple[str, str, str, str]:
@@ -114,7 +120,7 @@ class WalletAccounts:
 
 
 def promotion_budget_account(promotion_id: str) -> str:
-    return f"promotion:{promotion_id}:budget"
+    return f"promotion-budget:{promotion_id}"
 
 
 # --- what the domain returns -------------------------------------------------------------------
@@ -693,6 +699,8 @@ class WalletBook:
             for gift_id in due:
                 expired += store.run(partial(self.expire, gift_id=gift_id))
             if len(due) < batch:
+                if expired:
+                    log.info("released %d lapsed holds", expired)
                 return expired
 
     def _hold_locked(self, uow: WalletUnit, gift_id: str) -> HoldRecord:

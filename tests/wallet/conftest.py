@@ -27,6 +27,7 @@ from services.runtime.ledger import ledger_problems
 from services.runtime.server import BackgroundLoop, RunningServer, create_server
 from services.wallet import app as wallet_app
 from services.wallet import storage
+from services.wallet.domain import WalletAccounts
 from services.wallet.receipts import mint_receipt
 from services.wallet.settings import WalletSettings, load_settings
 from tests.support.identity import as_caller, operator, service, user
@@ -81,22 +82,27 @@ def wallet_problems(conn: Connection) -> list[str]:
     """The wallet's own invariants, on top of the ledger's."""
     e, w, h = storage.ledger.entries, storage.wallet_transfers, storage.holds
     problems: list[str] = []
+    users = [r.user_id for r in conn.execute(select(storage.wallets.c.user_id))]
     # Every transfer on a user's accounts is in that user's history, and nothing else is.
-    touched = {
-        (r.account.split(":")[1], r.transfer_id)
-        for r in conn.execute(select(e.c.account, e.c.transfer_id).where(e.c.account.like("wallet:%")))
-    }
+    touched: set[tuple[str, str]] = set()
+    for user_id in users:
+        accounts = WalletAccounts(user_id)
+        rows = conn.execute(select(e.c.transfer_id).where(e.c.account.in_([*accounts.coins, accounts.debt])))
+        touched |= {(user_id, r.transfer_id) for r in rows}
     linked = {(r.user_id, r.transfer_id) for r in conn.execute(select(w.c.user_id, w.c.transfer_id))}
     if touched != linked:
         problems.append(f"history differs from ledger: {sorted(touched ^ linked)}")
-    for (user_id,) in conn.execute(select(storage.wallets.c.user_id)):
+    for user_id in users:
+        accounts = WalletAccounts(user_id)
         debt_entries = conn.execute(
-            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == f"wallet:{user_id}:debt")
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == accounts.debt)
         ).scalar_one()
         if debt_entries > 0:
             problems.append(f"{user_id}: debt account is positive ({debt_entries})")
         held = conn.execute(
-            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account.like(f"wallet:{user_id}:held:%"))
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(
+                e.c.account.in_([accounts.held_purchased, accounts.held_promotional])
+            )
         ).scalar_one()
         holding = conn.execute(
             select(func.coalesce(func.sum(h.c.amount), 0)).where(h.c.user_id == user_id, h.c.state == storage.HELD)

@@ -148,3 +148,14 @@ def test_catalogue_from_configuration() -> None:
     not_sold = refused(lambda: catalogue.package("small", "EUR"))
     assert (not_sold.code, not_sold.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CURRENCY_NOT_SUPPORTED")
     assert refused(lambda: catalogue.package("huge", "USD")).reason == "PACKAGE_NOT_FOUND"
+
+
+def test_user_ids_cannot_reach_each_others_accounts(books: Books) -> None:
+    """Ids may contain ':'; account codes put the id last, so none can spell another's account."""
+    for user_id in ("alice", "held-purchased:alice", "alice:held", "purchased:alice"):
+        books.open(user_id)
+    books.buy("alice", "coins_70")
+    books.do(books.book.hold, "gift-1", "alice", 20, 0)
+    for other in ("held-purchased:alice", "alice:held", "purchased:alice"):
+        assert books.wallet(other).balance.total == 0
+    assert (books.wallet("alice").balance.total, books.wallet("alice").balance.held) == (70, 20)

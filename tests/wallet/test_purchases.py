@@ -7,6 +7,7 @@ from functools import partial
 import grpc
 from giftcoin.wallet.v1 import wallet_pb2
 
+from services.wallet.app import REAPER_LOOP
 from services.wallet.receipts import mint_receipt
 from tests.support.identity import as_caller, user
 from tests.wallet.conftest import WalletHarness, new_id, rpc_error
@@ -167,3 +168,15 @@ def test_a_wallet_opens_once_and_knows_its_owner_is_adult(wallet: WalletHarness)
     assert (again.code, again.reason) == (grpc.StatusCode.ALREADY_EXISTS, "WALLET_ALREADY_EXISTS")
     missing = rpc_error(lambda: wallet.get("nobody"))
     assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, "WALLET_NOT_FOUND")
+
+
+def test_reaped_request_ids_cannot_make_a_receipt_credit_twice(wallet: WalletHarness) -> None:
+    wallet.open_wallet("alice")
+    request = wallet.purchase_request("coins_70")
+    wallet.stub.PurchaseCoins(request, metadata=ALICE)
+    wallet.clock.advance(hours=25)  # past the 24-hour retention
+    wallet.loop(REAPER_LOOP).step()
+    # The id is forgotten, so the same request runs again: the receipt's constraint still refuses it.
+    refused = rpc_error(lambda: wallet.stub.PurchaseCoins(request, metadata=ALICE))
+    assert refused.reason == "RECEIPT_ALREADY_USED"
+    assert wallet.get("alice").balance.total == 70
