@@ -1,0 +1,1 @@
+"""The gifting service: the gift catalogue, the send saga over wallet and payout, the live feed."""

@@ -1,0 +1,845 @@
+"""Gifting's rules: the catalogue, the send saga over wallet and payout, histories and leaderboards.
+
+Plain Python: no protobuf, no gRPC. Wallet and payout are reached through `WalletPort` and
+`PayoutPort` (services/gifting/peers.py speaks gRPC for them).
+
+The send saga (SPEC §4), persisted step by step on the transfer row so that any replica can resume it:
+
+    recorded --hold--> held --(enough hold life?)--> crediting --credit--> credited --capture--> completed
+        |                |                               |
+        +-- refused --> failed   +--> failing --release--> failed
+
+Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
+retried step never moves value twice. Two rules keep value conserved through any outage:
+- diamonds are credited only while the hold has at least the safety margin of life left, and the
+  decision to credit is written (step `crediting`) before the call: from then on the gift only
+  fails if payout says for certain that it credited nothing;
+- once credited, a gift only moves forward: the capture is retried until it succeeds (wallet captures
+  even a lapsed hold, from the balance).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from sqlalchemy import Connection
+
+from services.gifting.storage import (
+    ACTIVE,
+    COMPLETED,
+    CREDITED,
+    CREDITING,
+    FAILED,
+    FAILING,
+    HELD,
+    PENDING,
+    RECORDED,
+    RETIRED,
+    FeedEventRecord,
+    GiftRecord,
+    TransferRecord,
+    UnitOfWork,
+)
+from services.runtime.clock import Clock
+from services.runtime.db import Database
+from services.runtime.errors import (
+    DomainError,
+    FieldViolation,
+    aborted,
+    already_exists,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    permission_denied,
+)
+from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.telemetry import OUTCOMES
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
+
+MAX_QUANTITY = 9999
+MAX_COIN_PRICE = 100_000_000  # keeps quantity * price far inside int64
+BPS = 10_000
+
+# SPEC §4's default catalogue: (gift id, name, coin price); diamonds are the default share.
+DEFAULT_CATALOGUE = (
+    ("rose", "Rose", 1),
+    ("finger_heart", "Finger Heart", 5),
+    ("doughnut", "Doughnut", 30),
+    ("confetti", "Confetti", 100),
+    ("money_gun", "Money Gun", 500),
+    ("galaxy", "Galaxy", 1000),
+    ("sports_car", "Sports Car", 7000),
+    ("lion", "Lion", 29999),
+    ("universe", "Universe", 34999),
+)
+
+TARGET_KINDS = ("live_stream", "video")
+WINDOWS = ("target", "day", "all_time")
+
+
+def creator_diamonds(coins: int, share_bps: int) -> int:
+    """The creator's diamonds for a send of `coins` at the default share: THE one rounding of gifting.
+
+    Floored, in the platform's favour: the platform keeps coins - diamonds (a diamond is the creator's
+    share of one coin), which includes the fraction the floor drops. Applied to the whole send, so a
+    combo of 10 one-coin Roses earns 5 diamonds, not 10 x floor(0.5) = 0.
+    """
+    return coins * share_bps // BPS
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # live_stream | video
+    id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+@dataclass(frozen=True)
+class Gift:
+    gift_id: str
+    name: str
+    coin_price: int
+    diamonds: int  # for one gift sent alone
+    version: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Send:
+    gift_id: str
+    quantity: int
+    recipient_id: str
+    target: Target
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A wallet hold as gifting sees it."""
+
+    amount: int
+    promotional_amount: int
+    state: str  # held | captured | released | expired
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class Page:
+    transfers: list[TransferRecord]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class LeaderboardEntry:
+    rank: int
+    user_id: str
+    coins: int
+    gifts: int
+
+
+# --- the peers ---------------------------------------------------------------------------------------
+
+
+class StepUncertain(Exception):
+    """A peer gave no definite answer (down, timed out, busy): the step may or may not have happened.
+
+    Every step is idempotent, so the answer is always to ask again, with the same request id.
+    """
+
+
+class Refused(Exception):
+    """A peer's definite refusal (its code, reason and metadata in `error`): the step did not happen."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class WalletPort(Protocol):
+    """Wallet's holds. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown."""
+
+    def hold_coins(self, *, request_id: str, gift_id: str, user_id: str, amount: int, ttl_seconds: int) -> Hold: ...
+
+    def capture_hold(self, *, request_id: str, gift_id: str) -> Hold: ...
+
+    def release_hold(self, *, request_id: str, gift_id: str) -> Hold: ...
+
+
+class PayoutPort(Protocol):
+    """Payout's diamond credits. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown."""
+
+    def credit_diamonds(
+        self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
+    ) -> None: ...
+
+
+def step_request_id(transfer_id: str, step: str) -> str:
+    """The request id of a saga step: the same on every retry, by any replica, after any restart."""
+    return str(uuid.uuid5(uuid.UUID(transfer_id), f"giftcoin.gifting.{step}"))
+
+
+# --- policy and test hooks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SagaPolicy:
+    share_bps: int = 5000
+    daily_spend_limit_coins: int = 100_000
+    hold_ttl_seconds: int = 300
+    hold_safety_margin_seconds: int = 60
+    step_attempts: int = 3  # within a SendGift call; recovery tries each step once per pass
+    retry_backoff_seconds: float = 0.1  # between attempts within one call
+    lease_seconds: int = 30
+    retry_base_seconds: float = 1.0  # recovery's wait before retrying a postponed gift, doubling
+    retry_max_seconds: float = 60.0
+    recovery_batch: int = 50
+
+
+FAILPOINT_EXIT_CODE = 86
+
+
+class Failpoint:
+    """TEST HOOK (GIFTCOIN_GIFTING_FAILPOINT): die at one saga point, like a SIGKILL, to test recovery."""
+
+    def __init__(self, armed: str = "") -> None:
+        self.armed = armed
+
+    def __call__(self, point: str) -> None:
+        if point == self.armed:
+            log.warning("failpoint %s: exiting abruptly (test hook)", point)
+            os._exit(FAILPOINT_EXIT_CODE)
+
+
+NO_FAILPOINT = Failpoint()
+
+
+class _Postponed(Exception):
+    """The step could not be finished now; the gift waits for recovery (or the client's retry)."""
+
+
+class _LeaseLost(Exception):
+    """Another replica took the gift over; it drives it from here."""
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def _self_gift(recipient_id: str) -> DomainError:
+    return DomainError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "SELF_GIFT",
+        "a gift cannot be sent to oneself",
+        {"recipient_id": recipient_id},
+        (FieldViolation("recipient_id", "must not be the sender"),),
+    )
+
+
+def _with_transfer(error: DomainError, transfer_id: str) -> DomainError:
+    """A peer's refusal, passed through with its code and reason, naming the gift it failed."""
+    return DomainError(error.code, error.reason, error.message, {**error.metadata, "transfer_id": transfer_id})
+
+
+def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
+    if refusal.reason == "RECIPIENT_CANNOT_RECEIVE":
+        return _with_transfer(refusal, t.transfer_id)
+    return failed_precondition(
+        "RECIPIENT_CANNOT_RECEIVE",
+        f"{t.recipient_id} cannot receive gifts ({refusal.reason}); the coins were not spent",
+        recipient_id=t.recipient_id,
+        transfer_id=t.transfer_id,
+        cause=refusal.reason,
+    )
+
+
+def _gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
+    return failed_precondition(
+        "GIFT_FAILED", f"gift {t.transfer_id} failed: {why}; nothing was spent", transfer_id=t.transfer_id, cause=cause
+    )
+
+
+# Payout's refusals after which it has certainly credited nothing for the gift. Not every
+# FAILED_PRECONDITION qualifies: CREDIT_MISMATCH says the gift WAS credited (differently).
+_NOT_CREDITED = {"RECIPIENT_CANNOT_RECEIVE", "CREATOR_NOT_FOUND", "CREATOR_NOT_ELIGIBLE", "INVALID_ARGUMENT"}
+# Release refusals that mean the coins are already back (or were never held).
+_NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}
+
+
+def new_lease_owner() -> str:
+    return secrets.token_hex(8)
+
+
+def _day_start(now: datetime) -> datetime:
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def _utc_day(now: datetime) -> date:
+    return now.astimezone(UTC).date()
+
+
+# --- the service ------------------------------------------------------------------------------------
+
+
+class Gifting:
+    """The gifting domain over one database and the two peers."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        wallet: WalletPort,
+        payout: PayoutPort,
+        policy: SagaPolicy,
+        failpoint: Callable[[str], None] = NO_FAILPOINT,
+        on_completed: Callable[[str], None] = lambda _target_key: None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.wallet = wallet
+        self.payout = payout
+        self.policy = policy
+        self.failpoint = failpoint
+        self.on_completed = on_completed
+        self.sleep = sleep
+
+    def _read(self, work: Callable[[UnitOfWork], T]) -> T:
+        return self.db.run(lambda conn: work(UnitOfWork(conn)))
+
+    # --- catalogue -----------------------------------------------------------------------------
+
+    def seed_catalogue(self) -> int:
+        """Add the default gifts that do not exist yet (at start; replicas may race); returns how many."""
+        now = self.clock.now()
+
+        def seed(uow: UnitOfWork) -> int:
+            return sum(
+                uow.catalogue.add_if_missing(gift_id, name, price, None, self.policy.share_bps, now)
+                for gift_id, name, price in DEFAULT_CATALOGUE
+            )
+
+        return self._read(seed)
+
+    def list_gifts(self) -> list[Gift]:
+        return [self._gift(r) for r in self._read(lambda uow: uow.catalogue.active())]
+
+    def upsert_gift(self, conn: Connection, gift_id: str, name: str, coin_price: int, diamonds: int) -> Gift:
+        """Create a gift, or change it: a new price or diamond amount is a new version; it is (back) on sale.
+
+        `diamonds` 0 means the default share, fixed into the version at the share configured now.
+        """
+        uow, now = UnitOfWork(conn), self.clock.now()
+        explicit = diamonds or None
+        current = uow.catalogue.get(gift_id)
+        if current is None:
+            if not uow.catalogue.add_if_missing(gift_id, name, coin_price, explicit, self.policy.share_bps, now):
+                raise aborted("CONCURRENT_UPDATE", f"gift {gift_id} was created concurrently; retry", gift_id=gift_id)
+            return self._gift(self._must_get(uow, gift_id))
+        share = self.policy.share_bps if explicit is None else current.share_bps
+        repriced = (coin_price, explicit, share if explicit is None else 0) != (
+            current.coin_price,
+            current.diamonds,
+            current.share_bps if current.diamonds is None else 0,
+        )
+        changes: dict[str, object] = {"name": name, "state": ACTIVE, "updated_at": now}
+        version = current.version + 1 if repriced else current.version
+        if repriced:
+            changes["current_version"] = version
+        if not uow.catalogue.update(gift_id, current.version, **changes):
+            raise aborted("CONCURRENT_UPDATE", f"gift {gift_id} changed concurrently; retry", gift_id=gift_id)
+        if repriced:  # after the conditional update, which serialises concurrent changes of this gift
+            uow.catalogue.add_version(gift_id, version, coin_price, explicit, self.policy.share_bps, now)
+        return self._gift(self._must_get(uow, gift_id))
+
+    def retire_gift(self, conn: Connection, gift_id: str) -> Gift:
+        uow = UnitOfWork(conn)
+        current = self._must_get(uow, gift_id)
+        if current.state != RETIRED and not uow.catalogue.update(
+            gift_id, current.version, state=RETIRED, updated_at=self.clock.now()
+        ):
+            raise aborted("CONCURRENT_UPDATE", f"gift {gift_id} changed concurrently; retry", gift_id=gift_id)
+        return self._gift(self._must_get(uow, gift_id))
+
+    @staticmethod
+    def _must_get(uow: UnitOfWork, gift_id: str) -> GiftRecord:
+        gift = uow.catalogue.get(gift_id)
+        if gift is None:
+            raise not_found("GIFT_NOT_FOUND", f"no gift {gift_id}", gift_id=gift_id)
+        return gift
+
+    @staticmethod
+    def _gift(r: GiftRecord) -> Gift:
+        per_gift = r.diamonds if r.diamonds is not None else creator_diamonds(r.coin_price, r.share_bps)
+        return Gift(r.gift_id, r.name, r.coin_price, per_gift, r.version, r.state)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def record_send(
+        self, conn: Connection, sender_id: str, request_id: str, fingerprint: str, send: Send, lease_owner: str
+    ) -> TransferRecord:
+        """The saga's first step, in the caller's transaction: refuse, or record the gift as pending.
+
+        The new transfer is leased to `lease_owner`, who drives it next (`settle`). A send already
+        recorded under this request id is returned as it stands (after the request-id store has
+        forgotten the id, the unique (sender, request id) constraint still holds).
+        """
+        uow, now = UnitOfWork(conn), self.clock.now()
+        if send.recipient_id == sender_id:
+            raise _self_gift(send.recipient_id)
+        existing = uow.transfers.by_request(sender_id, request_id)
+        if existing is not None:
+            if existing.fingerprint != fingerprint:
+                raise already_exists(
+                    "REQUEST_ID_REUSED",
+                    f"request id {request_id} was already used for a different gift",
+                    request_id=request_id,
+                )
+            return existing
+        gift = self._must_get(uow, send.gift_id)
+        if gift.state == RETIRED:
+            raise failed_precondition("GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id)
+        total_coins = gift.coin_price * send.quantity
+        if gift.diamonds is not None:
+            total_diamonds = gift.diamonds * send.quantity
+        else:
+            total_diamonds = creator_diamonds(total_coins, gift.share_bps)
+        day, limit = _utc_day(now), self.policy.daily_spend_limit_coins
+        if not uow.spending.reserve(sender_id, day, total_coins, limit):
+            spent = uow.spending.spent(sender_id, day)
+            raise DomainError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "DAILY_SPENDING_LIMIT_EXCEEDED",
+                f"sending {total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
+                {"limit": str(limit), "spent": str(spent), "coins": str(total_coins), "day": day.isoformat()},
+            )
+        record = TransferRecord(
+            transfer_id=str(uuid.uuid4()),
+            sender_id=sender_id,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            recipient_id=send.recipient_id,
+            target_kind=send.target.kind,
+            target_id=send.target.id,
+            gift_id=gift.gift_id,
+            gift_version=gift.version,
+            gift_name=gift.name,
+            quantity=send.quantity,
+            unit_coin_price=gift.coin_price,
+            total_coins=total_coins,
+            total_diamonds=total_diamonds,
+            promotional_coins=None,
+            state=PENDING,
+            step=RECORDED,
+            failure_reason="",
+            failure_error=None,
+            hold_expire_at=None,
+            spend_day=day,
+            trace_context=_current_trace_context(),
+            lease_owner=lease_owner,
+            lease_until=now + timedelta(seconds=self.policy.lease_seconds),
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            completed_at=None,
+        )
+        if not uow.transfers.add(record):  # a concurrent send under this request id won
+            raise aborted("REQUEST_IN_FLIGHT", f"request {request_id} is still running", request_id=request_id)
+        return record
+
+    def settle(self, transfer_id: str, lease_owner: str) -> TransferRecord:
+        """Drive a recorded send as far as it goes now (for SendGift, first call or retry).
+
+        Returns the transfer COMPLETED, or PENDING if a peer did not answer (recovery finishes it);
+        raises the failure a FAILED send ends with, every time it is asked; ABORTED REQUEST_IN_FLIGHT
+        while another call or replica drives it.
+        """
+        self.failpoint("after_record")
+        if self._claim(transfer_id, lease_owner, take_idle=True):
+            t = self._drive(transfer_id, lease_owner, self.policy.step_attempts)
+        else:
+            t = self._load(transfer_id)
+            if t.state == PENDING:
+                raise aborted(
+                    "REQUEST_IN_FLIGHT",
+                    f"gift {transfer_id} is being sent; retry with the same request id",
+                    transfer_id=transfer_id,
+                )
+        if t.state == FAILED:
+            raise self.failure(t)
+        return t
+
+    @staticmethod
+    def failure(t: TransferRecord) -> DomainError:
+        """The error a failed send ends with (the same on every replay)."""
+        assert t.failure_error is not None
+        return DomainError.from_json(t.failure_error)
+
+    def recover_once(self) -> int:
+        """Drive every unfinished gift no one is driving to COMPLETED or FAILED; returns how many ended.
+
+        Each is taken with a lease first, so replicas running this at once never drive one gift together.
+        A gift whose peer still does not answer is put back with a growing delay.
+        """
+        ids = self._read(lambda uow: uow.transfers.unfinished(self.clock.now(), self.policy.recovery_batch))
+        finished = 0
+        for transfer_id in ids:
+            owner = new_lease_owner()
+            if not self._claim(transfer_id, owner, take_idle=False):
+                continue  # another replica took it
+            t = self._load(transfer_id)
+            # Continue the gift's own trace, whatever process recorded it.
+            parent = propagate.extract(json.loads(t.trace_context or "{}"))
+            with tracer.start_as_current_span(
+                "gifting.recover", context=parent, attributes={"giftcoin.gift_id": transfer_id, "giftcoin.step": t.step}
+            ):
+                t = self._drive(transfer_id, owner, attempts=1)
+            finished += t.state != PENDING
+        return finished
+
+    # --- the saga ----------------------------------------------------------------------------------
+
+    def _claim(self, transfer_id: str, owner: str, take_idle: bool) -> bool:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+        return self._read(lambda uow: uow.transfers.claim(transfer_id, owner, now, until, take_idle))
+
+    def _load(self, transfer_id: str) -> TransferRecord:
+        t = self._read(lambda uow: uow.transfers.get(transfer_id))
+        if t is None:
+            raise RuntimeError(f"transfer {transfer_id} vanished")
+        return t
+
+    def _drive(self, transfer_id: str, owner: str, attempts: int) -> TransferRecord:
+        t = self._load(transfer_id)
+        try:
+            while t.state == PENDING:
+                t = self._step(t, owner, attempts)
+        except _Postponed as why:
+            t = self._postpone(t, owner, str(why))
+        except _LeaseLost:
+            t = self._load(transfer_id)
+        return t
+
+    def _step(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        if t.step == RECORDED:
+            return self._hold(t, owner, attempts)
+        if t.step == HELD:
+            return self._decide_credit(t, owner)
+        if t.step == CREDITING:
+            return self._credit(t, owner, attempts)
+        if t.step == CREDITED:
+            return self._capture(t, owner, attempts)
+        if t.step == FAILING:
+            return self._release(t, owner, attempts)
+        raise AssertionError(f"pending transfer {t.transfer_id} at step {t.step}")
+
+    def _hold(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        with _span("hold", t):
+            if self.clock.now() >= self._credit_deadline(t.created_at):
+                # Recorded long ago (a long outage): too late to credit under any hold made now.
+                return self._start_failing(t, owner, RECORDED, _gift_failed(t, "EXPIRED", "it waited too long"))
+            try:
+                hold = self._call(
+                    t,
+                    owner,
+                    attempts,
+                    lambda: self.wallet.hold_coins(
+                        request_id=step_request_id(t.transfer_id, "hold"),
+                        gift_id=t.transfer_id,
+                        user_id=t.sender_id,
+                        amount=t.total_coins,
+                        ttl_seconds=self.policy.hold_ttl_seconds,
+                    ),
+                )
+            except Refused as refusal:  # no hold was made: nothing to give back
+                return self._finish_failed(t, owner, RECORDED, _with_transfer(refusal.error, t.transfer_id))
+            self.failpoint("after_hold")
+            if hold.state != "held":
+                return self._start_failing(t, owner, RECORDED, _gift_failed(t, "HOLD_LAPSED", f"its hold {hold.state}"))
+            return self._advance(
+                t,
+                owner,
+                RECORDED,
+                step=HELD,
+                hold_expire_at=hold.expire_time,
+                promotional_coins=hold.promotional_amount,
+            )
+
+    def _credit_deadline(self, hold_made_at: datetime) -> datetime:
+        return hold_made_at + timedelta(seconds=self.policy.hold_ttl_seconds - self.policy.hold_safety_margin_seconds)
+
+    def _decide_credit(self, t: TransferRecord, owner: str) -> TransferRecord:
+        """The point of no return, written down before the credit call is made."""
+        if t.total_diamonds == 0:  # e.g. one Rose: the whole price is the platform's, nothing to credit
+            return self._advance(t, owner, HELD, step=CREDITED)
+        assert t.hold_expire_at is not None
+        margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
+        if t.hold_expire_at - self.clock.now() < margin:
+            return self._start_failing(
+                t, owner, HELD, _gift_failed(t, "HOLD_EXPIRING", "its coins could not stay reserved long enough")
+            )
+        return self._advance(t, owner, HELD, step=CREDITING)
+
+    def _credit(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        with _span("credit", t):
+            try:
+                self._call(
+                    t,
+                    owner,
+                    attempts,
+                    lambda: self.payout.credit_diamonds(
+                        request_id=step_request_id(t.transfer_id, "credit"),
+                        gift_id=t.transfer_id,
+                        creator_id=t.recipient_id,
+                        diamonds=t.total_diamonds,
+                        coins=t.total_coins,
+                        promotional_coins=t.promotional_coins or 0,
+                    ),
+                )
+            except Refused as refusal:
+                if refusal.error.reason in _NOT_CREDITED:
+                    return self._start_failing(t, owner, CREDITING, _cannot_receive(refusal.error, t))
+                log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, refusal)
+                raise _Postponed(str(refusal)) from refusal
+            self.failpoint("after_credit")
+            return self._advance(t, owner, CREDITING, step=CREDITED)
+
+    def _capture(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        with _span("capture", t):
+            try:
+                self._call(
+                    t,
+                    owner,
+                    attempts,
+                    lambda: self.wallet.capture_hold(
+                        request_id=step_request_id(t.transfer_id, "capture"), gift_id=t.transfer_id
+                    ),
+                )
+            except Refused as refusal:
+                if refusal.error.reason != "HOLD_ALREADY_CAPTURED":
+                    # Diamonds were credited: this gift may only complete. Keep trying, loudly.
+                    log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, refusal)
+                    raise _Postponed(str(refusal)) from refusal
+            self.failpoint("after_capture")
+            return self._complete(t, owner)
+
+    def _release(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        with _span("release", t):
+            try:
+                self._call(
+                    t,
+                    owner,
+                    attempts,
+                    lambda: self.wallet.release_hold(
+                        request_id=step_request_id(t.transfer_id, "release"), gift_id=t.transfer_id
+                    ),
+                )
+            except Refused as refusal:
+                if refusal.error.reason not in _NOTHING_HELD:
+                    log.error("gift %s: wallet refused to release its hold: %s", t.transfer_id, refusal)
+                    raise _Postponed(str(refusal)) from refusal
+            self.failpoint("after_release")
+            return self._finish_failed(t, owner, FAILING, self.failure(t))
+
+    def _call(self, t: TransferRecord, owner: str, attempts: int, call: Callable[[], T]) -> T:
+        """One peer call, asked again (same request id) while the answer is uncertain and we hold the lease."""
+        delay = self.policy.retry_backoff_seconds
+        last: StepUncertain | None = None
+        for attempt in range(1, attempts + 1):
+            if not self._renew(t.transfer_id, owner):
+                raise _LeaseLost()
+            try:
+                return call()
+            except StepUncertain as error:
+                last = error
+                log.warning("gift %s step %s: %s (attempt %d of %d)", t.transfer_id, t.step, error, attempt, attempts)
+            if attempt < attempts:
+                self.sleep(delay)
+                delay *= 2
+        raise _Postponed(str(last))
+
+    def _renew(self, transfer_id: str, owner: str) -> bool:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+        return self._read(lambda uow: uow.transfers.renew(transfer_id, owner, now, until))
+
+    def _advance(self, t: TransferRecord, owner: str, from_step: str, **values: Any) -> TransferRecord:
+        values["updated_at"] = self.clock.now()
+        if not self._read(lambda uow: uow.transfers.advance(t.transfer_id, owner, from_step, **values)):
+            raise _LeaseLost()
+        return replace(t, **values)
+
+    def _start_failing(self, t: TransferRecord, owner: str, from_step: str, error: DomainError) -> TransferRecord:
+        return self._advance(
+            t, owner, from_step, step=FAILING, failure_reason=error.reason, failure_error=error.to_json()
+        )
+
+    def _finish_failed(self, t: TransferRecord, owner: str, from_step: str, error: DomainError) -> TransferRecord:
+        """FAILED, and the coins counted against the daily limit given back, in one transaction."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "state": FAILED,
+            "step": FAILED,
+            "failure_reason": error.reason,
+            "failure_error": error.to_json(),
+            "lease_owner": "",
+            "lease_until": None,
+            "updated_at": now,
+        }
+
+        def fail(uow: UnitOfWork) -> bool:
+            if not uow.transfers.advance(t.transfer_id, owner, from_step, **values):
+                return False
+            uow.spending.give_back(t.sender_id, t.spend_day, t.total_coins)
+            return True
+
+        if not self._read(fail):
+            raise _LeaseLost()
+        OUTCOMES.add(1, {"kind": "gift", "state": "failed", "reason": error.reason})
+        log.info("gift %s failed: %s", t.transfer_id, error.reason)
+        return replace(t, **values)
+
+    def _complete(self, t: TransferRecord, owner: str) -> TransferRecord:
+        """COMPLETED and its live-feed event, in one transaction (the outbox)."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "state": COMPLETED,
+            "step": COMPLETED,
+            "completed_at": now,
+            "lease_owner": "",
+            "lease_until": None,
+            "updated_at": now,
+        }
+        done = replace(t, **values)
+        target_key = Target(t.target_kind, t.target_id).key
+
+        def complete(uow: UnitOfWork) -> bool:
+            if not uow.transfers.advance(t.transfer_id, owner, CREDITED, **values):
+                return False
+            uow.feed.append(target_key, done, now)
+            return True
+
+        with _span("complete", t):
+            if not self._read(complete):
+                raise _LeaseLost()
+        OUTCOMES.add(1, {"kind": "gift", "state": "completed", "reason": ""})
+        self.on_completed(target_key)
+        return done
+
+    def _postpone(self, t: TransferRecord, owner: str, why: str) -> TransferRecord:
+        """Leave the gift for recovery, not before a delay that doubles with each postponement."""
+        now = self.clock.now()
+        delay = min(self.policy.retry_max_seconds, self.policy.retry_base_seconds * 2 ** min(t.attempts, 20))
+        not_before = now + timedelta(seconds=delay)
+        self._read(lambda uow: uow.transfers.postpone(t.transfer_id, owner, now, not_before))
+        log.warning("gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delay, why)
+        return self._load(t.transfer_id)
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def get_transfer(self, caller_id: str, transfer_id: str) -> TransferRecord:
+        """One transfer, for its sender or recipient only.
+
+        Anyone else gets PERMISSION_DENIED whether or not it exists (checked before NOT_FOUND, AIP-211),
+        so transfer ids reveal nothing to third parties.
+        """
+        t = self._read(lambda uow: uow.transfers.get(transfer_id))
+        if t is None or caller_id not in (t.sender_id, t.recipient_id):
+            raise permission_denied(
+                f"user:{caller_id} is neither the sender nor the recipient of gift {transfer_id}",
+                transfer_id=transfer_id,
+            )
+        return t
+
+    def list_sent(self, sender_id: str, page_size: int, page_token: str) -> Page:
+        """Every gift the user sent (pending, completed or failed), newest first."""
+        before = _decode_cursor(page_token, "sent")
+        rows = self._read(lambda uow: uow.transfers.page("sender_id", sender_id, page_size + 1, before))
+        return _page(rows, page_size, "sent")
+
+    def list_received(self, recipient_id: str, page_size: int, page_token: str) -> Page:
+        """The gifts the user received: completed ones only (a pending or failed gift gave them nothing)."""
+        before = _decode_cursor(page_token, "received")
+        rows = self._read(
+            lambda uow: uow.transfers.page("recipient_id", recipient_id, page_size + 1, before, COMPLETED)
+        )
+        return _page(rows, page_size, "received")
+
+    def leaderboard(
+        self, window: str, limit: int, target: Target | None = None, creator_id: str | None = None
+    ) -> list[LeaderboardEntry]:
+        """Top gifters by coins spent on completed gifts, over the target or the creator, in the window."""
+        since = _day_start(self.clock.now()) if window == "day" else None
+        where = (target.kind, target.id) if target is not None else None
+        rows = self._read(lambda uow: uow.transfers.leaders(limit, where, creator_id, since))
+        return [LeaderboardEntry(rank, r.user_id, r.coins, r.gifts) for rank, r in enumerate(rows, start=1)]
+
+    # --- live feed -------------------------------------------------------------------------------------
+
+    def feed_head(self, target: Target) -> int:
+        """The sequence of the target's latest event (0 if none)."""
+        return self._read(lambda uow: uow.feed.head(target.key))
+
+    def feed_heads(self, target_keys: list[str]) -> dict[str, int]:
+        return self._read(lambda uow: uow.feed.heads(target_keys))
+
+    def feed_after(self, target: Target, after_sequence: int, limit: int = 100) -> list[FeedEventRecord]:
+        return self._read(lambda uow: uow.feed.after(target.key, after_sequence, limit))
+
+
+def _span(step: str, t: TransferRecord) -> Any:
+    return tracer.start_as_current_span(
+        f"gifting.saga.{step}", attributes={"giftcoin.gift_id": t.transfer_id, "giftcoin.step": t.step}
+    )
+
+
+def _current_trace_context() -> str:
+    """The current W3C trace context (traceparent, tracestate) as JSON, for recovery to continue."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=otel_context.get_current())
+    return json.dumps(carrier, sort_keys=True)
+
+
+def _decode_cursor(page_token: str, listing: str) -> tuple[datetime, str] | None:
+    """The (created_at, transfer_id) a page starts after; INVALID_ARGUMENT for a token of another list."""
+    cursor = decode_page_token(page_token)
+    if cursor is None:
+        return None
+    bad = invalid_argument([FieldViolation("page_token", "not a page token from a previous response of this list")])
+    try:
+        at = datetime.fromisoformat(str(cursor["at"]))
+        transfer_id = str(cursor["id"])
+    except (KeyError, ValueError) as exc:
+        raise bad from exc
+    if cursor.get("list") != listing or at.tzinfo is None:
+        raise bad
+    return at, transfer_id
+
+
+def _page(rows: list[TransferRecord], page_size: int, listing: str) -> Page:
+    """One page from page_size + 1 rows: the extra row only says whether there is a next page."""
+    token = ""
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        last = rows[-1]
+        token = encode_page_token({"list": listing, "at": last.created_at.isoformat(), "id": last.transfer_id})
+    return Page(rows, token)

@@ -1,0 +1,119 @@
+"""Gifting's calls to wallet and payout: the domain's ports spoken over gRPC, as `service:gifting`.
+
+Protobuf <-> domain translation and the reading of the peers' errors, nothing else. A peer's answer is
+either a result, a definite refusal (`Refused`, carrying the peer's code, reason and metadata), or no
+definite answer (`StepUncertain`): down, timed out, busy, or an error that says nothing certain about
+whether the step happened. Channels retry UNAVAILABLE and ABORTED themselves (runtime.clients).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC
+from typing import TypeVar
+
+import grpc
+from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+from services.gifting.domain import Hold, Refused, StepUncertain
+from services.runtime import auth
+from services.runtime.clients import open_channel
+from services.runtime.config import TlsSettings
+from services.runtime.errors import from_rpc_error
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+WALLET_SERVICE = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
+PAYOUT_SERVICE = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
+GIFTING = auth.service("gifting")
+
+# Codes with which a peer says for certain that it did not do what was asked. Anything else
+# (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, and PERMISSION_DENIED or
+# UNAUTHENTICATED, which mean a misconfigured deployment) leaves the step to be asked again.
+_DEFINITE = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+
+_HOLD_STATES = {
+    wallet_pb2.HOLD_STATE_HELD: "held",
+    wallet_pb2.HOLD_STATE_CAPTURED: "captured",
+    wallet_pb2.HOLD_STATE_RELEASED: "released",
+    wallet_pb2.HOLD_STATE_EXPIRED: "expired",
+}
+
+
+def _ask(peer: str, method: str, call: Callable[[], R]) -> R:
+    try:
+        return call()
+    except grpc.RpcError as err:
+        code = err.code()
+        refusal = from_rpc_error(err)
+        if code in _DEFINITE and refusal is not None:
+            raise Refused(refusal) from None
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            log.error("%s refused gifting's identity on %s: check GIFTCOIN_JWT_SECRET / mTLS", peer, method)
+        raise StepUncertain(f"{peer}.{method}: {code.name} {err.details()}") from None
+
+
+def _hold(hold: wallet_pb2.Hold) -> Hold:
+    return Hold(
+        amount=hold.amount,
+        promotional_amount=hold.promotional_amount,
+        state=_HOLD_STATES.get(hold.state, "unknown"),
+        expire_time=hold.expire_time.ToDatetime(tzinfo=UTC),
+    )
+
+
+class WalletClient:
+    """WalletPort over gRPC."""
+
+    def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
+        self.stub = wallet_pb2_grpc.WalletServiceStub(channel)
+        self.deadline = deadline_seconds
+
+    def hold_coins(self, *, request_id: str, gift_id: str, user_id: str, amount: int, ttl_seconds: int) -> Hold:
+        request = wallet_pb2.HoldCoinsRequest(
+            request_id=request_id, gift_id=gift_id, user_id=user_id, amount=amount, ttl_seconds=ttl_seconds
+        )
+        return _hold(_ask("wallet", "HoldCoins", lambda: self.stub.HoldCoins(request, timeout=self.deadline)).hold)
+
+    def capture_hold(self, *, request_id: str, gift_id: str) -> Hold:
+        request = wallet_pb2.CaptureHoldRequest(request_id=request_id, gift_id=gift_id)
+        return _hold(_ask("wallet", "CaptureHold", lambda: self.stub.CaptureHold(request, timeout=self.deadline)).hold)
+
+    def release_hold(self, *, request_id: str, gift_id: str) -> Hold:
+        request = wallet_pb2.ReleaseHoldRequest(request_id=request_id, gift_id=gift_id)
+        return _hold(_ask("wallet", "ReleaseHold", lambda: self.stub.ReleaseHold(request, timeout=self.deadline)).hold)
+
+
+class PayoutClient:
+    """PayoutPort over gRPC."""
+
+    def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
+        self.stub = payout_pb2_grpc.PayoutServiceStub(channel)
+        self.deadline = deadline_seconds
+
+    def credit_diamonds(
+        self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
+    ) -> None:
+        request = payout_pb2.CreditDiamondsRequest(
+            request_id=request_id,
+            gift_id=gift_id,
+            creator_id=creator_id,
+            diamonds=diamonds,
+            coins=coins,
+            promotional_coins=promotional_coins,
+        )
+        _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
+
+
+def peer_channel(target: str, service_full_name: str, jwt_secret: str, tls: TlsSettings) -> grpc.Channel:
+    """A channel to a peer, calling as service:gifting (token, tracing, retries: runtime.clients)."""
+    return open_channel(target, service_full_name, GIFTING, jwt_secret, tls)

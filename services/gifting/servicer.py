@@ -1,0 +1,284 @@
+"""GiftingService over gRPC: validates requests, calls the domain, turns its results into protobuf.
+
+Who may call what is the ACCESS table in app.py; user RPCs act only for the caller. Every mutating
+RPC runs through the request-id store (AIP-155). SendGift records the gift under the request id
+(the store replays that record, or the refusal), then drives the saga: a replay therefore answers
+with the gift as it stands now — completed, failed (the same error again), or still being sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+from sqlalchemy import Connection
+
+from services.gifting.domain import (
+    MAX_COIN_PRICE,
+    MAX_QUANTITY,
+    Gift,
+    Gifting,
+    LeaderboardEntry,
+    Send,
+    Target,
+    new_lease_owner,
+)
+from services.gifting.feed import LiveFeed
+from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, TransferRecord
+from services.runtime.auth import current_caller
+from services.runtime.idempotency import RequestIdStore, fingerprint
+from services.runtime.validation import Validator, clamp_page_size
+
+M = TypeVar("M", bound=Message)
+
+FULL_NAME = gifting_pb2.DESCRIPTOR.services_by_name["GiftingService"].full_name
+MAX_GIFT_NAME_LENGTH = 64
+DEFAULT_LEADERBOARD_SIZE, MAX_LEADERBOARD_SIZE = 10, 100
+
+_TARGET_KINDS = {gifting_pb2.TARGET_KIND_LIVE_STREAM: "live_stream", gifting_pb2.TARGET_KIND_VIDEO: "video"}
+_TARGET_KINDS_PB = {v: k for k, v in _TARGET_KINDS.items()}
+_WINDOWS = {
+    gifting_pb2.LEADERBOARD_WINDOW_TARGET: "target",
+    gifting_pb2.LEADERBOARD_WINDOW_DAY: "day",
+    gifting_pb2.LEADERBOARD_WINDOW_ALL_TIME: "all_time",
+}
+_GIFT_STATES_PB = {ACTIVE: gifting_pb2.GIFT_STATE_ACTIVE, RETIRED: gifting_pb2.GIFT_STATE_RETIRED}
+_TRANSFER_STATES_PB = {
+    PENDING: gifting_pb2.GIFT_TRANSFER_STATE_PENDING,
+    COMPLETED: gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED,
+    FAILED: gifting_pb2.GIFT_TRANSFER_STATE_FAILED,
+}
+
+
+class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
+    def __init__(self, gifting: Gifting, feed: LiveFeed, requests: RequestIdStore) -> None:
+        self.gifting = gifting
+        self.feed = feed
+        self.requests = requests
+
+    # --- catalogue -------------------------------------------------------------------------------
+
+    def ListGifts(
+        self, request: gifting_pb2.ListGiftsRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.ListGiftsResponse:
+        return gifting_pb2.ListGiftsResponse(gifts=[_gift(g) for g in self.gifting.list_gifts()])
+
+    def UpsertGift(
+        self, request: gifting_pb2.UpsertGiftRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.UpsertGiftResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.text(request.name, "name", max_length=MAX_GIFT_NAME_LENGTH)
+        v.positive(request.coin_price, "coin_price", maximum=MAX_COIN_PRICE)
+        if request.diamonds < 0:
+            v.fail("diamonds", "must not be negative (0 means the default share of coin_price)")
+        elif request.diamonds > max(request.coin_price, 0):
+            v.fail("diamonds", "at most coin_price: a gift never pays out more than it costs")
+        v.check()
+        name = request.name.strip()
+        return self._mutate(
+            "UpsertGift",
+            request,
+            gifting_pb2.UpsertGiftResponse,
+            lambda conn: gifting_pb2.UpsertGiftResponse(
+                gift=_gift(self.gifting.upsert_gift(conn, request.gift_id, name, request.coin_price, request.diamonds))
+            ),
+        )
+
+    def RetireGift(
+        self, request: gifting_pb2.RetireGiftRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.RetireGiftResponse:
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.check()
+        return self._mutate(
+            "RetireGift",
+            request,
+            gifting_pb2.RetireGiftResponse,
+            lambda conn: gifting_pb2.RetireGiftResponse(gift=_gift(self.gifting.retire_gift(conn, request.gift_id))),
+        )
+
+    # --- sending -----------------------------------------------------------------------------------
+
+    def SendGift(
+        self, request: gifting_pb2.SendGiftRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.SendGiftResponse:
+        sender_id = _caller_user_id()
+        v = Validator()
+        v.request_id(request.request_id)
+        v.identifier(request.gift_id, "gift_id")
+        v.positive(request.quantity, "quantity", maximum=MAX_QUANTITY)
+        v.identifier(request.recipient_id, "recipient_id")
+        target = _target(v, request, "target")
+        v.check()
+        assert target is not None
+        send = Send(request.gift_id, request.quantity, request.recipient_id, target)
+        owner = new_lease_owner()
+        print_ = fingerprint(_method("SendGift"), request)
+        recorded = self._mutate(
+            "SendGift",
+            request,
+            gifting_pb2.SendGiftResponse,
+            lambda conn: gifting_pb2.SendGiftResponse(
+                transfer=_transfer(self.gifting.record_send(conn, sender_id, request.request_id, print_, send, owner))
+            ),
+        )
+        return gifting_pb2.SendGiftResponse(
+            transfer=_transfer(self.gifting.settle(recorded.transfer.transfer_id, owner))
+        )
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def GetGiftTransfer(
+        self, request: gifting_pb2.GetGiftTransferRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.GetGiftTransferResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.identifier(request.transfer_id, "transfer_id")
+        v.check()
+        return gifting_pb2.GetGiftTransferResponse(
+            transfer=_transfer(self.gifting.get_transfer(user_id, request.transfer_id))
+        )
+
+    def ListSentGifts(
+        self, request: gifting_pb2.ListSentGiftsRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.ListSentGiftsResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        page = self.gifting.list_sent(user_id, clamp_page_size(request.page_size), request.page_token)
+        return gifting_pb2.ListSentGiftsResponse(
+            transfers=[_transfer(t) for t in page.transfers], next_page_token=page.next_page_token
+        )
+
+    def ListReceivedGifts(
+        self, request: gifting_pb2.ListReceivedGiftsRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.ListReceivedGiftsResponse:
+        user_id = _caller_user_id()
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        page = self.gifting.list_received(user_id, clamp_page_size(request.page_size), request.page_token)
+        return gifting_pb2.ListReceivedGiftsResponse(
+            transfers=[_transfer(t) for t in page.transfers], next_page_token=page.next_page_token
+        )
+
+    def WatchGifts(
+        self, request: gifting_pb2.WatchGiftsRequest, context: grpc.ServicerContext
+    ) -> Iterator[gifting_pb2.WatchGiftsResponse]:
+        v = Validator()
+        target = _target(v, request, "target")
+        v.non_negative(request.after_sequence, "after_sequence")
+        v.check()
+        assert target is not None
+        for event in self.feed.watch(target, request.after_sequence, context.is_active, context.add_callback):
+            yield gifting_pb2.WatchGiftsResponse(
+                sequence=event.sequence, transfer=_transfer(event.transfer), combo_count=event.combo_count
+            )
+
+    def GetLeaderboard(
+        self, request: gifting_pb2.GetLeaderboardRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.GetLeaderboardResponse:
+        v = Validator()
+        has_target, has_creator = request.HasField("target"), bool(request.creator_id)
+        target = None
+        if has_target == has_creator:
+            v.fail("target", "exactly one of target and creator_id is required")
+        elif has_target:
+            target = _target(v, request, "target")
+        else:
+            v.identifier(request.creator_id, "creator_id")
+        v.enum(request.window, set(_WINDOWS), "window")
+        if request.window == gifting_pb2.LEADERBOARD_WINDOW_TARGET and has_creator:
+            v.fail("window", "LEADERBOARD_WINDOW_TARGET covers a target: use DAY or ALL_TIME for a creator")
+        v.non_negative(request.limit, "limit")
+        v.check()
+        limit = min(request.limit or DEFAULT_LEADERBOARD_SIZE, MAX_LEADERBOARD_SIZE)
+        entries = self.gifting.leaderboard(
+            _WINDOWS[request.window], limit, target=target, creator_id=request.creator_id or None
+        )
+        return gifting_pb2.GetLeaderboardResponse(entries=[_entry(e) for e in entries])
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    def _mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[Connection], M]) -> M:
+        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
+        return self.requests.execute(
+            current_caller().subject, _method(method), request, request_id, response_type, work
+        )
+
+
+def _method(name: str) -> str:
+    return f"/{FULL_NAME}/{name}"
+
+
+def _caller_user_id() -> str:
+    """The calling user's id (the access policy already admitted only users), checked like any id."""
+    user_id = current_caller().id
+    v = Validator()
+    v.identifier(user_id, "authorization")
+    v.check()
+    return user_id
+
+
+def _target(v: Validator, request: Message, field: str) -> Target | None:
+    if not request.HasField(field):
+        v.fail(field, "required: a live stream or a video")
+        return None
+    target: gifting_pb2.Target = getattr(request, field)
+    v.enum(target.kind, set(_TARGET_KINDS), f"{field}.kind")
+    v.identifier(target.id, f"{field}.id")
+    if target.kind not in _TARGET_KINDS:
+        return None
+    return Target(_TARGET_KINDS[target.kind], target.id)
+
+
+def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _gift(g: Gift) -> gifting_pb2.Gift:
+    return gifting_pb2.Gift(
+        gift_id=g.gift_id,
+        name=g.name,
+        coin_price=g.coin_price,
+        diamonds=g.diamonds,
+        version=g.version,
+        state=_GIFT_STATES_PB[g.state],
+    )
+
+
+def _transfer(t: TransferRecord) -> gifting_pb2.GiftTransfer:
+    transfer = gifting_pb2.GiftTransfer(
+        transfer_id=t.transfer_id,
+        sender_id=t.sender_id,
+        recipient_id=t.recipient_id,
+        target=gifting_pb2.Target(kind=_TARGET_KINDS_PB[t.target_kind], id=t.target_id),
+        gift_id=t.gift_id,
+        gift_version=t.gift_version,
+        gift_name=t.gift_name,
+        quantity=t.quantity,
+        unit_coin_price=t.unit_coin_price,
+        total_coins=t.total_coins,
+        total_diamonds=t.total_diamonds,
+        state=_TRANSFER_STATES_PB[t.state],
+        failure_reason=t.failure_reason if t.state == FAILED else "",
+        create_time=_stamp(t.created_at),
+    )
+    if t.completed_at is not None:
+        transfer.complete_time.CopyFrom(_stamp(t.completed_at))
+    return transfer
+
+
+def _entry(e: LeaderboardEntry) -> gifting_pb2.LeaderboardEntry:
+    return gifting_pb2.LeaderboardEntry(rank=e.rank, user_id=e.user_id, coins=e.coins, gifts=e.gifts)

@@ -1,0 +1,566 @@
+"""The gifting service's database: tables (SQLAlchemy Core), repositories and the unit of work.
+
+Uniqueness that money depends on is a constraint here, not a read before a write:
+- one transfer per send request: UNIQUE(gift_transfers.sender_id, request_id);
+- one live-feed event per completed gift, numbered without gaps per target: UNIQUE(feed_events.transfer_id)
+  and PRIMARY KEY(target_key, sequence), the sequence taken from a per-target counter row;
+- the daily spending limit: one row per sender and UTC day, raised only by a conditional UPDATE that
+  keeps it within the limit.
+
+Only one replica drives a gift at a time: a lease (owner, until) on the transfer row, taken and renewed
+by conditional UPDATEs, and every saga write is guarded by the owner and the step it leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from services.runtime.tables import UtcDateTime, request_ids_table
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Gift states, transfer states and saga steps as stored.
+ACTIVE, RETIRED = "active", "retired"
+PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
+# recorded -> held -> crediting -> credited -> completed; or ... -> failing -> failed.
+RECORDED, HELD, CREDITING, CREDITED, FAILING = "recorded", "held", "crediting", "credited", "failing"
+STEPS = (RECORDED, HELD, CREDITING, CREDITED, FAILING, COMPLETED, FAILED)
+
+metadata = MetaData()
+request_ids = request_ids_table(metadata)
+
+gifts = Table(
+    "gifts",
+    metadata,
+    Column("gift_id", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("current_version", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    CheckConstraint("state IN ('active', 'retired')", name="ck_gifts_state"),
+)
+
+# A price list entry never changes: a new price or diamond amount is a new version.
+gift_versions = Table(
+    "gift_versions",
+    metadata,
+    Column("gift_id", String(128), ForeignKey("gifts.gift_id"), nullable=False),
+    Column("version", BigInteger(), nullable=False),
+    Column("coin_price", BigInteger(), nullable=False),
+    # Diamonds per gift; NULL = the default share (share_bps) of each send's coins.
+    Column("diamonds", BigInteger(), nullable=True),
+    Column("share_bps", Integer(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("gift_id", "version", name="pk_gift_versions"),
+    CheckConstraint("coin_price > 0", name="ck_gift_versions_price_positive"),
+    CheckConstraint("diamonds IS NULL OR (diamonds >= 0 AND diamonds <= coin_price)", name="ck_gift_versions_diamonds"),
+    CheckConstraint("share_bps >= 0 AND share_bps <= 10000", name="ck_gift_versions_share"),
+)
+
+gift_transfers = Table(
+    "gift_transfers",
+    metadata,
+    Column("transfer_id", String(64), primary_key=True),
+    Column("sender_id", String(128), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    # What the send request was (runtime.idempotency.fingerprint): the same id with another request is refused.
+    Column("fingerprint", String(64), nullable=False),
+    Column("recipient_id", String(128), nullable=False),
+    Column("target_kind", String(16), nullable=False),
+    Column("target_id", String(128), nullable=False),
+    Column("gift_id", String(128), nullable=False),
+    Column("gift_version", BigInteger(), nullable=False),
+    Column("gift_name", String(256), nullable=False),
+    Column("quantity", BigInteger(), nullable=False),
+    Column("unit_coin_price", BigInteger(), nullable=False),
+    Column("total_coins", BigInteger(), nullable=False),
+    Column("total_diamonds", BigInteger(), nullable=False),
+    # The promotional part of total_coins, as wallet's hold reports it (payout's ledger needs it).
+    Column("promotional_coins", BigInteger(), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("step", String(16), nullable=False),
+    Column("failure_reason", String(64), nullable=False),
+    Column("failure_error", Text(), nullable=True),  # the DomainError a failed send replays
+    Column("hold_expire_at", UtcDateTime(), nullable=True),
+    Column("spend_day", Date(), nullable=False),  # the UTC day whose spending limit the send counts against
+    Column("trace_context", Text(), nullable=False),  # W3C trace context (JSON), so recovery continues the trace
+    Column("lease_owner", String(32), nullable=False),  # '' when no replica drives it
+    Column("lease_until", UtcDateTime(), nullable=True),  # no one may take it over before this
+    Column("attempts", Integer(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=True),
+    UniqueConstraint("sender_id", "request_id", name="ux_gift_transfers_sender_request"),
+    CheckConstraint("state IN ('pending', 'completed', 'failed')", name="ck_gift_transfers_state"),
+    CheckConstraint(
+        "step IN ('recorded', 'held', 'crediting', 'credited', 'failing', 'completed', 'failed')",
+        name="ck_gift_transfers_step",
+    ),
+    CheckConstraint(
+        "quantity > 0 AND unit_coin_price > 0 AND total_coins = quantity * unit_coin_price",
+        name="ck_gift_transfers_coins",
+    ),
+    CheckConstraint("total_diamonds >= 0 AND total_diamonds <= total_coins", name="ck_gift_transfers_diamonds"),
+    CheckConstraint("sender_id <> recipient_id", name="ck_gift_transfers_not_self"),
+    Index("ix_gift_transfers_sender", "sender_id", "created_at", "transfer_id"),
+    Index("ix_gift_transfers_recipient", "recipient_id", "state", "created_at", "transfer_id"),
+    Index("ix_gift_transfers_target", "target_kind", "target_id", "state"),
+    Index("ix_gift_transfers_completed", "state", "completed_at"),
+    Index("ix_gift_transfers_unfinished", "state", "lease_until"),
+)
+
+daily_spending = Table(
+    "daily_spending",
+    metadata,
+    Column("sender_id", String(128), nullable=False),
+    Column("day", Date(), nullable=False),
+    Column("coins", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("sender_id", "day", name="pk_daily_spending"),
+    CheckConstraint("coins >= 0", name="ck_daily_spending_non_negative"),
+)
+
+feed_counters = Table(
+    "feed_counters",
+    metadata,
+    Column("target_key", String(160), primary_key=True),
+    Column("last_sequence", BigInteger(), nullable=False),
+)
+
+feed_events = Table(
+    "feed_events",
+    metadata,
+    Column("target_key", String(160), nullable=False),
+    Column("sequence", BigInteger(), nullable=False),
+    Column("transfer_id", String(64), ForeignKey("gift_transfers.transfer_id"), nullable=False),
+    Column("sender_id", String(128), nullable=False),
+    Column("gift_id", String(128), nullable=False),
+    Column("combo_count", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("target_key", "sequence", name="pk_feed_events"),
+    UniqueConstraint("transfer_id", name="ux_feed_events_transfer"),
+    CheckConstraint("sequence > 0 AND combo_count > 0", name="ck_feed_events_positive"),
+)
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GiftRecord:
+    """A gift with its current version."""
+
+    gift_id: str
+    name: str
+    state: str
+    version: int
+    coin_price: int
+    diamonds: int | None
+    share_bps: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    transfer_id: str
+    sender_id: str
+    request_id: str
+    fingerprint: str
+    recipient_id: str
+    target_kind: str
+    target_id: str
+    gift_id: str
+    gift_version: int
+    gift_name: str
+    quantity: int
+    unit_coin_price: int
+    total_coins: int
+    total_diamonds: int
+    promotional_coins: int | None
+    state: str
+    step: str
+    failure_reason: str
+    failure_error: str | None
+    hold_expire_at: datetime | None
+    spend_day: date
+    trace_context: str
+    lease_owner: str
+    lease_until: datetime | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FeedEventRecord:
+    target_key: str
+    sequence: int
+    combo_count: int
+    transfer: TransferRecord
+
+
+@dataclass(frozen=True)
+class LeaderRow:
+    user_id: str
+    coins: int
+    gifts: int
+
+
+def _record(cls: Any, row: Any) -> Any:
+    return cls(**row._asdict())
+
+
+def _insert_ignoring_conflict(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect; its rowcount says if it inserted.
+
+    (SQLAlchemy reports an INSERT's rowcount reliably only when asked to preserve it.)
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(values).on_conflict_do_nothing()
+    return statement.execution_options(preserve_rowcount=True)
+
+
+# --- repositories ----------------------------------------------------------------------------------
+
+
+_GIFT_COLUMNS = (
+    gifts.c.gift_id,
+    gifts.c.name,
+    gifts.c.state,
+    gift_versions.c.version,
+    gift_versions.c.coin_price,
+    gift_versions.c.diamonds,
+    gift_versions.c.share_bps,
+    gifts.c.created_at,
+    gifts.c.updated_at,
+)
+_GIFT_JOIN = gifts.join(
+    gift_versions,
+    and_(gift_versions.c.gift_id == gifts.c.gift_id, gift_versions.c.version == gifts.c.current_version),
+)
+
+
+class CatalogueRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get(self, gift_id: str) -> GiftRecord | None:
+        row = self.conn.execute(select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id == gift_id))
+        found = row.one_or_none()
+        return None if found is None else _record(GiftRecord, found)
+
+    def active(self) -> list[GiftRecord]:
+        rows = self.conn.execute(
+            select(*_GIFT_COLUMNS)
+            .select_from(_GIFT_JOIN)
+            .where(gifts.c.state == ACTIVE)
+            .order_by(gift_versions.c.coin_price, gifts.c.gift_id)
+        )
+        return [_record(GiftRecord, r) for r in rows]
+
+    def add_if_missing(
+        self, gift_id: str, name: str, coin_price: int, diamonds: int | None, share_bps: int, now: datetime
+    ) -> bool:
+        """Create a gift at version 1 unless it exists (replicas seeding at once agree); True if created."""
+        created = self.conn.execute(
+            _insert_ignoring_conflict(
+                self.conn,
+                gifts,
+                {
+                    "gift_id": gift_id,
+                    "name": name,
+                    "state": ACTIVE,
+                    "current_version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        )
+        if created.rowcount != 1:
+            return False
+        self.add_version(gift_id, 1, coin_price, diamonds, share_bps, now)
+        return True
+
+    def add_version(
+        self, gift_id: str, version: int, coin_price: int, diamonds: int | None, share_bps: int, now: datetime
+    ) -> None:
+        self.conn.execute(
+            insert(gift_versions).values(
+                gift_id=gift_id,
+                version=version,
+                coin_price=coin_price,
+                diamonds=diamonds,
+                share_bps=share_bps,
+                created_at=now,
+            )
+        )
+
+    def update(self, gift_id: str, expected_version: int, **values: object) -> bool:
+        """Change a gift if it is still at `expected_version`; False if a concurrent change won."""
+        result = self.conn.execute(
+            update(gifts)
+            .where(and_(gifts.c.gift_id == gift_id, gifts.c.current_version == expected_version))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+
+class TransferRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, record: TransferRecord) -> bool:
+        """Insert a new transfer; False if the sender already used the request id (the unique constraint)."""
+        result = self.conn.execute(_insert_ignoring_conflict(self.conn, gift_transfers, record.__dict__))
+        return result.rowcount == 1
+
+    def get(self, transfer_id: str) -> TransferRecord | None:
+        row = self.conn.execute(select(gift_transfers).where(gift_transfers.c.transfer_id == transfer_id))
+        found = row.one_or_none()
+        return None if found is None else _record(TransferRecord, found)
+
+    def by_request(self, sender_id: str, request_id: str) -> TransferRecord | None:
+        t = gift_transfers
+        row = self.conn.execute(select(t).where(and_(t.c.sender_id == sender_id, t.c.request_id == request_id)))
+        found = row.one_or_none()
+        return None if found is None else _record(TransferRecord, found)
+
+    def claim(self, transfer_id: str, owner: str, now: datetime, until: datetime, take_idle: bool) -> bool:
+        """Take (or keep) the lease of an unfinished transfer.
+
+        Free to take: a lease that has passed, or (take_idle, for a client's retry) one left idle by a
+        driver that gave up for now. Recovery leaves idle ones alone until their retry time.
+        """
+        t = gift_transfers
+        free = or_(t.c.lease_owner == owner, t.c.lease_until.is_(None), t.c.lease_until < now)
+        if take_idle:
+            free = or_(free, t.c.lease_owner == "")
+        result = self.conn.execute(
+            update(t)
+            .where(and_(t.c.transfer_id == transfer_id, t.c.state == PENDING, free))
+            .values(lease_owner=owner, lease_until=until, updated_at=now)
+        )
+        return result.rowcount == 1
+
+    def renew(self, transfer_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        t = gift_transfers
+        result = self.conn.execute(
+            update(t)
+            .where(and_(t.c.transfer_id == transfer_id, t.c.lease_owner == owner, t.c.state == PENDING))
+            .values(lease_until=until, updated_at=now)
+        )
+        return result.rowcount == 1
+
+    def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
+        """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
+        t = gift_transfers
+        result = self.conn.execute(
+            update(t)
+            .where(
+                and_(
+                    t.c.transfer_id == transfer_id,
+                    t.c.lease_owner == owner,
+                    t.c.step == from_step,
+                    t.c.state == PENDING,
+                )
+            )
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    def postpone(self, transfer_id: str, owner: str, now: datetime, not_before: datetime) -> bool:
+        """Give up the lease, idle until `not_before` (recovery's retry time), counting the attempt."""
+        t = gift_transfers
+        result = self.conn.execute(
+            update(t)
+            .where(and_(t.c.transfer_id == transfer_id, t.c.lease_owner == owner, t.c.state == PENDING))
+            .values(lease_owner="", lease_until=not_before, attempts=t.c.attempts + 1, updated_at=now)
+        )
+        return result.rowcount == 1
+
+    def unfinished(self, now: datetime, limit: int) -> list[str]:
+        """Pending transfers that no replica drives: never leased, or their lease (or retry time) passed."""
+        t = gift_transfers
+        rows = self.conn.execute(
+            select(t.c.transfer_id)
+            .where(and_(t.c.state == PENDING, or_(t.c.lease_until.is_(None), t.c.lease_until < now)))
+            .order_by(t.c.lease_until, t.c.created_at)
+            .limit(limit)
+        )
+        return [r.transfer_id for r in rows]
+
+    def page(
+        self, user_column: str, user_id: str, size: int, before: tuple[datetime, str] | None, state: str | None = None
+    ) -> list[TransferRecord]:
+        """Newest first; `before` is the (created_at, transfer_id) of the last transfer already listed."""
+        t = gift_transfers
+        query = select(t).where(t.c[user_column] == user_id)
+        if state is not None:
+            query = query.where(t.c.state == state)
+        if before is not None:
+            at, transfer_id = before
+            query = query.where(or_(t.c.created_at < at, and_(t.c.created_at == at, t.c.transfer_id < transfer_id)))
+        rows = self.conn.execute(query.order_by(t.c.created_at.desc(), t.c.transfer_id.desc()).limit(size))
+        return [_record(TransferRecord, r) for r in rows]
+
+    def leaders(
+        self,
+        limit: int,
+        target: tuple[str, str] | None = None,
+        recipient_id: str | None = None,
+        since: datetime | None = None,
+    ) -> list[LeaderRow]:
+        """Top senders of completed transfers by coins, then gifts, then user id (a stable order)."""
+        t = gift_transfers
+        coins = func.sum(t.c.total_coins).label("coins")
+        count = func.sum(t.c.quantity).label("gifts")
+        query = select(t.c.sender_id.label("user_id"), coins, count).where(t.c.state == COMPLETED)
+        if target is not None:
+            query = query.where(and_(t.c.target_kind == target[0], t.c.target_id == target[1]))
+        if recipient_id is not None:
+            query = query.where(t.c.recipient_id == recipient_id)
+        if since is not None:
+            query = query.where(t.c.completed_at >= since)
+        rows = self.conn.execute(
+            query.group_by(t.c.sender_id).order_by(coins.desc(), count.desc(), t.c.sender_id).limit(limit)
+        )
+        return [LeaderRow(r.user_id, int(r.coins), int(r.gifts)) for r in rows]
+
+
+class SpendingRepository:
+    """Coins each sender has committed to gifts per UTC day."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def reserve(self, sender_id: str, day: date, coins: int, limit: int) -> bool:
+        """Count `coins` against the day's limit; False (and nothing counted) if that would pass it."""
+        d = daily_spending
+        self.conn.execute(_insert_ignoring_conflict(self.conn, d, {"sender_id": sender_id, "day": day, "coins": 0}))
+        result = self.conn.execute(
+            update(d)
+            .where(and_(d.c.sender_id == sender_id, d.c.day == day, d.c.coins + coins <= limit))
+            .values(coins=d.c.coins + coins)
+        )
+        return result.rowcount == 1
+
+    def give_back(self, sender_id: str, day: date, coins: int) -> None:
+        d = daily_spending
+        self.conn.execute(
+            update(d).where(and_(d.c.sender_id == sender_id, d.c.day == day)).values(coins=d.c.coins - coins)
+        )
+
+    def spent(self, sender_id: str, day: date) -> int:
+        d = daily_spending
+        row = self.conn.execute(select(d.c.coins).where(and_(d.c.sender_id == sender_id, d.c.day == day)))
+        return int(row.scalar_one_or_none() or 0)
+
+
+class FeedRepository:
+    """The live feed's outbox: one event per completed gift, numbered 1, 2, 3, ... per target."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def append(self, target_key: str, transfer: TransferRecord, now: datetime) -> tuple[int, int]:
+        """Number the next event of the target and write it; returns (sequence, combo count).
+
+        The counter row is updated before it is read, so concurrent completions on one target queue
+        on its row lock (PostgreSQL) or the database lock (SQLite) and take consecutive numbers.
+        """
+        c = feed_counters
+        self.conn.execute(_insert_ignoring_conflict(self.conn, c, {"target_key": target_key, "last_sequence": 0}))
+        self.conn.execute(update(c).where(c.c.target_key == target_key).values(last_sequence=c.c.last_sequence + 1))
+        sequence = int(self.conn.execute(select(c.c.last_sequence).where(c.c.target_key == target_key)).scalar_one())
+        e = feed_events
+        previous = self.conn.execute(
+            select(e.c.sender_id, e.c.gift_id, e.c.combo_count).where(
+                and_(e.c.target_key == target_key, e.c.sequence == sequence - 1)
+            )
+        ).one_or_none()
+        same = previous is not None and (previous.sender_id, previous.gift_id) == (transfer.sender_id, transfer.gift_id)
+        combo = int(previous.combo_count) + 1 if same and previous is not None else 1
+        self.conn.execute(
+            insert(e).values(
+                target_key=target_key,
+                sequence=sequence,
+                transfer_id=transfer.transfer_id,
+                sender_id=transfer.sender_id,
+                gift_id=transfer.gift_id,
+                combo_count=combo,
+                created_at=now,
+            )
+        )
+        return sequence, combo
+
+    def head(self, target_key: str) -> int:
+        c = feed_counters
+        row = self.conn.execute(select(c.c.last_sequence).where(c.c.target_key == target_key))
+        return int(row.scalar_one_or_none() or 0)
+
+    def heads(self, target_keys: Iterable[str]) -> dict[str, int]:
+        keys = list(target_keys)
+        if not keys:
+            return {}
+        c = feed_counters
+        rows = self.conn.execute(select(c.c.target_key, c.c.last_sequence).where(c.c.target_key.in_(keys)))
+        found = {r.target_key: int(r.last_sequence) for r in rows}
+        return {key: found.get(key, 0) for key in keys}
+
+    def after(self, target_key: str, after_sequence: int, limit: int) -> list[FeedEventRecord]:
+        e, t = feed_events, gift_transfers
+        rows = self.conn.execute(
+            select(e.c.target_key, e.c.sequence, e.c.combo_count, t)
+            .join(t, t.c.transfer_id == e.c.transfer_id)
+            .where(and_(e.c.target_key == target_key, e.c.sequence > after_sequence))
+            .order_by(e.c.sequence)
+            .limit(limit)
+        )
+        events = []
+        for r in rows:
+            values = r._asdict()
+            head = {k: values.pop(k) for k in ("target_key", "sequence", "combo_count")}
+            events.append(FeedEventRecord(transfer=TransferRecord(**values), **head))
+        return events
+
+
+class UnitOfWork:
+    """Everything one database transaction of the gifting service touches."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.catalogue = CatalogueRepository(conn)
+        self.transfers = TransferRepository(conn)
+        self.spending = SpendingRepository(conn)
+        self.feed = FeedRepository(conn)
