@@ -49,6 +49,7 @@ from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
 from services.runtime.ledger import Overdraft, Posting, new_id
+from services.runtime.telemetry import OUTCOMES
 from services.runtime.validation import age_on
 
 log = logging.getLogger(__name__)
@@ -741,4 +742,5 @@ class PayoutProcessor:
         state = self.db.run(lambda conn: self.payouts.apply_result(UnitOfWork(conn), payout_id, result))
         if state in (PAID, FAILED):
             log.info("payout %s %s (provider reference %s)", payout_id, state, result.provider_reference)
+            OUTCOMES.add(1, {"kind": "payout", "state": state})
         return state
