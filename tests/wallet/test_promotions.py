@@ -90,14 +90,15 @@ def test_promotional_coins_are_held_and_spent_first_and_the_ledger_says_so(walle
     try:
         with db.transaction() as conn:
             e = storage.ledger.entries
-            spent = dict(
-                conn.execute(
+            spent: dict[str, int] = {
+                row.account: row.amount
+                for row in conn.execute(
                     select(e.c.account, e.c.amount).where(
                         e.c.transfer_id == newest.transaction_id,
                         e.c.account.in_([domain.SPENT_PROMOTIONAL, domain.SPENT_PURCHASED]),
                     )
-                ).all()
-            )
+                )
+            }
     finally:
         db.dispose()
     assert spent == {domain.SPENT_PROMOTIONAL: 40, domain.SPENT_PURCHASED: 10}
