@@ -7,6 +7,7 @@ import re
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate.utils import latest_version
 
 from tests.deploy import kube
@@ -288,3 +289,24 @@ def test_the_docs_exist_for_every_overlay() -> None:
     docs = DOCS.read_text()
     for overlay in kube.OVERLAYS:
         assert f"kubectl apply -k deploy/overlays/{overlay}" in docs
+
+
+def test_the_collector_receives_the_services_traces_and_metrics(objects: list[kube.Obj]) -> None:
+    (collector,) = [w for w in kube.workloads(objects) if w.name == "otel-collector"]
+    (volume,) = [v for v in collector.pod_spec["volumes"] if "configMap" in v]
+    config_map = kube.find(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config_map is not None
+    (config,) = (yaml.safe_load(text) for text in config_map["data"].values())
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    service = kube.find(objects, "Service", "otel-collector")
+    assert service is not None and [p["port"] for p in service["spec"]["ports"]] == [4317]
+    pipelines = config["service"]["pipelines"]
+    for signal in ("traces", "metrics"):  # services/runtime/telemetry.py exports both over OTLP
+        assert "otlp" in pipelines[signal]["receivers"], signal
+        for kind in ("receivers", "processors", "exporters"):
+            for name in pipelines[signal][kind]:
+                assert name in config[kind], f"{signal} uses an undefined {kind[:-1]} {name}"
+    health = config["extensions"]["health_check"]["endpoint"]
+    (container,) = collector.pod_spec["containers"]
+    health_port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+    assert health.endswith(f":{health_port}") and "health_check" in config["service"]["extensions"]
