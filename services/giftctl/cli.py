@@ -12,11 +12,20 @@ import grpc
 
 from services.giftctl import arguments, gifting_cli, payout_cli, render, wallet_cli
 from services.giftctl.command import RpcCommand, Who
-from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session, default_target, target_env_name
+from services.giftctl.session import (
+    ANONYMOUS,
+    SERVICES,
+    CliError,
+    Session,
+    default_target,
+    describe_rpc_error,
+    target_env_name,
+)
 from services.runtime.auth import CallerKind
 
 IDENTITY_ENV = "GIFTCTL_AS"
 DATA_DIR_ENV = "GIFTCTL_DATA_DIR"
+DEBUG_ENV = "GIFTCTL_DEBUG"
 
 DESCRIPTION = """\
 The command-line client of giftcoin: call every user-facing and operator RPC of the wallet,
@@ -244,3 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `giftctl ... | head`
         sys.stderr.close()
         return 0
+    except grpc.RpcError as err:  # a call outside a command's own error handling
+        print(f"giftctl: {describe_rpc_error('service', '?', err)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug in giftctl: one line, unless asked for the traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"giftctl: internal error: {type(error).__name__}: {error} (set {DEBUG_ENV}=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from services.giftctl import render, traces
 from services.giftctl.cli import build_parser
 from services.giftctl.feed import Follower
-from services.giftctl.session import SERVICES, CliError, Session
+from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
 from services.giftctl.suite import Suite, describe, free_port
 from services.runtime.auth import Caller
 from services.runtime.telemetry import setup_tracing, shutdown_tracing
@@ -60,7 +60,7 @@ class Story:
         argv = shlex.split(command_line)
         self.out(f"$ giftctl {command_line}")
         args = self.parser.parse_args(argv)
-        session = self.session(args.identity)
+        session = self.session(args.identity or ANONYMOUS)
         try:
             response: Message = args.rpc.run(session, args)
         except grpc.RpcError as err:

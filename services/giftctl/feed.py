@@ -11,10 +11,11 @@ import threading
 from collections.abc import Callable
 
 import grpc
-from giftcoin.gifting.v1 import gifting_pb2
+from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.giftctl.session import CliError, Session
+from services.giftctl.session import FULL_NAMES, CliError, Session
+from services.runtime.clients import open_channel
 
 # Codes after which the same subscription is worth retrying: the peer went away or restarted.
 _RECONNECT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL})
@@ -34,7 +35,11 @@ def check_reachable(target: str, service: str, timeout: float = 3.0) -> None:
 
 
 class Follower:
-    """Follows one target's feed on the calling thread until `stop()` or `limit` events."""
+    """Follows one target's feed on the calling thread until `stop()` (from any thread) or `limit` events.
+
+    It has a channel of its own: through the traced channel a stream is a plain iterator that cannot
+    be cancelled, so `stop()` closes the channel, which ends the stream at once.
+    """
 
     def __init__(
         self,
@@ -54,14 +59,15 @@ class Follower:
         self.seen = 0
         self.subscribed = threading.Event()  # the first call has been made
         self._stopping = threading.Event()
-        self._call: grpc.Call | None = None
         self._lock = threading.Lock()
+        self._channel = open_channel(session.targets["gifting"], FULL_NAMES["gifting"], session.caller, session.secret)
+        self._stub = gifting_pb2_grpc.GiftingServiceStub(self._channel)
 
     def stop(self) -> None:
-        self._stopping.set()
         with self._lock:
-            if self._call is not None:
-                self._call.cancel()
+            if not self._stopping.is_set():
+                self._stopping.set()
+                self._channel.close()
 
     def _done(self) -> bool:
         return self._stopping.is_set() or (self.limit > 0 and self.seen >= self.limit)
@@ -69,34 +75,34 @@ class Follower:
     def run(self) -> None:
         """Blocks; raises CliError on an error that reconnecting cannot fix (bad target, no access)."""
         delay = _FIRST_DELAY
-        stub = self.session.gifting()
-        while not self._done():
-            request = gifting_pb2.WatchGiftsRequest(target=self.target, after_sequence=self.last_sequence)
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                call = stub.WatchGifts(request)
-                self._call = call
-            self.subscribed.set()
-            try:
-                for event in call:
-                    if event.sequence <= self.last_sequence:
-                        continue  # already shown before a reconnect
-                    self.last_sequence = event.sequence
-                    self.seen += 1
-                    delay = _FIRST_DELAY
-                    self.on_event(event)
-                    if self._done():
-                        call.cancel()
+        try:
+            while not self._done():
+                request = gifting_pb2.WatchGiftsRequest(target=self.target, after_sequence=self.last_sequence)
+                with self._lock:
+                    if self._stopping.is_set():
                         return
-                why = "the feed ended (server shutting down?)"
-            except grpc.RpcError as err:
-                if self._stopping.is_set() or err.code() is grpc.StatusCode.CANCELLED:
+                    events = self._stub.WatchGifts(request)
+                self.subscribed.set()
+                try:
+                    for event in events:
+                        if event.sequence <= self.last_sequence:
+                            continue  # already shown before a reconnect
+                        self.last_sequence = event.sequence
+                        self.seen += 1
+                        delay = _FIRST_DELAY
+                        self.on_event(event)
+                        if self._done():
+                            return
+                    why = "the feed ended (server shutting down?)"
+                except grpc.RpcError as err:
+                    if self._stopping.is_set():
+                        return
+                    if err.code() not in _RECONNECT:
+                        raise self.session.failure("gifting", err) from None
+                    why = self.session.failure("gifting", err).message
+                self.on_reconnect(why, delay)
+                if self._stopping.wait(delay):
                     return
-                if err.code() not in _RECONNECT:
-                    raise self.session.failure("gifting", err) from None
-                why = self.session.failure("gifting", err).message
-            self.on_reconnect(why, delay)
-            if self._stopping.wait(delay):
-                return
-            delay = min(delay * 2, _MAX_DELAY)
+                delay = min(delay * 2, _MAX_DELAY)
+        finally:
+            self.stop()

@@ -62,10 +62,12 @@ def received(session: Session, args: argparse.Namespace) -> gifting_pb2.ListRece
 
 
 def leaderboard(session: Session, args: argparse.Namespace) -> gifting_pb2.GetLeaderboardResponse:
-    request = gifting_pb2.GetLeaderboardRequest(window=args.window, limit=args.limit)
+    request = gifting_pb2.GetLeaderboardRequest(limit=args.limit)
     if args.creator:
         request.creator_id = args.creator
+        request.window = args.window or gifting_pb2.LEADERBOARD_WINDOW_ALL_TIME
     else:
+        request.window = args.window or gifting_pb2.LEADERBOARD_WINDOW_TARGET
         request.target.CopyFrom(stream_or_video(args.stream, args.video))
     return session.gifting().GetLeaderboard(request)
 
@@ -126,7 +128,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     group.add_argument("--stream", metavar="STREAM_ID")
     group.add_argument("--video", metavar="VIDEO_ID")
     group.add_argument("--creator", metavar="CREATOR_ID")
-    p.add_argument("--window", type=WINDOWS, default=gifting_pb2.LEADERBOARD_WINDOW_TARGET, metavar=WINDOWS.names)
+    p.add_argument(
+        "--window",
+        type=WINDOWS,
+        metavar=WINDOWS.names,
+        help="target: the whole stream or video (default for --stream/--video); day: today (UTC); "
+        "all-time (default for --creator)",
+    )
     p.add_argument("--limit", type=arguments.integer(0, 100), default=0, help="entries (default 10)")
 
     catalogue = commands.add_parser("gift", help="[operator] catalogue changes", description="[operator] catalogue")

@@ -41,7 +41,10 @@ def split_target(target: str) -> tuple[str, int]:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR as the servers bind: connections of a suite that just
+    stopped, lingering in TIME_WAIT, do not make the port busy."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
