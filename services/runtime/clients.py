@@ -120,6 +120,11 @@ def open_channel(
         ("grpc.service_config", retry_service_config(service_full_name)),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
+        # Reconnect soon after a peer comes back: gRPC's default backoff grows to 120 s, which would
+        # hold up a saga's steps for minutes after a short outage of wallet or payout.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if tls is not None and tls.enabled:
         credentials = grpc.ssl_channel_credentials(
