@@ -188,6 +188,10 @@ class WalletPort(Protocol):
 class PayoutPort(Protocol):
     """Payout's diamond credits. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown."""
 
+    def reachable(self) -> bool:
+        """Whether payout can be reached now (a connection is up), so that a credit call will be answered."""
+        ...
+
     def credit_diamonds(
         self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
     ) -> None: ...
@@ -600,6 +604,10 @@ class Gifting:
             return self._start_failing(
                 t, owner, HELD, _gift_failed(t, "HOLD_EXPIRING", "its coins could not stay reserved long enough")
             )
+        # A credit call that gets no answer can never be taken back, so none is made while payout is
+        # plainly unreachable: the gift waits here, where a long outage still ends in a clean failure.
+        if not self.payout.reachable():
+            raise _Postponed("payout is unreachable; the credit was not attempted")
         return self._advance(t, owner, HELD, step=CREDITING)
 
     def _credit(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:

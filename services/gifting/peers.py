@@ -16,6 +16,7 @@ from typing import TypeVar
 import grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gifting.domain import Hold, Refused, StepUncertain
 from services.runtime import auth
@@ -29,6 +30,8 @@ R = TypeVar("R")
 WALLET_SERVICE = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 PAYOUT_SERVICE = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
 GIFTING = auth.service("gifting")
+# How long to wait for a connection to payout before deciding it is unreachable for now.
+CONNECT_TIMEOUT_SECONDS = 1.0
 
 # Codes with which a peer says for certain that it did not do what was asked. Anything else
 # (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, and PERMISSION_DENIED or
@@ -98,7 +101,17 @@ class PayoutClient:
 
     def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
         self.stub = payout_pb2_grpc.PayoutServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
         self.deadline = deadline_seconds
+
+    def reachable(self) -> bool:
+        """Payout answers its health check SERVING (not down, not draining for a shutdown)."""
+        request = health_pb2.HealthCheckRequest(service=PAYOUT_SERVICE)
+        try:
+            reply = self.health.Check(request, timeout=min(self.deadline, CONNECT_TIMEOUT_SECONDS), wait_for_ready=True)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def credit_diamonds(
         self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int

@@ -1,0 +1,263 @@
+"""The saga through crashes and outages: every gift ends COMPLETED or FAILED, value is conserved.
+
+A crash is simulated in this process by making the failpoint raise (the process-level os._exit
+version runs in tests/e2e): the SendGift call dies mid-saga holding the gift's lease, as a killed
+replica would. Recovery (`recover_once`, what the recovery loop runs) or the client's retry takes the
+gift over once the lease has passed. The `suite` fixture checks conservation across the three
+services after each test, from their databases and ledgers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from giftcoin.gifting.v1 import gifting_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.gifting.app import assemble
+from services.gifting.domain import Gifting, Target
+from services.gifting.settings import load_settings
+from services.runtime.config import Env
+from services.wallet.app import HOLD_EXPIRY_LOOP
+from tests.gifting.harness import STREAM, Suite, refused
+from tests.support.identity import user
+
+PENDING = gifting_pb2.GIFT_TRANSFER_STATE_PENDING
+COMPLETED = gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
+FAILED = gifting_pb2.GIFT_TRANSFER_STATE_FAILED
+LEASE = 10  # GIFTCOIN_GIFTING_LEASE_SECONDS of the suite
+STREAM_TARGET = Target("live_stream", STREAM.id)
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+def crash_at(suite: Suite, point: str) -> None:
+    def failpoint(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+
+    suite.gifting.failpoint = failpoint
+
+
+def heal(suite: Suite) -> None:
+    suite.gifting.failpoint = lambda _name: None
+
+
+def crashed_send(suite: Suite, point: str, request: gifting_pb2.SendGiftRequest) -> str:
+    """Send a gift whose SendGift call dies at `point`; returns the gift's id."""
+    before = sent_ids(suite)
+    crash_at(suite, point)
+    with pytest.raises(grpc.RpcError) as info:
+        suite.clients.send("vince", request)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    heal(suite)
+    (transfer_id,) = sent_ids(suite) - before
+    return transfer_id
+
+
+def sent_ids(suite: Suite) -> set[str]:
+    listed = suite.clients.call("ListSentGifts", gifting_pb2.ListSentGiftsRequest(page_size=500), user("vince"))
+    return {t.transfer_id for t in listed.transfers}
+
+
+def feed_events(suite: Suite) -> list[str]:
+    return [e.transfer.transfer_id for e in suite.gifting.feed_after(STREAM_TARGET, 0)]
+
+
+@pytest.fixture
+def story(suite: Suite) -> Suite:
+    suite.clients.viewer("vince")
+    suite.clients.creator("carol")
+    return suite
+
+
+@pytest.mark.parametrize("point", ["after_record", "after_hold", "after_credit", "after_capture"])
+def test_a_crash_at_any_step_is_finished_by_recovery_and_moves_value_once(story: Suite, point: str) -> None:
+    c = story.clients
+    request = c.send_request(gift_id="doughnut", quantity=3, recipient_id="carol")
+    transfer_id = crashed_send(story, point, request)
+    assert c.transfer("vince", transfer_id).state == PENDING
+    # While the dead call's lease lasts, no one else drives the gift; a retry is told to wait.
+    in_flight = refused(lambda: c.send("vince", request))
+    assert (in_flight.code, in_flight.reason) == (grpc.StatusCode.ABORTED, "REQUEST_IN_FLIGHT")
+    assert story.recover() == 0
+
+    story.clock.advance(seconds=LEASE + 1)
+    assert story.recover() == 1
+    done = c.transfer("vince", transfer_id)
+    assert done.state == COMPLETED
+    assert c.send("vince", request) == done  # the replay answers with the finished gift
+    assert c.balance("vince").total == 610 and c.balance("vince").held == 0
+    assert c.diamonds("carol") == 45
+    assert feed_events(story) == [transfer_id]
+
+
+def test_the_clients_retry_finishes_a_gift_once_the_lease_has_passed(story: Suite) -> None:
+    c = story.clients
+    request = c.send_request(gift_id="confetti", quantity=1, recipient_id="carol")
+    transfer_id = crashed_send(story, "after_hold", request)
+    story.clock.advance(seconds=LEASE + 1)
+    assert c.send("vince", request).state == COMPLETED
+    assert story.recover() == 0  # nothing left
+    assert c.transfer("carol", transfer_id).state == COMPLETED
+    assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
+
+
+def recover_until_finished(suite: Suite, expected: int = 1, attempts: int = 20) -> None:
+    """Recovery passes, each after the longest retry wait (5 s of the fake clock), until `expected` gifts end.
+
+    (A restarted peer is reconnected to in the background: how many passes that takes is not the point.)
+    """
+    finished = 0
+    for _ in range(attempts):
+        suite.clock.advance(seconds=6)
+        finished += suite.recover()
+        if finished >= expected:
+            break
+    assert finished == expected
+
+
+def test_payout_down_leaves_the_gift_pending_until_recovery_finishes_it(story: Suite) -> None:
+    c = story.clients
+    story.stop_payout()
+    pending = c.send("vince", gift_id="confetti", recipient_id="carol")
+    assert pending.state == PENDING
+    assert c.balance("vince").held == 100  # reserved, not spent
+    story.clock.advance(seconds=6)
+    assert story.recover() == 0  # payout still down: put back, to be retried later
+    story.start_payout()
+    assert story.recover() == 0  # not before its retry time
+    recover_until_finished(story)
+    assert c.transfer("vince", pending.transfer_id).state == COMPLETED
+    assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
+    assert feed_events(story) == [pending.transfer_id]
+
+
+def test_wallet_down_before_the_capture_delays_the_gift_but_never_undoes_the_credit(story: Suite) -> None:
+    c = story.clients
+    transfer_id = crashed_send(story, "after_credit", c.send_request(gift_id="confetti", recipient_id="carol"))
+    story.stop_wallet()
+    story.clock.advance(seconds=LEASE + 1)
+    assert story.recover() == 0
+    assert c.transfer("vince", transfer_id).state == PENDING
+    story.start_wallet()
+    recover_until_finished(story)
+    assert c.transfer("vince", transfer_id).state == COMPLETED
+    assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
+
+
+def test_a_long_payout_outage_fails_the_gift_before_any_credit_and_returns_its_coins(story: Suite) -> None:
+    c = story.clients
+    story.stop_payout()
+    request = c.send_request(gift_id="confetti", recipient_id="carol")
+    transfer_id = c.send("vince", request).transfer_id
+    # The hold (300 s) has less than the safety margin (60 s) of life left: no credit may be made under it.
+    story.clock.advance(seconds=250)
+    assert story.recover() == 1
+    story.start_payout()
+    failed = c.transfer("vince", transfer_id)
+    assert (failed.state, failed.failure_reason) == (FAILED, "GIFT_FAILED")
+    error = refused(lambda: c.send("vince", request))
+    assert (error.code, error.reason, error.metadata["cause"]) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "GIFT_FAILED",
+        "HOLD_EXPIRING",
+    )
+    assert c.balance("vince").total == 700 and c.balance("vince").held == 0
+    assert c.diamonds("carol") == 0
+    assert feed_events(story) == []
+    # The failed gift's coins no longer count against the day's limit.
+    spent = story.gifting.db.run(
+        lambda conn: conn.exec_driver_sql("SELECT coalesce(sum(coins), 0) FROM daily_spending").scalar_one()
+    )
+    assert spent == 0
+
+
+@pytest.mark.parametrize("point", ["after_record", "after_hold"])
+def test_a_gift_stranded_before_its_hold_was_written_down_fails_once_too_late(story: Suite, point: str) -> None:
+    c = story.clients
+    request = c.send_request(gift_id="confetti", recipient_id="carol")
+    transfer_id = crashed_send(story, point, request)
+    story.clock.advance(seconds=250)  # past the point where a hold made now could back a credit
+    assert story.recover() == 1
+    failed = c.transfer("vince", transfer_id)
+    assert (failed.state, failed.failure_reason) == (FAILED, "GIFT_FAILED")
+    assert refused(lambda: c.send("vince", request)).metadata["cause"] == "EXPIRED"
+    # The hold the crashed call made (after_hold) was released: the viewer has every coin.
+    assert c.balance("vince").total == 700 and c.balance("vince").held == 0
+
+
+def test_a_credited_gift_completes_even_after_its_hold_lapsed(story: Suite) -> None:
+    c = story.clients
+    transfer_id = crashed_send(story, "after_credit", c.send_request(gift_id="confetti", recipient_id="carol"))
+    story.clock.advance(seconds=400)
+    expiry = next(loop for loop in story.wallet_server.app.loops if loop.name == HOLD_EXPIRY_LOOP)
+    expiry.step()  # wallet gives the lapsed hold's coins back ...
+    assert c.balance("vince").held == 0 and c.balance("vince").total == 700
+    assert story.recover() == 1  # ... and the capture spends them from the balance all the same
+    assert c.transfer("vince", transfer_id).state == COMPLETED
+    assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
+
+
+def test_a_crash_after_releasing_a_refused_gifts_hold_still_ends_in_failure(story: Suite) -> None:
+    c = story.clients
+    request = c.send_request(gift_id="confetti", recipient_id="not_a_creator")
+    transfer_id = crashed_send(story, "after_release", request)
+    story.clock.advance(seconds=LEASE + 1)
+    assert story.recover() == 1
+    assert c.transfer("vince", transfer_id).failure_reason == "RECIPIENT_CANNOT_RECEIVE"
+    assert refused(lambda: c.send("vince", request)).reason == "RECIPIENT_CANNOT_RECEIVE"
+    assert c.balance("vince").total == 700 and c.balance("vince").held == 0
+
+
+def test_two_replicas_recovering_at_once_drive_each_gift_once(story: Suite) -> None:
+    c = story.clients
+    ids = [crashed_send(story, "after_hold", c.send_request("doughnut", recipient_id="carol")) for _ in range(6)]
+    other = assemble(load_settings(Env(story.gifting_env)), story.clock)  # a second replica, same database
+    story.clock.advance(seconds=LEASE + 1)
+    finished: list[int] = []
+
+    def recover(gifting: Gifting) -> None:
+        finished.append(gifting.recover_once())
+
+    replicas = [threading.Thread(target=recover, args=(g,)) for g in (story.gifting, other.gifting)]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join()
+    other.app.close()
+    assert sum(finished) == 6
+    assert {c.transfer("vince", i).state for i in ids} == {COMPLETED}
+    assert sorted(feed_events(story)) == sorted(ids)
+    assert c.balance("vince").total == 700 - 6 * 30 and c.diamonds("carol") == 6 * 15
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans finished in this process during the test (an exporter added to the global provider)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        pytest.skip("no SDK tracer provider installed")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+def test_recovery_continues_the_gifts_own_trace(story: Suite, spans: InMemorySpanExporter) -> None:
+    c = story.clients
+    transfer_id = crashed_send(story, "after_hold", c.send_request(gift_id="confetti", recipient_id="carol"))
+    story.clock.advance(seconds=LEASE + 1)
+    assert story.recover() == 1
+    steps = [s for s in spans.get_finished_spans() if (s.attributes or {}).get("giftcoin.gift_id") == transfer_id]
+    names = {s.name for s in steps}
+    assert {"gifting.saga.hold", "gifting.recover", "gifting.saga.credit", "gifting.saga.capture"} <= names
+    assert len({s.context.trace_id for s in steps if s.context is not None}) == 1
