@@ -161,18 +161,39 @@ def _targets(args: argparse.Namespace) -> dict[str, str]:
     return {service: getattr(args, f"{service}_target") for service in SERVICES}
 
 
+def _setup_tracing() -> None:
+    """With GIFTCOIN_TRACE_EXPORTER set (file: GIFTCOIN_TRACE_FILE, default .data/traces-giftctl.jsonl),
+    giftctl's own client spans are exported too, so a gift's trace starts at the call that sent it."""
+    exporter = os.environ.get("GIFTCOIN_TRACE_EXPORTER", "none")
+    if exporter in ("", "none"):
+        return
+    from services.runtime.telemetry import setup_tracing
+
+    trace_file = os.environ.get("GIFTCOIN_TRACE_FILE") or str(Path(_default_data_dir()) / "traces-giftctl.jsonl")
+    try:
+        setup_tracing("giftctl", exporter, trace_file)
+    except ValueError as error:
+        raise CliError(str(error), exit_status=2) from None
+
+
 def run_rpc(command: RpcCommand, args: argparse.Namespace, name: str) -> int:
     caller = args.identity
     if command.who is Who.USER and (caller is None or caller.kind is not CallerKind.USER):
         raise CliError(f"{name}: acts for a user: pass --as user:<id>", exit_status=2)
     if command.who is Who.OPERATOR and (caller is None or caller.kind is not CallerKind.OPERATOR):
         raise CliError(f"{name}: is an operator command: pass --as operator:<id>", exit_status=2)
-    with Session(caller or ANONYMOUS, _targets(args), args.json, args.request_id or "") as session:
-        try:
-            response = command.run(session, args)
-        except grpc.RpcError as err:
-            raise session.failure(command.service, err) from None
-        print(render.show(response, args.json))
+    _setup_tracing()
+    try:
+        with Session(caller or ANONYMOUS, _targets(args), args.json, args.request_id or "") as session:
+            try:
+                response = command.run(session, args)
+            except grpc.RpcError as err:
+                raise session.failure(command.service, err) from None
+            print(render.show(response, args.json))
+    finally:
+        from services.runtime.telemetry import shutdown_tracing
+
+        shutdown_tracing()
     return 0
 
 
