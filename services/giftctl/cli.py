@@ -18,7 +18,6 @@ from services.giftctl.session import (
     CliError,
     Session,
     default_target,
-    describe_rpc_error,
     target_env_name,
 )
 from services.runtime.auth import CallerKind
@@ -184,7 +183,7 @@ def run_rpc(command: RpcCommand, args: argparse.Namespace, name: str) -> int:
         raise CliError(f"{name}: is an operator command: pass --as operator:<id>", exit_status=2)
     _setup_tracing()
     try:
-        with Session(caller or ANONYMOUS, _targets(args), args.json, args.request_id or "") as session:
+        with Session(caller or ANONYMOUS, _targets(args), args.request_id or "") as session:
             try:
                 response = command.run(session, args)
             except grpc.RpcError as err:
@@ -218,7 +217,7 @@ def _watch(args: argparse.Namespace) -> int:
     def on_reconnect(why: str, delay: float) -> None:
         print(f"giftctl: {why}; reconnecting in {delay:.1f}s", file=sys.stderr, flush=True)
 
-    with Session(args.identity or ANONYMOUS, _targets(args), args.json) as session:
+    with Session(args.identity or ANONYMOUS, _targets(args)) as session:
         if not args.json:
             print(f"watching {render.target(target)} (Ctrl-C stops)", file=sys.stderr, flush=True)
         follower = Follower(session, target, args.after, on_event, on_reconnect, limit=args.count)
@@ -274,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `giftctl ... | head`
         sys.stderr.close()
         return 0
-    except grpc.RpcError as err:  # a call outside a command's own error handling
-        print(f"giftctl: {describe_rpc_error('service', '?', err)}", file=sys.stderr)
+    except grpc.RpcError as err:  # a call outside a command's own error handling (a bug)
+        print(f"giftctl: a call failed: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     except Exception as error:  # a bug in giftctl: one line, unless asked for the traceback
         if os.environ.get(DEBUG_ENV):

@@ -9,6 +9,7 @@ from enum import Enum
 
 from google.protobuf.message import Message
 
+from services.giftctl.arguments import integer
 from services.giftctl.session import Session
 
 
@@ -29,8 +30,6 @@ class RpcCommand:
 
 
 def paging(parser: argparse.ArgumentParser) -> None:
-    from services.giftctl.arguments import integer
-
     parser.add_argument("--page-size", type=integer(0, 500), default=0, help="at most this many (default 50)")
     parser.add_argument("--page-token", default="", help="the 'more:' token of the previous page")
 

@@ -21,7 +21,7 @@ from giftcoin.gifting.v1 import gifting_pb2
 from giftcoin.payout.v1 import payout_pb2
 from google.protobuf.message import Message
 
-from services.giftctl import render, traces
+from services.giftctl import arguments, render, traces
 from services.giftctl.cli import build_parser
 from services.giftctl.feed import Follower
 from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
@@ -97,17 +97,25 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT_SECOND
 def _completed(story: Story, response: gifting_pb2.SendGiftResponse, sender: str) -> gifting_pb2.GiftTransfer:
     """A send's transfer once its saga has finished (SendGift may answer while it is still pending)."""
     transfer = response.transfer
-    stub = story.session(_caller(sender)).gifting()
+    session = story.session(_caller(sender))
     while transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_PENDING:
         time.sleep(0.1)
-        transfer = stub.GetGiftTransfer(gifting_pb2.GetGiftTransferRequest(transfer_id=transfer.transfer_id)).transfer
+        request = gifting_pb2.GetGiftTransferRequest(transfer_id=transfer.transfer_id)
+        try:
+            transfer = session.gifting().GetGiftTransfer(request).transfer
+        except grpc.RpcError as err:
+            raise session.failure("gifting", err) from None
+    return transfer
+
+
+def _expect_completed(transfer: gifting_pb2.GiftTransfer) -> gifting_pb2.GiftTransfer:
+    if transfer.state != gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED:
+        raise CliError(f"expected the gift to complete: {render.transfer(transfer)}")
     return transfer
 
 
 def _caller(subject: str) -> Caller:
-    from services.giftctl.arguments import identity
-
-    return identity(subject)
+    return arguments.identity(subject)
 
 
 def walk(story: Story, data_dir: Path) -> None:
@@ -147,14 +155,14 @@ def walk(story: Story, data_dir: Path) -> None:
 
     step("Ana sends a Rose combo (10 Roses) to Cara on the stream")
     rose = run(f"--as user:ana gifting send rose --quantity 10 --to cara --stream {STREAM}")
-    _completed(story, rose, "user:ana")
+    _expect_completed(_completed(story, rose, "user:ana"))
 
     step("Ben, a big fan, buys the two largest packages and sends a Lion")
     run("--as user:ben wallet open --birth-date 1987-11-30 --country GB")
     run("--as user:ben wallet buy --package coins_17500")
     run("--as user:ben wallet buy --package coins_17500")
     lion_response = run(f"--as user:ben gifting send lion --to cara --stream {STREAM}")
-    lion = _completed(story, lion_response, "user:ben")
+    lion = _expect_completed(_completed(story, lion_response, "user:ben"))
 
     step("What Dan saw on the live feed")
     _wait_for("the live feed to show both gifts", lambda: len(feed) >= 2, timeout=10)
@@ -175,13 +183,19 @@ def walk(story: Story, data_dir: Path) -> None:
     step("Cara requests a payout of her whole balance; the sandbox provider pays it")
     requested = run("--as user:cara payout request")
     payout_id = requested.payout.payout_id
-    payouts = story.session(_caller("user:cara")).payout()
-    final = {payout_pb2.PAYOUT_STATE_PAID, payout_pb2.PAYOUT_STATE_FAILED}
-    _wait_for(
-        "the payout to be paid",
-        lambda: payouts.GetPayout(payout_pb2.GetPayoutRequest(payout_id=payout_id)).payout.state in final,
-    )
-    run(f"--as user:cara payout payout {payout_id}")
+    cara = story.session(_caller("user:cara"))
+
+    def settled() -> bool:
+        try:
+            payout = cara.payout().GetPayout(payout_pb2.GetPayoutRequest(payout_id=payout_id)).payout
+        except grpc.RpcError as err:
+            raise cara.failure("payout", err) from None
+        return payout.state in (payout_pb2.PAYOUT_STATE_PAID, payout_pb2.PAYOUT_STATE_FAILED)
+
+    _wait_for("the payout to be paid", settled)
+    paid = run(f"--as user:cara payout payout {payout_id}").payout
+    if paid.state != payout_pb2.PAYOUT_STATE_PAID:
+        raise CliError(f"expected the sandbox payout to be paid: {render.payout(paid)}")
     run("--as user:cara payout earnings")
 
     step("Ana tries to send a Universe (34,999 coins) with the coins she has left: refused, she loses nothing")

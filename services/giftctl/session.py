@@ -72,11 +72,10 @@ def describe_rpc_error(service: str, target: str, err: grpc.RpcError) -> str:
 
 @dataclass
 class Session:
-    """The identity, targets and output mode of one giftctl invocation; opens channels lazily."""
+    """The identity and targets of one giftctl invocation; opens channels lazily."""
 
     caller: Caller
     targets: dict[str, str]
-    as_json: bool = False
     fixed_request_id: str = ""
     secret: str = field(default_factory=jwt_secret)
     _channels: dict[tuple[str, Caller], grpc.Channel] = field(default_factory=dict)
