@@ -64,6 +64,11 @@ class LiveFeed:
         finally:
             self._unsubscribe(subscription)
 
+    def watchers(self, target_key: str) -> int:
+        """How many streams of this replica follow the target."""
+        with self._lock:
+            return len(self._subscriptions.get(target_key, ()))
+
     def notify(self, target_key: str) -> None:
         """A gift on the target completed (on this replica): wake its streams now."""
         with self._lock:

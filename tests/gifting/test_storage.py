@@ -1,0 +1,161 @@
+"""Gifting's storage on SQLite and PostgreSQL: the constraints and conditional updates money depends on."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import date, timedelta
+from functools import partial
+
+import pytest
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
+
+from services.gifting import storage
+from services.gifting.storage import PENDING, RECORDED, TransferRecord, UnitOfWork
+from services.runtime.clock import FakeClock
+from services.runtime.db import Database
+
+DAY = date(2026, 1, 1)
+
+
+@pytest.fixture
+def db(make_database: Callable[[str], str]) -> Iterator[Database]:
+    database = Database.from_url(make_database("gifting"), pool_size=20)
+    yield database
+    database.dispose()
+
+
+def transfer(clock: FakeClock, sender: str = "vince", request_id: str = "", **changes: object) -> TransferRecord:
+    now = clock.now()
+    record = TransferRecord(
+        transfer_id=str(uuid.uuid4()),
+        sender_id=sender,
+        request_id=request_id or str(uuid.uuid4()),
+        fingerprint="f" * 64,
+        recipient_id="carol",
+        target_kind="live_stream",
+        target_id="stream-1",
+        gift_id="rose",
+        gift_version=1,
+        gift_name="Rose",
+        quantity=2,
+        unit_coin_price=1,
+        total_coins=2,
+        total_diamonds=1,
+        promotional_coins=None,
+        state=PENDING,
+        step=RECORDED,
+        failure_reason="",
+        failure_error=None,
+        hold_expire_at=None,
+        spend_day=DAY,
+        trace_context="{}",
+        lease_owner="",
+        lease_until=None,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        completed_at=None,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def add(conn: Connection, record: TransferRecord) -> bool:
+    return UnitOfWork(conn).transfers.add(record)
+
+
+def run_at_once(count: int, work: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_the_daily_limit_holds_under_concurrent_sends(db: Database) -> None:
+    granted: list[int] = []
+
+    def reserve(i: int) -> None:
+        if db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY, 10, limit=100)):
+            granted.append(i)
+
+    run_at_once(16, reserve)
+    assert len(granted) == 10
+    assert db.run(lambda conn: UnitOfWork(conn).spending.spent("vince", DAY)) == 100
+    db.run(lambda conn: UnitOfWork(conn).spending.give_back("vince", DAY, 10))
+    assert db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY, 10, limit=100))
+    assert not db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY + timedelta(days=-1), 101, 100))
+
+
+def test_one_transfer_per_sender_and_request_id(db: Database) -> None:
+    clock = FakeClock()
+    first = transfer(clock, request_id="r-1")
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.add(first))
+    assert not db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, request_id="r-1")))
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, sender="wendy", request_id="r-1")))
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.by_request("vince", "r-1")) == first
+    # A gift to oneself is refused by the database too.
+    with pytest.raises(IntegrityError):
+        db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, recipient_id="vince")))
+
+
+def test_one_replica_at_a_time_holds_a_gifts_lease(db: Database) -> None:
+    clock = FakeClock()
+    record = transfer(clock)
+    db.run(lambda conn: UnitOfWork(conn).transfers.add(record))
+    now, until = clock.now(), clock.now() + timedelta(seconds=10)
+    winners: list[str] = []
+
+    def claim(i: int) -> None:
+        if db.run(lambda conn: UnitOfWork(conn).transfers.claim(record.transfer_id, f"r{i}", now, until, False)):
+            winners.append(f"r{i}")
+
+    run_at_once(8, claim)
+    assert len(winners) == 1
+    owner, loser = winners[0], "someone-else"
+    # The loser may not write the saga forward; the owner may, once, from the step it is at.
+    assert not db.run(lambda conn: UnitOfWork(conn).transfers.advance(record.transfer_id, loser, RECORDED, step="held"))
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.advance(record.transfer_id, owner, RECORDED, step="held"))
+    assert not db.run(lambda conn: UnitOfWork(conn).transfers.advance(record.transfer_id, owner, RECORDED, step="held"))
+    # Once the lease has passed, another replica takes the gift over and the first one is locked out.
+    later = now + timedelta(seconds=11)
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.claim(record.transfer_id, loser, later, later, False))
+    assert not db.run(lambda conn: UnitOfWork(conn).transfers.renew(record.transfer_id, owner, later, later))
+    # A gift put back for later is left alone by recovery until then, but a client's retry may take it.
+    assert db.run(
+        lambda conn: UnitOfWork(conn).transfers.postpone(record.transfer_id, loser, later, later + timedelta(seconds=5))
+    )
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.unfinished(later, 10)) == []
+    assert not db.run(lambda conn: UnitOfWork(conn).transfers.claim(record.transfer_id, "r", later, later, False))
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.claim(record.transfer_id, "client", later, later, True))
+
+
+def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: Database) -> None:
+    clock = FakeClock()
+    records = [transfer(clock, sender=f"viewer{i % 2}") for i in range(12)]
+    for record in records:
+        db.run(partial(add, record=record))
+
+    def complete(i: int) -> None:
+        db.run(lambda conn: UnitOfWork(conn).feed.append("live_stream:stream-1", records[i], clock.now()))
+
+    run_at_once(len(records), complete)
+    events = db.run(lambda conn: UnitOfWork(conn).feed.after("live_stream:stream-1", 0, 100))
+    assert [e.sequence for e in events] == list(range(1, 13))
+    assert sorted(e.transfer.transfer_id for e in events) == sorted(r.transfer_id for r in records)
+    # A combo counts consecutive sends of one gift by one sender.
+    for previous, event in itertools.pairwise(events):
+        same = previous.transfer.sender_id == event.transfer.sender_id
+        assert event.combo_count == (previous.combo_count + 1 if same else 1)
+    assert db.run(lambda conn: UnitOfWork(conn).feed.heads(["live_stream:stream-1", "video:x"])) == {
+        "live_stream:stream-1": 12,
+        "video:x": 0,
+    }
+    # One event per gift, ever.
+    with pytest.raises(IntegrityError):
+        db.run(lambda conn: UnitOfWork(conn).feed.append("live_stream:stream-1", records[0], clock.now()))
+    assert len(db.run(lambda conn: conn.execute(select(storage.feed_events)).all())) == 12
