@@ -1,0 +1,111 @@
+"""Gifting's consumer contracts, checked against the REAL wallet and payout servers.
+
+The calls go through gifting's own clients (services/gifting/peers.py), as service:gifting, so what is
+checked is exactly what the saga relies on: the messages, the codes and the reasons it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+from services.gifting.domain import Refused
+from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
+from services.runtime.clock import FakeClock
+from services.runtime.config import DEV_JWT_SECRET, TlsSettings
+from services.runtime.server import RunningServer
+from services.wallet.receipts import mint_receipt
+from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet
+from tests.support.identity import as_caller, user
+
+
+@dataclass
+class Peer:
+    """A running peer, gifting's channel to it, and a plain channel for its users' set-up calls."""
+
+    server: RunningServer
+    channel: grpc.Channel
+    plain: grpc.Channel
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _peer(server: RunningServer, service_name: str) -> Peer:
+    target = f"127.0.0.1:{server.port}"
+    return Peer(
+        server, peer_channel(target, service_name, DEV_JWT_SECRET, TlsSettings()), grpc.insecure_channel(target)
+    )
+
+
+@pytest.fixture
+def wallet_peer(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Peer]:
+    peer = _peer(start_wallet(make_database("wallet"), clock), WALLET_SERVICE)
+    yield peer
+    peer.channel.close()
+    peer.plain.close()
+    peer.server.stop(None)
+
+
+@pytest.fixture
+def payout_peer(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Peer]:
+    peer = _peer(start_payout(make_database("payout"), clock), PAYOUT_SERVICE)
+    yield peer
+    peer.channel.close()
+    peer.plain.close()
+    peer.server.stop(None)
+
+
+@pytest.fixture
+def wallet(wallet_peer: Peer) -> WalletClient:
+    return WalletClient(wallet_peer.channel, deadline_seconds=5)
+
+
+@pytest.fixture
+def payout(payout_peer: Peer) -> PayoutClient:
+    return PayoutClient(payout_peer.channel, deadline_seconds=5)
+
+
+def open_wallet(peer: Peer, user_id: str, package_id: str = "coins_70", adult: bool = True) -> None:
+    """A viewer's wallet with one package of coins, set up through the wallet's public API."""
+    stub, me = wallet_pb2_grpc.WalletServiceStub(peer.plain), as_caller(user(user_id))
+    born = ADULT if adult else MINOR
+    stub.OpenWallet(
+        wallet_pb2.OpenWalletRequest(request_id=new_id(), date_of_birth=born, country_code="US"), metadata=me
+    )
+    receipt = wallet_pb2.Receipt(store="sandbox", payload=mint_receipt(package_id))
+    stub.PurchaseCoins(
+        wallet_pb2.PurchaseCoinsRequest(request_id=new_id(), package_id=package_id, receipt=receipt), metadata=me
+    )
+
+
+def wallet_balance(peer: Peer, user_id: str) -> wallet_pb2.Balance:
+    stub = wallet_pb2_grpc.WalletServiceStub(peer.plain)
+    return stub.GetWallet(wallet_pb2.GetWalletRequest(), metadata=as_caller(user(user_id))).wallet.balance
+
+
+def register_creator(peer: Peer, creator_id: str, adult: bool = True) -> None:
+    stub = payout_pb2_grpc.PayoutServiceStub(peer.plain)
+    request = payout_pb2.RegisterCreatorRequest(
+        request_id=new_id(), date_of_birth=ADULT if adult else MINOR, country_code="US"
+    )
+    stub.RegisterCreator(request, metadata=as_caller(user(creator_id)))
+
+
+def refusal(call: Callable[[], object]) -> Refused:
+    """The definite refusal gifting's client raises for a call."""
+    with pytest.raises(Refused) as info:
+        call()
+    return info.value
+
+
+def diamond_balance(peer: Peer, creator_id: str) -> int:
+    stub = payout_pb2_grpc.PayoutServiceStub(peer.plain)
+    return stub.GetEarnings(payout_pb2.GetEarningsRequest(), metadata=as_caller(user(creator_id))).diamond_balance

@@ -1,0 +1,75 @@
+"""What gifting expects of payout's CreditDiamonds, asked as service:gifting."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import grpc
+import pytest
+from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
+
+from services.gifting.domain import StepUncertain
+from services.gifting.peers import PayoutClient
+from tests.contracts.conftest import Peer, diamond_balance, refusal, register_creator
+from tests.gifting.harness import new_id, refused
+from tests.support.identity import as_caller, user
+
+
+def credit(payout: PayoutClient, gift_id: str, diamonds: int, creator_id: str = "carol", request_id: str = "") -> None:
+    payout.credit_diamonds(
+        request_id=request_id or new_id(),
+        gift_id=gift_id,
+        creator_id=creator_id,
+        diamonds=diamonds,
+        coins=diamonds * 2,
+        promotional_coins=0,
+    )
+
+
+def test_diamonds_are_credited_once_per_gift_whoever_asks_and_however_often(
+    payout: PayoutClient, payout_peer: Peer
+) -> None:
+    register_creator(payout_peer, "carol")
+    gift, request_id = new_id(), new_id()
+    credit(payout, gift, 5, request_id=request_id)
+    credit(payout, gift, 5, request_id=request_id)  # the step retried
+    credit(payout, gift, 5)  # another replica, another request id: still the one credit
+    assert diamond_balance(payout_peer, "carol") == 5
+    # The same gift with other amounts is a certain refusal, but NOT a sign that nothing was credited:
+    # gifting never fails a gift on this reason.
+    mismatch = refusal(lambda: credit(payout, gift, 6)).error
+    assert (mismatch.code, mismatch.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CREDIT_MISMATCH")
+    assert diamond_balance(payout_peer, "carol") == 5
+
+
+def test_a_recipient_that_cannot_receive_is_refused_with_nothing_credited(
+    payout: PayoutClient, payout_peer: Peer
+) -> None:
+    register_creator(payout_peer, "kid", adult=False)
+    for creator_id in ("kid", "not_a_creator"):
+        error = refusal(partial(credit, payout, new_id(), 5, creator_id=creator_id)).error
+        assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RECIPIENT_CANNOT_RECEIVE")
+    assert diamond_balance(payout_peer, "kid") == 0
+
+
+def test_zero_diamonds_cannot_be_credited(payout: PayoutClient, payout_peer: Peer) -> None:
+    """Why gifting makes no credit call for a send whose share floors to nothing (one Rose)."""
+    register_creator(payout_peer, "carol")
+    error = refusal(lambda: credit(payout, new_id(), 0)).error
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["diamonds"]
+
+
+def test_only_gifting_may_credit_and_a_payout_that_is_down_is_unreachable(
+    payout: PayoutClient, payout_peer: Peer
+) -> None:
+    stub = payout_pb2_grpc.PayoutServiceStub(payout_peer.plain)
+    request = payout_pb2.CreditDiamondsRequest(request_id=new_id(), gift_id=new_id(), creator_id="carol", diamonds=1)
+    assert refused(lambda: stub.CreditDiamonds(request, metadata=as_caller(user("carol")))).code == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert payout.reachable()
+    payout_peer.server.stop(None)
+    assert not payout.reachable()
+    with pytest.raises(StepUncertain):
+        credit(payout, new_id(), 1)
