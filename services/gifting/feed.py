@@ -45,14 +45,20 @@ class LiveFeed:
         after_sequence: int,
         active: Callable[[], bool],
         on_cancel: Callable[[Callable[[], None]], object] = lambda _wake: None,
+        on_live: Callable[[], object] = lambda: None,
     ) -> Iterator[FeedEventRecord]:
         """The target's events after `after_sequence` (0: from now on), in order, each once, until the
-        client goes (`active` false; `on_cancel` registers the wake-up for that) or the feed closes."""
+        client goes (`active` false; `on_cancel` registers the wake-up for that) or the feed closes.
+
+        `on_live` is called once the subscription is in place: every gift completed after that call
+        reaches this stream.
+        """
         subscription = self._subscribe(target.key)
         try:
             on_cancel(subscription.wake)
             # Subscribed before reading the head: an event completed in between is not missed.
             cursor = after_sequence or self.gifting.feed_head(target)
+            on_live()
             while active() and not self.closed.is_set():
                 subscription.woken.clear()
                 events = self.gifting.feed_after(target, cursor)

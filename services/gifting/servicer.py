@@ -179,7 +179,16 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.non_negative(request.after_sequence, "after_sequence")
         v.check()
         assert target is not None
-        for event in self.feed.watch(target, request.after_sequence, context.is_active, context.add_callback):
+        # The response headers go out once the subscription is live, so a client that waits for them
+        # (call.initial_metadata()) knows that every gift completed from then on will reach it.
+        live = self.feed.watch(
+            target,
+            request.after_sequence,
+            context.is_active,
+            on_cancel=context.add_callback,
+            on_live=lambda: context.send_initial_metadata(()),
+        )
+        for event in live:
             yield gifting_pb2.WatchGiftsResponse(
                 sequence=event.sequence, transfer=_transfer(event.transfer), combo_count=event.combo_count
             )

@@ -300,8 +300,8 @@ class Suite:
         self.wallet_server = start_wallet(self.wallet_url, self.clock, self.clients.wallet_target)
 
     def restart_gifting(self, **env: str) -> None:
-        """A new gifting replica on the same database (the old one stopped), with `env` on top."""
-        self.gifting_server.stop(None)
+        """A new gifting replica on the same database (the old one stopped gracefully), with `env` on top."""
+        self.gifting_server.stop(grace=5)
         settings = load_gifting_settings(Env({**self.gifting_env, **env}))
         self.components = assemble(settings, self.clock)
         self.gifting_server = create_server(self.components.app, settings, self.clients.gifting_target)
