@@ -1,0 +1,104 @@
+"""The benchmark's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+POSTGRES_ENV = "GIFTCOIN_TEST_POSTGRES"
+PHASES = ("transport", "storage", "spread", "hot", "half")
+
+
+@dataclass(frozen=True)
+class Options:
+    postgres: str  # a DSN; empty means SQLite
+    duration: float  # seconds measured per phase
+    warmup: float  # seconds run, not measured, before each phase
+    concurrency: int  # calls in flight at once, in every phase
+    viewers: int
+    creators: int
+    hot_share_percent: int  # of the gifts, in the hot phase, to the one hot creator and stream
+    gift_id: str
+    quantity: int
+    packs: int  # coins_17500 packages each viewer buys before the run
+    phases: tuple[str, ...]
+    max_workers: int  # each service's gRPC worker threads (GIFTCOIN_MAX_WORKERS)
+    json_path: str
+    keep: bool  # keep databases and logs for inspection
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.postgres else "sqlite"
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Drive wallet, payout and gifting (three processes) with concurrent SendGift calls and compare "
+            "the throughput with two ceilings measured in the same run: a bare gRPC echo (transport) and the "
+            "gift as one database transaction (storage). Ends with a conservation check."
+        ),
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(POSTGRES_ENV, ""),
+        metavar="DSN",
+        help=f"run on PostgreSQL (fresh databases, dropped after); default ${POSTGRES_ENV}, else SQLite",
+    )
+    parser.add_argument("--sqlite", action="store_true", help="SQLite even when a DSN is set in the environment")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight at once (default 32)")
+    parser.add_argument("--viewers", type=int, default=200, help="senders (default 200)")
+    parser.add_argument("--creators", type=int, default=20, help="recipients (default 20)")
+    parser.add_argument(
+        "--hot-share",
+        type=int,
+        default=90,
+        metavar="PERCENT",
+        help="in the hot phase, this share of gifts goes to one creator on one live stream (default 90)",
+    )
+    parser.add_argument("--gift", default="doughnut", help="gift sent (default doughnut: 30 coins, 15 diamonds)")
+    parser.add_argument("--quantity", type=int, default=1, help="gifts per send (a combo), default 1")
+    parser.add_argument("--packs", type=int, default=1, help="17,500-coin packages each viewer buys (default 1)")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, in this order: {','.join(PHASES)} (default all); "
+        "half runs at half the spread phase's throughput and needs spread",
+    )
+    parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads per service (default 16)")
+    parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the databases and logs (printed at the end)")
+    args = parser.parse_args(argv)
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    if "half" in phases and "spread" not in phases:
+        parser.error("the half phase runs at half the spread phase's throughput: add spread")
+    for name in ("duration", "concurrency", "viewers", "creators", "quantity", "packs", "max_workers"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.warmup < 0 or not 0 <= args.hot_share <= 100:
+        parser.error("--warmup must not be negative and --hot-share must be 0..100")
+    if args.creators < 2 and "hot" in phases:
+        parser.error("the hot phase needs at least 2 creators")
+    return Options(
+        postgres="" if args.sqlite else args.postgres,
+        duration=args.duration,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        viewers=args.viewers,
+        creators=args.creators,
+        hot_share_percent=args.hot_share,
+        gift_id=args.gift,
+        quantity=args.quantity,
+        packs=args.packs,
+        phases=tuple(p for p in PHASES if p in phases),
+        max_workers=args.max_workers,
+        json_path=args.json,
+        keep=args.keep,
+    )

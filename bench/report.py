@@ -1,0 +1,173 @@
+"""The benchmark's one table, its ratios against the ceilings, and the same as JSON."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bench.conservation import Conservation
+from bench.load import LoadResult
+from bench.options import Options
+
+# The issue's targets (PostgreSQL, this 2-core machine, load generator included).
+TRANSPORT_RATIO_TARGET = 0.15
+TRANSPORT_RATIO_GOAL = 0.25
+P99_AT_HALF_TARGET_MS = 50.0
+HOT_DROP_LIMIT = 0.20
+
+
+@dataclass
+class Row:
+    name: str
+    per_second: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    completed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+    suite: bool = False
+    rate: float = 0.0
+
+    @classmethod
+    def of(cls, name: str, result: LoadResult | str, suite: bool = False, rate: float = 0.0) -> Row:
+        if isinstance(result, str):
+            return cls(name, note=result)
+        return cls(
+            name,
+            result.per_second,
+            result.percentile(50),
+            result.percentile(95),
+            result.percentile(99),
+            result.completed,
+            result.errors,
+            suite=suite,
+            rate=rate,
+        )
+
+
+def _machine() -> str:
+    cpus = os.cpu_count() or 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = int(meminfo.readline().split()[1])
+        memory = f"{kib / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        memory = "? GiB"
+    return f"{cpus} CPUs, {memory}"
+
+
+class Report:
+    def __init__(self, options: Options, database: str, started: datetime) -> None:
+        self.options = options
+        self.database = database
+        self.started = started
+        self.machine = _machine()
+        self.rows: list[Row] = []
+        self.memory_kib: dict[str, int] = {}
+        self.alive: dict[str, bool] = {}
+        self.conservation: Conservation | None = None
+        self.elapsed = 0.0
+
+    def status(self, text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    def _row(self, prefix: str) -> Row | None:
+        return next((r for r in self.rows if r.name.startswith(prefix) and not r.note), None)
+
+    def ratios(self) -> dict[str, float]:
+        """The suite's spread throughput over each ceiling; the hot phase's drop; p99 at half load."""
+        out: dict[str, float] = {}
+        spread, hot, half = (
+            self._row("suite: SendGift spread"),
+            self._row("suite: SendGift hot"),
+            self._row("suite: SendGift at"),
+        )
+        transport = self._row("transport ceiling")
+        storage = self._row("storage ceiling (pgbench)") or self._row("storage ceiling (python)")
+        if spread and transport and transport.per_second:
+            out["transport"] = spread.per_second / transport.per_second
+        if spread and storage and storage.per_second:
+            out["storage"] = spread.per_second / storage.per_second
+        if spread and hot and spread.per_second:
+            out["hot_drop"] = 1 - hot.per_second / spread.per_second
+        if half:
+            out["p99_at_half_ms"] = half.p99
+        return out
+
+    def render(self) -> str:
+        o = self.options
+        lines = [
+            "",
+            f"giftcoin bench  {self.started:%Y-%m-%d %H:%M} UTC  {self.machine}  {self.database}",
+            f"{o.duration:g} s per phase (+{o.warmup:g} s warm-up), concurrency {o.concurrency}, "
+            f"{o.viewers} viewers, {o.creators} creators, gift {o.gift_id} x{o.quantity}, "
+            f"{o.max_workers} gRPC workers per service; load generator on the same machine",
+            "",
+        ]
+        header = f"{'phase':<40} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'done':>8}  errors"
+        lines += [header, "-" * len(header)]
+        for r in self.rows:
+            if r.note:
+                lines.append(f"{r.name:<40} {r.note}")
+                continue
+            errors = ", ".join(f"{k} x{v}" for k, v in r.errors.items()) or "none"
+            figures = f"{r.per_second:>8.0f} {r.p50:>8.1f} {r.p95:>8.1f} {r.p99:>8.1f} {r.completed:>8}"
+            lines.append(f"{r.name:<40} {figures}  {errors}")
+        lines.append("-" * len(header))
+        ratios = self.ratios()
+        storage_name = "pgbench" if self._row("storage ceiling (pgbench)") else "python"
+        if "transport" in ratios:
+            verdict = "meets" if ratios["transport"] >= TRANSPORT_RATIO_TARGET else "BELOW"
+            lines.append(
+                f"{'suite / transport ceiling':<40} {ratios['transport']:>8.3f}  "
+                f"({verdict} the {TRANSPORT_RATIO_TARGET} target; goal {TRANSPORT_RATIO_GOAL})"
+            )
+        if "storage" in ratios:
+            lines.append(f"{f'suite / storage ceiling ({storage_name})':<40} {ratios['storage']:>8.3f}")
+        if "hot_drop" in ratios:
+            verdict = "within" if ratios["hot_drop"] <= HOT_DROP_LIMIT else "BEYOND"
+            lines.append(
+                f"{'hot-creator drop vs spread':<40} {ratios['hot_drop'] * 100:>7.0f}%  "
+                f"({verdict} the {HOT_DROP_LIMIT * 100:.0f}% limit)"
+            )
+        if "p99_at_half_ms" in ratios:
+            verdict = "under" if ratios["p99_at_half_ms"] < P99_AT_HALF_TARGET_MS else "OVER"
+            lines.append(
+                f"{'p99 at half the spread throughput':<40} {ratios['p99_at_half_ms']:>6.1f}ms  "
+                f"({verdict} the {P99_AT_HALF_TARGET_MS:.0f} ms target)"
+            )
+        memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
+        lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
+        down = [name for name, up in self.alive.items() if not up]
+        if down:
+            lines.append(f"{'services that died during the run':<40} {', '.join(down)}")
+        c = self.conservation
+        if c is not None:
+            verdict = "PASS" if c.ok else "FAIL"
+            lines.append(
+                f"{'conservation':<40} {verdict}: {c.completed} gifts completed, {c.failed} failed; "
+                f"coins spent {c.coins_spent} = completed {c.coins_of_completed} = captured {c.coins_captured}; "
+                f"diamonds held {c.diamonds_held} = owed {c.diamonds_of_completed} = credited {c.diamonds_credited}; "
+                "no hold HELD, no gift pending, both ledgers sound"
+                if c.ok
+                else f"{'conservation':<40} FAIL: " + "; ".join(c.problems[:10])
+            )
+        lines.append(f"{'whole run':<40} {self.elapsed:.0f} s")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started.isoformat(),
+            "machine": self.machine,
+            "database": self.database,
+            "options": {k: v for k, v in asdict(self.options).items() if k != "postgres"},
+            "rows": [asdict(r) for r in self.rows],
+            "ratios": self.ratios(),
+            "peak_memory_kib": self.memory_kib,
+            "conservation": asdict(self.conservation) if self.conservation else None,
+            "elapsed_seconds": self.elapsed,
+        }

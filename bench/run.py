@@ -1,0 +1,230 @@
+"""The benchmark's run: ceilings first, then the suite under load, then the conservation check.
+
+Phases (each `--warmup` unmeasured seconds, then `--duration` measured ones, at `--concurrency`):
+  transport  bare gRPC echo between this process and a server process (bench/echo.py)
+  storage    the gift as one database transaction: Python threads, and pgbench on PostgreSQL
+  spread     SendGift from random viewers to random creators, closed loop (the most it completes)
+  hot        the same, with --hot-share % of gifts to one creator on one live stream
+  half       SendGift at half the spread phase's throughput (fixed rate): latency under normal load
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
+
+from bench import conservation, echo, storage_ceiling
+from bench.databases import Databases
+from bench.load import OK, PENDING, LoadResult, drive
+from bench.options import Options, parse
+from bench.report import Report, Row
+from bench.suite import Population, Suite, free_port, metadata_for, populate, start_process
+from services.runtime.errors import from_rpc_error
+
+CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
+
+
+def error_key(err: grpc.RpcError) -> str:
+    """An error as "CODE REASON" (the ErrorInfo reason, when the status carries one)."""
+    refusal = from_rpc_error(err)
+    return f"{err.code().name} {refusal.reason}" if refusal else err.code().name
+
+
+# --- transport ceiling ------------------------------------------------------------------------------
+
+
+def transport_ceiling(options: Options, logdir: Path) -> LoadResult:
+    port = free_port()
+    proc = start_process("echo", "bench.echo", [str(port), str(options.max_workers)], {}, logdir / "echo.log")
+    request = gifting_pb2.SendGiftRequest(
+        request_id=str(uuid.uuid4()),
+        gift_id=options.gift_id,
+        quantity=options.quantity,
+        recipient_id="creator-0000",
+        target=gifting_pb2.Target(kind=gifting_pb2.TARGET_KIND_LIVE_STREAM, id="live-creator-0000"),
+    ).SerializeToString()
+    metadata = metadata_for("viewer-00000")
+
+    async def measure() -> LoadResult:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(echo.METHOD)
+            await call(request, timeout=30, wait_for_ready=True)
+
+            async def one() -> str:
+                try:
+                    await call(request, metadata=metadata, timeout=30)
+                except grpc.RpcError as err:
+                    return error_key(err)
+                return OK
+
+            return await drive(one, options.concurrency, options.duration, options.warmup)
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- storage ceiling --------------------------------------------------------------------------------
+
+
+def gift_amounts(options: Options) -> tuple[int, int]:
+    """(coins, diamonds) of one send of the configured gift, at the default catalogue and share."""
+    from services.gifting.domain import DEFAULT_CATALOGUE, creator_diamonds
+
+    prices = {gift_id: price for gift_id, _name, price in DEFAULT_CATALOGUE}
+    if options.gift_id not in prices:
+        raise SystemExit(f"--gift {options.gift_id}: not in the default catalogue ({', '.join(prices)})")
+    coins = prices[options.gift_id] * options.quantity
+    return coins, creator_diamonds(coins, 5000)
+
+
+def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> list[tuple[str, LoadResult | str]]:
+    coins, diamonds = gift_amounts(options)
+    rows: list[tuple[str, LoadResult | str]] = []
+    url = databases.new("storage")
+    db = storage_ceiling.prepare(
+        url, options.viewers, options.creators, CEILING_COINS_PER_VIEWER, pool_size=options.concurrency
+    )
+    try:
+        if databases.backend == "postgresql":
+            pgbench = storage_ceiling.pgbench_path()
+            if pgbench:
+                result = storage_ceiling.run_pgbench(
+                    pgbench, url, workdir, options.concurrency, options.duration,
+                    options.viewers, options.creators, coins, diamonds,
+                )  # fmt: skip
+                rows.append(("storage ceiling (pgbench)", result))
+            else:
+                rows.append(("storage ceiling (pgbench)", "pgbench not installed (postgresql-client): not measured"))
+        python = storage_ceiling.run_python(
+            db,
+            options.concurrency,
+            options.duration,
+            options.warmup,
+            options.viewers,
+            options.creators,
+            coins,
+            diamonds,
+        )
+        rows.append(("storage ceiling (python)", python))
+        broken = storage_ceiling.problems(db)
+        if broken:
+            raise RuntimeError(f"storage ceiling left a broken ledger: {broken[:3]}")
+    finally:
+        db.dispose()
+    return rows
+
+
+# --- the suite --------------------------------------------------------------------------------------
+
+
+def suite_phase(
+    options: Options, suite: Suite, population: Population, hot: bool = False, rate: float = 0.0
+) -> LoadResult:
+    rng = random.Random(7 if hot else 3)
+    viewers = [metadata_for(v) for v in population.viewers]
+    hot_creator = population.creators[0]
+    live = gifting_pb2.TARGET_KIND_LIVE_STREAM
+
+    def next_request() -> tuple[gifting_pb2.SendGiftRequest, tuple[tuple[str, str], ...]]:
+        metadata = rng.choice(viewers)
+        if hot and rng.randrange(100) < options.hot_share_percent:
+            creator, stream = hot_creator, "live-hot"
+        else:
+            creator = rng.choice(population.creators[1:] if hot else population.creators)
+            stream = f"live-{creator}"
+        request = gifting_pb2.SendGiftRequest(
+            request_id=str(uuid.uuid4()),
+            gift_id=options.gift_id,
+            quantity=options.quantity,
+            recipient_id=creator,
+            target=gifting_pb2.Target(kind=live, id=stream),
+        )
+        return request, metadata
+
+    async def measure() -> LoadResult:
+        async with grpc.aio.insecure_channel(suite.target("gifting")) as channel:
+            stub = gifting_pb2_grpc.GiftingServiceStub(channel)
+
+            async def one() -> str:
+                request, metadata = next_request()
+                try:
+                    reply = await stub.SendGift(request, metadata=metadata, timeout=30)
+                except grpc.RpcError as err:
+                    return error_key(err)
+                return OK if reply.transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED else PENDING
+
+            return await drive(one, options.concurrency, options.duration, options.warmup, rate)
+
+    return asyncio.run(measure())
+
+
+def run(options: Options) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="giftcoin-bench-"))
+    logdir = workdir / "logs"
+    logdir.mkdir()
+    databases = Databases(options.postgres, workdir)
+    report = Report(options, databases.server_version(), datetime.now(UTC))
+    suite: Suite | None = None
+    started = time.monotonic()
+    try:
+        if "transport" in options.phases:
+            report.status("transport ceiling: gRPC echo ...")
+            report.rows.append(Row.of("transport ceiling (gRPC echo)", transport_ceiling(options, logdir)))
+        if "storage" in options.phases:
+            report.status("storage ceiling: the gift as one transaction ...")
+            for name, result in storage_ceilings(options, databases, workdir):
+                report.rows.append(Row.of(name, result))
+        report.status("starting wallet, payout, gifting and adding viewers and creators ...")
+        urls = {name: databases.new(name) for name in ("wallet", "payout", "gifting")}
+        suite = Suite(urls, logdir, options.max_workers, {})
+        suite.start()
+        population = asyncio.run(populate(suite, options.viewers, options.creators, options.packs, options.concurrency))
+        spread: LoadResult | None = None
+        if "spread" in options.phases:
+            report.status("suite: SendGift, gifts spread over creators ...")
+            spread = suite_phase(options, suite, population)
+            report.rows.append(Row.of("suite: SendGift spread", spread, suite=True))
+        if "hot" in options.phases:
+            report.status(f"suite: SendGift, {options.hot_share_percent}% to one hot creator ...")
+            hot = suite_phase(options, suite, population, hot=True)
+            report.rows.append(Row.of(f"suite: SendGift hot creator {options.hot_share_percent}%", hot, suite=True))
+        if "half" in options.phases and spread is not None:
+            rate = max(1.0, spread.per_second / 2)
+            report.status(f"suite: SendGift at {rate:.0f}/s (half the spread throughput) ...")
+            half = suite_phase(options, suite, population, rate=rate)
+            report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s (half)", half, suite=True, rate=rate))
+        report.status("conservation check ...")
+        report.memory_kib = suite.peak_memory_kib()
+        report.alive = suite.alive()
+        report.conservation = conservation.check(suite, population)
+    finally:
+        if suite is not None:
+            suite.stop()
+        if not options.keep:
+            databases.drop_all()
+    report.elapsed = time.monotonic() - started
+    print(report.render(), flush=True)
+    if options.json_path:
+        Path(options.json_path).write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n")
+    if options.keep:
+        print(f"kept: {workdir} (logs, SQLite files); PostgreSQL databases: {', '.join(databases.created) or '-'}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if report.conservation is not None and report.conservation.ok and all(report.alive.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse(argv))
