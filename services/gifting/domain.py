@@ -358,12 +358,10 @@ class Gifting:
             if not uow.catalogue.add_if_missing(gift_id, name, coin_price, explicit, self.policy.share_bps, now):
                 raise aborted("CONCURRENT_UPDATE", f"gift {gift_id} was created concurrently; retry", gift_id=gift_id)
             return self._gift(self._must_get(uow, gift_id))
-        share = self.policy.share_bps if explicit is None else current.share_bps
-        repriced = (coin_price, explicit, share if explicit is None else 0) != (
-            current.coin_price,
-            current.diamonds,
-            current.share_bps if current.diamonds is None else 0,
-        )
+        # What a creator is paid under each: a price, and explicit diamonds or the default share.
+        terms = (coin_price, explicit, self.policy.share_bps if explicit is None else None)
+        current_terms = (current.coin_price, current.diamonds, current.share_bps if current.diamonds is None else None)
+        repriced = terms != current_terms
         changes: dict[str, object] = {"name": name, "state": ACTIVE, "updated_at": now}
         version = current.version + 1 if repriced else current.version
         if repriced:
@@ -515,7 +513,11 @@ class Gifting:
             with tracer.start_as_current_span(
                 "gifting.recover", context=parent, attributes={"giftcoin.gift_id": transfer_id, "giftcoin.step": t.step}
             ):
-                t = self._drive(transfer_id, owner, attempts=1)
+                try:
+                    t = self._drive(transfer_id, owner, attempts=1)
+                except Exception:  # one gift's trouble (a database error...) must not hold up the others
+                    log.exception("gift %s: recovery failed; it is retried once its lease passes", transfer_id)
+                    continue
             finished += t.state != PENDING
         return finished
 
