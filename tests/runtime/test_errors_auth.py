@@ -60,7 +60,7 @@ def test_tokens_name_the_caller_and_are_verified() -> None:
     token = auth.mint_token(auth.user("alice"), DEV_JWT_SECRET)
     assert auth.verify_token(token, DEV_JWT_SECRET) == auth.user("alice")
     with pytest.raises(DomainError) as wrong_key:
-        auth.verify_token(token, "another-key")
+        auth.verify_token(token, "another-key-of-the-recommended-length-32")
     assert wrong_key.value.code is grpc.StatusCode.UNAUTHENTICATED
     expired = jwt.encode(
         {"sub": "user:alice", "iss": auth.ISSUER, "exp": int(time.time()) - 5}, DEV_JWT_SECRET, algorithm="HS256"
