@@ -28,6 +28,7 @@ class LoadResult:
     completed: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # of completed calls
     outcomes: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process, over the measured window
 
     @property
     def per_second(self) -> float:
@@ -35,6 +36,9 @@ class LoadResult:
 
     def percentile(self, p: float) -> float:
         return percentile(self.latencies_ms, p)
+
+    def cpu_ms_per_op(self) -> dict[str, float]:
+        return {name: 1000 * used / self.completed for name, used in self.cpu_seconds.items()} if self.completed else {}
 
     @property
     def errors(self) -> dict[str, int]:
@@ -50,8 +54,19 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-async def drive(call: Call, concurrency: int, duration: float, warmup: float = 0.0, rate: float = 0.0) -> LoadResult:
-    """Run `call` from `concurrency` callers for warmup + duration seconds; measure the last `duration`."""
+async def drive(
+    call: Call,
+    concurrency: int,
+    duration: float,
+    warmup: float = 0.0,
+    rate: float = 0.0,
+    cpu: Callable[[], dict[str, float]] | None = None,
+) -> LoadResult:
+    """Run `call` from `concurrency` callers for warmup + duration seconds; measure the last `duration`.
+
+    `cpu`, if given, reads the CPU time used by each process involved; the result keeps what each used
+    while measured.
+    """
     loop_start = time.perf_counter()
     measure_from = loop_start + warmup
     end = measure_from + duration
@@ -84,5 +99,16 @@ async def drive(call: Call, concurrency: int, duration: float, warmup: float = 0
                 result.completed += 1
                 result.latencies_ms.append((finished - due) * 1000)
 
+    async def cpu_meter() -> dict[str, float]:
+        assert cpu is not None
+        await asyncio.sleep(warmup)
+        before = cpu()
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        after = cpu()
+        return {name: after[name] - before.get(name, 0.0) for name in after}
+
+    meter = asyncio.ensure_future(cpu_meter()) if cpu is not None else None
     await asyncio.gather(*(caller() for _ in range(concurrency)))
+    if meter is not None:
+        result.cpu_seconds = await meter
     return result

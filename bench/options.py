@@ -25,7 +25,10 @@ class Options:
     phases: tuple[str, ...]
     max_workers: int  # each service's gRPC worker threads (GIFTCOIN_MAX_WORKERS)
     json_path: str
-    keep: bool  # keep databases and logs for inspection
+    keep: bool
+    profile_dir: (
+        str  # py-spy profiles of each service during the spread phase go here  # keep databases and logs for inspection
+    )
 
     @property
     def backend(self) -> str:
@@ -72,6 +75,12 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads per service (default 16)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs (printed at the end)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="record each service with py-spy (on PATH) during the spread phase: DIR/<service>.txt, collapsed stacks",
+    )
     args = parser.parse_args(argv)
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = [p for p in phases if p not in PHASES]
@@ -101,4 +110,5 @@ def parse(argv: list[str] | None = None) -> Options:
         max_workers=args.max_workers,
         json_path=args.json,
         keep=args.keep,
+        profile_dir=args.profile,
     )

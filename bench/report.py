@@ -31,6 +31,7 @@ class Row:
     note: str = ""
     suite: bool = False
     rate: float = 0.0
+    cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, name: str, result: LoadResult | str, suite: bool = False, rate: float = 0.0) -> Row:
@@ -46,6 +47,7 @@ class Row:
             result.errors,
             suite=suite,
             rate=rate,
+            cpu_ms_per_op=result.cpu_ms_per_op(),
         )
 
 
@@ -118,6 +120,12 @@ class Report:
             figures = f"{r.per_second:>8.0f} {r.p50:>8.1f} {r.p95:>8.1f} {r.p99:>8.1f} {r.completed:>8}"
             lines.append(f"{r.name:<40} {figures}  {errors}")
         lines.append("-" * len(header))
+        for r in self.rows:
+            if r.cpu_ms_per_op:
+                used = ", ".join(f"{name} {ms:.2f}" for name, ms in r.cpu_ms_per_op.items())
+                lines.append(
+                    f"{'CPU ms per call, ' + r.name.split(' (')[0].replace('suite: SendGift ', ''):<40} {used}"
+                )
         ratios = self.ratios()
         storage_name = "pgbench" if self._row("storage ceiling (pgbench)") else "python"
         if "transport" in ratios:

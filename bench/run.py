@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -28,7 +30,7 @@ from bench.databases import Databases
 from bench.load import OK, PENDING, LoadResult, drive
 from bench.options import Options, parse
 from bench.report import Report, Row
-from bench.suite import Population, Suite, free_port, metadata_for, populate, start_process
+from bench.suite import Population, Suite, cpu_seconds, free_port, metadata_for, populate, start_process
 from services.runtime.errors import from_rpc_error
 
 CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
@@ -67,7 +69,10 @@ def transport_ceiling(options: Options, logdir: Path) -> LoadResult:
                     return error_key(err)
                 return OK
 
-            return await drive(one, options.concurrency, options.duration, options.warmup)
+            def cpu() -> dict[str, float]:
+                return {"echo server": cpu_seconds(proc.pid), "load generator": cpu_seconds(os.getpid())}
+
+            return await drive(one, options.concurrency, options.duration, options.warmup, cpu=cpu)
 
     try:
         return asyncio.run(measure())
@@ -102,9 +107,16 @@ def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> l
             pgbench = storage_ceiling.pgbench_path()
             if pgbench:
                 result = storage_ceiling.run_pgbench(
-                    pgbench, url, workdir, options.concurrency, options.duration,
-                    options.viewers, options.creators, coins, diamonds,
-                )  # fmt: skip
+                    pgbench,
+                    url,
+                    workdir,
+                    options.concurrency,
+                    options.duration,
+                    options.viewers,
+                    options.creators,
+                    coins,
+                    diamonds,
+                )
                 rows.append(("storage ceiling (pgbench)", result))
             else:
                 rows.append(("storage ceiling (pgbench)", "pgbench not installed (postgresql-client): not measured"))
@@ -166,9 +178,44 @@ def suite_phase(
                     return error_key(err)
                 return OK if reply.transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED else PENDING
 
-            return await drive(one, options.concurrency, options.duration, options.warmup, rate)
+            return await drive(one, options.concurrency, options.duration, options.warmup, rate, suite.cpu_seconds)
 
     return asyncio.run(measure())
+
+
+def start_profilers(options: Options, suite: Suite) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every service for the phase about to run (CPU samples, collapsed stacks)."""
+    if not options.profile_dir:
+        return []
+    py_spy = shutil.which("py-spy")
+    if not py_spy:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    out = Path(options.profile_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = str(max(1, round(options.warmup + options.duration)))
+    return [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(process.proc.pid),
+                "--duration",
+                seconds,
+                "--rate",
+                "200",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"{name}.txt"),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, process in suite.processes.items()
+    ]
 
 
 def run(options: Options) -> int:
@@ -195,7 +242,10 @@ def run(options: Options) -> int:
         spread: LoadResult | None = None
         if "spread" in options.phases:
             report.status("suite: SendGift, gifts spread over creators ...")
+            profilers = start_profilers(options, suite)
             spread = suite_phase(options, suite, population)
+            for profiler in profilers:
+                profiler.wait(60)
             report.rows.append(Row.of("suite: SendGift spread", spread, suite=True))
         if "hot" in options.phases:
             report.status(f"suite: SendGift, {options.hot_share_percent}% to one hot creator ...")

@@ -23,6 +23,7 @@ from giftcoin.common.v1 import common_pb2
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
 
 from services.runtime.auth import mint_token, user
 from services.runtime.config import DEV_JWT_SECRET
@@ -56,6 +57,30 @@ def peak_memory_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def postgres_cpu_seconds(database_names: list[str]) -> float:
+    """CPU time of the PostgreSQL backends serving these databases (found by their process titles)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres:") and any(f" {name} " in title for name in database_names):
+            total += cpu_seconds(int(entry.name))
+    return total
 
 
 @dataclass
@@ -144,6 +169,15 @@ class Suite:
 
     def peak_memory_kib(self) -> dict[str, int]:
         return {name: peak_memory_kib(p.proc.pid) for name, p in self.processes.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU used so far by each service, this process (the load generator) and PostgreSQL."""
+        used = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items()}
+        used["load generator"] = cpu_seconds(os.getpid())
+        databases = [make_url(url).database or "" for url in self.urls.values() if url.startswith("postgresql")]
+        if databases:
+            used["postgres"] = postgres_cpu_seconds(databases)
+        return used
 
     def alive(self) -> dict[str, bool]:
         return {name: p.proc.poll() is None for name, p in self.processes.items()}
