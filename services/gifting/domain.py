@@ -316,6 +316,7 @@ class Gifting:
         failpoint: Callable[[str], None] = NO_FAILPOINT,
         on_completed: Callable[[str], None] = lambda _target_key: None,
         sleep: Callable[[float], None] = time.sleep,
+        tracer: trace.Tracer = tracer,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -325,6 +326,7 @@ class Gifting:
         self.failpoint = failpoint
         self.on_completed = on_completed
         self.sleep = sleep
+        self.tracer = tracer  # tests may give one of their own provider
 
     def _read(self, work: Callable[[UnitOfWork], T]) -> T:
         return self.db.run(lambda conn: work(UnitOfWork(conn)))
@@ -510,7 +512,7 @@ class Gifting:
             t = self._load(transfer_id)
             # Continue the gift's own trace, whatever process recorded it.
             parent = propagate.extract(json.loads(t.trace_context or "{}"))
-            with tracer.start_as_current_span(
+            with self.tracer.start_as_current_span(
                 "gifting.recover", context=parent, attributes={"giftcoin.gift_id": transfer_id, "giftcoin.step": t.step}
             ):
                 try:
@@ -559,7 +561,7 @@ class Gifting:
         raise AssertionError(f"pending transfer {t.transfer_id} at step {t.step}")
 
     def _hold(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
-        with _span("hold", t):
+        with self._span("hold", t):
             if self.clock.now() >= self._credit_deadline(t.created_at):
                 # Recorded long ago (a long outage): too late to credit under any hold made now.
                 return self._start_failing(t, owner, RECORDED, _gift_failed(t, "EXPIRED", "it waited too long"))
@@ -613,7 +615,7 @@ class Gifting:
         return self._advance(t, owner, HELD, step=CREDITING)
 
     def _credit(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
-        with _span("credit", t):
+        with self._span("credit", t):
             try:
                 self._call(
                     t,
@@ -637,7 +639,7 @@ class Gifting:
             return self._advance(t, owner, CREDITING, step=CREDITED)
 
     def _capture(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
-        with _span("capture", t):
+        with self._span("capture", t):
             try:
                 self._call(
                     t,
@@ -656,7 +658,7 @@ class Gifting:
             return self._complete(t, owner)
 
     def _release(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
-        with _span("release", t):
+        with self._span("release", t):
             try:
                 self._call(
                     t,
@@ -751,7 +753,7 @@ class Gifting:
             uow.feed.append(target_key, done, now)
             return True
 
-        with _span("complete", t):
+        with self._span("complete", t):
             if not self._read(complete):
                 raise _LeaseLost()
         OUTCOMES.add(1, {"kind": "gift", "state": "completed", "reason": ""})
@@ -766,6 +768,12 @@ class Gifting:
         self._read(lambda uow: uow.transfers.postpone(t.transfer_id, owner, now, not_before))
         log.warning("gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delay, why)
         return self._load(t.transfer_id)
+
+    def _span(self, step: str, t: TransferRecord) -> Any:
+        """A span per saga step, named for it and carrying the gift's id."""
+        return self.tracer.start_as_current_span(
+            f"gifting.saga.{step}", attributes={"giftcoin.gift_id": t.transfer_id, "giftcoin.step": t.step}
+        )
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -817,12 +825,6 @@ class Gifting:
 
     def feed_after(self, target: Target, after_sequence: int, limit: int = 100) -> list[FeedEventRecord]:
         return self._read(lambda uow: uow.feed.after(target.key, after_sequence, limit))
-
-
-def _span(step: str, t: TransferRecord) -> Any:
-    return tracer.start_as_current_span(
-        f"gifting.saga.{step}", attributes={"giftcoin.gift_id": t.transfer_id, "giftcoin.step": t.step}
-    )
 
 
 def _current_trace_context() -> str:

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from services.gifting.app import assemble
 from services.gifting.domain import Gifting, Target
@@ -241,15 +241,14 @@ def test_two_replicas_recovering_at_once_drive_each_gift_once(story: Suite) -> N
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Spans finished in this process during the test (an exporter added to the global provider)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        pytest.skip("no SDK tracer provider installed")
+def spans(story: Suite) -> Iterator[InMemorySpanExporter]:
+    """The saga's spans, recorded whatever the process-wide tracing set-up samples (a provider of our own)."""
     exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    story.gifting.tracer = provider.get_tracer("test")
     yield exporter
-    exporter.shutdown()
+    provider.shutdown()
 
 
 def test_recovery_continues_the_gifts_own_trace(story: Suite, spans: InMemorySpanExporter) -> None:
