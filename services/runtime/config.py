@@ -85,6 +85,11 @@ class ServiceSettings:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def traces_exported(self) -> bool:
+        """Whether spans go anywhere (GIFTCOIN_TRACE_EXPORTER is not `none`)."""
+        return self.trace_exporter != "none"
+
 
 def load_service_settings(service: str, env: Env) -> ServiceSettings:
     upper = service.upper()

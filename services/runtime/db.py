@@ -23,6 +23,9 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A pooled connection unused for longer than this is checked (a round trip) before it is handed out.
+IDLE_PING_SECONDS = 10.0
+
 # PostgreSQL errors that mean "the same transaction may succeed if run again".
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 
@@ -59,7 +62,34 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only if it sat idle (SQLAlchemy's pool_pre_ping checks every time).
+
+    A connection in steady use has just proved itself; one that sat idle may have been dropped by the
+    server, a proxy or a restart. Pinging on every checkout cost a round trip per transaction, and a
+    gift takes many transactions. A failed ping makes the pool replace the connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as error:
+            raise exc.DisconnectionError(f"pooled connection failed its ping: {error}") from error
+        if not alive:
+            raise exc.DisconnectionError("pooled connection failed its ping")
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -81,10 +111,16 @@ class Database:
         self.attempts = attempts
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 10) -> Database:
-        """A database whose statements are traced as spans under the current RPC's span."""
+    def from_url(cls, url: str, pool_size: int = 10, traced: bool = True) -> Database:
+        """A database whose statements are traced as spans under the current RPC's span.
+
+        `traced=False` (no trace exporter configured) leaves the engine uninstrumented: the
+        instrumentation costs CPU on every statement and every connection checkout even when its
+        spans are never recorded.
+        """
         engine = make_engine(url, pool_size=pool_size)
-        SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
+        if traced:
+            SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
         return cls(engine)
 
     @contextmanager
