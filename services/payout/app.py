@@ -62,7 +62,7 @@ def assemble(
     settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None
 ) -> PayoutComponents:
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers)
+    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
     provider = provider or SandboxProvider(db, clock)
     payouts = Payouts(terms(settings), clock)
     processor = PayoutProcessor(db, payouts, provider)

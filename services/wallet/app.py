@@ -50,7 +50,7 @@ def build(
     providers: Mapping[str, PaymentProvider] | None = None,
 ) -> ServiceApp:
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers)
+    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
     store = storage.WalletStore(db)
     book = WalletBook(
         Catalogue(settings.packages),
