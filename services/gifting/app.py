@@ -67,7 +67,7 @@ def assemble(
 ) -> GiftingComponents:
     """Build everything; `wallet` and `payout` default to gRPC clients of the configured targets."""
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers)
+    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
     deadline = settings.step_deadline_ms / 1000
     channels = []
     if wallet is None:
