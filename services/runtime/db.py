@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 # A pooled connection unused for longer than this is checked (a round trip) before it is handed out.
 IDLE_PING_SECONDS = 10.0
@@ -39,7 +42,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "isolation_level": None},
             pool_size=pool_size,
             max_overflow=pool_size,
         )
@@ -50,7 +53,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
             cursor.close()
 
         # SQLite takes the write lock when a transaction begins, not at its first write: two
@@ -109,6 +112,10 @@ class Database:
     def __init__(self, engine: Engine, attempts: int = 5) -> None:
         self.engine = engine
         self.attempts = attempts
+        # SQLite runs one transaction at a time (BEGIN IMMEDIATE takes its write lock), and a thread
+        # that finds it taken polls with growing sleeps (busy_timeout). Queueing this process's
+        # transactions on a lock hands the database over as soon as it is free instead.
+        self._sqlite_turn = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10, traced: bool = True) -> Database:
@@ -125,8 +132,18 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        if self._sqlite_turn is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        # Past the timeout, go ahead anyway: SQLite's own busy handling then decides, as it would without this.
+        queued = self._sqlite_turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            if queued:
+                self._sqlite_turn.release()
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one transaction; rerun it on a serialization failure or deadlock."""
