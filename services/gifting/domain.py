@@ -676,11 +676,14 @@ class Gifting:
             return self._finish_failed(t, owner, FAILING, self.failure(t))
 
     def _call(self, t: TransferRecord, owner: str, attempts: int, call: Callable[[], T]) -> T:
-        """One peer call, asked again (same request id) while the answer is uncertain and we hold the lease."""
+        """One peer call, asked again (same request id) while the answer is uncertain and we hold the lease.
+
+        The lease was extended by the write that led here (claim or step); each retry extends it again.
+        """
         delay = self.policy.retry_backoff_seconds
         last: StepUncertain | None = None
         for attempt in range(1, attempts + 1):
-            if not self._renew(t.transfer_id, owner):
+            if attempt > 1 and not self._renew(t.transfer_id, owner):
                 raise _LeaseLost()
             try:
                 return call()
@@ -698,7 +701,10 @@ class Gifting:
         return self._read(lambda uow: uow.transfers.renew(transfer_id, owner, now, until))
 
     def _advance(self, t: TransferRecord, owner: str, from_step: str, **values: Any) -> TransferRecord:
-        values["updated_at"] = self.clock.now()
+        """Write the next step, extending the lease for it; _LeaseLost if another replica has the gift."""
+        now = self.clock.now()
+        values["updated_at"] = now
+        values["lease_until"] = now + timedelta(seconds=self.policy.lease_seconds)
         if not self._read(lambda uow: uow.transfers.advance(t.transfer_id, owner, from_step, **values)):
             raise _LeaseLost()
         return replace(t, **values)

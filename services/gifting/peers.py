@@ -9,6 +9,8 @@ whether the step happened. Channels retry UNAVAILABLE and ABORTED themselves (ru
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from datetime import UTC
 from typing import TypeVar
@@ -32,6 +34,8 @@ PAYOUT_SERVICE = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_na
 GIFTING = auth.service("gifting")
 # How long to wait for a connection to payout before deciding it is unreachable for now.
 CONNECT_TIMEOUT_SECONDS = 1.0
+# A payout that answered a call this recently counts as reachable without asking again.
+RECENTLY_SECONDS = 1.0
 
 # Codes with which a peer says for certain that it did not do what was asked. Anything else
 # (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, and PERMISSION_DENIED or
@@ -103,15 +107,22 @@ class PayoutClient:
         self.stub = payout_pb2_grpc.PayoutServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
         self.deadline = deadline_seconds
+        self._answered_at = -math.inf  # monotonic time of payout's last answer
 
     def reachable(self) -> bool:
-        """Payout answers its health check SERVING (not down, not draining for a shutdown)."""
+        """Payout answered within the last moment, or answers its health check SERVING now (not down,
+        not draining for a shutdown): under load that costs no extra call per gift."""
+        if time.monotonic() - self._answered_at < RECENTLY_SECONDS:
+            return True
         request = health_pb2.HealthCheckRequest(service=PAYOUT_SERVICE)
         try:
             reply = self.health.Check(request, timeout=min(self.deadline, CONNECT_TIMEOUT_SECONDS), wait_for_ready=True)
         except grpc.RpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _answered(self) -> None:
+        self._answered_at = time.monotonic()
 
     def credit_diamonds(
         self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
@@ -124,7 +135,12 @@ class PayoutClient:
             coins=coins,
             promotional_coins=promotional_coins,
         )
-        _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
+        try:
+            _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
+        except Refused:
+            self._answered()
+            raise
+        self._answered()
 
 
 def peer_channel(target: str, service_full_name: str, jwt_secret: str, tls: TlsSettings) -> grpc.Channel:
