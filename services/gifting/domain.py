@@ -1,13 +1,14 @@
 """Gifting's rules: the catalogue, the send saga over wallet and payout, histories and leaderboards.
 
-Plain Python: no protobuf, no gRPC. Wallet and payout are reached through `WalletPort` and
-`PayoutPort` (services/gifting/peers.py speaks gRPC for them).
+Plain Python: no protobuf, no gRPC calls (grpc.StatusCode only names the codes of errors). Wallet
+and payout are reached through `WalletPort` and `PayoutPort` (services/gifting/peers.py speaks gRPC).
 
 The send saga (SPEC §4), persisted step by step on the transfer row so that any replica can resume it:
 
-    recorded --hold--> held --(enough hold life?)--> crediting --credit--> credited --capture--> completed
-        |                |                               |
-        +-- refused --> failed   +--> failing --release--> failed
+    recorded -> held -> crediting -> credited -> completed     hold, (decide), credit, capture
+    recorded -> failed                                         wallet refused the hold: nothing held
+    recorded | held | crediting -> failing -> failed           too late, hold about to lapse, or payout
+                                                               refused the recipient: hold released
 
 Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
 retried step never moves value twice. Two rules keep value conserved through any outage:
@@ -563,7 +564,8 @@ class Gifting:
     def _hold(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
         with self._span("hold", t):
             if self.clock.now() >= self._credit_deadline(t.created_at):
-                # Recorded long ago (a long outage): too late to credit under any hold made now.
+                # Recorded long ago (a long outage): a gift should not surface hours later; and a hold
+                # its crashed driver may have made is released on the way to FAILED.
                 return self._start_failing(t, owner, RECORDED, _gift_failed(t, "EXPIRED", "it waited too long"))
             try:
                 hold = self._call(
@@ -592,8 +594,9 @@ class Gifting:
                 promotional_coins=hold.promotional_amount,
             )
 
-    def _credit_deadline(self, hold_made_at: datetime) -> datetime:
-        return hold_made_at + timedelta(seconds=self.policy.hold_ttl_seconds - self.policy.hold_safety_margin_seconds)
+    def _credit_deadline(self, recorded_at: datetime) -> datetime:
+        """After this, no hold made now could back a credit with the safety margin to spare."""
+        return recorded_at + timedelta(seconds=self.policy.hold_ttl_seconds - self.policy.hold_safety_margin_seconds)
 
     def _decide_credit(self, t: TransferRecord, owner: str) -> TransferRecord:
         """The point of no return, written down before the credit call is made."""
