@@ -66,7 +66,7 @@ from services.runtime.errors import (
     permission_denied,
 )
 from services.runtime.pagination import decode_page_token, encode_page_token
-from services.runtime.telemetry import OUTCOMES
+from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -766,6 +766,8 @@ class Gifting:
             if not self._read(complete):
                 raise _LeaseLost()
         OUTCOMES.add(1, {"kind": "gift", "state": "completed", "reason": ""})
+        VALUE_MOVED.add(t.total_coins, {"unit": "coin", "kind": "gift"})
+        VALUE_MOVED.add(t.total_diamonds, {"unit": "diamond", "kind": "gift"})
         self.on_completed(target_key)
         return done
 
