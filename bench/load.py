@@ -28,7 +28,9 @@ class LoadResult:
     completed: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # of completed calls
     outcomes: Counter[str] = field(default_factory=Counter)
-    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process, over the measured window
+    # Counters read before and after the measured window (CPU seconds by process, database
+    # transactions by service, ...): how much of each the window used.
+    used: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -37,8 +39,8 @@ class LoadResult:
     def percentile(self, p: float) -> float:
         return percentile(self.latencies_ms, p)
 
-    def cpu_ms_per_op(self) -> dict[str, float]:
-        return {name: 1000 * used / self.completed for name, used in self.cpu_seconds.items()} if self.completed else {}
+    def used_per_op(self) -> dict[str, float]:
+        return {name: used / self.completed for name, used in self.used.items()} if self.completed else {}
 
     @property
     def errors(self) -> dict[str, int]:
@@ -60,12 +62,12 @@ async def drive(
     duration: float,
     warmup: float = 0.0,
     rate: float = 0.0,
-    cpu: Callable[[], dict[str, float]] | None = None,
+    counters: Callable[[], dict[str, float]] | None = None,
 ) -> LoadResult:
     """Run `call` from `concurrency` callers for warmup + duration seconds; measure the last `duration`.
 
-    `cpu`, if given, reads the CPU time used by each process involved; the result keeps what each used
-    while measured.
+    `counters`, if given, reads counters (CPU time of each process involved, ...); the result keeps
+    how much each grew while measured.
     """
     loop_start = time.perf_counter()
     measure_from = loop_start + warmup
@@ -99,16 +101,16 @@ async def drive(
                 result.completed += 1
                 result.latencies_ms.append((finished - due) * 1000)
 
-    async def cpu_meter() -> dict[str, float]:
-        assert cpu is not None
+    async def meter() -> dict[str, float]:
+        assert counters is not None
         await asyncio.sleep(warmup)
-        before = cpu()
+        before = counters()
         await asyncio.sleep(max(0.0, end - time.perf_counter()))
-        after = cpu()
+        after = counters()
         return {name: after[name] - before.get(name, 0.0) for name in after}
 
-    meter = asyncio.ensure_future(cpu_meter()) if cpu is not None else None
+    metering = asyncio.ensure_future(meter()) if counters is not None else None
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    if meter is not None:
-        result.cpu_seconds = await meter
+    if metering is not None:
+        result.used = await metering
     return result

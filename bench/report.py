@@ -31,7 +31,7 @@ class Row:
     note: str = ""
     suite: bool = False
     rate: float = 0.0
-    cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
+    used_per_op: dict[str, float] = field(default_factory=dict)  # see LoadResult.used
 
     @classmethod
     def of(cls, name: str, result: LoadResult | str, suite: bool = False, rate: float = 0.0) -> Row:
@@ -47,7 +47,7 @@ class Row:
             result.errors,
             suite=suite,
             rate=rate,
-            cpu_ms_per_op=result.cpu_ms_per_op(),
+            used_per_op=result.used_per_op(),
         )
 
 
@@ -121,11 +121,15 @@ class Report:
             lines.append(f"{r.name:<40} {figures}  {errors}")
         lines.append("-" * len(header))
         for r in self.rows:
-            if r.cpu_ms_per_op:
-                used = ", ".join(f"{name} {ms:.2f}" for name, ms in r.cpu_ms_per_op.items())
-                lines.append(
-                    f"{'CPU ms per call, ' + r.name.split(' (')[0].replace('suite: SendGift ', ''):<40} {used}"
-                )
+            phase = r.name.split(" (")[0].replace("suite: SendGift ", "")
+            cpu = {k[4:]: v * 1000 for k, v in r.used_per_op.items() if k.startswith("cpu ")}
+            transactions = {k[3:]: v for k, v in r.used_per_op.items() if k.startswith("tx ")}
+            if cpu:
+                used = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+                lines.append(f"{'CPU ms per call, ' + phase:<40} {used}")
+            if transactions:
+                used = ", ".join(f"{name} {n:.1f}" for name, n in transactions.items())
+                lines.append(f"{'DB transactions per gift, ' + phase:<40} {used}")
         ratios = self.ratios()
         storage_name = "pgbench" if self._row("storage ceiling (pgbench)") else "python"
         if "transport" in ratios:

@@ -69,10 +69,10 @@ def transport_ceiling(options: Options, logdir: Path) -> LoadResult:
                     return error_key(err)
                 return OK
 
-            def cpu() -> dict[str, float]:
-                return {"echo server": cpu_seconds(proc.pid), "load generator": cpu_seconds(os.getpid())}
+            def counters() -> dict[str, float]:
+                return {"cpu echo server": cpu_seconds(proc.pid), "cpu load generator": cpu_seconds(os.getpid())}
 
-            return await drive(one, options.concurrency, options.duration, options.warmup, cpu=cpu)
+            return await drive(one, options.concurrency, options.duration, options.warmup, counters=counters)
 
     try:
         return asyncio.run(measure())
@@ -178,7 +178,7 @@ def suite_phase(
                     return error_key(err)
                 return OK if reply.transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED else PENDING
 
-            return await drive(one, options.concurrency, options.duration, options.warmup, rate, suite.cpu_seconds)
+            return await drive(one, options.concurrency, options.duration, options.warmup, rate, suite.counters)
 
     return asyncio.run(measure())
 

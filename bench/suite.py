@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 from giftcoin.common.v1 import common_pb2
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -81,6 +82,19 @@ def postgres_cpu_seconds(database_names: list[str]) -> float:
         if title.startswith("postgres:") and any(f" {name} " in title for name in database_names):
             total += cpu_seconds(int(entry.name))
     return total
+
+
+def transactions(url: str, databases: dict[str, str]) -> dict[str, int]:
+    """Transactions committed or rolled back so far in each database (PostgreSQL's statistics, which
+    backends report about once a second under load: good over a window of several seconds)."""
+    admin = make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname, xact_commit + xact_rollback FROM pg_stat_database WHERE datname = ANY(%s)",
+            (list(databases.values()),),
+        ).fetchall()
+    count = {datname: int(n) for datname, n in rows}
+    return {name: count.get(database, 0) for name, database in databases.items()}
 
 
 @dataclass
@@ -170,13 +184,18 @@ class Suite:
     def peak_memory_kib(self) -> dict[str, int]:
         return {name: peak_memory_kib(p.proc.pid) for name, p in self.processes.items()}
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU used so far by each service, this process (the load generator) and PostgreSQL."""
-        used = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items()}
-        used["load generator"] = cpu_seconds(os.getpid())
-        databases = [make_url(url).database or "" for url in self.urls.values() if url.startswith("postgresql")]
+    def counters(self) -> dict[str, float]:
+        """CPU seconds used so far by each service, this process (the load generator) and the
+        PostgreSQL backends of the suite's databases; and each PostgreSQL database's transactions."""
+        used = {f"cpu {name}": cpu_seconds(p.proc.pid) for name, p in self.processes.items()}
+        used["cpu load generator"] = cpu_seconds(os.getpid())
+        databases = {
+            name: make_url(url).database or "" for name, url in self.urls.items() if url.startswith("postgres")
+        }
         if databases:
-            used["postgres"] = postgres_cpu_seconds(databases)
+            used["cpu postgres"] = postgres_cpu_seconds(list(databases.values()))
+            url = next(iter(self.urls.values()))
+            used.update({f"tx {name}": float(n) for name, n in transactions(url, databases).items()})
         return used
 
     def alive(self) -> dict[str, bool]:
