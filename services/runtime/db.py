@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,17 @@ def _ping_after_idle(engine: Engine) -> None:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def insert_unless_conflict(conn: Connection, table: Table, values: dict[str, Any], on: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (on) DO NOTHING in the connection's dialect; its rowcount says if it inserted.
+
+    Cheaper than a savepoint around a plain INSERT that may hit the unique key `on`; on PostgreSQL a
+    conflicting insert still in flight is waited for, so a 0 rowcount means its row is committed.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=list(on))
+    return statement.execution_options(preserve_rowcount=True)
 
 
 def _retryable(error: exc.DBAPIError) -> bool:
