@@ -294,14 +294,11 @@ class Payouts:
             transfer_id=f"credit:{credit_id}",
             created_at=now,
         )
-        try:
-            with uow.conn.begin_nested():
-                uow.credits.add(record)
-        except IntegrityError:
+        if not uow.credits.add(record):
             # UNIQUE(gift_id): a concurrent credit of this gift (under another request id) won.
             existing = uow.credits.by_gift(gift_id)
             if existing is None:
-                raise
+                raise RuntimeError(f"gift {gift_id}: credit insert conflicted, yet no credit is recorded")
             return self._same_credit(existing, asked)
         uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
         uow.ledger.post(

@@ -38,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 
+from services.runtime.db import insert_unless_conflict
 from services.runtime.ledger import Ledger, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -257,9 +258,10 @@ class CreditRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add(self, record: CreditRecord) -> None:
-        """Raises IntegrityError if the gift was credited already (UNIQUE gift_id)."""
-        self.conn.execute(insert(diamond_credits).values(**record.__dict__))
+    def add(self, record: CreditRecord) -> bool:
+        """Insert a credit; False (and nothing written) if the gift was credited already (UNIQUE gift_id)."""
+        statement = insert_unless_conflict(self.conn, diamond_credits, dict(record.__dict__), on=["gift_id"])
+        return self.conn.execute(statement).rowcount == 1
 
     def by_gift(self, gift_id: str) -> CreditRecord | None:
         row = self.conn.execute(select(diamond_credits).where(diamond_credits.c.gift_id == gift_id)).one_or_none()

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database
+from services.runtime.db import Database, insert_unless_conflict
 from services.runtime.ledger import Ledger, Posting, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -337,33 +337,24 @@ class WalletUnit:
         return None if row is None else _hold(row)
 
     def insert_hold(self, record: HoldRecord) -> bool:
-        """Insert a hold; False (and nothing written) if the gift already has one.
+        """Insert a hold; False (and nothing written) if the gift already has one (UNIQUE gift_id).
 
-        A savepoint keeps the transaction usable after the unique violation, so that the caller
-        can read the hold that won.
+        The transaction stays usable either way, so that the caller can read the hold that won.
         """
-        try:
-            with self.conn.begin_nested():
-                self.conn.execute(insert(holds).values(**vars(record), updated_at=record.created_at))
-        except IntegrityError as exc:
-            if _is_unique_violation(exc):
-                return False
-            raise
-        return True
+        values = {**vars(record), "updated_at": record.created_at}
+        return self.conn.execute(insert_unless_conflict(self.conn, holds, values, on=["gift_id"])).rowcount == 1
 
     def move_hold(
         self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
     ) -> HoldRecord | None:
         """Change a hold's state if it is still `from_state`; the changed hold, or None."""
-        done = self.conn.execute(
+        row = self.conn.execute(
             update(holds)
             .where(and_(holds.c.hold_id == hold_id, holds.c.state == from_state))
             .values(state=to_state, updated_at=now, **changes)
-        )
-        if done.rowcount != 1:
-            return None
-        row = self.conn.execute(select(holds).where(holds.c.hold_id == hold_id)).one()
-        return _hold(row)
+            .returning(*holds.c)
+        ).one_or_none()
+        return None if row is None else _hold(row)
 
     def due_holds(self, now: datetime, limit: int) -> list[str]:
         """Gift ids of holds still held after their expiry time, oldest first."""
