@@ -30,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from services.runtime.auth import Access, caller_from_metadata, reset_current_caller, set_current_caller
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, to_rpc_status
-from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing
+from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -248,4 +248,5 @@ def serve(running: RunningServer, grace_seconds: float) -> None:
     signal.signal(signal.SIGINT, on_signal)
     stopping.wait()
     running.stop(grace_seconds)
+    shutdown_tracing()  # the last spans and metrics, before the process exits
     log.info("%s stopped", running.app.full_name)

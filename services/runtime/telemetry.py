@@ -2,7 +2,7 @@
 
 `GIFTCOIN_TRACE_EXPORTER`: none (default), console, file (one JSON span per line in
 GIFTCOIN_TRACE_FILE), otlp (OTEL_EXPORTER_OTLP_ENDPOINT, gRPC), memory (tests, in-process).
-Metrics go to the same place where there is one (otlp, console, memory); file and none keep none.
+Metrics go to the same place (for `file`: metrics-<name>.jsonl beside the span file); none keeps none.
 The service name comes from OTEL_SERVICE_NAME when set, else `giftcoin-<service>`.
 """
 
@@ -19,7 +19,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
     MetricReader,
+    MetricsData,
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
@@ -85,7 +88,33 @@ def span_to_json(span: ReadableSpan) -> str:
     )
 
 
-def _metric_reader(exporter: str) -> MetricReader | None:
+class JsonLinesMetricExporter(MetricExporter):
+    """Appends each metrics export as one JSON object per line (the `file` exporter's metrics)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object) -> MetricExportResult:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(json.loads(metrics_data.to_json())) + "\n")
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        return None
+
+
+def metrics_file_for(trace_file: str) -> str:
+    """Where the `file` exporter writes metrics: beside the span file, `metrics-<name>`."""
+    path = Path(trace_file)
+    return str(path.with_name("metrics-" + path.name.removeprefix("traces-")))
+
+
+def _metric_reader(exporter: str, trace_file: str) -> MetricReader | None:
     if exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
@@ -94,6 +123,10 @@ def _metric_reader(exporter: str) -> MetricReader | None:
         return PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60_000)
     if exporter == "memory":
         return MEMORY_METRICS
+    if exporter == "file":
+        return PeriodicExportingMetricReader(
+            JsonLinesMetricExporter(metrics_file_for(trace_file)), export_interval_millis=60_000
+        )
     return None
 
 
@@ -121,7 +154,7 @@ def setup_tracing(service: str, exporter: str, trace_file: str = "") -> TracerPr
         elif exporter == "memory":
             provider.add_span_processor(SimpleSpanProcessor(MEMORY_EXPORTER))
         trace.set_tracer_provider(provider)
-        reader = _metric_reader(exporter)
+        reader = _metric_reader(exporter, trace_file)
         _meter_provider = MeterProvider(resource=resource, metric_readers=[reader] if reader else [])
         metrics.set_meter_provider(_meter_provider)
         _provider = provider

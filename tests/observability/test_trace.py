@@ -13,12 +13,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from giftcoin.common.v1 import common_pb2
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from services.runtime.errors import from_rpc_error
 from services.wallet.receipts import mint_receipt
 from tests.support.identity import as_caller, user
 from tests.support.processes import ServiceProcess
@@ -140,3 +142,72 @@ def test_one_send_is_one_trace_across_gifting_wallet_and_payout(suite) -> None:
         )
     assert {s["service"] for s in spans} == {"giftcoin-gifting", "giftcoin-wallet", "giftcoin-payout"}
     assert any(s["attributes"].get("giftcoin.gift_id") == sent.transfer.transfer_id for s in spans)
+
+
+def metric_points(path: Path, name: str) -> list[dict]:
+    """The data points of metric `name` in the last export of a metrics file (one export per line;
+    cumulative temporality, so the last export holds the totals)."""
+    points = []
+    last = path.read_text().splitlines()[-1]
+    for resource in json.loads(last)["resource_metrics"]:
+        for scope in resource["scope_metrics"]:
+            for metric in scope["metrics"]:
+                if metric["name"] == name:
+                    points += metric["data"]["data_points"]
+    return points
+
+
+def test_rpc_and_gift_metrics_are_exported(suite) -> None:
+    viewer, creator = user("viewer-m"), user("creator-m")
+    wallet = wallet_pb2_grpc.WalletServiceStub(suite["wallet"].channel())
+    payout = payout_pb2_grpc.PayoutServiceStub(suite["payout"].channel())
+    gifting = gifting_pb2_grpc.GiftingServiceStub(suite["gifting"].channel())
+    wallet.OpenWallet(
+        wallet_pb2.OpenWalletRequest(request_id=str(uuid.uuid4()), date_of_birth=DOB, country_code="US"),
+        metadata=as_caller(viewer),
+    )
+    payout.RegisterCreator(
+        payout_pb2.RegisterCreatorRequest(request_id=str(uuid.uuid4()), date_of_birth=DOB, country_code="US"),
+        metadata=as_caller(creator),
+    )
+    request = gifting_pb2.SendGiftRequest(
+        request_id=str(uuid.uuid4()),
+        gift_id="rose",
+        quantity=10,
+        recipient_id="creator-m",
+        target=gifting_pb2.Target(kind=gifting_pb2.TARGET_KIND_LIVE_STREAM, id="stream-m"),
+    )
+    with pytest.raises(grpc.RpcError) as refused:  # no coins yet: a refusal, counted
+        gifting.SendGift(request, metadata=as_caller(viewer))
+    assert getattr(from_rpc_error(refused.value), "reason", "") == "INSUFFICIENT_FUNDS"
+    wallet.PurchaseCoins(
+        wallet_pb2.PurchaseCoinsRequest(
+            request_id=str(uuid.uuid4()),
+            package_id="coins_70",
+            receipt=wallet_pb2.Receipt(store="sandbox", payload=mint_receipt("coins_70")),
+        ),
+        metadata=as_caller(viewer),
+    )
+    request.request_id = str(uuid.uuid4())
+    assert gifting.SendGift(request, metadata=as_caller(viewer)).transfer.state == (
+        gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
+    )
+    assert suite["gifting"].terminate() == 0  # a graceful stop flushes the metrics
+
+    path = suite["dir"] / "metrics-gifting.jsonl"
+    outcomes = {
+        (p["attributes"]["state"], p["attributes"].get("reason", "")): p["value"]
+        for p in metric_points(path, "giftcoin.outcomes")
+    }
+    assert outcomes[("completed", "")] == 1
+    assert outcomes[("failed", "INSUFFICIENT_FUNDS")] == 1
+    moved = {p["attributes"]["unit"]: p["value"] for p in metric_points(path, "giftcoin.value.moved")}
+    assert moved == {"coin": 10, "diamond": 5}
+    latency = [
+        p for p in metric_points(path, "giftcoin.rpc.server.duration") if p["attributes"]["method"] == "SendGift"
+    ]
+    assert sum(p["count"] for p in latency) == 2
+    errors = [p for p in metric_points(path, "giftcoin.rpc.server.errors") if p["attributes"]["method"] == "SendGift"]
+    assert [(p["attributes"]["code"], p["attributes"]["reason"], p["value"]) for p in errors] == [
+        ("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", 1)
+    ]
