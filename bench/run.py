@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -239,6 +240,11 @@ def run(options: Options) -> int:
         suite = Suite(urls, logdir, options.max_workers, {})
         suite.start()
         population = asyncio.run(populate(suite, options.viewers, options.creators, options.packs, options.concurrency))
+        if options.warmup:
+            # Fill the services' connection pools, statement caches and prepared statements first, so
+            # that the first phase measured is not the only one to pay for them.
+            report.status("suite: warming up ...")
+            suite_phase(replace(options, duration=options.warmup, warmup=0), suite, population)
         spread: LoadResult | None = None
         if "spread" in options.phases:
             report.status("suite: SendGift, gifts spread over creators ...")
