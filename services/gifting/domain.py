@@ -600,11 +600,6 @@ class Gifting:
 
     def _decide_credit(self, t: TransferRecord, owner: str) -> TransferRecord:
         """The point of no return, written down before the credit call is made."""
-        if t.total_diamonds == 0:
-            # One Rose alone floors to no diamonds: the whole price is the platform's. Payout's
-            # CreditDiamonds takes only positive amounts, so such a send cannot ask it whether the
-            # recipient may receive gifts (a gap of the contract, reported); it credits nothing.
-            return self._advance(t, owner, HELD, step=CREDITED)
         assert t.hold_expire_at is not None
         margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
         if t.hold_expire_at - self.clock.now() < margin:

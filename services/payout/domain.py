@@ -300,6 +300,10 @@ class Payouts:
             if existing is None:
                 raise RuntimeError(f"gift {gift_id}: credit insert conflicted, yet no credit is recorded")
             return self._same_credit(existing, asked)
+        if diamonds == 0:
+            # A send whose creator share floors to nothing (one Rose): recorded, so the gift is known
+            # and its recipient checked, but there is no value to move and so no ledger transfer.
+            return _credit(record)
         uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
         uow.ledger.post(
             GIFT_CREDIT,

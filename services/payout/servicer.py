@@ -148,7 +148,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
         v.identifier(request.creator_id, "creator_id")
-        v.positive(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
         v.non_negative(request.coins, "coins", MAX_COINS)
         v.non_negative(request.promotional_coins, "promotional_coins", MAX_COINS)
         if request.promotional_coins > request.coins >= 0:

@@ -80,7 +80,7 @@ diamond_credits = Table(
     Column("promotional_coins", BigInteger(), nullable=False),
     Column("transfer_id", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
-    CheckConstraint("diamonds > 0", name="ck_diamond_credits_diamonds_positive"),
+    CheckConstraint("diamonds >= 0", name="ck_diamond_credits_diamonds_not_negative"),
     CheckConstraint("promotional_coins >= 0 AND promotional_coins <= coins", name="ck_diamond_credits_coins"),
     Index("ux_diamond_credits_gift_id", "gift_id", unique=True),
 )

@@ -52,12 +52,18 @@ def test_a_recipient_that_cannot_receive_is_refused_with_nothing_credited(
     assert diamond_balance(payout_peer, "kid") == 0
 
 
-def test_zero_diamonds_cannot_be_credited(payout: PayoutClient, payout_peer: Peer) -> None:
-    """Why gifting makes no credit call for a send whose share floors to nothing (one Rose)."""
+def test_a_zero_credit_still_checks_the_recipient(payout: PayoutClient, payout_peer: Peer) -> None:
+    """A send whose share floors to nothing (one Rose) still asks payout: the recipient is checked."""
     register_creator(payout_peer, "carol")
-    error = refusal(lambda: credit(payout, new_id(), 0)).error
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in error.violations] == ["diamonds"]
+    gift = new_id()
+    credit(payout, gift, 0)
+    credit(payout, gift, 0)  # once per gift, like any credit
+    assert diamond_balance(payout_peer, "carol") == 0
+    error = refusal(lambda: credit(payout, new_id(), 0, creator_id="nobody")).error
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RECIPIENT_CANNOT_RECEIVE")
+    negative = refusal(lambda: credit(payout, new_id(), -1)).error
+    assert negative.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in negative.violations] == ["diamonds", "coins"]
 
 
 def test_only_gifting_may_credit_and_a_payout_that_is_down_is_unreachable(

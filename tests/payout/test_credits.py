@@ -101,7 +101,7 @@ def test_only_gifting_may_credit(payout: PayoutHarness) -> None:
 
 def test_bad_credits_name_their_fields(payout: PayoutHarness) -> None:
     request = payout_pb2.CreditDiamondsRequest(
-        request_id="", gift_id="", creator_id="bad id", diamonds=0, coins=-1, promotional_coins=-1
+        request_id="", gift_id="", creator_id="bad id", diamonds=-1, coins=-1, promotional_coins=-1
     )
     error = payout.refused("CreditDiamonds", request, GIFTING)
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT

@@ -93,7 +93,7 @@ def upgrade() -> None:
         sa.Column("promotional_coins", sa.BigInteger(), nullable=False),
         sa.Column("transfer_id", sa.String(64), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("diamonds > 0", name="ck_diamond_credits_diamonds_positive"),
+        sa.CheckConstraint("diamonds >= 0", name="ck_diamond_credits_diamonds_not_negative"),
         sa.CheckConstraint("promotional_coins >= 0 AND promotional_coins <= coins", name="ck_diamond_credits_coins"),
     )
     # One credit per gift, ever.
