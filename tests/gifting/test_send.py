@@ -163,7 +163,7 @@ def test_every_refusal_has_its_code_and_reason(suite: Suite) -> None:
     assert not_a_creator.reason == "RECIPIENT_CANNOT_RECEIVE"
     # One Rose earns no diamonds (floor(1 / 2)), yet its recipient is checked all the same.
     for recipient in ("kid", "nobody_creator"):
-        one_rose = refused(lambda recipient=recipient: c.send("vince", gift_id="rose", recipient_id=recipient))
+        one_rose = refused(partial(c.send, "vince", gift_id="rose", recipient_id=recipient))
         assert (one_rose.code, one_rose.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RECIPIENT_CANNOT_RECEIVE")
     self_gift = refused(lambda: c.send("vince", recipient_id="vince"))
     assert [v.field for v in self_gift.violations] == ["recipient_id"]
