@@ -60,6 +60,11 @@ test: lint-protos breaking lint typecheck pytest
 demo: $(GEN_STAMP)
 	$(BIN)/giftctl demo
 
+# The load benchmark (not a test): the suite as three processes, on PostgreSQL when
+# GIFTCOIN_TEST_POSTGRES (or --postgres) gives a DSN, else SQLite. BENCH_ARGS="--help" for options.
+bench: $(GEN_STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 run-wallet: $(GEN_STAMP)
 	$(PY) -m services.wallet
 
