@@ -30,7 +30,7 @@ from services.gifting.domain import (
 )
 from services.gifting.feed import LiveFeed
 from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, TransferRecord
-from services.runtime.auth import current_caller
+from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.idempotency import RequestIdStore, fingerprint
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -110,7 +110,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def SendGift(
         self, request: gifting_pb2.SendGiftRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.SendGiftResponse:
-        sender_id = _caller_user_id()
+        sender_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
@@ -139,7 +139,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def GetGiftTransfer(
         self, request: gifting_pb2.GetGiftTransferRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.GetGiftTransferResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.identifier(request.transfer_id, "transfer_id")
         v.check()
@@ -150,7 +150,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def ListSentGifts(
         self, request: gifting_pb2.ListSentGiftsRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.ListSentGiftsResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.page_size(request.page_size)
         v.check()
@@ -162,7 +162,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def ListReceivedGifts(
         self, request: gifting_pb2.ListReceivedGiftsRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.ListReceivedGiftsResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.page_size(request.page_size)
         v.check()
@@ -227,15 +227,6 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
 
 def _method(name: str) -> str:
     return f"/{FULL_NAME}/{name}"
-
-
-def _caller_user_id() -> str:
-    """The calling user's id (the access policy already admitted only users), checked like any id."""
-    user_id = current_caller().id
-    v = Validator()
-    v.identifier(user_id, "authorization")
-    v.check()
-    return user_id
 
 
 def _target(v: Validator, request: Message, field: str) -> Target | None:

@@ -20,7 +20,7 @@ from services.payout import domain
 from services.payout.domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
 from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
 from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
-from services.runtime.auth import current_caller, require_user
+from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument
 from services.runtime.idempotency import RequestIdStore
@@ -72,11 +72,9 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def RegisterCreator(
         self, request: payout_pb2.RegisterCreatorRequest, context: grpc.ServicerContext
     ) -> payout_pb2.RegisterCreatorResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
-        # The user id becomes the creator id, which gifting sends back in CreditDiamonds.
-        v.identifier(creator_id, "caller")
         born = _date_of_birth(v, request)
         v.country(request.country_code)
         v.check()
@@ -94,7 +92,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def SetPayoutDestination(
         self, request: payout_pb2.SetPayoutDestinationRequest, context: grpc.ServicerContext
     ) -> payout_pb2.SetPayoutDestinationResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         if not request.HasField("destination"):
@@ -177,7 +175,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def GetEarnings(
         self, request: payout_pb2.GetEarningsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.GetEarningsResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         e = self._read(lambda uow: self.payouts.earnings(uow, creator_id))
         return payout_pb2.GetEarningsResponse(
             diamond_balance=e.diamond_balance,
@@ -191,7 +189,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def ListDiamondTransactions(
         self, request: payout_pb2.ListDiamondTransactionsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.ListDiamondTransactionsResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.page_size(request.page_size)
         v.check()
@@ -209,7 +207,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def QuotePayout(
         self, request: payout_pb2.QuotePayoutRequest, context: grpc.ServicerContext
     ) -> payout_pb2.QuotePayoutResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
         v.check()
@@ -219,7 +217,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def RequestPayout(
         self, request: payout_pb2.RequestPayoutRequest, context: grpc.ServicerContext
     ) -> payout_pb2.RequestPayoutResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
@@ -236,7 +234,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def GetPayout(
         self, request: payout_pb2.GetPayoutRequest, context: grpc.ServicerContext
     ) -> payout_pb2.GetPayoutResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.identifier(request.payout_id, "payout_id")
         v.check()
@@ -246,7 +244,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def ListPayouts(
         self, request: payout_pb2.ListPayoutsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.ListPayoutsResponse:
-        creator_id = require_user(current_caller())
+        creator_id = calling_user_id()
         v = Validator()
         v.page_size(request.page_size)
         v.check()

@@ -133,3 +133,14 @@ def require_user(caller: Caller) -> str:
     if caller.kind is not CallerKind.USER:
         raise permission_denied(f"{caller.subject} is not a user", caller=caller.subject)
     return caller.id
+
+
+def calling_user_id() -> str:
+    """The calling user's id, checked like any id (it becomes a wallet's, a sender's, a creator's id)."""
+    from services.runtime.validation import Validator
+
+    user_id = require_user(current_caller())
+    v = Validator()
+    v.identifier(user_id, "authorization")
+    v.check()
+    return user_id

@@ -17,7 +17,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy import Connection
 
-from services.runtime.auth import current_caller
+from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
@@ -87,7 +87,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def OpenWallet(
         self, request: wallet_pb2.OpenWalletRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.OpenWalletResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         born = None
@@ -109,14 +109,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def GetWallet(
         self, request: wallet_pb2.GetWalletRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.GetWalletResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         wallet = self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
         return wallet_pb2.GetWalletResponse(wallet=_wallet(wallet))
 
     def PurchaseCoins(
         self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.PurchaseCoinsResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         v.identifier(request.package_id, "package_id")
@@ -145,7 +145,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def ClaimPromotion(
         self, request: wallet_pb2.ClaimPromotionRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ClaimPromotionResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
         v.identifier(request.promotion_id, "promotion_id")
@@ -160,7 +160,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ListTransactionsResponse:
-        user_id = _caller_user_id()
+        user_id = calling_user_id()
         v = Validator()
         v.page_size(request.page_size)
         v.check()
@@ -301,15 +301,6 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return self.requests.execute(
             current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, work
         )
-
-
-def _caller_user_id() -> str:
-    """The calling user's id (the access policy already admitted only users), checked like any id."""
-    user_id = current_caller().id
-    v = Validator()
-    v.identifier(user_id, "authorization")
-    v.check()
-    return user_id
 
 
 def _timestamp(v: Validator, request: wallet_pb2.CreatePromotionRequest, field: str) -> datetime | None:
