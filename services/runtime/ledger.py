@@ -33,6 +33,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     func,
     select,
     update,
@@ -85,6 +86,51 @@ def ledger_tables(metadata: MetaData) -> LedgerTables:
     return LedgerTables(accounts, transfers, entries)
 
 
+class _Statements:
+    """A ledger's statements, built once with bound parameters.
+
+    Building a SQLAlchemy statement and deriving its cache key costs several times what executing the
+    compiled statement does; the ledger's statements run on every movement of value.
+    """
+
+    def __init__(self, t: LedgerTables) -> None:
+        a, e = t.accounts, t.entries
+        self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(
+            a.c.code.in_(bindparam("codes", expanding=True))
+        )
+        # Moves a holder's stored balance by `amount` unless that would take it below zero.
+        self.move_balance = (
+            update(a)
+            .where(a.c.code == bindparam("account"))
+            .where(a.c.balance + bindparam("amount") >= 0)
+            .values(balance=a.c.balance + bindparam("amount"))
+        )
+        self.insert_transfer = t.transfers.insert()
+        self.insert_entries = t.entries.insert()
+        self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(
+            a.c.code.in_(bindparam("codes", expanding=True))
+        )
+        self.entry_sums = (
+            select(e.c.account, func.sum(e.c.amount))
+            .where(e.c.account.in_(bindparam("codes", expanding=True)))
+            .group_by(e.c.account)
+        )
+        self.open_account = {
+            "postgresql": postgresql.insert(a).on_conflict_do_nothing(),
+            "sqlite": sqlite.insert(a).on_conflict_do_nothing(),
+        }
+
+
+_statements: dict[int, _Statements] = {}
+
+
+def _statements_of(tables: LedgerTables) -> _Statements:
+    built = _statements.get(id(tables))
+    if built is None:  # once per set of tables (per service); a race only builds it twice
+        built = _statements[id(tables)] = _Statements(tables)
+    return built
+
+
 @dataclass(frozen=True)
 class Posting:
     account: str
@@ -114,17 +160,13 @@ class Ledger:
     def __init__(self, tables: LedgerTables, conn: Connection) -> None:
         self.t = tables
         self.conn = conn
+        self.sql = _statements_of(tables)
 
     def open_account(self, code: str, unit: str, now: datetime, platform: bool = False) -> None:
         """Create the account if it does not exist (idempotent)."""
         values = {"code": code, "unit": unit, "platform": platform, "balance": 0, "created_at": now}
-        dialect = self.conn.dialect.name
-        stmt = (
-            postgresql.insert(self.t.accounts).values(values).on_conflict_do_nothing()
-            if dialect == "postgresql"
-            else sqlite.insert(self.t.accounts).values(values).on_conflict_do_nothing()
-        )
-        self.conn.execute(stmt)
+        dialect = "postgresql" if self.conn.dialect.name == "postgresql" else "sqlite"
+        self.conn.execute(self.sql.open_account[dialect], values)
 
     def post(self, kind: str, reference: str, postings: Sequence[Posting], now: datetime, transfer_id: str = "") -> str:
         """Write one transfer; raises Overdraft (and writes nothing) if a holder would go negative.
@@ -142,24 +184,18 @@ class Ledger:
         if any(totals.values()):
             raise UnbalancedTransfer(f"{kind} {reference}: entries do not sum to zero per unit: {dict(totals)}")
         transfer_id = transfer_id or new_id("tr")
-        a = self.t.accounts
         # Debits first (they can fail), in a fixed order so that concurrent transfers lock rows alike.
         for p in sorted(postings, key=lambda p: (p.amount > 0, p.account)):
             if accounts[p.account][1]:
                 continue  # platform accounts keep no stored balance
-            result = self.conn.execute(
-                update(a)
-                .where(a.c.code == p.account)
-                .where(a.c.balance + p.amount >= 0)
-                .values(balance=a.c.balance + p.amount)
-            )
+            result = self.conn.execute(self.sql.move_balance, {"account": p.account, "amount": p.amount})
             if result.rowcount == 0:
                 raise Overdraft(p.account, p.amount)
         self.conn.execute(
-            self.t.transfers.insert().values(id=transfer_id, kind=kind, reference=reference, created_at=now)
+            self.sql.insert_transfer, {"id": transfer_id, "kind": kind, "reference": reference, "created_at": now}
         )
         self.conn.execute(
-            self.t.entries.insert(),
+            self.sql.insert_entries,
             [
                 {
                     "transfer_id": transfer_id,
@@ -174,35 +210,23 @@ class Ledger:
         return transfer_id
 
     def balance(self, code: str) -> int:
-        """A holder's stored balance, or a platform account's sum of entries."""
-        a, e = self.t.accounts, self.t.entries
-        row = self.conn.execute(select(a.c.platform, a.c.balance).where(a.c.code == code)).one_or_none()
-        if row is None:
-            return 0
-        if not row.platform:
-            return int(row.balance)
-        return int(
-            self.conn.execute(select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == code)).scalar_one()
-        )
+        """A holder's stored balance, or a platform account's sum of entries (0 for an unknown account)."""
+        return self.balances([code])[code]
 
     def balances(self, codes: Iterable[str]) -> dict[str, int]:
         """`balance` of each account, in two queries whatever their number (0 for an unknown account)."""
-        a, e = self.t.accounts, self.t.entries
         result = dict.fromkeys(codes, 0)
-        rows = self.conn.execute(select(a.c.code, a.c.platform, a.c.balance).where(a.c.code.in_(result))).all()
+        rows = self.conn.execute(self.sql.stored_balances, {"codes": list(result)}).all()
         platform = [r.code for r in rows if r.platform]
         result.update({r.code: int(r.balance) for r in rows if not r.platform})
         if platform:
-            sums = self.conn.execute(
-                select(e.c.account, func.sum(e.c.amount)).where(e.c.account.in_(platform)).group_by(e.c.account)
-            ).all()
+            sums = self.conn.execute(self.sql.entry_sums, {"codes": platform}).all()
             result.update({account: int(total) for account, total in sums})
         return result
 
     def _accounts(self, codes: set[str]) -> dict[str, tuple[str, bool]]:
         """unit and platform flag of each account."""
-        a = self.t.accounts
-        rows = self.conn.execute(select(a.c.code, a.c.unit, a.c.platform).where(a.c.code.in_(codes))).all()
+        rows = self.conn.execute(self.sql.account_kinds, {"codes": sorted(codes)}).all()
         found = {r.code: (r.unit, bool(r.platform)) for r in rows}
         missing = codes - found.keys()
         if missing:
