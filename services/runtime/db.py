@@ -100,15 +100,25 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def insert_unless_conflict(conn: Connection, table: Table, values: dict[str, Any], on: Sequence[str]) -> Insert:
-    """INSERT ... ON CONFLICT (on) DO NOTHING in the connection's dialect; its rowcount says if it inserted.
+_UNLESS_CONFLICT: dict[tuple[str, int, tuple[str, ...]], Insert] = {}
+
+
+def insert_unless_conflict(conn: Connection, table: Table, on: Sequence[str]) -> Insert:
+    """INSERT ... ON CONFLICT (on) DO NOTHING in the connection's dialect, to execute with the row's
+    values as parameters; its rowcount says if it inserted.
 
     Cheaper than a savepoint around a plain INSERT that may hit the unique key `on`; on PostgreSQL a
     conflicting insert still in flight is waited for, so a 0 rowcount means its row is committed.
+    Built once per table and key (building a statement costs more than executing it).
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=list(on))
-    return statement.execution_options(preserve_rowcount=True)
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    key = (dialect, id(table), tuple(on))
+    statement = _UNLESS_CONFLICT.get(key)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(table).on_conflict_do_nothing(index_elements=list(on))
+        statement = _UNLESS_CONFLICT[key] = statement.execution_options(preserve_rowcount=True)
+    return statement
 
 
 def _retryable(error: exc.DBAPIError) -> bool:
