@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -236,6 +237,13 @@ def _record(cls: Any, row: Any) -> Any:
 # --- repositories ----------------------------------------------------------------------------------
 
 
+# The statements every gift's credit runs, built once with bound parameters (building a statement
+# costs more than executing it).
+_CREATOR = select(creators).where(creators.c.creator_id == bindparam("creator_key"))
+_CREATOR_LOCKED = _CREATOR.with_for_update()
+_CREDIT_BY_GIFT = select(diamond_credits).where(diamond_credits.c.gift_id == bindparam("credit_gift_id"))
+
+
 class CreatorRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -246,8 +254,7 @@ class CreatorRepository:
 
     def get(self, creator_id: str, for_update: bool = False) -> CreatorRecord | None:
         """`for_update` locks the row to the end of the transaction (SQLite's transactions are serial anyway)."""
-        query = select(creators).where(creators.c.creator_id == creator_id)
-        row = self.conn.execute(query.with_for_update() if for_update else query).one_or_none()
+        row = self.conn.execute(_CREATOR_LOCKED if for_update else _CREATOR, {"creator_key": creator_id}).one_or_none()
         return None if row is None else _record(CreatorRecord, row)
 
     def update(self, creator_id: str, **values: object) -> None:
@@ -260,11 +267,11 @@ class CreditRepository:
 
     def add(self, record: CreditRecord) -> bool:
         """Insert a credit; False (and nothing written) if the gift was credited already (UNIQUE gift_id)."""
-        statement = insert_unless_conflict(self.conn, diamond_credits, dict(record.__dict__), on=["gift_id"])
-        return self.conn.execute(statement).rowcount == 1
+        statement = insert_unless_conflict(self.conn, diamond_credits, on=["gift_id"])
+        return self.conn.execute(statement, dict(record.__dict__)).rowcount == 1
 
     def by_gift(self, gift_id: str) -> CreditRecord | None:
-        row = self.conn.execute(select(diamond_credits).where(diamond_credits.c.gift_id == gift_id)).one_or_none()
+        row = self.conn.execute(_CREDIT_BY_GIFT, {"credit_gift_id": gift_id}).one_or_none()
         return None if row is None else _record(CreditRecord, row)
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    bindparam,
     insert,
     select,
     update,
@@ -157,6 +158,19 @@ wallet_transfers = Table(
 )
 
 
+# The statements every gift runs (a hold, its capture), built once with bound parameters: building a
+# statement costs more than executing it. Parameter names avoid column names (UPDATE ... SET's).
+_WALLET = select(wallets).where(wallets.c.user_id == bindparam("wallet_user_id"))
+_WALLET_LOCKED = _WALLET.with_for_update()
+_HOLD_BY_GIFT = select(holds).where(holds.c.gift_id == bindparam("hold_gift_id"))
+_MOVE_HOLD = (
+    update(holds)
+    .where(and_(holds.c.hold_id == bindparam("hold_key"), holds.c.state == bindparam("hold_from_state")))
+    .returning(*holds.c)
+)  # SET: the columns named in the parameters
+_INSERT_WALLET_TRANSFER = wallet_transfers.insert()
+
+
 class Duplicate(Exception):
     """An insert broke a unique constraint: the thing already exists."""
 
@@ -238,12 +252,12 @@ class WalletUnit:
         self._insert(wallets, vars(record))
 
     def wallet(self, user_id: str) -> WalletRecord | None:
-        row = self.conn.execute(select(wallets).where(wallets.c.user_id == user_id)).one_or_none()
+        row = self.conn.execute(_WALLET, {"wallet_user_id": user_id}).one_or_none()
         return None if row is None else WalletRecord(**row._mapping)
 
     def lock_wallet(self, user_id: str) -> WalletRecord | None:
         """The wallet, locked until the transaction ends: see the module's note on concurrency."""
-        row = self.conn.execute(select(wallets).where(wallets.c.user_id == user_id).with_for_update()).one_or_none()
+        row = self.conn.execute(_WALLET_LOCKED, {"wallet_user_id": user_id}).one_or_none()
         return None if row is None else WalletRecord(**row._mapping)
 
     # --- ledger, with the wallet's history ----------------------------------------------------
@@ -252,7 +266,7 @@ class WalletUnit:
         """One ledger transfer, entered in `user_id`'s history. Raises Overdraft, writing nothing."""
         transfer_id = self.ledger.post(kind, reference, postings, now)
         if user_id:
-            self.conn.execute(insert(wallet_transfers).values(user_id=user_id, transfer_id=transfer_id))
+            self.conn.execute(_INSERT_WALLET_TRANSFER, {"user_id": user_id, "transfer_id": transfer_id})
         return transfer_id
 
     def history(self, user_id: str, before_seq: int | None, limit: int) -> list[TransferRecord]:
@@ -333,7 +347,7 @@ class WalletUnit:
     # --- holds --------------------------------------------------------------------------------
 
     def hold_by_gift(self, gift_id: str) -> HoldRecord | None:
-        row = self.conn.execute(select(holds).where(holds.c.gift_id == gift_id)).one_or_none()
+        row = self.conn.execute(_HOLD_BY_GIFT, {"hold_gift_id": gift_id}).one_or_none()
         return None if row is None else _hold(row)
 
     def insert_hold(self, record: HoldRecord) -> bool:
@@ -342,18 +356,14 @@ class WalletUnit:
         The transaction stays usable either way, so that the caller can read the hold that won.
         """
         values = {**vars(record), "updated_at": record.created_at}
-        return self.conn.execute(insert_unless_conflict(self.conn, holds, values, on=["gift_id"])).rowcount == 1
+        return self.conn.execute(insert_unless_conflict(self.conn, holds, on=["gift_id"]), values).rowcount == 1
 
     def move_hold(
         self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
     ) -> HoldRecord | None:
         """Change a hold's state if it is still `from_state`; the changed hold, or None."""
-        row = self.conn.execute(
-            update(holds)
-            .where(and_(holds.c.hold_id == hold_id, holds.c.state == from_state))
-            .values(state=to_state, updated_at=now, **changes)
-            .returning(*holds.c)
-        ).one_or_none()
+        values = {"hold_key": hold_id, "hold_from_state": from_state, "state": to_state, "updated_at": now, **changes}
+        row = self.conn.execute(_MOVE_HOLD, values).one_or_none()
         return None if row is None else _hold(row)
 
     def due_holds(self, now: datetime, limit: int) -> list[str]:
