@@ -266,6 +266,10 @@ def run(options: Options) -> int:
         report.memory_kib = suite.peak_memory_kib()
         report.alive = suite.alive()
         report.conservation = conservation.check(suite, population)
+    except Exception as error:
+        # The services' logs say why; keep them (the databases are dropped unless --keep).
+        report.status(f"failed: {type(error).__name__}: {error}; the services' logs are in {logdir}")
+        return 2
     finally:
         if suite is not None:
             suite.stop()
