@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -241,14 +242,71 @@ def _record(cls: Any, row: Any) -> Any:
     return cls(**row._asdict())
 
 
-def _insert_ignoring_conflict(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect; its rowcount says if it inserted.
+_IGNORING_CONFLICT: dict[tuple[str, str], Insert] = {}
+
+
+def _insert_ignoring_conflict(conn: Connection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect, to execute with the row as its
+    parameters; its rowcount says if it inserted. Built once per table and dialect.
 
     (SQLAlchemy reports an INSERT's rowcount reliably only when asked to preserve it.)
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(values).on_conflict_do_nothing()
-    return statement.execution_options(preserve_rowcount=True)
+    name = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    statement = _IGNORING_CONFLICT.get((name, table.name))
+    if statement is None:
+        dialect = postgresql if name == "postgresql" else sqlite
+        statement = dialect.insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        _IGNORING_CONFLICT[(name, table.name)] = statement
+    return statement
+
+
+# The statements every gift runs, built once with bound parameters: building a SQLAlchemy statement
+# and its cache key costs more than executing it. Parameter names avoid column names, which
+# UPDATE ... SET reserves; an UPDATE without .values() sets the columns named in its parameters.
+_t = gift_transfers
+_TRANSFER = select(_t).where(_t.c.transfer_id == bindparam("key_transfer_id"))
+_TRANSFER_BY_REQUEST = select(_t).where(
+    and_(_t.c.sender_id == bindparam("key_sender_id"), _t.c.request_id == bindparam("key_request_id"))
+)
+_LEASE_FREE = or_(
+    _t.c.lease_owner == bindparam("key_owner"), _t.c.lease_until.is_(None), _t.c.lease_until < bindparam("key_now")
+)
+_CLAIM = {
+    take_idle: update(_t).where(
+        and_(
+            _t.c.transfer_id == bindparam("key_transfer_id"),
+            _t.c.state == PENDING,
+            or_(_LEASE_FREE, _t.c.lease_owner == "") if take_idle else _LEASE_FREE,
+        )
+    )
+    for take_idle in (False, True)
+}
+_LEASED = and_(
+    _t.c.transfer_id == bindparam("key_transfer_id"), _t.c.lease_owner == bindparam("key_owner"), _t.c.state == PENDING
+)
+_RENEW = update(_t).where(_LEASED)
+_ADVANCE = update(_t).where(and_(_LEASED, _t.c.step == bindparam("key_from_step")))
+_d = daily_spending
+_RESERVE = (
+    update(_d)
+    .where(
+        and_(
+            _d.c.sender_id == bindparam("key_sender_id"),
+            _d.c.day == bindparam("key_day"),
+            _d.c.coins + bindparam("add_coins") <= bindparam("key_limit"),
+        )
+    )
+    .values(coins=_d.c.coins + bindparam("add_coins"))
+)
+_c, _e = feed_counters, feed_events
+_NEXT_SEQUENCE = (
+    update(_c).where(_c.c.target_key == bindparam("key_target")).values(last_sequence=_c.c.last_sequence + 1)
+)
+_SEQUENCE = select(_c.c.last_sequence).where(_c.c.target_key == bindparam("key_target"))
+_EVENT = select(_e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
+    and_(_e.c.target_key == bindparam("key_target"), _e.c.sequence == bindparam("key_sequence"))
+)
+_INSERT_EVENT = _e.insert()
 
 
 # --- repositories ----------------------------------------------------------------------------------
@@ -271,13 +329,15 @@ _GIFT_JOIN = gifts.join(
 )
 
 
+_GIFT = select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id == bindparam("key_gift_id"))
+
+
 class CatalogueRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def get(self, gift_id: str) -> GiftRecord | None:
-        row = self.conn.execute(select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id == gift_id))
-        found = row.one_or_none()
+        found = self.conn.execute(_GIFT, {"key_gift_id": gift_id}).one_or_none()
         return None if found is None else _record(GiftRecord, found)
 
     def active(self) -> list[GiftRecord]:
@@ -294,18 +354,15 @@ class CatalogueRepository:
     ) -> bool:
         """Create a gift at version 1 unless it exists (replicas seeding at once agree); True if created."""
         created = self.conn.execute(
-            _insert_ignoring_conflict(
-                self.conn,
-                gifts,
-                {
-                    "gift_id": gift_id,
-                    "name": name,
-                    "state": ACTIVE,
-                    "current_version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
+            _insert_ignoring_conflict(self.conn, gifts),
+            {
+                "gift_id": gift_id,
+                "name": name,
+                "state": ACTIVE,
+                "current_version": 1,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         if created.rowcount != 1:
             return False
@@ -342,18 +399,16 @@ class TransferRepository:
 
     def add(self, record: TransferRecord) -> bool:
         """Insert a new transfer; False if the sender already used the request id (the unique constraint)."""
-        result = self.conn.execute(_insert_ignoring_conflict(self.conn, gift_transfers, record.__dict__))
+        result = self.conn.execute(_insert_ignoring_conflict(self.conn, gift_transfers), dict(record.__dict__))
         return result.rowcount == 1
 
     def get(self, transfer_id: str) -> TransferRecord | None:
-        row = self.conn.execute(select(gift_transfers).where(gift_transfers.c.transfer_id == transfer_id))
-        found = row.one_or_none()
+        found = self.conn.execute(_TRANSFER, {"key_transfer_id": transfer_id}).one_or_none()
         return None if found is None else _record(TransferRecord, found)
 
     def by_request(self, sender_id: str, request_id: str) -> TransferRecord | None:
-        t = gift_transfers
-        row = self.conn.execute(select(t).where(and_(t.c.sender_id == sender_id, t.c.request_id == request_id)))
-        found = row.one_or_none()
+        keys = {"key_sender_id": sender_id, "key_request_id": request_id}
+        found = self.conn.execute(_TRANSFER_BY_REQUEST, keys).one_or_none()
         return None if found is None else _record(TransferRecord, found)
 
     def claim(self, transfer_id: str, owner: str, now: datetime, until: datetime, take_idle: bool) -> bool:
@@ -362,41 +417,21 @@ class TransferRepository:
         Free to take: a lease that has passed, or (take_idle, for a client's retry) one left idle by a
         driver that gave up for now. Recovery leaves idle ones alone until their retry time.
         """
-        t = gift_transfers
-        free = or_(t.c.lease_owner == owner, t.c.lease_until.is_(None), t.c.lease_until < now)
-        if take_idle:
-            free = or_(free, t.c.lease_owner == "")
+        keys = {"key_transfer_id": transfer_id, "key_owner": owner, "key_now": now}
         result = self.conn.execute(
-            update(t)
-            .where(and_(t.c.transfer_id == transfer_id, t.c.state == PENDING, free))
-            .values(lease_owner=owner, lease_until=until, updated_at=now)
+            _CLAIM[take_idle], {**keys, "lease_owner": owner, "lease_until": until, "updated_at": now}
         )
         return result.rowcount == 1
 
     def renew(self, transfer_id: str, owner: str, now: datetime, until: datetime) -> bool:
-        t = gift_transfers
-        result = self.conn.execute(
-            update(t)
-            .where(and_(t.c.transfer_id == transfer_id, t.c.lease_owner == owner, t.c.state == PENDING))
-            .values(lease_until=until, updated_at=now)
-        )
+        keys = {"key_transfer_id": transfer_id, "key_owner": owner}
+        result = self.conn.execute(_RENEW, {**keys, "lease_until": until, "updated_at": now})
         return result.rowcount == 1
 
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
-        t = gift_transfers
-        result = self.conn.execute(
-            update(t)
-            .where(
-                and_(
-                    t.c.transfer_id == transfer_id,
-                    t.c.lease_owner == owner,
-                    t.c.step == from_step,
-                    t.c.state == PENDING,
-                )
-            )
-            .values(**values)
-        )
+        keys = {"key_transfer_id": transfer_id, "key_owner": owner, "key_from_step": from_step}
+        result = self.conn.execute(_ADVANCE, {**keys, **values})
         return result.rowcount == 1
 
     def postpone(self, transfer_id: str, owner: str, now: datetime, not_before: datetime) -> bool:
@@ -466,14 +501,11 @@ class SpendingRepository:
 
     def reserve(self, sender_id: str, day: date, coins: int, limit: int) -> bool:
         """Count `coins` against the day's limit; False (and nothing counted) if that would pass it."""
-        d = daily_spending
-        self.conn.execute(_insert_ignoring_conflict(self.conn, d, {"sender_id": sender_id, "day": day, "coins": 0}))
-        result = self.conn.execute(
-            update(d)
-            .where(and_(d.c.sender_id == sender_id, d.c.day == day, d.c.coins + coins <= limit))
-            .values(coins=d.c.coins + coins)
+        self.conn.execute(
+            _insert_ignoring_conflict(self.conn, daily_spending), {"sender_id": sender_id, "day": day, "coins": 0}
         )
-        return result.rowcount == 1
+        keys = {"key_sender_id": sender_id, "key_day": day, "key_limit": limit, "add_coins": coins}
+        return self.conn.execute(_RESERVE, keys).rowcount == 1
 
     def give_back(self, sender_id: str, day: date, coins: int) -> None:
         d = daily_spending
@@ -499,28 +531,26 @@ class FeedRepository:
         The counter row is updated before it is read, so concurrent completions on one target queue
         on its row lock (PostgreSQL) or the database lock (SQLite) and take consecutive numbers.
         """
-        c = feed_counters
-        self.conn.execute(_insert_ignoring_conflict(self.conn, c, {"target_key": target_key, "last_sequence": 0}))
-        self.conn.execute(update(c).where(c.c.target_key == target_key).values(last_sequence=c.c.last_sequence + 1))
-        sequence = int(self.conn.execute(select(c.c.last_sequence).where(c.c.target_key == target_key)).scalar_one())
-        e = feed_events
-        previous = self.conn.execute(
-            select(e.c.sender_id, e.c.gift_id, e.c.combo_count).where(
-                and_(e.c.target_key == target_key, e.c.sequence == sequence - 1)
-            )
-        ).one_or_none()
+        target = {"key_target": target_key}
+        self.conn.execute(
+            _insert_ignoring_conflict(self.conn, feed_counters), {"target_key": target_key, "last_sequence": 0}
+        )
+        self.conn.execute(_NEXT_SEQUENCE, target)
+        sequence = int(self.conn.execute(_SEQUENCE, target).scalar_one())
+        previous = self.conn.execute(_EVENT, {**target, "key_sequence": sequence - 1}).one_or_none()
         same = previous is not None and (previous.sender_id, previous.gift_id) == (transfer.sender_id, transfer.gift_id)
         combo = int(previous.combo_count) + 1 if same and previous is not None else 1
         self.conn.execute(
-            insert(e).values(
-                target_key=target_key,
-                sequence=sequence,
-                transfer_id=transfer.transfer_id,
-                sender_id=transfer.sender_id,
-                gift_id=transfer.gift_id,
-                combo_count=combo,
-                created_at=now,
-            )
+            _INSERT_EVENT,
+            {
+                "target_key": target_key,
+                "sequence": sequence,
+                "transfer_id": transfer.transfer_id,
+                "sender_id": transfer.sender_id,
+                "gift_id": transfer.gift_id,
+                "combo_count": combo,
+                "created_at": now,
+            },
         )
         return sequence, combo
 
