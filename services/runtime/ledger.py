@@ -38,8 +38,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from services.runtime.db import insert_unless_conflict
 from services.runtime.tables import UtcDateTime
 
 
@@ -115,10 +115,6 @@ class _Statements:
             .where(e.c.account.in_(bindparam("codes", expanding=True)))
             .group_by(e.c.account)
         )
-        self.open_account = {
-            "postgresql": postgresql.insert(a).on_conflict_do_nothing(),
-            "sqlite": sqlite.insert(a).on_conflict_do_nothing(),
-        }
 
 
 _statements: dict[int, _Statements] = {}
@@ -165,8 +161,7 @@ class Ledger:
     def open_account(self, code: str, unit: str, now: datetime, platform: bool = False) -> None:
         """Create the account if it does not exist (idempotent)."""
         values = {"code": code, "unit": unit, "platform": platform, "balance": 0, "created_at": now}
-        dialect = "postgresql" if self.conn.dialect.name == "postgresql" else "sqlite"
-        self.conn.execute(self.sql.open_account[dialect], values)
+        insert_unless_conflict(self.conn, self.t.accounts, values, on=["code"])
 
     def post(self, kind: str, reference: str, postings: Sequence[Posting], now: datetime, transfer_id: str = "") -> str:
         """Write one transfer; raises Overdraft (and writes nothing) if a holder would go negative.
