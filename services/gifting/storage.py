@@ -42,9 +42,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
+from services.runtime.db import insert_unless_conflict
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -242,24 +241,6 @@ def _record(cls: Any, row: Any) -> Any:
     return cls(**row._asdict())
 
 
-_IGNORING_CONFLICT: dict[tuple[str, str], Insert] = {}
-
-
-def _insert_ignoring_conflict(conn: Connection, table: Table) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, in the connection's dialect, to execute with the row as its
-    parameters; its rowcount says if it inserted. Built once per table and dialect.
-
-    (SQLAlchemy reports an INSERT's rowcount reliably only when asked to preserve it.)
-    """
-    name = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
-    statement = _IGNORING_CONFLICT.get((name, table.name))
-    if statement is None:
-        dialect = postgresql if name == "postgresql" else sqlite
-        statement = dialect.insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
-        _IGNORING_CONFLICT[(name, table.name)] = statement
-    return statement
-
-
 # The statements every gift runs, built once with bound parameters: building a SQLAlchemy statement
 # and its cache key costs more than executing it. Parameter names avoid column names, which
 # UPDATE ... SET reserves; an UPDATE without .values() sets the columns named in its parameters.
@@ -353,8 +334,9 @@ class CatalogueRepository:
         self, gift_id: str, name: str, coin_price: int, diamonds: int | None, share_bps: int, now: datetime
     ) -> bool:
         """Create a gift at version 1 unless it exists (replicas seeding at once agree); True if created."""
-        created = self.conn.execute(
-            _insert_ignoring_conflict(self.conn, gifts),
+        created = insert_unless_conflict(
+            self.conn,
+            gifts,
             {
                 "gift_id": gift_id,
                 "name": name,
@@ -364,7 +346,7 @@ class CatalogueRepository:
                 "updated_at": now,
             },
         )
-        if created.rowcount != 1:
+        if not created:
             return False
         self.add_version(gift_id, 1, coin_price, diamonds, share_bps, now)
         return True
@@ -399,8 +381,7 @@ class TransferRepository:
 
     def add(self, record: TransferRecord) -> bool:
         """Insert a new transfer; False if the sender already used the request id (the unique constraint)."""
-        result = self.conn.execute(_insert_ignoring_conflict(self.conn, gift_transfers), dict(record.__dict__))
-        return result.rowcount == 1
+        return insert_unless_conflict(self.conn, gift_transfers, dict(record.__dict__))
 
     def get(self, transfer_id: str) -> TransferRecord | None:
         found = self.conn.execute(_TRANSFER, {"key_transfer_id": transfer_id}).one_or_none()
@@ -501,9 +482,7 @@ class SpendingRepository:
 
     def reserve(self, sender_id: str, day: date, coins: int, limit: int) -> bool:
         """Count `coins` against the day's limit; False (and nothing counted) if that would pass it."""
-        self.conn.execute(
-            _insert_ignoring_conflict(self.conn, daily_spending), {"sender_id": sender_id, "day": day, "coins": 0}
-        )
+        insert_unless_conflict(self.conn, daily_spending, {"sender_id": sender_id, "day": day, "coins": 0})
         keys = {"key_sender_id": sender_id, "key_day": day, "key_limit": limit, "add_coins": coins}
         return self.conn.execute(_RESERVE, keys).rowcount == 1
 
@@ -532,9 +511,7 @@ class FeedRepository:
         on its row lock (PostgreSQL) or the database lock (SQLite) and take consecutive numbers.
         """
         target = {"key_target": target_key}
-        self.conn.execute(
-            _insert_ignoring_conflict(self.conn, feed_counters), {"target_key": target_key, "last_sequence": 0}
-        )
+        insert_unless_conflict(self.conn, feed_counters, {"target_key": target_key, "last_sequence": 0})
         self.conn.execute(_NEXT_SEQUENCE, target)
         sequence = int(self.conn.execute(_SEQUENCE, target).scalar_one())
         previous = self.conn.execute(_EVENT, {**target, "key_sequence": sequence - 1}).one_or_none()

@@ -267,8 +267,7 @@ class CreditRepository:
 
     def add(self, record: CreditRecord) -> bool:
         """Insert a credit; False (and nothing written) if the gift was credited already (UNIQUE gift_id)."""
-        statement = insert_unless_conflict(self.conn, diamond_credits, on=["gift_id"])
-        return self.conn.execute(statement, dict(record.__dict__)).rowcount == 1
+        return insert_unless_conflict(self.conn, diamond_credits, dict(record.__dict__), on=["gift_id"])
 
     def by_gift(self, gift_id: str) -> CreditRecord | None:
         row = self.conn.execute(_CREDIT_BY_GIFT, {"credit_gift_id": gift_id}).one_or_none()

@@ -356,7 +356,7 @@ class WalletUnit:
         The transaction stays usable either way, so that the caller can read the hold that won.
         """
         values = {**vars(record), "updated_at": record.created_at}
-        return self.conn.execute(insert_unless_conflict(self.conn, holds, on=["gift_id"]), values).rowcount == 1
+        return insert_unless_conflict(self.conn, holds, values, on=["gift_id"])
 
     def move_hold(
         self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
