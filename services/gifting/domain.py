@@ -470,15 +470,20 @@ class Gifting:
             raise aborted("REQUEST_IN_FLIGHT", f"request {request_id} is still running", request_id=request_id)
         return record
 
-    def settle(self, transfer_id: str, lease_owner: str) -> TransferRecord:
+    def settle(self, transfer_id: str, lease_owner: str, recorded: TransferRecord | None = None) -> TransferRecord:
         """Drive a recorded send as far as it goes now (for SendGift, first call or retry).
+
+        `recorded` is the transfer as this very call recorded it, if it did: leased to `lease_owner`
+        a moment ago, so it is driven from there without claiming and reading it again.
 
         Returns the transfer COMPLETED, or PENDING if a peer did not answer (recovery finishes it);
         raises the failure a FAILED send ends with, every time it is asked; ABORTED REQUEST_IN_FLIGHT
         while another call or replica drives it.
         """
         self.failpoint("after_record")
-        if self._claim(transfer_id, lease_owner, take_idle=True):
+        if recorded is not None and recorded.transfer_id == transfer_id and recorded.lease_owner == lease_owner:
+            t = self._drive_from(recorded, lease_owner, self.policy.step_attempts)
+        elif self._claim(transfer_id, lease_owner, take_idle=True):
             t = self._drive(transfer_id, lease_owner, self.policy.step_attempts)
         else:
             t = self._load(transfer_id)
@@ -538,7 +543,10 @@ class Gifting:
         return t
 
     def _drive(self, transfer_id: str, owner: str, attempts: int) -> TransferRecord:
-        t = self._load(transfer_id)
+        return self._drive_from(self._load(transfer_id), owner, attempts)
+
+    def _drive_from(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        transfer_id = t.transfer_id
         try:
             while t.state == PENDING:
                 t = self._step(t, owner, attempts)

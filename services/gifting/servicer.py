@@ -122,17 +122,15 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         send = Send(request.gift_id, request.quantity, request.recipient_id, target)
         owner = new_lease_owner()
         print_ = fingerprint(_method("SendGift"), request)
-        recorded = self._mutate(
-            "SendGift",
-            request,
-            gifting_pb2.SendGiftResponse,
-            lambda conn: gifting_pb2.SendGiftResponse(
-                transfer=_transfer(self.gifting.record_send(conn, sender_id, request.request_id, print_, send, owner))
-            ),
-        )
-        return gifting_pb2.SendGiftResponse(
-            transfer=_transfer(self.gifting.settle(recorded.transfer.transfer_id, owner))
-        )
+        records: list[TransferRecord] = []  # what this call recorded (the last attempt's, if retried)
+
+        def record(conn: Connection) -> gifting_pb2.SendGiftResponse:
+            records.append(self.gifting.record_send(conn, sender_id, request.request_id, print_, send, owner))
+            return gifting_pb2.SendGiftResponse(transfer=_transfer(records[-1]))
+
+        recorded = self._mutate("SendGift", request, gifting_pb2.SendGiftResponse, record)
+        settled = self.gifting.settle(recorded.transfer.transfer_id, owner, records[-1] if records else None)
+        return gifting_pb2.SendGiftResponse(transfer=_transfer(settled))
 
     # --- reads ---------------------------------------------------------------------------------------
 
