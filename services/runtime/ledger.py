@@ -27,6 +27,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Connection,
+    Executable,
     ForeignKey,
     Index,
     Integer,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     bindparam,
     func,
     select,
+    text,
     update,
 )
 
@@ -106,7 +108,8 @@ class _Statements:
             .values(balance=a.c.balance + bindparam("amount"))
         )
         self.insert_transfer = t.transfers.insert()
-        self.insert_entries = t.entries.insert()
+        self._entries = t.entries
+        self._insert_entries: dict[int, Executable] = {}
         self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(
             a.c.code.in_(bindparam("codes", expanding=True))
         )
@@ -115,6 +118,22 @@ class _Statements:
             .where(e.c.account.in_(bindparam("codes", expanding=True)))
             .group_by(e.c.account)
         )
+
+    def insert_entries(self, rows: int) -> Executable:
+        """One INSERT of `rows` entries, parameters `<column>_<row>`: one round trip, compiled once per size.
+
+        A text() construct typed from the table: SQLAlchemy gives a multi-row insert().values([...])
+        no cache key, and executemany costs a pipeline per call (psycopg).
+        """
+        statement = self._insert_entries.get(rows)
+        if statement is None:
+            columns = [c for c in self._entries.c if c.name != "id"]
+            names = ", ".join(c.name for c in columns)
+            tuples = ", ".join("(" + ", ".join(f":{c.name}_{i}" for c in columns) + ")" for i in range(rows))
+            typed = [bindparam(f"{c.name}_{i}", type_=c.type) for i in range(rows) for c in columns]
+            sql = text(f"INSERT INTO {self._entries.name} ({names}) VALUES {tuples}").bindparams(*typed)
+            statement = self._insert_entries[rows] = sql
+        return statement
 
 
 _statements: dict[int, _Statements] = {}
@@ -189,19 +208,18 @@ class Ledger:
         self.conn.execute(
             self.sql.insert_transfer, {"id": transfer_id, "kind": kind, "reference": reference, "created_at": now}
         )
-        self.conn.execute(
-            self.sql.insert_entries,
-            [
+        entries: dict[str, object] = {}
+        for i, p in enumerate(postings):
+            entries.update(
                 {
-                    "transfer_id": transfer_id,
-                    "account": p.account,
-                    "unit": accounts[p.account][0],
-                    "amount": p.amount,
-                    "created_at": now,
+                    f"transfer_id_{i}": transfer_id,
+                    f"account_{i}": p.account,
+                    f"unit_{i}": accounts[p.account][0],
+                    f"amount_{i}": p.amount,
+                    f"created_at_{i}": now,
                 }
-                for p in postings
-            ],
-        )
+            )
+        self.conn.execute(self.sql.insert_entries(len(postings)), entries)
         return transfer_id
 
     def balance(self, code: str) -> int:
