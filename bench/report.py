@@ -152,8 +152,9 @@ class Report:
                 f"{'p99 at half the spread throughput':<40} {ratios['p99_at_half_ms']:>6.1f}ms  "
                 f"({verdict} the {P99_AT_HALF_TARGET_MS:.0f} ms target)"
             )
-        memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
-        lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
+        if self.memory_kib:
+            memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
+            lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
         down = [name for name, up in self.alive.items() if not up]
         if down:
             lines.append(f"{'services that died during the run':<40} {', '.join(down)}")

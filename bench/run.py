@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,6 +36,7 @@ from bench.suite import Population, Suite, cpu_seconds, free_port, metadata_for,
 from services.runtime.errors import from_rpc_error
 
 CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
+SUITE_PHASES = {"spread", "hot", "half"}
 
 
 def error_key(err: grpc.RpcError) -> str:
@@ -224,7 +226,12 @@ def run(options: Options) -> int:
     logdir = workdir / "logs"
     logdir.mkdir()
     databases = Databases(options.postgres, workdir)
-    report = Report(options, databases.server_version(), datetime.now(UTC))
+    try:
+        version = databases.server_version()
+    except Exception as error:
+        print(f"bench: cannot reach the database: {error}", file=sys.stderr)
+        return 2
+    report = Report(options, version, datetime.now(UTC))
     suite: Suite | None = None
     started = time.monotonic()
     try:
@@ -235,6 +242,8 @@ def run(options: Options) -> int:
             report.status("storage ceiling: the gift as one transaction ...")
             for name, result in storage_ceilings(options, databases, workdir):
                 report.rows.append(Row.of(name, result))
+        if not SUITE_PHASES & set(options.phases):
+            return _finish(report, options, workdir, databases, started)
         report.status("starting wallet, payout, gifting and adding viewers and creators ...")
         urls = {name: databases.new(name) for name in ("wallet", "payout", "gifting")}
         suite = Suite(urls, logdir, options.max_workers, {})
@@ -275,6 +284,11 @@ def run(options: Options) -> int:
             suite.stop()
         if not options.keep:
             databases.drop_all()
+    return _finish(report, options, workdir, databases, started)
+
+
+def _finish(report: Report, options: Options, workdir: Path, databases: Databases, started: float) -> int:
+    """Print the table (and the JSON), clean up; 0 unless conservation failed or a service died."""
     report.elapsed = time.monotonic() - started
     print(report.render(), flush=True)
     if options.json_path:
@@ -283,7 +297,8 @@ def run(options: Options) -> int:
         print(f"kept: {workdir} (logs, SQLite files); PostgreSQL databases: {', '.join(databases.created) or '-'}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report.conservation is not None and report.conservation.ok and all(report.alive.values()) else 1
+    broken = report.conservation is not None and not report.conservation.ok
+    return 1 if broken or not all(report.alive.values()) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
