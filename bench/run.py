@@ -230,6 +230,7 @@ def run(options: Options) -> int:
         version = databases.server_version()
     except Exception as error:
         print(f"bench: cannot reach the database: {error}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
         return 2
     report = Report(options, version, datetime.now(UTC))
     suite: Suite | None = None
