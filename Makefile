@@ -46,8 +46,8 @@ baseline: $(STAMP)
 	cd protos && ../$(BIN)/buf build -o baseline/giftcoin.binpb
 
 lint: $(GEN_STAMP)
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 
 typecheck: $(GEN_STAMP)
 	$(BIN)/mypy
