@@ -128,6 +128,48 @@ def insert_unless_conflict(conn: Connection, table: Table, values: dict[str, Any
     return conn.execute(statement, values).rowcount == 1
 
 
+_INSERT_ROWS: dict[tuple[str, int, tuple[str, ...], int, tuple[str, ...] | None, tuple[str, ...]], Executable] = {}
+
+
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    unless_conflict_on: Sequence[str] | None = None,
+    returning: Sequence[str] = (),
+) -> list[Any]:
+    """INSERT `rows` (all with the same keys) in ONE statement; the `returning` columns of the rows inserted.
+
+    With `unless_conflict_on` (a unique key's columns), rows that conflict with it are skipped
+    (ON CONFLICT DO NOTHING): what RETURNING leaves out is what was skipped. The batch paths' way to
+    write many rows in one round trip: executemany costs a pipeline per call on psycopg, and
+    SQLAlchemy gives a multi-row insert().values([...]) no cache key. Compiled once per shape.
+    """
+    if not rows:
+        return []
+    keys = tuple(rows[0])
+    target = tuple(unless_conflict_on) if unless_conflict_on is not None else None
+    cache_key = (conn.dialect.name, id(table), keys, len(rows), target, tuple(returning))
+    statement = _INSERT_ROWS.get(cache_key)
+    if statement is None:
+        quote = conn.dialect.identifier_preparer.quote
+        tuples = ", ".join("(" + ", ".join(f":{k}_{i}" for k in keys) + ")" for i in range(len(rows)))
+        sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) VALUES {tuples}"
+        if target is not None:
+            sql += f" ON CONFLICT ({', '.join(quote(c) for c in target)}) DO NOTHING"
+        if returning:
+            sql += f" RETURNING {', '.join(quote(c) for c in returning)}"
+        typed = text(sql).bindparams(
+            *(bindparam(f"{k}_{i}", type_=table.c[k].type) for i in range(len(rows)) for k in keys)
+        )
+        if returning:
+            typed = typed.columns(*(table.c[c] for c in returning))  # type: ignore[assignment]
+        statement = _INSERT_ROWS[cache_key] = typed
+    params = {f"{k}_{i}": row[k] for i, row in enumerate(rows) for k in keys}
+    result = conn.execute(statement, params)
+    return list(result.all()) if returning else []
+
+
 def _retryable(error: exc.DBAPIError) -> bool:
     sqlstate = getattr(error.orig, "sqlstate", None)
     if sqlstate in _RETRYABLE_SQLSTATES:

@@ -157,3 +157,27 @@ def from_rpc_error(err: grpc.RpcError) -> DomainError | None:
         return None
     code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
     return DomainError(code, reason, status.message, metadata, tuple(violations))
+
+
+def to_item_error(error: DomainError) -> common_pb2.ItemError:
+    """A batch item's error: the same code, reason, metadata and violations as the unary RPC's status."""
+    return common_pb2.ItemError(
+        code=error.code.value[0],
+        reason=error.reason,
+        message=error.message,
+        metadata=dict(error.metadata),
+        field_violations=[
+            common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
+        ],
+    )
+
+
+def from_item_error(item: common_pb2.ItemError) -> DomainError | None:
+    """The DomainError a batch item failed with; None if its reason is not one we know (a newer peer)."""
+    if item.reason not in KNOWN_REASONS:
+        return None
+    code = next((c for c in grpc.StatusCode if c.value[0] == item.code), None)
+    if code is None or code is grpc.StatusCode.OK:
+        return None
+    violations = tuple(FieldViolation(v.field, v.description) for v in item.field_violations)
+    return DomainError(code, item.reason, item.message, dict(item.metadata), violations)

@@ -11,13 +11,19 @@ lease). Its work then runs in one transaction that also records the response, gu
 claim's owner token: either the effects and the recorded response commit together, or neither
 does. A claim whose process died is taken over once its lease has passed — safe, because nothing
 of its work committed.
+
+A batch (`execute_batch`: the internal batch RPCs) keeps the same semantics per item, under the
+item's own id and its unary method's name, so that a replay by either RPC answers the same. It needs
+no claim transaction: the decisions, the work of every new item and their recorded outcomes are one
+transaction, and the (caller, request id) primary key makes a concurrent claim of the same id fail
+that transaction, which is then decided again (the other claim is then seen, in flight or done).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -28,7 +34,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, 
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.clock import Clock
-from services.runtime.db import Database
+from services.runtime.db import Database, insert_rows
 from services.runtime.errors import DomainError, aborted, already_exists
 
 M = TypeVar("M", bound=Message)
@@ -52,6 +58,20 @@ def fingerprint(method: str, request: Message) -> str:
     digest.update(b"\0")
     digest.update(request.SerializeToString(deterministic=True))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One request of a batch RPC: an instance of a unary method, answered as that method would be."""
+
+    caller: str
+    method: str  # the unary method's name ("HoldCoins"): replays are shared with it
+    request: Message
+    request_id: str
+
+
+# How often a batch is decided again after a concurrent claim of one of its ids won the race.
+_BATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,15 @@ class RequestIdStore:
             update(t).where(claimed).values(state=bindparam("new_state"), error=bindparam("new_error"))
         )
         self._delete_claim = delete(t).where(claimed)
+        self._select_batch = select(t).where(t.c.request_id.in_(bindparam("request_ids", expanding=True)))
+        self._delete_dead_claim = delete(t).where(
+            and_(
+                t.c.caller == bindparam("d_caller"),
+                t.c.request_id == bindparam("d_request_id"),
+                t.c.owner == bindparam("d_owner"),
+                t.c.state == "running",
+            )
+        )
 
     def execute(
         self,
@@ -116,6 +145,109 @@ class RequestIdStore:
         except BaseException:
             self._release(claim)
             raise
+
+    def execute_batch(
+        self,
+        items: Sequence[BatchItem],
+        response_type: type[M],
+        work: Callable[[Connection, list[int]], Sequence[M | DomainError]],
+    ) -> list[M | DomainError]:
+        """`execute` for many requests in one transaction; each item's outcome, in order.
+
+        `work(conn, new)` gets the indexes of the items that are new (not replays) and returns one
+        outcome for each: a response, or the DomainError the unary method would raise. It must write
+        nothing for an item it refuses. Replays, REQUEST_ID_REUSED and REQUEST_IN_FLIGHT are decided
+        here; a second copy of an id within the batch is answered REQUEST_IN_FLIGHT.
+        """
+        prints = [fingerprint(item.method, item.request) for item in items]
+        for attempt in range(1, _BATCH_ATTEMPTS + 1):
+            try:
+                return self.db.run(lambda conn: self._run_batch(conn, items, prints, response_type, work))
+            except IntegrityError:
+                if attempt == _BATCH_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _run_batch(
+        self,
+        conn: Connection,
+        items: Sequence[BatchItem],
+        prints: list[str],
+        response_type: type[M],
+        work: Callable[[Connection, list[int]], Sequence[M | DomainError]],
+    ) -> list[M | DomainError]:
+        now = self.clock.now()
+        found = {
+            (row.caller, row.request_id): row
+            for row in conn.execute(self._select_batch, {"request_ids": sorted({i.request_id for i in items})})
+        }
+        outcomes: list[M | DomainError | None] = [None] * len(items)
+        new: list[int] = []
+        seen: set[tuple[str, str]] = set()
+        for index, item in enumerate(items):
+            key = (item.caller, item.request_id)
+            row = found.get(key)
+            if key in seen:
+                outcomes[index] = aborted(
+                    "REQUEST_IN_FLIGHT",
+                    f"request {item.request_id} appears twice in the batch",
+                    request_id=item.request_id,
+                )
+            elif row is None:
+                new.append(index)
+            elif row.fingerprint != prints[index]:
+                outcomes[index] = already_exists(
+                    "REQUEST_ID_REUSED",
+                    f"request id {item.request_id} was already used for a different request ({row.method})",
+                    request_id=item.request_id,
+                    method=row.method,
+                )
+            elif row.state == "succeeded":
+                outcomes[index] = response_type.FromString(bytes(row.response))
+            elif row.state == "failed":
+                outcomes[index] = DomainError.from_json(row.error)
+            elif row.lease_until > now:
+                outcomes[index] = aborted(
+                    "REQUEST_IN_FLIGHT",
+                    f"request {item.request_id} is still running; retry with the same request id",
+                    request_id=item.request_id,
+                )
+            else:  # a claim whose process died: nothing of its work committed, so take it over
+                conn.execute(
+                    self._delete_dead_claim,
+                    {"d_caller": item.caller, "d_request_id": item.request_id, "d_owner": row.owner},
+                )
+                new.append(index)
+            seen.add(key)
+        done = work(conn, new) if new else []
+        if len(done) != len(new):
+            raise AssertionError(f"batch work answered {len(done)} of {len(new)} items")
+        rows: list[dict[str, object]] = []
+        for index, outcome in zip(new, done, strict=True):
+            outcomes[index] = outcome
+            item = items[index]
+            record: dict[str, object] = {
+                "caller": item.caller,
+                "request_id": item.request_id,
+                "method": item.method,
+                "fingerprint": prints[index],
+                "owner": "",
+                "lease_until": now,
+                "created_at": now,
+                "attempts": 1,
+                "response": None,
+                "error": None,
+            }
+            if isinstance(outcome, DomainError):
+                if outcome.code not in _RECORDED_FAILURES:
+                    continue  # a transient failure keeps no record: a retry may succeed
+                record.update(state="failed", error=outcome.to_json())
+            else:
+                record.update(state="succeeded", response=outcome.SerializeToString(deterministic=True))
+            rows.append(record)
+        if rows:  # one statement; a concurrent claim of one of these ids fails it (IntegrityError)
+            insert_rows(conn, self.table, rows)
+        return [o for o in outcomes if o is not None]
 
     def reap(self, retention_seconds: int) -> int:
         """Forget ids older than the retention window; returns how many."""
