@@ -176,14 +176,15 @@ _UPDATE_ROWS: dict[tuple[Any, ...], Executable] = {}
 def update_rows(
     conn: Connection,
     table: Table,
-    key: str,
+    key: str | Sequence[str],
     rows: Sequence[dict[str, Any]],
     where: dict[str, Any] | None = None,
     common: dict[str, Any] | None = None,
 ) -> set[Any]:
-    """UPDATE many rows of `table` in ONE statement; the keys of the rows it updated.
+    """UPDATE many rows of `table` in ONE statement; the keys of the rows it updated (tuples for a
+    composite key).
 
-    Each of `rows` (all with the same keys) names its row by its `key` column and gives that row's
+    Each of `rows` (all with the same keys) names its row by its `key` column(s) and gives that row's
     new values; `common` values are set on every row; only rows whose columns also equal `where`
     are touched (a guard, like a saga step's lease). Compiled once per shape. PostgreSQL and SQLite
     (>= 3.35) alike: `WITH v AS (VALUES ...) UPDATE ... FROM v ... RETURNING`.
@@ -191,8 +192,9 @@ def update_rows(
     if not rows:
         return set()
     where, common = where or {}, common or {}
+    keys = (key,) if isinstance(key, str) else tuple(key)
     names = tuple(rows[0])
-    cache_key = (conn.dialect.name, id(table), key, names, len(rows), tuple(where), tuple(common))
+    cache_key = (conn.dialect.name, id(table), keys, names, len(rows), tuple(where), tuple(common))
     statement = _UPDATE_ROWS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
@@ -205,13 +207,14 @@ def update_rows(
             return f"CAST(:v_{column}_{i} AS {table.c[column].type.compile(dialect=conn.dialect)})"
 
         values = ", ".join("(" + ", ".join(value(c, i) for c in names) + ")" for i in range(len(rows)))
-        sets = [f"{quote(c)} = v.{quote(c)}" for c in names if c != key]
+        sets = [f"{quote(c)} = v.{quote(c)}" for c in names if c not in keys]
         sets += [f"{quote(c)} = :c_{c}" for c in common]
-        guards = [f"{name}.{quote(key)} = v.{quote(key)}"]
+        guards = [f"{name}.{quote(k)} = v.{quote(k)}" for k in keys]
         guards += [f"{name}.{quote(c)} = :w_{c}" for c in where]
         sql = (
             f"WITH v ({', '.join(quote(c) for c in names)}) AS (VALUES {values}) "
-            f"UPDATE {name} SET {', '.join(sets)} FROM v WHERE {' AND '.join(guards)} RETURNING {name}.{quote(key)}"
+            f"UPDATE {name} SET {', '.join(sets)} FROM v WHERE {' AND '.join(guards)} "
+            f"RETURNING {', '.join(f'{name}.{quote(k)}' for k in keys)}"
         )
         typed = [bindparam(f"v_{c}_{i}", type_=table.c[c].type) for i in range(len(rows)) for c in names]
         typed += [bindparam(f"c_{c}", type_=table.c[c].type) for c in common]
@@ -220,7 +223,9 @@ def update_rows(
     params = {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
     params.update({f"c_{c}": v for c, v in common.items()})
     params.update({f"w_{c}": v for c, v in where.items()})
-    return {r[0] for r in conn.execute(statement, params)}
+    if len(keys) == 1:
+        return {r[0] for r in conn.execute(statement, params)}
+    return {tuple(r) for r in conn.execute(statement, params)}
 
 
 def _retryable(error: exc.DBAPIError) -> bool:
