@@ -27,7 +27,8 @@ purchased coins, and no balance is ever negative.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from enum import Enum
@@ -40,11 +41,12 @@ from services.runtime.clock import Clock
 from services.runtime.errors import (
     DomainError,
     FieldViolation,
+    aborted,
     already_exists,
     failed_precondition,
     not_found,
 )
-from services.runtime.ledger import Overdraft, Posting, new_id
+from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.telemetry import VALUE_MOVED
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
@@ -87,6 +89,9 @@ PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT = (
     "debt_settlement",
 )
 PROMOTION_FUNDING = "promotion_funding"
+
+# How often a batch of holds is decided again when concurrent holds for its gifts keep appearing.
+_RACE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,29 @@ class Transaction:
     promotional_delta: int
     reference: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class HoldAsk:
+    """One hold asked for (`WalletBook.hold_many`)."""
+
+    gift_id: str
+    user_id: str
+    amount: int
+    ttl_seconds: int = 0  # 0: the default
+
+
+@dataclass
+class _Spendable:
+    """A locked wallet's coins a batch may still spend, as its earlier items left them."""
+
+    promotional: int
+    purchased: int
+    debt: int
+
+    @property
+    def available(self) -> int:
+        return self.promotional + self.purchased
 
 
 @dataclass(frozen=True)
@@ -336,7 +364,7 @@ class WalletBook:
     def _wallet(self, uow: WalletUnit, user_id: str, lock: bool = True) -> WalletRecord:
         record = uow.lock_wallet(user_id) if lock else uow.wallet(user_id)
         if record is None:
-            raise not_found("WALLET_NOT_FOUND", f"user {user_id} has no wallet", user_id=user_id)
+            raise _wallet_not_found(user_id)
         return record
 
     def _view(self, uow: WalletUnit, record: WalletRecord) -> Wallet:
@@ -563,68 +591,112 @@ class WalletBook:
         return uow.ledger.balance(promotion_budget_account(promotion_id))
 
     # --- holds (two-phase spend) --------------------------------------------------------------
+    #
+    # A hold or a capture is the batch of one: `hold_many` and `capture_many` decide each item of a
+    # batch (BatchHoldCoins, BatchCaptureHolds) as if the items ran one after another, in order, then
+    # write the whole batch in a constant number of statements, whatever its size.
 
     def hold(self, uow: WalletUnit, gift_id: str, user_id: str, amount: int, ttl_seconds: int = 0) -> HoldRecord:
         """Reserve coins for a gift, promotional first. One hold per gift: asking again returns it."""
-        existing = uow.hold_by_gift(gift_id)
-        if existing is not None:
-            return _same_hold(existing, user_id, amount)
-        wallet = self._view(uow, self._wallet(uow, user_id))
-        if wallet.status is WalletStatus.FROZEN:
-            raise failed_precondition(
-                "WALLET_FROZEN",
-                f"wallet of {user_id} is frozen (debt {wallet.debt})",
-                user_id=user_id,
-                debt=wallet.debt,
-            )
-        if not wallet.adult:
-            raise failed_precondition("SENDER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}", user_id=user_id)
-        if wallet.balance.available < amount:
-            raise failed_precondition(
-                "INSUFFICIENT_FUNDS",
-                f"wallet of {user_id} has {wallet.balance.available} coins available, {amount} needed",
-                user_id=user_id,
-                available=wallet.balance.available,
-                amount=amount,
-            )
-        accounts = WalletAccounts(user_id)
-        promotional = min(amount, uow.ledger.balance(accounts.promotional))
+        return _one(self.hold_many(uow, [HoldAsk(gift_id, user_id, amount, ttl_seconds)]))
+
+    def hold_many(self, uow: WalletUnit, asks: Sequence[HoldAsk]) -> list[HoldRecord | DomainError]:
+        """`hold` for each ask, as if asked one after another in order: each ask's hold, or its refusal.
+
+        A refused ask writes nothing. An ask for a gift that has a hold (from before, or from an earlier
+        ask) gets that hold, or HOLD_MISMATCH; the asks on one wallet spend its available balance in
+        turn. Statements: the wallets locked, the gifts' holds read, the balances read (two), the holds
+        inserted, the ledger transfers and the history written (five).
+        """
+        if not asks:
+            return []
+        wallets = uow.lock_wallets({a.user_id for a in asks})
+        balances = self._spendable(uow, wallets, with_debt=True)
         now = self.clock.now()
-        record = HoldRecord(
-            hold_id=new_id("hold"),
-            gift_id=gift_id,
-            user_id=user_id,
-            amount=amount,
-            promotional_amount=promotional,
-            debt_added=0,
-            state=HELD,
-            expire_time=now + timedelta(seconds=ttl_seconds or self.hold_ttl_seconds),
-            created_at=now,
-        )
-        if not uow.insert_hold(record):  # another hold for this gift committed first
-            winner = uow.hold_by_gift(gift_id)
-            assert winner is not None
-            return _same_hold(winner, user_id, amount)
-        purchased = amount - promotional
-        try:
-            self._post(
-                uow,
-                user_id,
-                HOLD,
-                gift_id,
-                [
-                    Posting(accounts.promotional, -promotional),
-                    Posting(accounts.held_promotional, promotional),
-                    Posting(accounts.purchased, -purchased),
-                    Posting(accounts.held_purchased, purchased),
-                ],
-                now,
+        for _ in range(_RACE_ATTEMPTS):
+            existing = uow.holds_by_gifts({a.gift_id for a in asks})
+            outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
+            inserted = uow.insert_holds(new)
+            if len(inserted) == len(new):
+                break
+            # Another transaction committed a hold for one of these gifts after the read: that hold is
+            # its gift's answer, and what later asks may spend changes with it. Take ours back and
+            # decide again: the next read sees it. (Never on SQLite, whose writers take turns.)
+            uow.delete_holds([r.hold_id for r in new if r.gift_id in inserted])
+        else:
+            raise aborted(
+                "CONCURRENT_UPDATE", "holds for these gifts are being made concurrently; retry", gifts=len(asks)
             )
-        except Overdraft:  # cannot happen under the wallet lock; the database refuses it regardless
-            raise failed_precondition(
-                "INSUFFICIENT_FUNDS", f"wallet of {user_id} cannot cover {amount} coins", user_id=user_id, amount=amount
-            ) from None
-        return record
+        self._post_many(uow, [(r.user_id, Movement(HOLD, r.gift_id, _hold_postings(r))) for r in new], now)
+        return outcomes
+
+    def _decide_holds(
+        self,
+        asks: Sequence[HoldAsk],
+        existing: Mapping[str, HoldRecord],
+        wallets: Mapping[str, WalletRecord],
+        balances: Mapping[str, _Spendable],
+        now: datetime,
+    ) -> tuple[list[HoldRecord | DomainError], list[HoldRecord]]:
+        """Each ask's outcome, in order, and the new holds among them: no I/O."""
+        left = {user_id: replace(coins) for user_id, coins in balances.items()}
+        holds = dict(existing)
+        outcomes: list[HoldRecord | DomainError] = []
+        new: list[HoldRecord] = []
+        for ask in asks:
+            hold = holds.get(ask.gift_id)
+            if hold is not None:
+                outcomes.append(_hold_mismatch(hold, ask) or hold)
+                continue
+            wallet = wallets.get(ask.user_id)
+            if wallet is None:
+                outcomes.append(_wallet_not_found(ask.user_id))
+                continue
+            coins = left[ask.user_id]
+            if coins.debt > 0:
+                outcomes.append(
+                    failed_precondition(
+                        "WALLET_FROZEN",
+                        f"wallet of {ask.user_id} is frozen (debt {coins.debt})",
+                        user_id=ask.user_id,
+                        debt=coins.debt,
+                    )
+                )
+            elif age_on(wallet.date_of_birth, now.date()) < ADULT_AGE:
+                outcomes.append(
+                    failed_precondition(
+                        "SENDER_UNDERAGE", f"user {ask.user_id} is under {ADULT_AGE}", user_id=ask.user_id
+                    )
+                )
+            elif coins.available < ask.amount:
+                outcomes.append(
+                    failed_precondition(
+                        "INSUFFICIENT_FUNDS",
+                        f"wallet of {ask.user_id} has {coins.available} coins available, {ask.amount} needed",
+                        user_id=ask.user_id,
+                        available=coins.available,
+                        amount=ask.amount,
+                    )
+                )
+            else:
+                promotional = min(ask.amount, coins.promotional)
+                coins.promotional -= promotional
+                coins.purchased -= ask.amount - promotional
+                hold = HoldRecord(
+                    hold_id=new_id("hold"),
+                    gift_id=ask.gift_id,
+                    user_id=ask.user_id,
+                    amount=ask.amount,
+                    promotional_amount=promotional,
+                    debt_added=0,
+                    state=HELD,
+                    expire_time=now + timedelta(seconds=ask.ttl_seconds or self.hold_ttl_seconds),
+                    created_at=now,
+                )
+                holds[ask.gift_id] = hold
+                new.append(hold)
+                outcomes.append(hold)
+        return outcomes, new
 
     def capture(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
         """Spend a gift's hold. Capturing again returns the captured hold.
@@ -636,41 +708,52 @@ class WalletBook:
         is recorded as debt and freezes the wallet. The capture never fails and no balance goes
         negative; the ledger shows exactly how much was spent on credit.
         """
-        hold = self._hold_locked(uow, gift_id)
-        if hold.state == CAPTURED:
-            return hold
-        if hold.state == RELEASED:
-            raise failed_precondition(
-                "HOLD_ALREADY_RELEASED", f"the hold of gift {gift_id} was released", gift_id=gift_id
-            )
+        return _one(self.capture_many(uow, [gift_id]))
+
+    def capture_many(self, uow: WalletUnit, gift_ids: Sequence[str]) -> list[HoldRecord | DomainError]:
+        """`capture` of each gift's hold, as if one after another in order: each captured hold, or its refusal.
+
+        A refused capture writes nothing; expired holds of one wallet spend its balance in turn.
+        Statements: the wallets locked, the holds read, the balances read (if a hold expired), the
+        ledger transfers and the history written (five), the holds' states written.
+        """
+        if not gift_ids:
+            return []
+        gifts = set(gift_ids)
+        locked = uow.lock_wallets_holding(gifts)
+        holds = uow.holds_by_gifts(gifts)  # read once locked: every change of a hold takes its wallet's lock
+        while unlocked := {h.user_id for h in holds.values()} - locked:  # holds made meanwhile: lock theirs too
+            uow.lock_wallets(unlocked)
+            locked |= unlocked
+            holds = uow.holds_by_gifts(gifts)
+        expired = {h.user_id for h in holds.values() if h.state == EXPIRED}
+        left = self._spendable(uow, expired) if expired else {}
         now = self.clock.now()
-        accounts = WalletAccounts(hold.user_id)
-        if hold.state == HELD:
-            promotional, purchased, debt = hold.promotional_amount, hold.amount - hold.promotional_amount, 0
-            postings = [
-                Posting(accounts.held_promotional, -promotional),
-                Posting(accounts.held_purchased, -purchased),
-            ]
-        else:  # EXPIRED: spend from the current balance, the shortfall on credit
-            promotional = min(hold.amount, uow.ledger.balance(accounts.promotional))
-            purchased = min(hold.amount - promotional, uow.ledger.balance(accounts.purchased))
-            debt = hold.amount - promotional - purchased
-            postings = [
-                Posting(accounts.promotional, -promotional),
-                Posting(accounts.purchased, -purchased),
-                Posting(accounts.debt, -debt),
-            ]
-        postings += [
-            Posting(SPENT_PROMOTIONAL, promotional),
-            # Coins owed count as paid for: the debt entry above says they are not paid yet.
-            Posting(SPENT_PURCHASED, purchased + debt),
-        ]
-        self._post(uow, hold.user_id, CAPTURE, gift_id, postings, now)
-        captured = uow.move_hold(
-            hold.hold_id, hold.state, CAPTURED, now, promotional_amount=promotional, debt_added=debt
-        )
-        assert captured is not None  # the wallet lock keeps the state from changing under us
-        return captured
+        outcomes: list[HoldRecord | DomainError] = []
+        moves: list[tuple[HoldRecord, HoldRecord]] = []
+        movements: list[tuple[str, Movement]] = []
+        for gift_id in gift_ids:
+            hold = holds.get(gift_id)
+            if hold is None:
+                outcomes.append(not_found("HOLD_NOT_FOUND", f"gift {gift_id} has no hold", gift_id=gift_id))
+            elif hold.state == CAPTURED:
+                outcomes.append(hold)
+            elif hold.state == RELEASED:
+                outcomes.append(
+                    failed_precondition(
+                        "HOLD_ALREADY_RELEASED", f"the hold of gift {gift_id} was released", gift_id=gift_id
+                    )
+                )
+            else:
+                captured, postings = _captured(hold, left.get(hold.user_id))
+                holds[gift_id] = captured
+                moves.append((hold, captured))
+                movements.append((hold.user_id, Movement(CAPTURE, gift_id, postings)))
+                outcomes.append(captured)
+        self._post_many(uow, movements, now)
+        moved = uow.move_holds(moves, now)
+        assert moved == {hold.hold_id for hold, _ in moves}  # the wallet locks keep the states from changing
+        return outcomes
 
     def release(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
         """Return a gift's held coins. Releasing again (or after expiry) returns the hold as it is."""
@@ -773,15 +856,91 @@ class WalletBook:
         uow.post(user_id, kind, reference, postings, now)
         VALUE_MOVED.add(sum(p.amount for p in postings if p.amount > 0), {"unit": COIN, "kind": kind})
 
+    def _post_many(self, uow: WalletUnit, movements: Sequence[tuple[str, Movement]], now: datetime) -> None:
+        """`_post` for many (user, movement) pairs, in a constant number of statements."""
+        if not movements:
+            return
+        uow.post_many(movements, now)
+        moved: dict[str, int] = defaultdict(int)
+        for _, movement in movements:
+            moved[movement.kind] += sum(p.amount for p in movement.postings if p.amount > 0)
+        for kind, amount in moved.items():
+            VALUE_MOVED.add(amount, {"unit": COIN, "kind": kind})
 
-def _same_hold(hold: HoldRecord, user_id: str, amount: int) -> HoldRecord:
+    def _spendable(self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False) -> dict[str, _Spendable]:
+        """The available coins (and with `with_debt`, the debt) of locked wallets, in one read."""
+        accounts = [WalletAccounts(user_id) for user_id in user_ids]
+        codes = [code for a in accounts for code in (a.promotional, a.purchased, *([a.debt] if with_debt else []))]
+        b = uow.ledger.balances(codes)
+        return {
+            a.user_id: _Spendable(b[a.promotional], b[a.purchased], -b[a.debt] if with_debt else 0) for a in accounts
+        }
+
+
+def _one(outcomes: list[HoldRecord | DomainError]) -> HoldRecord:
+    """The outcome of a batch of one: the hold, or its refusal raised."""
+    [outcome] = outcomes
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def _wallet_not_found(user_id: str) -> DomainError:
+    return not_found("WALLET_NOT_FOUND", f"user {user_id} has no wallet", user_id=user_id)
+
+
+def _hold_mismatch(hold: HoldRecord, ask: HoldAsk) -> DomainError | None:
     """A gift's existing hold is the answer to holding for it again, if it is the same hold."""
-    if hold.user_id != user_id or hold.amount != amount:
-        raise already_exists(
-            "HOLD_MISMATCH",
-            f"gift {hold.gift_id} already has a hold of {hold.amount} coins from {hold.user_id}",
-            gift_id=hold.gift_id,
-            user_id=hold.user_id,
-            amount=hold.amount,
-        )
-    return hold
+    if hold.user_id == ask.user_id and hold.amount == ask.amount:
+        return None
+    return already_exists(
+        "HOLD_MISMATCH",
+        f"gift {hold.gift_id} already has a hold of {hold.amount} coins from {hold.user_id}",
+        gift_id=hold.gift_id,
+        user_id=hold.user_id,
+        amount=hold.amount,
+    )
+
+
+def _hold_postings(hold: HoldRecord) -> list[Posting]:
+    accounts = WalletAccounts(hold.user_id)
+    purchased = hold.amount - hold.promotional_amount
+    return [
+        Posting(accounts.promotional, -hold.promotional_amount),
+        Posting(accounts.held_promotional, hold.promotional_amount),
+        Posting(accounts.purchased, -purchased),
+        Posting(accounts.held_purchased, purchased),
+    ]
+
+
+def _captured(hold: HoldRecord, left: _Spendable | None) -> tuple[HoldRecord, list[Posting]]:
+    """A held or expired hold, captured, and the postings that spend it (see `WalletBook.capture`).
+
+    An expired hold spends from `left`, its wallet's coins as the batch has left them, which it updates.
+    """
+    accounts = WalletAccounts(hold.user_id)
+    if hold.state == HELD:
+        promotional, purchased, debt = hold.promotional_amount, hold.amount - hold.promotional_amount, 0
+        postings = [
+            Posting(accounts.held_promotional, -promotional),
+            Posting(accounts.held_purchased, -purchased),
+        ]
+    else:  # EXPIRED: spend from the current balance, the shortfall on credit
+        assert hold.state == EXPIRED and left is not None
+        promotional = min(hold.amount, left.promotional)
+        purchased = min(hold.amount - promotional, left.purchased)
+        debt = hold.amount - promotional - purchased
+        left.promotional -= promotional
+        left.purchased -= purchased
+        postings = [
+            Posting(accounts.promotional, -promotional),
+            Posting(accounts.purchased, -purchased),
+            Posting(accounts.debt, -debt),
+        ]
+    postings += [
+        Posting(SPENT_PROMOTIONAL, promotional),
+        # Coins owed count as paid for: the debt entry above says they are not paid yet.
+        Posting(SPENT_PURCHASED, purchased + debt),
+    ]
+    captured = replace(hold, state=CAPTURED, promotional_amount=promotional, debt_added=debt)
+    return captured, postings

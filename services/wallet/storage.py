@@ -9,14 +9,15 @@ Uniqueness that money depends on is a constraint here, not a read before a write
 
 Concurrency: every unit of work that changes a wallet's coins or holds first locks the wallet's row
 (`lock_wallet`: SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
-writers). So a wallet's balances, holds and history change one transaction at a time, and a read of
-its balances inside such a unit is exact. The ledger's conditional updates and CHECK constraints stay
-the last line: no code path can overdraw an account even if it forgot the lock.
+writers); a batch locks all its wallets in one statement, in user-id order (`lock_wallets`). So a
+wallet's balances, holds and history change one transaction at a time, and a read of its balances
+inside such a unit is exact. The ledger's conditional updates and CHECK constraints stay the last
+line: no code path can overdraw an account even if it forgot the lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -35,17 +36,20 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    TextClause,
     UniqueConstraint,
     and_,
     bindparam,
+    delete,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database, insert_unless_conflict
-from services.runtime.ledger import Ledger, Posting, ledger_tables
+from services.runtime.db import Database, insert_rows
+from services.runtime.ledger import Ledger, Movement, Posting, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 T = TypeVar("T")
@@ -169,6 +173,56 @@ _MOVE_HOLD = (
     .returning(*holds.c)
 )  # SET: the columns named in the parameters
 _INSERT_WALLET_TRANSFER = wallet_transfers.insert()
+# The batch paths' (BatchHoldCoins, BatchCaptureHolds) reads: one statement for all the batch's rows.
+# Wallets are locked in user-id order, so that batches locking overlapping sets cannot deadlock.
+_WALLETS_LOCKED = (
+    select(wallets)
+    .where(wallets.c.user_id.in_(bindparam("wallet_user_ids", expanding=True)))
+    .order_by(wallets.c.user_id)
+    .with_for_update()
+)
+_WALLETS_HOLDING_LOCKED = (
+    select(wallets.c.user_id)
+    .where(
+        wallets.c.user_id.in_(
+            select(holds.c.user_id).where(holds.c.gift_id.in_(bindparam("hold_gift_ids", expanding=True)))
+        )
+    )
+    .order_by(wallets.c.user_id)
+    .with_for_update(of=wallets)
+)
+_HOLDS_BY_GIFTS = select(holds).where(holds.c.gift_id.in_(bindparam("hold_gift_ids", expanding=True)))
+_DELETE_HOLDS = delete(holds).where(holds.c.hold_id.in_(bindparam("hold_ids", expanding=True)))
+_MOVE_HOLDS: dict[int, TextClause] = {}
+
+
+def _move_holds_statement(rows: int) -> TextClause:
+    """One UPDATE of `rows` holds, each only if still in its expected state; RETURNING the ids it changed.
+
+    The pattern of the ledger's `move_balances` (a VALUES list joined in UPDATE ... FROM), which
+    PostgreSQL and SQLite (>= 3.33) share. Compiled once per size.
+    """
+    statement = _MOVE_HOLDS.get(rows)
+    if statement is None:
+        values = ", ".join(
+            f"(:hold_{i}, :from_{i}, :to_{i}, CAST(:promotional_{i} AS BIGINT), CAST(:debt_{i} AS BIGINT))"
+            for i in range(rows)
+        )
+        sql = (
+            f"WITH moves(hold_id, from_state, to_state, promotional_amount, debt_added) AS (VALUES {values}) "
+            "UPDATE holds SET state = moves.to_state, promotional_amount = moves.promotional_amount, "
+            "debt_added = moves.debt_added, updated_at = :moved_at FROM moves "
+            "WHERE holds.hold_id = moves.hold_id AND holds.state = moves.from_state RETURNING holds.hold_id"
+        )
+        c = holds.c
+        typed = [bindparam("moved_at", type_=c.updated_at.type)]
+        for i in range(rows):
+            typed += [bindparam(f"hold_{i}", type_=c.hold_id.type), bindparam(f"from_{i}", type_=c.state.type)]
+            typed += [bindparam(f"to_{i}", type_=c.state.type)]
+            typed += [bindparam(f"promotional_{i}", type_=c.promotional_amount.type)]
+            typed += [bindparam(f"debt_{i}", type_=c.debt_added.type)]
+        statement = _MOVE_HOLDS[rows] = text(sql).bindparams(*typed)
+    return statement
 
 
 class Duplicate(Exception):
@@ -260,6 +314,16 @@ class WalletUnit:
         row = self.conn.execute(_WALLET_LOCKED, {"wallet_user_id": user_id}).one_or_none()
         return None if row is None else WalletRecord(**row._mapping)
 
+    def lock_wallets(self, user_ids: Collection[str]) -> dict[str, WalletRecord]:
+        """`lock_wallet` for many users in one statement; the wallets that exist, by user id."""
+        rows = self.conn.execute(_WALLETS_LOCKED, {"wallet_user_ids": sorted(user_ids)})
+        return {row.user_id: WalletRecord(**row._mapping) for row in rows}
+
+    def lock_wallets_holding(self, gift_ids: Collection[str]) -> set[str]:
+        """Lock the wallets of these gifts' holds in one statement; their user ids."""
+        rows = self.conn.execute(_WALLETS_HOLDING_LOCKED, {"hold_gift_ids": sorted(gift_ids)})
+        return {row.user_id for row in rows}
+
     # --- ledger, with the wallet's history ----------------------------------------------------
 
     def post(self, user_id: str, kind: str, reference: str, postings: Sequence[Posting], now: datetime) -> str:
@@ -268,6 +332,20 @@ class WalletUnit:
         if user_id:
             self.conn.execute(_INSERT_WALLET_TRANSFER, {"user_id": user_id, "transfer_id": transfer_id})
         return transfer_id
+
+    def post_many(self, movements: Sequence[tuple[str, Movement]], now: datetime) -> list[str]:
+        """`post` for many (user, movement) pairs in a constant number of statements; the transfer ids.
+
+        Each enters its user's history (none for ""), in the order given. Raises Overdraft.
+        """
+        transfer_ids = self.ledger.post_many([movement for _, movement in movements], now)
+        history = [
+            {"user_id": user_id, "transfer_id": transfer_id}
+            for (user_id, _), transfer_id in zip(movements, transfer_ids, strict=True)
+            if user_id
+        ]
+        insert_rows(self.conn, wallet_transfers, history)
+        return transfer_ids
 
     def history(self, user_id: str, before_seq: int | None, limit: int) -> list[TransferRecord]:
         """The user's transfers, newest first, strictly before `before_seq` when given."""
@@ -350,13 +428,23 @@ class WalletUnit:
         row = self.conn.execute(_HOLD_BY_GIFT, {"hold_gift_id": gift_id}).one_or_none()
         return None if row is None else _hold(row)
 
-    def insert_hold(self, record: HoldRecord) -> bool:
-        """Insert a hold; False (and nothing written) if the gift already has one (UNIQUE gift_id).
+    def holds_by_gifts(self, gift_ids: Collection[str]) -> dict[str, HoldRecord]:
+        """The holds of these gifts (those that have one), by gift id, in one statement."""
+        rows = self.conn.execute(_HOLDS_BY_GIFTS, {"hold_gift_ids": sorted(gift_ids)})
+        return {row.gift_id: _hold(row) for row in rows}
 
-        The transaction stays usable either way, so that the caller can read the hold that won.
+    def insert_holds(self, records: Sequence[HoldRecord]) -> set[str]:
+        """Insert holds in one statement, skipping those whose gift already has one; the gift ids inserted.
+
+        In gift-id order, so that two batches inserting overlapping gifts wait on each other, not in a cycle.
         """
-        values = {**vars(record), "updated_at": record.created_at}
-        return insert_unless_conflict(self.conn, holds, values, on=["gift_id"])
+        rows = [{**vars(r), "updated_at": r.created_at} for r in sorted(records, key=lambda r: r.gift_id)]
+        inserted = insert_rows(self.conn, holds, rows, unless_conflict_on=["gift_id"], returning=["gift_id"])
+        return {row.gift_id for row in inserted}
+
+    def delete_holds(self, hold_ids: Collection[str]) -> None:
+        """Take back holds this transaction inserted (a batch deciding again after a race)."""
+        self.conn.execute(_DELETE_HOLDS, {"hold_ids": sorted(hold_ids)})
 
     def move_hold(
         self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
@@ -365,6 +453,25 @@ class WalletUnit:
         values = {"hold_key": hold_id, "hold_from_state": from_state, "state": to_state, "updated_at": now, **changes}
         row = self.conn.execute(_MOVE_HOLD, values).one_or_none()
         return None if row is None else _hold(row)
+
+    def move_holds(self, moves: Sequence[tuple[HoldRecord, HoldRecord]], now: datetime) -> set[str]:
+        """Write each (before, after) pair's state and amounts in one statement, only where the hold is
+        still in the `before` state; the ids of the holds changed.
+        """
+        if not moves:
+            return set()
+        params: dict[str, object] = {"moved_at": now}
+        for i, (before, after) in enumerate(moves):
+            params.update(
+                {
+                    f"hold_{i}": before.hold_id,
+                    f"from_{i}": before.state,
+                    f"to_{i}": after.state,
+                    f"promotional_{i}": after.promotional_amount,
+                    f"debt_{i}": after.debt_added,
+                }
+            )
+        return {row.hold_id for row in self.conn.execute(_move_holds_statement(len(moves)), params)}
 
     def due_holds(self, now: datetime, limit: int) -> list[str]:
         """Gift ids of holds still held after their expiry time, oldest first."""
