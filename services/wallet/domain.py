@@ -715,7 +715,8 @@ class WalletBook:
 
         A refused capture writes nothing; expired holds of one wallet spend its balance in turn.
         Statements: the wallets locked, the holds read, the balances read (if a hold expired), the
-        ledger transfers and the history written (five), the holds' states written.
+        ledger transfers and the history written (five), the holds' states written (one; two if some
+        holds had expired).
         """
         if not gift_ids:
             return []

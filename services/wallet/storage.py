@@ -17,6 +17,7 @@ line: no code path can overdraw an account even if it forgot the lock.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -36,19 +37,17 @@ from sqlalchemy import (
     Row,
     String,
     Table,
-    TextClause,
     UniqueConstraint,
     and_,
     bindparam,
     delete,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database, insert_rows
+from services.runtime.db import Database, insert_rows, update_rows
 from services.runtime.ledger import Ledger, Movement, Posting, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -173,7 +172,7 @@ _MOVE_HOLD = (
     .returning(*holds.c)
 )  # SET: the columns named in the parameters
 _INSERT_WALLET_TRANSFER = wallet_transfers.insert()
-# The batch paths' (BatchHoldCoins, BatchCaptureHolds) reads: one statement for all the batch's rows.
+# The batch paths' (BatchHoldCoins, BatchCaptureHolds) statements: one for all the batch's rows.
 # Wallets are locked in user-id order, so that batches locking overlapping sets cannot deadlock.
 _WALLETS_LOCKED = (
     select(wallets)
@@ -193,36 +192,6 @@ _WALLETS_HOLDING_LOCKED = (
 )
 _HOLDS_BY_GIFTS = select(holds).where(holds.c.gift_id.in_(bindparam("hold_gift_ids", expanding=True)))
 _DELETE_HOLDS = delete(holds).where(holds.c.hold_id.in_(bindparam("hold_ids", expanding=True)))
-_MOVE_HOLDS: dict[int, TextClause] = {}
-
-
-def _move_holds_statement(rows: int) -> TextClause:
-    """One UPDATE of `rows` holds, each only if still in its expected state; RETURNING the ids it changed.
-
-    The pattern of the ledger's `move_balances` (a VALUES list joined in UPDATE ... FROM), which
-    PostgreSQL and SQLite (>= 3.33) share. Compiled once per size.
-    """
-    statement = _MOVE_HOLDS.get(rows)
-    if statement is None:
-        values = ", ".join(
-            f"(:hold_{i}, :from_{i}, :to_{i}, CAST(:promotional_{i} AS BIGINT), CAST(:debt_{i} AS BIGINT))"
-            for i in range(rows)
-        )
-        sql = (
-            f"WITH moves(hold_id, from_state, to_state, promotional_amount, debt_added) AS (VALUES {values}) "
-            "UPDATE holds SET state = moves.to_state, promotional_amount = moves.promotional_amount, "
-            "debt_added = moves.debt_added, updated_at = :moved_at FROM moves "
-            "WHERE holds.hold_id = moves.hold_id AND holds.state = moves.from_state RETURNING holds.hold_id"
-        )
-        c = holds.c
-        typed = [bindparam("moved_at", type_=c.updated_at.type)]
-        for i in range(rows):
-            typed += [bindparam(f"hold_{i}", type_=c.hold_id.type), bindparam(f"from_{i}", type_=c.state.type)]
-            typed += [bindparam(f"to_{i}", type_=c.state.type)]
-            typed += [bindparam(f"promotional_{i}", type_=c.promotional_amount.type)]
-            typed += [bindparam(f"debt_{i}", type_=c.debt_added.type)]
-        statement = _MOVE_HOLDS[rows] = text(sql).bindparams(*typed)
-    return statement
 
 
 class Duplicate(Exception):
@@ -455,23 +424,23 @@ class WalletUnit:
         return None if row is None else _hold(row)
 
     def move_holds(self, moves: Sequence[tuple[HoldRecord, HoldRecord]], now: datetime) -> set[str]:
-        """Write each (before, after) pair's state and amounts in one statement, only where the hold is
-        still in the `before` state; the ids of the holds changed.
+        """Write each (before, after) pair's state and amounts, only where the hold is still in the
+        `before` state; the ids of the holds changed. One statement per kind of move (from, to).
         """
-        if not moves:
-            return set()
-        params: dict[str, object] = {"moved_at": now}
-        for i, (before, after) in enumerate(moves):
-            params.update(
+        by_kind: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+        for before, after in moves:
+            by_kind[(before.state, after.state)].append(
                 {
-                    f"hold_{i}": before.hold_id,
-                    f"from_{i}": before.state,
-                    f"to_{i}": after.state,
-                    f"promotional_{i}": after.promotional_amount,
-                    f"debt_{i}": after.debt_added,
+                    "hold_id": before.hold_id,
+                    "promotional_amount": after.promotional_amount,
+                    "debt_added": after.debt_added,
                 }
             )
-        return {row.hold_id for row in self.conn.execute(_move_holds_statement(len(moves)), params)}
+        moved: set[str] = set()
+        for (from_state, to_state), rows in sorted(by_kind.items()):
+            changes = {"state": to_state, "updated_at": now}
+            moved |= update_rows(self.conn, holds, "hold_id", rows, where={"state": from_state}, common=changes)
+        return moved
 
     def due_holds(self, now: datetime, limit: int) -> list[str]:
         """Gift ids of holds still held after their expiry time, oldest first."""
