@@ -28,6 +28,8 @@ ACCESS: Mapping[str, auth.Access] = {
     "CreatePromotion": auth.OPERATOR,
     "HoldCoins": auth.internal("gifting"),
     "CaptureHold": auth.internal("gifting"),
+    "BatchHoldCoins": auth.internal("gifting"),
+    "BatchCaptureHolds": auth.internal("gifting"),
     "ReleaseHold": auth.internal("gifting"),
 }
 

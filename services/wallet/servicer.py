@@ -6,7 +6,7 @@ subject and the request id, so a replay returns the recorded response or busines
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.errors import FieldViolation, invalid_argument
-from services.runtime.idempotency import RequestIdStore
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument, to_item_error
+from services.runtime.idempotency import BatchItem, RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
@@ -43,7 +43,12 @@ MAX_RECEIPT_LENGTH = 16_384
 MAX_STORE_TRANSACTION_ID_LENGTH = 256
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
+MAX_BATCH = 500  # requests in one batch RPC
+
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+HoldOutcome = wallet_pb2.HoldCoinsResponse | DomainError
+CaptureOutcome = wallet_pb2.CaptureHoldResponse | DomainError
 
 _WALLET_STATUS = {
     domain.WalletStatus.ACTIVE: wallet_pb2.WALLET_STATUS_ACTIVE,
@@ -252,13 +257,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def HoldCoins(
         self, request: wallet_pb2.HoldCoinsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.HoldCoinsResponse:
-        v = Validator()
-        v.request_id(request.request_id)
-        v.identifier(request.gift_id, "gift_id")
-        v.identifier(request.user_id, "user_id")
-        v.positive(request.amount, "amount", maximum=MAX_COINS)
-        v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
-        v.check()
+        self._validate_hold(request).check()
 
         def work(conn: Connection) -> wallet_pb2.HoldCoinsResponse:
             hold = self.book.hold(
@@ -268,18 +267,59 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
         return self._mutate("HoldCoins", request, wallet_pb2.HoldCoinsResponse, work)
 
-    def CaptureHold(
-        self, request: wallet_pb2.CaptureHoldRequest, context: grpc.ServicerContext
-    ) -> wallet_pb2.CaptureHoldResponse:
+    def BatchHoldCoins(
+        self, request: wallet_pb2.BatchHoldCoinsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.BatchHoldCoinsResponse:
+        def work(conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest]) -> list[HoldOutcome]:
+            asks = [domain.HoldAsk(r.gift_id, r.user_id, r.amount, r.ttl_seconds) for r in requests]
+            return [_hold_response(o) for o in self.book.hold_many(WalletUnit(conn), asks)]
+
+        outcomes = self._batch("HoldCoins", request.requests, self._validate_hold, wallet_pb2.HoldCoinsResponse, work)
+        return wallet_pb2.BatchHoldCoinsResponse(
+            results=[
+                wallet_pb2.HoldCoinsResult(error=to_item_error(o))
+                if isinstance(o, DomainError)
+                else wallet_pb2.HoldCoinsResult(response=o)
+                for o in outcomes
+            ]
+        )
+
+    def _validate_hold(self, request: wallet_pb2.HoldCoinsRequest) -> Validator:
         v = Validator()
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
-        v.check()
+        v.identifier(request.user_id, "user_id")
+        v.positive(request.amount, "amount", maximum=MAX_COINS)
+        v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
+        return v
+
+    def CaptureHold(
+        self, request: wallet_pb2.CaptureHoldRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.CaptureHoldResponse:
+        _validate_capture(request).check()
 
         def work(conn: Connection) -> wallet_pb2.CaptureHoldResponse:
             return wallet_pb2.CaptureHoldResponse(hold=_hold(self.book.capture(WalletUnit(conn), request.gift_id)))
 
         return self._mutate("CaptureHold", request, wallet_pb2.CaptureHoldResponse, work)
+
+    def BatchCaptureHolds(
+        self, request: wallet_pb2.BatchCaptureHoldsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.BatchCaptureHoldsResponse:
+        def work(conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest]) -> list[CaptureOutcome]:
+            return [
+                _capture_response(o) for o in self.book.capture_many(WalletUnit(conn), [r.gift_id for r in requests])
+            ]
+
+        outcomes = self._batch("CaptureHold", request.requests, _validate_capture, wallet_pb2.CaptureHoldResponse, work)
+        return wallet_pb2.BatchCaptureHoldsResponse(
+            results=[
+                wallet_pb2.CaptureHoldResult(error=to_item_error(o))
+                if isinstance(o, DomainError)
+                else wallet_pb2.CaptureHoldResult(response=o)
+                for o in outcomes
+            ]
+        )
 
     def ReleaseHold(
         self, request: wallet_pb2.ReleaseHoldRequest, context: grpc.ServicerContext
@@ -301,6 +341,58 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return self.requests.execute(
             current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, work
         )
+
+    def _batch(
+        self,
+        method: str,
+        requests: Sequence[R],
+        validate: Callable[[R], Validator],
+        response_type: type[M],
+        work: Callable[[Connection, list[R]], list[M | DomainError]],
+    ) -> list[M | DomainError]:
+        """Each request's outcome as the unary `method` would give it, sharing its request ids and replays.
+
+        An invalid request is refused as the unary RPC refuses it (its fields named `requests[i].`), and
+        not recorded; `work` gets the valid requests that are not replays, in order.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} requests")])
+        caller = current_caller().subject
+        outcomes: list[M | DomainError | None] = [None] * len(requests)
+        valid: list[R] = []
+        at: list[int] = []  # the position of each valid request in `requests`
+        for i, request in enumerate(requests):
+            violations = validate(request).violations
+            if violations:
+                outcomes[i] = invalid_argument(
+                    [FieldViolation(f"requests[{i}].{v.field}", v.description) for v in violations]
+                )
+            else:
+                valid.append(request)
+                at.append(i)
+        if valid:
+            items = [BatchItem(caller, f"/{FULL_NAME}/{method}", r, getattr(r, "request_id")) for r in valid]  # noqa: B009
+            done = self.requests.execute_batch(
+                items, response_type, lambda conn, new: work(conn, [valid[j] for j in new])
+            )
+            for i, outcome in zip(at, done, strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+
+def _validate_capture(request: wallet_pb2.CaptureHoldRequest) -> Validator:
+    v = Validator()
+    v.request_id(request.request_id)
+    v.identifier(request.gift_id, "gift_id")
+    return v
+
+
+def _hold_response(outcome: HoldRecord | DomainError) -> HoldOutcome:
+    return outcome if isinstance(outcome, DomainError) else wallet_pb2.HoldCoinsResponse(hold=_hold(outcome))
+
+
+def _capture_response(outcome: HoldRecord | DomainError) -> CaptureOutcome:
+    return outcome if isinstance(outcome, DomainError) else wallet_pb2.CaptureHoldResponse(hold=_hold(outcome))
 
 
 def _timestamp(v: Validator, request: wallet_pb2.CreatePromotionRequest, field: str) -> datetime | None:
