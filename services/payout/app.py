@@ -23,6 +23,7 @@ ACCESS: Mapping[str, auth.Access] = {
     "SetPayoutDestination": auth.USER,
     "VerifyCreator": auth.OPERATOR,
     "CreditDiamonds": auth.internal("gifting"),
+    "BatchCreditDiamonds": auth.internal("gifting"),
     "GetEarnings": auth.USER,
     "ListDiamondTransactions": auth.USER,
     "QuotePayout": auth.USER,

@@ -15,7 +15,7 @@ transaction as the state change it explains:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Generic, TypeVar
@@ -48,7 +48,7 @@ from services.payout.storage import (
 from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
-from services.runtime.ledger import Overdraft, Posting, new_id
+from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.telemetry import OUTCOMES
 from services.runtime.validation import age_on
 
@@ -140,6 +140,17 @@ class Creator:
     kyc_status: str
     destination: Destination | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class CreditRequest:
+    """The diamonds one gift is to credit its creator, and the coins it cost (recorded on the credit)."""
+
+    gift_id: str
+    creator_id: str
+    diamonds: int
+    coins: int
+    promotional_coins: int
 
 
 @dataclass(frozen=True)
@@ -265,59 +276,98 @@ class Payouts:
 
     # credits
 
-    def credit_diamonds(
-        self, uow: UnitOfWork, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
-    ) -> Credit:
+    def credit_diamonds(self, uow: UnitOfWork, request: CreditRequest) -> Credit:
         """The diamonds for one gift, once: a gift already credited returns its credit (idempotent by gift)."""
-        asked = (creator_id, diamonds, coins, promotional_coins)
-        existing = uow.credits.by_gift(gift_id)
-        if existing is not None:  # checked before eligibility: a credited gift must still complete
-            return self._same_credit(existing, asked)
-        creator = uow.creators.get(creator_id)
-        if creator is None or not self._eligible(creator):
-            raise failed_precondition(
-                "RECIPIENT_CANNOT_RECEIVE",
-                f"{creator_id} cannot receive gifts"
-                + (": not a creator" if creator is None else ": not eligible (18+, gifting enabled)"),
-                creator_id=creator_id,
-                gift_id=gift_id,
-            )
-        now = self.clock.now()
-        credit_id = new_id("cr")
-        record = CreditRecord(
-            credit_id=credit_id,
-            gift_id=gift_id,
-            creator_id=creator_id,
-            diamonds=diamonds,
-            coins=coins,
-            promotional_coins=promotional_coins,
-            transfer_id=f"credit:{credit_id}",
-            created_at=now,
-        )
-        if not uow.credits.add(record):
-            # UNIQUE(gift_id): a concurrent credit of this gift (under another request id) won.
-            existing = uow.credits.by_gift(gift_id)
-            if existing is None:
-                raise RuntimeError(f"gift {gift_id}: credit insert conflicted, yet no credit is recorded")
-            return self._same_credit(existing, asked)
-        if diamonds == 0:
-            # A send whose creator share floors to nothing (one Rose): recorded, so the gift is known
-            # and its recipient checked, but there is no value to move and so no ledger transfer.
-            return _credit(record)
-        uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
-        uow.ledger.post(
-            GIFT_CREDIT,
-            gift_id,
-            [Posting(DIAMONDS_ISSUED, -diamonds), Posting(creator_diamonds(creator_id), diamonds)],
-            now,
-            transfer_id=record.transfer_id,
-        )
-        return _credit(record)
+        [outcome] = self.credit_many(uow, [request])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
 
-    def _same_credit(self, existing: CreditRecord, asked: tuple[str, int, int, int]) -> Credit:
+    def credit_many(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> list[Credit | DomainError]:
+        """Each request's outcome, exactly as credit_diamonds applied to them one after another would
+        give it; a refused request writes nothing. A constant number of statements whatever their number:
+        one read of the gifts' credits, one of their creators, one INSERT of the new credits, and the
+        ledger's statements for all their transfers.
+        """
+        now = self.clock.now()
+        credited = uow.credits.by_gifts({r.gift_id for r in requests})
+        creator_ids = {r.creator_id for r in requests if r.gift_id not in credited}
+        creators = uow.creators.get_many(creator_ids) if creator_ids else {}
+        outcomes, new = self._decide_credits(requests, credited, creators, {}, now)
+        inserted = uow.credits.add_new(new)
+        if len(inserted) < len(new):
+            # UNIQUE(gift_id): a concurrent credit of some of these gifts (another batch, or a unary call
+            # under another request id) committed first. Those gifts were credited before this batch, as
+            # far as it can tell: decide again knowing their credits. Every other decision stays the same.
+            lost = {r.gift_id for r in new} - inserted
+            credited.update(uow.credits.by_gifts(lost))
+            if not lost <= credited.keys():
+                raise RuntimeError(f"gifts {sorted(lost)}: credit insert conflicted, yet no credit is recorded")
+            ours = {r.gift_id: r for r in new if r.gift_id in inserted}
+            outcomes, new = self._decide_credits(requests, credited, creators, ours, now)
+            if [r.gift_id for r in new] != list(ours):
+                raise RuntimeError("credits decided again differ from those inserted")
+        # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) is recorded, so the
+        # gift is known and its recipient checked, but moves no value and so has no ledger transfer.
+        movements = [
+            Movement(
+                GIFT_CREDIT,
+                r.gift_id,
+                [Posting(DIAMONDS_ISSUED, -r.diamonds), Posting(creator_diamonds(r.creator_id), r.diamonds)],
+                transfer_id=r.transfer_id,
+            )
+            for r in new
+            if r.diamonds > 0
+        ]
+        if movements:
+            uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
+            uow.ledger.post_many(movements, now)
+        return outcomes
+
+    def _decide_credits(
+        self,
+        requests: Sequence[CreditRequest],
+        credited: Mapping[str, CreditRecord],
+        creators: Mapping[str, CreatorRecord],
+        inserted: Mapping[str, CreditRecord],
+        now: datetime,
+    ) -> tuple[list[Credit | DomainError], list[CreditRecord]]:
+        """Each request's outcome, in order, and the credits to record for them.
+
+        `credited`: the gifts credited before; `inserted`: credits already recorded for this batch
+        (reused as they are when decided again, so that they keep their ids).
+        """
+        known = dict(credited)
+        outcomes: list[Credit | DomainError] = []
+        new: list[CreditRecord] = []
+        for r in requests:
+            existing = known.get(r.gift_id)
+            if existing is not None:  # checked before eligibility: a credited gift must still complete
+                outcomes.append(self._same_credit(existing, r))
+                continue
+            creator = creators.get(r.creator_id)
+            if creator is None or not self._eligible(creator):
+                outcomes.append(
+                    failed_precondition(
+                        "RECIPIENT_CANNOT_RECEIVE",
+                        f"{r.creator_id} cannot receive gifts"
+                        + (": not a creator" if creator is None else ": not eligible (18+, gifting enabled)"),
+                        creator_id=r.creator_id,
+                        gift_id=r.gift_id,
+                    )
+                )
+                continue
+            record = inserted.get(r.gift_id) or _new_credit(r, now)
+            known[r.gift_id] = record
+            new.append(record)
+            outcomes.append(_credit(record))
+        return outcomes, new
+
+    def _same_credit(self, existing: CreditRecord, asked: CreditRequest) -> Credit | DomainError:
+        """The gift's recorded credit if it was asked with the same terms; CREDIT_MISMATCH if not."""
         recorded = (existing.creator_id, existing.diamonds, existing.coins, existing.promotional_coins)
-        if recorded != asked:
-            raise failed_precondition(
+        if recorded != (asked.creator_id, asked.diamonds, asked.coins, asked.promotional_coins):
+            return failed_precondition(
                 "CREDIT_MISMATCH",
                 f"gift {existing.gift_id} was credited as {existing.diamonds} diamonds to {existing.creator_id}",
                 gift_id=existing.gift_id,
@@ -612,6 +662,20 @@ def _destination(record: CreatorRecord) -> Destination | None:
     if not record.destination_kind:
         return None
     return Destination(record.destination_kind, record.destination_reference or "", record.destination_currency or "")
+
+
+def _new_credit(request: CreditRequest, now: datetime) -> CreditRecord:
+    credit_id = new_id("cr")
+    return CreditRecord(
+        credit_id=credit_id,
+        gift_id=request.gift_id,
+        creator_id=request.creator_id,
+        diamonds=request.diamonds,
+        coins=request.coins,
+        promotional_coins=request.promotional_coins,
+        transfer_id=f"credit:{credit_id}",
+        created_at=now,
+    )
 
 
 def _credit(record: CreditRecord) -> Credit:

@@ -6,7 +6,7 @@ user id is the creator id). Every mutating RPC runs through the request-id store
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -17,13 +17,22 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.payout import domain
-from services.payout.domain import Creator, Credit, Destination, DiamondTransaction, Payout, Payouts, Quote
+from services.payout.domain import (
+    Creator,
+    Credit,
+    CreditRequest,
+    Destination,
+    DiamondTransaction,
+    Payout,
+    Payouts,
+    Quote,
+)
 from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
 from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument
-from services.runtime.idempotency import RequestIdStore
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument, to_item_error
+from services.runtime.idempotency import BatchItem, RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -35,6 +44,7 @@ FULL_NAME = "giftcoin.payout.v1.PayoutService"
 MAX_DIAMONDS = 10**15
 MAX_COINS = 10**15
 MAX_REFERENCE_LENGTH = 256
+MAX_BATCH = 500  # requests per batch RPC (the contract's limit)
 
 _KYC = {
     payout_pb2.KYC_STATUS_UNVERIFIED: domain.KYC_UNVERIFIED,
@@ -143,32 +153,47 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.CreditDiamondsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.CreditDiamondsResponse:
         v = Validator()
-        v.request_id(request.request_id)
-        v.identifier(request.gift_id, "gift_id")
-        v.identifier(request.creator_id, "creator_id")
-        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
-        v.non_negative(request.coins, "coins", MAX_COINS)
-        v.non_negative(request.promotional_coins, "promotional_coins", MAX_COINS)
-        if request.promotional_coins > request.coins >= 0:
-            v.fail("promotional_coins", "at most coins (the promotional part of the coins spent)")
+        _check_credit(v, request)
         v.check()
         return self._mutate(
             "CreditDiamonds",
             request,
             payout_pb2.CreditDiamondsResponse,
-            lambda uow: payout_pb2.CreditDiamondsResponse(
-                credit=_credit(
-                    self.payouts.credit_diamonds(
-                        uow,
-                        request.gift_id,
-                        request.creator_id,
-                        request.diamonds,
-                        request.coins,
-                        request.promotional_coins,
-                    )
-                )
-            ),
+            lambda uow: _credited(self.payouts.credit_diamonds(uow, _credit_request(request))),
         )
+
+    def BatchCreditDiamonds(
+        self, request: payout_pb2.BatchCreditDiamondsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.BatchCreditDiamondsResponse:
+        """Many CreditDiamonds in one transaction, each answered (and replayed) as CreditDiamonds would."""
+        if not 1 <= len(request.requests) <= MAX_BATCH:
+            raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} credits")])
+        results: list[payout_pb2.CreditDiamondsResult | None] = [None] * len(request.requests)
+        valid: list[int] = []
+        for index, item in enumerate(request.requests):
+            v = Validator()
+            _check_credit(v, item, prefix=f"requests[{index}].")
+            if v.violations:  # refused before the request-id store, as CreditDiamonds refuses it
+                results[index] = payout_pb2.CreditDiamondsResult(error=to_item_error(invalid_argument(v.violations)))
+            else:
+                valid.append(index)
+        requests = [request.requests[i] for i in valid]
+        outcomes = self._mutate_batch(
+            "CreditDiamonds",
+            requests,
+            payout_pb2.CreditDiamondsResponse,
+            lambda uow, new: [
+                o if isinstance(o, DomainError) else _credited(o)
+                for o in self.payouts.credit_many(uow, [_credit_request(requests[i]) for i in new])
+            ],
+        )
+        for index, outcome in zip(valid, outcomes, strict=True):
+            results[index] = (
+                payout_pb2.CreditDiamondsResult(error=to_item_error(outcome))
+                if isinstance(outcome, DomainError)
+                else payout_pb2.CreditDiamondsResult(response=outcome)
+            )
+        return payout_pb2.BatchCreditDiamondsResponse(results=[r for r in results if r is not None])
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -273,18 +298,65 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         """Run `work` once per (caller, request id), in one transaction with its recorded response."""
         return self.request_ids.execute(
             current_caller().subject,
-            f"/{FULL_NAME}/{method}",
+            _method(method),
             request,
             request.request_id,
             response_type,
             lambda conn: work(UnitOfWork(conn)),
         )
 
+    def _mutate_batch(
+        self,
+        method: str,
+        requests: Sequence[Any],
+        response_type: type[M],
+        work: Callable[[UnitOfWork, list[int]], Sequence[M | DomainError]],
+    ) -> list[M | DomainError]:
+        """`_mutate` for many requests of the unary `method`, in one transaction, sharing its request ids
+        and replays; `work(uow, new)` answers the requests at the indexes `new` (the others are replays).
+        """
+        if not requests:
+            return []
+        caller = current_caller().subject
+        items = [BatchItem(caller, _method(method), r, r.request_id) for r in requests]
+        return self.request_ids.execute_batch(items, response_type, lambda conn, new: work(UnitOfWork(conn), new))
+
     def _read(self, work: Callable[[UnitOfWork], T]) -> T:
         return self.db.run(lambda conn: work(UnitOfWork(conn)))
 
 
+def _method(name: str) -> str:
+    """A unary method's full name: the request-id store keys replays by it, for it and its batch RPC alike."""
+    return f"/{FULL_NAME}/{name}"
+
+
 # --- protobuf <-> domain ----------------------------------------------------------------------------
+
+
+def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefix: str = "") -> None:
+    """A CreditDiamondsRequest's fields; `prefix` places them in a batch ("requests[3].")."""
+    v.request_id(request.request_id, f"{prefix}request_id")
+    v.identifier(request.gift_id, f"{prefix}gift_id")
+    v.identifier(request.creator_id, f"{prefix}creator_id")
+    v.non_negative(request.diamonds, f"{prefix}diamonds", MAX_DIAMONDS)
+    v.non_negative(request.coins, f"{prefix}coins", MAX_COINS)
+    v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_COINS)
+    if request.promotional_coins > request.coins >= 0:
+        v.fail(f"{prefix}promotional_coins", "at most coins (the promotional part of the coins spent)")
+
+
+def _credit_request(request: payout_pb2.CreditDiamondsRequest) -> CreditRequest:
+    return CreditRequest(
+        gift_id=request.gift_id,
+        creator_id=request.creator_id,
+        diamonds=request.diamonds,
+        coins=request.coins,
+        promotional_coins=request.promotional_coins,
+    )
+
+
+def _credited(credit: Credit) -> payout_pb2.CreditDiamondsResponse:
+    return payout_pb2.CreditDiamondsResponse(credit=_credit(credit))
 
 
 def _date_of_birth(v: Validator, request: payout_pb2.RegisterCreatorRequest) -> date | None:

@@ -10,7 +10,7 @@ Uniqueness that money depends on is a constraint here, not a read before a write
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.runtime.db import insert_unless_conflict
+from services.runtime.db import insert_rows
 from services.runtime.ledger import Ledger, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -241,7 +241,10 @@ def _record(cls: Any, row: Any) -> Any:
 # costs more than executing it).
 _CREATOR = select(creators).where(creators.c.creator_id == bindparam("creator_key"))
 _CREATOR_LOCKED = _CREATOR.with_for_update()
-_CREDIT_BY_GIFT = select(diamond_credits).where(diamond_credits.c.gift_id == bindparam("credit_gift_id"))
+_CREATORS = select(creators).where(creators.c.creator_id.in_(bindparam("creator_keys", expanding=True)))
+_CREDITS_BY_GIFT = select(diamond_credits).where(
+    diamond_credits.c.gift_id.in_(bindparam("credit_gift_ids", expanding=True))
+)
 
 
 class CreatorRepository:
@@ -257,6 +260,11 @@ class CreatorRepository:
         row = self.conn.execute(_CREATOR_LOCKED if for_update else _CREATOR, {"creator_key": creator_id}).one_or_none()
         return None if row is None else _record(CreatorRecord, row)
 
+    def get_many(self, creator_ids: Collection[str]) -> dict[str, CreatorRecord]:
+        """The creators among `creator_ids`, by id, in one query (unknown ids are left out)."""
+        rows = self.conn.execute(_CREATORS, {"creator_keys": sorted(creator_ids)})
+        return {row.creator_id: _record(CreatorRecord, row) for row in rows}
+
     def update(self, creator_id: str, **values: object) -> None:
         self.conn.execute(update(creators).where(creators.c.creator_id == creator_id).values(**values))
 
@@ -265,13 +273,24 @@ class CreditRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add(self, record: CreditRecord) -> bool:
-        """Insert a credit; False (and nothing written) if the gift was credited already (UNIQUE gift_id)."""
-        return insert_unless_conflict(self.conn, diamond_credits, dict(record.__dict__), on=["gift_id"])
+    def add_new(self, records: Sequence[CreditRecord]) -> set[str]:
+        """Insert credits in one statement, each unless its gift was credited already (UNIQUE gift_id);
+        the gift ids of those inserted.
 
-    def by_gift(self, gift_id: str) -> CreditRecord | None:
-        row = self.conn.execute(_CREDIT_BY_GIFT, {"credit_gift_id": gift_id}).one_or_none()
-        return None if row is None else _record(CreditRecord, row)
+        In gift id order, so that concurrent batches crediting the same gifts wait on each other in
+        one order rather than deadlock. On PostgreSQL a conflicting insert still in flight is waited
+        for: a gift left out is credited by a transaction that has committed.
+        """
+        if not records:
+            return set()
+        rows = [dict(r.__dict__) for r in sorted(records, key=lambda r: r.gift_id)]
+        inserted = insert_rows(self.conn, diamond_credits, rows, unless_conflict_on=["gift_id"], returning=["gift_id"])
+        return {row.gift_id for row in inserted}
+
+    def by_gifts(self, gift_ids: Collection[str]) -> dict[str, CreditRecord]:
+        """The credits of the gifts among `gift_ids` that were credited, by gift id, in one query."""
+        rows = self.conn.execute(_CREDITS_BY_GIFT, {"credit_gift_ids": sorted(gift_ids)})
+        return {row.gift_id: _record(CreditRecord, row) for row in rows}
 
 
 class PayoutRepository:
