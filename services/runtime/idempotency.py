@@ -160,7 +160,7 @@ class RequestIdStore:
         here; a second copy of an id within the batch is answered REQUEST_IN_FLIGHT.
         """
         prints = [fingerprint(item.method, item.request) for item in items]
-        for attempt in range(1, _BATCH_ATTEMPTS + 1):
+        for _ in range(_BATCH_ATTEMPTS):
             try:
                 return self.db.run(lambda conn: self._run_batch(conn, items, prints, response_type, work))
             except IntegrityError:
