@@ -81,8 +81,10 @@ def assemble(
     gifting.on_completed = feed.notify
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)
+    servicer = GiftingServicer(gifting, feed, requests, settings.send_batch_max, settings.send_batch_workers)
 
     def close() -> None:
+        servicer.close()
         for channel in channels:
             channel.close()
         db.dispose()
@@ -90,7 +92,7 @@ def assemble(
     app = ServiceApp(
         name="gifting",
         full_name=FULL_NAME,
-        servicer=GiftingServicer(gifting, feed, requests),
+        servicer=servicer,
         add_to_server=gifting_pb2_grpc.add_GiftingServiceServicer_to_server,
         access=ACCESS,
         loops=[

@@ -11,7 +11,17 @@ The send saga (SPEC §4), persisted step by step on the transfer row so that any
                                                                refused the recipient: hold released
 
 Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
-retried step never moves value twice. Two rules keep value conserved through any outage:
+retried step never moves value twice.
+
+Sends that arrive together go together (`record_sends`, `settle_recorded`: the SendGift batcher): one
+transaction records them all, one BatchHoldCoins holds their coins, one transaction writes their
+decision to credit, one BatchCreditDiamonds, one BatchCaptureHolds, one transaction completes them.
+The states written and the request ids used are the per-gift saga's, so any gift that leaves the
+common path (a refusal, a peer without an answer) is driven on from where it stands by the per-gift
+code, as recovery would, and a batch item and its per-gift retry share one request id. The batch path
+skips writing `held` (it writes `crediting` right after the hold, having checked what `held` -> `crediting`
+checks) and `credited` (after the capture it writes `completed`): recovery of a gift left at
+`crediting` asks payout again, which replays the credit. Two rules keep value conserved through any outage:
 - diamonds are credited only while the hold has at least the safety margin of life left, and the
   decision to credit is written (step `crediting`) before the call: from then on the gift only
   fails if payout says for certain that it credited nothing;
@@ -27,7 +37,8 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -135,6 +146,17 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendAsk:
+    """One SendGift, validated, as the batch that records it sees it."""
+
+    sender_id: str
+    request_id: str
+    fingerprint: str  # of the request (runtime.idempotency.fingerprint)
+    send: Send
+    trace_context: str  # the caller's W3C trace context (JSON): the gift's own trace
+
+
+@dataclass(frozen=True)
 class Hold:
     """A wallet hold as gifting sees it."""
 
@@ -176,8 +198,41 @@ class Refused(Exception):
         self.error = error
 
 
+@dataclass(frozen=True)
+class HoldOrder:
+    request_id: str
+    gift_id: str
+    user_id: str
+    amount: int
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class CaptureOrder:
+    request_id: str
+    gift_id: str
+
+
+@dataclass(frozen=True)
+class CreditOrder:
+    request_id: str
+    gift_id: str
+    creator_id: str
+    diamonds: int
+    coins: int
+    promotional_coins: int
+
+
 class WalletPort(Protocol):
-    """Wallet's holds. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown."""
+    """Wallet's holds. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown.
+
+    The batch calls answer each order (a Hold, or the Refused / StepUncertain it would have raised
+    alone), and raise StepUncertain when the whole call got no answer.
+    """
+
+    def hold_many(self, orders: Sequence[HoldOrder]) -> list[Hold | Refused | StepUncertain]: ...
+
+    def capture_many(self, orders: Sequence[CaptureOrder]) -> list[Hold | Refused | StepUncertain]: ...
 
     def hold_coins(self, *, request_id: str, gift_id: str, user_id: str, amount: int, ttl_seconds: int) -> Hold: ...
 
@@ -187,7 +242,13 @@ class WalletPort(Protocol):
 
 
 class PayoutPort(Protocol):
-    """Payout's diamond credits. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown."""
+    """Payout's diamond credits. Raise Refused for a definite refusal, StepUncertain when the outcome is unknown.
+
+    `credit_many` answers each order (None once credited, or the Refused / StepUncertain it would
+    have raised alone), and raises StepUncertain when the whole call got no answer.
+    """
+
+    def credit_many(self, orders: Sequence[CreditOrder]) -> list[Refused | StepUncertain | None]: ...
 
     def reachable(self) -> bool:
         """Whether payout can be reached now (a connection is up), so that a credit call will be answered."""
@@ -256,6 +317,12 @@ def _self_gift(recipient_id: str) -> DomainError:
         "a gift cannot be sent to oneself",
         {"recipient_id": recipient_id},
         (FieldViolation("recipient_id", "must not be the sender"),),
+    )
+
+
+def _request_id_reused(request_id: str) -> DomainError:
+    return already_exists(
+        "REQUEST_ID_REUSED", f"request id {request_id} was already used for a different gift", request_id=request_id
     )
 
 
@@ -398,56 +465,87 @@ class Gifting:
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def record_send(
-        self, conn: Connection, sender_id: str, request_id: str, fingerprint: str, send: Send, lease_owner: str
-    ) -> TransferRecord:
-        """The saga's first step, in the caller's transaction: refuse, or record the gift as pending.
+    def record_sends(
+        self, conn: Connection, asks: Sequence[SendAsk], lease_owner: str
+    ) -> list[TransferRecord | DomainError]:
+        """The saga's first step for many sends, in the caller's transaction: each refused, or recorded
+        as pending; in order, as if recorded one after another (one sender's sends count against the
+        daily limit in turn). Nothing is written for a refused send.
 
-        The new transfer is leased to `lease_owner`, who drives it next (`settle`). A send already
-        recorded under this request id is returned as it stands (after the request-id store has
-        forgotten the id, the unique (sender, request id) constraint still holds).
+        New transfers are leased to `lease_owner`, who drives them next (`settle_recorded`). A send
+        already recorded under its request id is returned as it stands (after the request-id store
+        has forgotten the id, the unique (sender, request id) constraint still holds).
         """
         uow, now = UnitOfWork(conn), self.clock.now()
-        if send.recipient_id == sender_id:
-            raise _self_gift(send.recipient_id)
-        existing = uow.transfers.by_request(sender_id, request_id)
-        if existing is not None:
-            if existing.fingerprint != fingerprint:
-                raise already_exists(
-                    "REQUEST_ID_REUSED",
-                    f"request id {request_id} was already used for a different gift",
-                    request_id=request_id,
-                )
-            return existing
-        gift = self._must_get(uow, send.gift_id)
-        if gift.state == RETIRED:
-            raise failed_precondition("GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id)
-        total_coins = gift.coin_price * send.quantity
-        if gift.diamonds is not None:
-            total_diamonds = gift.diamonds * send.quantity
-        else:
-            total_diamonds = creator_diamonds(total_coins, gift.share_bps)
+        outcomes: list[TransferRecord | DomainError | None] = [None] * len(asks)
+        existing = uow.transfers.by_requests((a.sender_id, a.request_id) for a in asks)
+        gifts = uow.catalogue.get_many(a.send.gift_id for a in asks)
         day, limit = _utc_day(now), self.policy.daily_spend_limit_coins
-        if not uow.spending.reserve(sender_id, day, total_coins, limit):
-            spent = uow.spending.spent(sender_id, day)
-            raise DomainError(
+        planned: list[tuple[int, TransferRecord]] = []
+        for i, ask in enumerate(asks):
+            send = ask.send
+            if send.recipient_id == ask.sender_id:
+                outcomes[i] = _self_gift(send.recipient_id)
+                continue
+            recorded = existing.get((ask.sender_id, ask.request_id))
+            if recorded is not None:
+                outcomes[i] = (
+                    recorded if recorded.fingerprint == ask.fingerprint else _request_id_reused(ask.request_id)
+                )
+                continue
+            gift = gifts.get(send.gift_id)
+            if gift is None:
+                outcomes[i] = not_found("GIFT_NOT_FOUND", f"no gift {send.gift_id}", gift_id=send.gift_id)
+                continue
+            if gift.state == RETIRED:
+                outcomes[i] = failed_precondition(
+                    "GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id
+                )
+                continue
+            planned.append((i, self._new_transfer(ask, gift, day, lease_owner, now)))
+        spent_before = uow.spending.reserve_many([(t.sender_id, day, t.total_coins) for _, t in planned], limit)
+        accepted = []
+        for (i, t), spent in zip(planned, spent_before, strict=True):
+            if spent is None:
+                accepted.append((i, t))
+                continue
+            outcomes[i] = DomainError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "DAILY_SPENDING_LIMIT_EXCEEDED",
-                f"sending {total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
-                {"limit": str(limit), "spent": str(spent), "coins": str(total_coins), "day": day.isoformat()},
+                f"sending {t.total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
+                {"limit": str(limit), "spent": str(spent), "coins": str(t.total_coins), "day": day.isoformat()},
             )
-        record = TransferRecord(
+        inserted = uow.transfers.add_many([t for _, t in accepted])
+        for i, t in accepted:
+            if t.transfer_id in inserted:
+                outcomes[i] = t
+            else:  # a concurrent send under this request id won: it counts against the limit, not this one
+                uow.spending.give_back(t.sender_id, day, t.total_coins)
+                outcomes[i] = aborted(
+                    "REQUEST_IN_FLIGHT", f"request {t.request_id} is still running", request_id=t.request_id
+                )
+        return [o for o in outcomes if o is not None]
+
+    def _new_transfer(
+        self, ask: SendAsk, gift: GiftRecord, day: date, lease_owner: str, now: datetime
+    ) -> TransferRecord:
+        total_coins = gift.coin_price * ask.send.quantity
+        if gift.diamonds is not None:
+            total_diamonds = gift.diamonds * ask.send.quantity
+        else:
+            total_diamonds = creator_diamonds(total_coins, gift.share_bps)
+        return TransferRecord(
             transfer_id=str(uuid.uuid4()),
-            sender_id=sender_id,
-            request_id=request_id,
-            fingerprint=fingerprint,
-            recipient_id=send.recipient_id,
-            target_kind=send.target.kind,
-            target_id=send.target.id,
+            sender_id=ask.sender_id,
+            request_id=ask.request_id,
+            fingerprint=ask.fingerprint,
+            recipient_id=ask.send.recipient_id,
+            target_kind=ask.send.target.kind,
+            target_id=ask.send.target.id,
             gift_id=gift.gift_id,
             gift_version=gift.version,
             gift_name=gift.name,
-            quantity=send.quantity,
+            quantity=ask.send.quantity,
             unit_coin_price=gift.coin_price,
             total_coins=total_coins,
             total_diamonds=total_diamonds,
@@ -458,7 +556,7 @@ class Gifting:
             failure_error=None,
             hold_expire_at=None,
             spend_day=day,
-            trace_context=_current_trace_context(),
+            trace_context=ask.trace_context,
             lease_owner=lease_owner,
             lease_until=now + timedelta(seconds=self.policy.lease_seconds),
             attempts=0,
@@ -466,24 +564,15 @@ class Gifting:
             updated_at=now,
             completed_at=None,
         )
-        if not uow.transfers.add(record):  # a concurrent send under this request id won
-            raise aborted("REQUEST_IN_FLIGHT", f"request {request_id} is still running", request_id=request_id)
-        return record
 
-    def settle(self, transfer_id: str, lease_owner: str, recorded: TransferRecord | None = None) -> TransferRecord:
-        """Drive a recorded send as far as it goes now (for SendGift, first call or retry).
-
-        `recorded` is the transfer as this very call recorded it, if it did: leased to `lease_owner`
-        a moment ago, so it is driven from there without claiming and reading it again.
+    def settle(self, transfer_id: str, lease_owner: str) -> TransferRecord:
+        """Drive a recorded send as far as it goes now (a SendGift replay, or a client's retry).
 
         Returns the transfer COMPLETED, or PENDING if a peer did not answer (recovery finishes it);
         raises the failure a FAILED send ends with, every time it is asked; ABORTED REQUEST_IN_FLIGHT
         while another call or replica drives it.
         """
-        self.failpoint("after_record")
-        if recorded is not None and recorded.transfer_id == transfer_id and recorded.lease_owner == lease_owner:
-            t = self._drive_from(recorded, lease_owner, self.policy.step_attempts)
-        elif self._claim(transfer_id, lease_owner, take_idle=True):
+        if self._claim(transfer_id, lease_owner, take_idle=True):
             t = self._drive(transfer_id, lease_owner, self.policy.step_attempts)
         else:
             t = self._load(transfer_id)
@@ -496,6 +585,179 @@ class Gifting:
         if t.state == FAILED:
             raise self.failure(t)
         return t
+
+    def settle_recorded(self, recorded: Sequence[TransferRecord], owner: str) -> list[TransferRecord]:
+        """Drive sends just recorded together (leased to `owner`, at step `recorded`), as far as they go now.
+
+        Each step is one batch call for all of them; a gift a step leaves off the common path (a
+        refusal, no answer for it) is driven on alone from the step it stands at, as `settle` would.
+        Returns each transfer, in order: COMPLETED, FAILED, or PENDING (recovery finishes it).
+        """
+        self.failpoint("after_record")
+        finished: dict[str, TransferRecord] = {}
+        aside: list[TransferRecord] = []  # off the common path: each driven on alone
+        now = self.clock.now()
+        margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
+        try:
+            holding = list(recorded)
+            with self._batch_span("hold", holding):
+                holds = self._call_batch(
+                    holding,
+                    owner,
+                    lambda ts: self.wallet.hold_many(
+                        [
+                            HoldOrder(
+                                step_request_id(t.transfer_id, "hold"),
+                                t.transfer_id,
+                                t.sender_id,
+                                t.total_coins,
+                                self.policy.hold_ttl_seconds,
+                            )
+                            for t in ts
+                        ]
+                    ),
+                )
+            self.failpoint("after_hold")
+            # The decision to credit (per gift: `_decide_credit`), written before any credit call.
+            reachable = self.payout.reachable()
+            deciding = []
+            for t, hold in holds:
+                if isinstance(hold, Hold) and hold.state == "held" and hold.expire_time - now >= margin and reachable:
+                    deciding.append((t, hold))
+                else:
+                    aside.append(t)
+            crediting = self._decide_credits(deciding, owner, finished)
+            with self._batch_span("credit", crediting):
+                credits = self._call_batch(
+                    crediting,
+                    owner,
+                    lambda ts: self.payout.credit_many(
+                        [
+                            CreditOrder(
+                                step_request_id(t.transfer_id, "credit"),
+                                t.transfer_id,
+                                t.recipient_id,
+                                t.total_diamonds,
+                                t.total_coins,
+                                t.promotional_coins or 0,
+                            )
+                            for t in ts
+                        ]
+                    ),
+                )
+            self.failpoint("after_credit")
+            capturing = [t for t, credit in credits if credit is None]
+            aside += [t for t, credit in credits if credit is not None]
+            with self._batch_span("capture", capturing):
+                captures = self._call_batch(
+                    capturing,
+                    owner,
+                    lambda ts: self.wallet.capture_many(
+                        [CaptureOrder(step_request_id(t.transfer_id, "capture"), t.transfer_id) for t in ts]
+                    ),
+                )
+            self.failpoint("after_capture")
+            completing: list[TransferRecord] = []
+            for t, capture in captures:
+                captured = isinstance(capture, Hold) or (
+                    isinstance(capture, Refused) and capture.error.reason == "HOLD_ALREADY_CAPTURED"
+                )
+                (completing if captured else aside).append(t)
+            finished.update({t.transfer_id: t for t in self._complete_many(completing, owner, CREDITING)})
+        except _Postponed as why:  # a batch call got no answer: every gift still in the batch waits
+            set_aside = {t.transfer_id for t in aside}
+            for t in recorded:
+                if t.transfer_id not in finished and t.transfer_id not in set_aside:
+                    finished[t.transfer_id] = self._postpone(self._load(t.transfer_id), owner, str(why))
+        for t in aside:
+            finished[t.transfer_id] = self._drive_from(t, owner, self.policy.step_attempts)
+        return [finished[t.transfer_id] if t.transfer_id in finished else self._load(t.transfer_id) for t in recorded]
+
+    def _call_batch(
+        self, ts: list[TransferRecord], owner: str, call: Callable[[list[TransferRecord]], Sequence[T]]
+    ) -> list[tuple[TransferRecord, T]]:
+        """One batch call for the gifts `ts`, each with its answer; asked again (the same request ids)
+        while the whole call gets no answer, for the gifts whose lease `owner` still holds; _Postponed
+        once the attempts are spent."""
+        delay = self.policy.retry_backoff_seconds
+        attempts = self.policy.step_attempts
+        last: StepUncertain | None = None
+        for attempt in range(1, attempts + 1):
+            if not ts:
+                return []
+            if attempt > 1:
+                ts = self._renew_many(ts, owner)
+                if not ts:
+                    return []
+            try:
+                answers = call(ts)
+                return list(zip(ts, answers, strict=True))
+            except StepUncertain as error:
+                last = error
+                log.warning("a batch of %d gifts: %s (attempt %d of %d)", len(ts), error, attempt, attempts)
+            if attempt < attempts:
+                self.sleep(delay)
+                delay *= 2
+        raise _Postponed(str(last))
+
+    def _renew_many(self, ts: list[TransferRecord], owner: str) -> list[TransferRecord]:
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+        ids = [t.transfer_id for t in ts]
+        kept = self._read(lambda uow: uow.transfers.renew_many(ids, owner, now, until))
+        return [t for t in ts if t.transfer_id in kept]
+
+    def _decide_credits(
+        self, deciding: list[tuple[TransferRecord, Hold]], owner: str, finished: dict[str, TransferRecord]
+    ) -> list[TransferRecord]:
+        """Write `crediting` (with what the hold said) for every gift whose hold can back a credit, in one
+        transaction: from here on, a gift only fails if payout says it credited nothing."""
+        now = self.clock.now()
+        lease_until = now + timedelta(seconds=self.policy.lease_seconds)
+        rows = [
+            {"transfer_id": t.transfer_id, "hold_expire_at": h.expire_time, "promotional_coins": h.promotional_amount}
+            for t, h in deciding
+        ]
+        advanced = self._read(
+            lambda uow: uow.transfers.advance_many(
+                owner, RECORDED, rows, step=CREDITING, updated_at=now, lease_until=lease_until
+            )
+        )
+        crediting = []
+        for t, h in deciding:
+            if t.transfer_id not in advanced:  # another replica took it over
+                finished[t.transfer_id] = self._load(t.transfer_id)
+                continue
+            crediting.append(
+                replace(
+                    t,
+                    step=CREDITING,
+                    hold_expire_at=h.expire_time,
+                    promotional_coins=h.promotional_amount,
+                    updated_at=now,
+                    lease_until=lease_until,
+                )
+            )
+        return crediting
+
+    @contextmanager
+    def _batch_span(self, step: str, ts: Sequence[TransferRecord]) -> Iterator[None]:
+        """A batch step's span, in the first gift's trace, linked to the traces of the others."""
+        if not ts:
+            yield
+            return
+        parent = propagate.extract(json.loads(ts[0].trace_context or "{}"))
+        attributes: dict[str, str | int] = {
+            "giftcoin.gift_id": ts[0].transfer_id,
+            "giftcoin.step": step,
+            "giftcoin.gifts": len(ts),
+        }
+        with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
+            if span.is_recording():  # links cost a parse per gift: only when spans are kept
+                for t in ts[1:]:
+                    linked = trace.get_current_span(propagate.extract(json.loads(t.trace_context or "{}")))
+                    span.add_link(linked.get_span_context(), {"giftcoin.gift_id": t.transfer_id})
+            yield
 
     @staticmethod
     def failure(t: TransferRecord) -> DomainError:
@@ -746,7 +1008,16 @@ class Gifting:
         return replace(t, **values)
 
     def _complete(self, t: TransferRecord, owner: str) -> TransferRecord:
-        """COMPLETED and its live-feed event, in one transaction (the outbox)."""
+        (done,) = self._complete_many([t], owner, CREDITED)
+        if done.state != COMPLETED:
+            raise _LeaseLost()
+        return done
+
+    def _complete_many(self, ts: list[TransferRecord], owner: str, from_step: str) -> list[TransferRecord]:
+        """COMPLETED and their live-feed events, in one transaction (the outbox); each transfer as it
+        now stands (one whose lease was lost is read back as the replica that took it left it)."""
+        if not ts:
+            return []
         now = self.clock.now()
         values: dict[str, Any] = {
             "state": COMPLETED,
@@ -756,23 +1027,28 @@ class Gifting:
             "lease_until": None,
             "updated_at": now,
         }
-        done = replace(t, **values)
-        target_key = Target(t.target_kind, t.target_id).key
 
-        def complete(uow: UnitOfWork) -> bool:
-            if not uow.transfers.advance(t.transfer_id, owner, CREDITED, **values):
-                return False
-            uow.feed.append(target_key, done, now)
-            return True
+        def complete(uow: UnitOfWork) -> set[str]:
+            rows = [{"transfer_id": t.transfer_id} for t in ts]
+            advanced = uow.transfers.advance_many(owner, from_step, rows, **values)
+            events = [(Target(t.target_kind, t.target_id).key, t) for t in ts if t.transfer_id in advanced]
+            uow.feed.append_many(events, now)
+            return advanced
 
-        with self._span("complete", t):
-            if not self._read(complete):
-                raise _LeaseLost()
-        OUTCOMES.add(1, {"kind": "gift", "state": "completed", "reason": ""})
-        VALUE_MOVED.add(t.total_coins, {"unit": "coin", "kind": "gift"})
-        VALUE_MOVED.add(t.total_diamonds, {"unit": "diamond", "kind": "gift"})
-        self.on_completed(target_key)
-        return done
+        with self._batch_span("complete", ts):
+            advanced = self._read(complete)
+        results = []
+        for t in ts:
+            if t.transfer_id not in advanced:
+                results.append(self._load(t.transfer_id))
+                continue
+            results.append(replace(t, **values))
+            OUTCOMES.add(1, {"kind": "gift", "state": "completed", "reason": ""})
+            VALUE_MOVED.add(t.total_coins, {"unit": "coin", "kind": "gift"})
+            VALUE_MOVED.add(t.total_diamonds, {"unit": "diamond", "kind": "gift"})
+        for target_key in sorted({Target(t.target_kind, t.target_id).key for t in ts if t.transfer_id in advanced}):
+            self.on_completed(target_key)
+        return results
 
     def _postpone(self, t: TransferRecord, owner: str, why: str) -> TransferRecord:
         """Leave the gift for recovery, not before a delay that doubles with each postponement."""
@@ -841,7 +1117,7 @@ class Gifting:
         return self._read(lambda uow: uow.feed.after(target.key, after_sequence, limit))
 
 
-def _current_trace_context() -> str:
+def current_trace_context() -> str:
     """The current W3C trace context (traceparent, tracestate) as JSON, for recovery to continue."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=otel_context.get_current())

@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.gifting.domain import Hold, Refused, StepUncertain
+from services.gifting.domain import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, StepUncertain
 from services.runtime import auth
 from services.runtime.clients import open_channel
 from services.runtime.config import TlsSettings
-from services.runtime.errors import from_rpc_error
+from services.runtime.errors import from_item_error, from_rpc_error
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -69,6 +69,28 @@ def _ask(peer: str, method: str, call: Callable[[], R]) -> R:
         raise StepUncertain(f"{peer}.{method}: {code.name} {err.details()}") from None
 
 
+def _ask_batch(peer: str, method: str, call: Callable[[], R]) -> R:
+    """A batch call: a refusal of the whole call (a malformed batch: a bug) says nothing certain about
+    any one item, so it counts as no answer: the batch is asked again, then its gifts are left to
+    recovery, which asks for each alone."""
+    try:
+        return _ask(peer, method, call)
+    except Refused as refusal:
+        log.error("%s refused a whole %s: %s", peer, method, refusal)
+        raise StepUncertain(f"{peer}.{method}: {refusal}") from None
+
+
+def _item(peer: str, method: str, result: Any) -> Refused | StepUncertain | None:
+    """A batch item's error as `_ask` reads a unary call's (None: the item succeeded)."""
+    if result.WhichOneof("outcome") != "error":
+        return None
+    error = from_item_error(result.error)
+    code = error.code if error is not None else None
+    if error is not None and code in _DEFINITE:
+        return Refused(error)
+    return StepUncertain(f"{peer}.{method}: {code.name if code else result.error.code} {result.error.message}")
+
+
 def _hold(hold: wallet_pb2.Hold) -> Hold:
     return Hold(
         amount=hold.amount,
@@ -90,6 +112,31 @@ class WalletClient:
             request_id=request_id, gift_id=gift_id, user_id=user_id, amount=amount, ttl_seconds=ttl_seconds
         )
         return _hold(_ask("wallet", "HoldCoins", lambda: self.stub.HoldCoins(request, timeout=self.deadline)).hold)
+
+    def hold_many(self, orders: Sequence[HoldOrder]) -> list[Hold | Refused | StepUncertain]:
+        request = wallet_pb2.BatchHoldCoinsRequest(
+            requests=[
+                wallet_pb2.HoldCoinsRequest(
+                    request_id=o.request_id,
+                    gift_id=o.gift_id,
+                    user_id=o.user_id,
+                    amount=o.amount,
+                    ttl_seconds=o.ttl_seconds,
+                )
+                for o in orders
+            ]
+        )
+        reply = _ask_batch("wallet", "BatchHoldCoins", lambda: self.stub.BatchHoldCoins(request, timeout=self.deadline))
+        return [_item("wallet", "HoldCoins", r) or _hold(r.response.hold) for r in reply.results]
+
+    def capture_many(self, orders: Sequence[CaptureOrder]) -> list[Hold | Refused | StepUncertain]:
+        request = wallet_pb2.BatchCaptureHoldsRequest(
+            requests=[wallet_pb2.CaptureHoldRequest(request_id=o.request_id, gift_id=o.gift_id) for o in orders]
+        )
+        reply = _ask_batch(
+            "wallet", "BatchCaptureHolds", lambda: self.stub.BatchCaptureHolds(request, timeout=self.deadline)
+        )
+        return [_item("wallet", "CaptureHold", r) or _hold(r.response.hold) for r in reply.results]
 
     def capture_hold(self, *, request_id: str, gift_id: str) -> Hold:
         request = wallet_pb2.CaptureHoldRequest(request_id=request_id, gift_id=gift_id)
@@ -123,6 +170,25 @@ class PayoutClient:
 
     def _answered(self) -> None:
         self._answered_at = time.monotonic()
+
+    def credit_many(self, orders: Sequence[CreditOrder]) -> list[Refused | StepUncertain | None]:
+        request = payout_pb2.BatchCreditDiamondsRequest(
+            requests=[
+                payout_pb2.CreditDiamondsRequest(
+                    request_id=o.request_id,
+                    gift_id=o.gift_id,
+                    creator_id=o.creator_id,
+                    diamonds=o.diamonds,
+                    coins=o.coins,
+                    promotional_coins=o.promotional_coins,
+                )
+                for o in orders
+            ]
+        )
+        call = lambda: self.stub.BatchCreditDiamonds(request, timeout=self.deadline)  # noqa: E731
+        reply = _ask_batch("payout", "BatchCreditDiamonds", call)
+        self._answered()
+        return [_item("payout", "CreditDiamonds", r) for r in reply.results]
 
     def credit_diamonds(
         self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int

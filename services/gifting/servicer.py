@@ -4,11 +4,17 @@ Who may call what is the ACCESS table in app.py; user RPCs act only for the call
 RPC runs through the request-id store (AIP-155). SendGift records the gift under the request id
 (the store replays that record, or the refusal), then drives the saga: a replay therefore answers
 with the gift as it stands now — completed, failed (the same error again), or still being sent.
+
+SendGift calls that arrive together are served together: each is queued on a `Batcher`, whose
+workers record a batch of them in one transaction (each under its own request id) and drive them
+through the saga together (domain: `record_sends`, `settle_recorded`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -25,13 +31,17 @@ from services.gifting.domain import (
     Gifting,
     LeaderboardEntry,
     Send,
+    SendAsk,
     Target,
+    current_trace_context,
     new_lease_owner,
 )
 from services.gifting.feed import LiveFeed
 from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, TransferRecord
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.idempotency import RequestIdStore, fingerprint
+from services.runtime.batching import Batcher
+from services.runtime.errors import DomainError, aborted
+from services.runtime.idempotency import BatchItem, RequestIdStore, fingerprint
 from services.runtime.validation import Validator, clamp_page_size
 
 M = TypeVar("M", bound=Message)
@@ -55,11 +65,32 @@ _TRANSFER_STATES_PB = {
 }
 
 
+@dataclass(frozen=True)
+class _QueuedSend:
+    caller: str  # the request-id store's caller (the identity's subject)
+    request: gifting_pb2.SendGiftRequest
+    ask: SendAsk
+
+
 class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
-    def __init__(self, gifting: Gifting, feed: LiveFeed, requests: RequestIdStore) -> None:
+    def __init__(
+        self,
+        gifting: Gifting,
+        feed: LiveFeed,
+        requests: RequestIdStore,
+        send_batch_max: int = 64,
+        send_batch_workers: int = 4,
+    ) -> None:
         self.gifting = gifting
         self.feed = feed
         self.requests = requests
+        self.sends: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
+            "gifting-send", self._send_batch, max_batch=send_batch_max, workers=send_batch_workers
+        )
+
+    def close(self) -> None:
+        """After the server has drained: the send workers finish what is queued (nothing, by then)."""
+        self.sends.close()
 
     # --- catalogue -------------------------------------------------------------------------------
 
@@ -120,17 +151,56 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.check()
         assert target is not None
         send = Send(request.gift_id, request.quantity, request.recipient_id, target)
-        owner = new_lease_owner()
         print_ = fingerprint(_method("SendGift"), request)
-        records: list[TransferRecord] = []  # what this call recorded (the last attempt's, if retried)
+        ask = SendAsk(sender_id, request.request_id, print_, send, current_trace_context())
+        answer = self.sends.submit(_QueuedSend(current_caller().subject, request, ask))
+        remaining = context.time_remaining()
+        try:
+            return answer.result(timeout=remaining)
+        except FutureTimeout:  # the caller's deadline: the gift goes on, and a retry finds it
+            raise aborted(
+                "REQUEST_IN_FLIGHT",
+                f"request {request.request_id} is still being sent; retry with the same request id",
+                request_id=request.request_id,
+            ) from None
 
-        def record(conn: Connection) -> gifting_pb2.SendGiftResponse:
-            records.append(self.gifting.record_send(conn, sender_id, request.request_id, print_, send, owner))
-            return gifting_pb2.SendGiftResponse(transfer=_transfer(records[-1]))
+    def _send_batch(self, queued: Sequence[_QueuedSend]) -> list[gifting_pb2.SendGiftResponse | DomainError]:
+        """Record the sends in one transaction, each under its request id, then drive the new ones
+        together; a replayed send is answered with its gift as it stands now, driven on if idle."""
+        owner = new_lease_owner()
+        recorded: dict[int, TransferRecord] = {}
 
-        recorded = self._mutate("SendGift", request, gifting_pb2.SendGiftResponse, record)
-        settled = self.gifting.settle(recorded.transfer.transfer_id, owner, records[-1] if records else None)
-        return gifting_pb2.SendGiftResponse(transfer=_transfer(settled))
+        def record(conn: Connection, new: list[int]) -> list[gifting_pb2.SendGiftResponse | DomainError]:
+            recorded.clear()  # the transaction may run again
+            outcomes = self.gifting.record_sends(conn, [queued[i].ask for i in new], owner)
+            answers: list[gifting_pb2.SendGiftResponse | DomainError] = []
+            for i, outcome in zip(new, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    answers.append(outcome)
+                else:
+                    recorded[i] = outcome
+                    answers.append(gifting_pb2.SendGiftResponse(transfer=_transfer(outcome)))
+            return answers
+
+        items = [BatchItem(q.caller, _method("SendGift"), q.request, q.request.request_id) for q in queued]
+        answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
+        fresh = [recorded[i] for i in sorted(recorded) if recorded[i].lease_owner == owner]
+        settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner)}
+        results: list[gifting_pb2.SendGiftResponse | DomainError] = []
+        for answer in answers:
+            if isinstance(answer, DomainError):
+                results.append(answer)
+                continue
+            transfer_id = answer.transfer.transfer_id
+            try:
+                t = settled.get(transfer_id) or self.gifting.settle(transfer_id, new_lease_owner())
+            except DomainError as error:
+                results.append(error)
+                continue
+            results.append(
+                self.gifting.failure(t) if t.state == FAILED else gifting_pb2.SendGiftResponse(transfer=_transfer(t))
+            )
+        return results
 
     # --- reads ---------------------------------------------------------------------------------------
 

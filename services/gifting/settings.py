@@ -30,6 +30,10 @@ class GiftingSettings(ServiceSettings):
     # Recovery: how often it looks for unfinished gifts, and the longest it waits between tries of one.
     recovery_interval_ms: int = 1000
     retry_max_seconds: int = 60
+    # SendGift calls that arrive together are served together: at most this many in one batch, and
+    # this many batches in flight at once (each a thread driving its batch through the saga).
+    send_batch_max: int = 64
+    send_batch_workers: int = 4
     # How often the live feed looks for gifts completed by other replicas.
     feed_poll_ms: int = 100
     # How often expired request ids are reaped.
@@ -53,6 +57,8 @@ def load_settings(env: Env) -> GiftingSettings:
         lease_seconds=env.integer("GIFTCOIN_GIFTING_LEASE_SECONDS", 30),
         recovery_interval_ms=env.integer("GIFTCOIN_GIFTING_RECOVERY_INTERVAL_MS", 1000),
         retry_max_seconds=env.integer("GIFTCOIN_GIFTING_RETRY_MAX_SECONDS", 60),
+        send_batch_max=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_MAX", 64),
+        send_batch_workers=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_WORKERS", 4),
         feed_poll_ms=env.integer("GIFTCOIN_GIFTING_FEED_POLL_MS", 100),
         reaper_interval_seconds=env.integer("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS", 600),
         failpoint=env.text("GIFTCOIN_GIFTING_FAILPOINT", ""),
@@ -77,6 +83,11 @@ def _check(s: GiftingSettings) -> None:
     # A lease must outlive one step's call, or a second replica could take a gift over mid-step.
     if s.lease_seconds * 1000 <= 2 * s.step_deadline_ms:
         raise ConfigError("GIFTCOIN_GIFTING_LEASE_SECONDS must exceed twice GIFTCOIN_GIFTING_STEP_DEADLINE_MS")
+    if not 1 <= s.send_batch_max <= 500 or s.send_batch_workers <= 0:
+        raise ConfigError(
+            "GIFTCOIN_GIFTING_SEND_BATCH_MAX must be between 1 and 500 (the peers' batch limit) and "
+            "GIFTCOIN_GIFTING_SEND_BATCH_WORKERS positive"
+        )
     if s.recovery_interval_ms <= 0 or s.retry_max_seconds <= 0 or s.feed_poll_ms <= 0:
         raise ConfigError("the gifting recovery, retry and feed intervals must be positive")
     if s.reaper_interval_seconds <= 0:

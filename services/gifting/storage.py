@@ -13,7 +13,7 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -40,10 +40,11 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 
-from services.runtime.db import insert_unless_conflict
+from services.runtime.db import insert_rows, insert_unless_conflict, update_rows
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -249,6 +250,9 @@ _TRANSFER = select(_t).where(_t.c.transfer_id == bindparam("key_transfer_id"))
 _TRANSFER_BY_REQUEST = select(_t).where(
     and_(_t.c.sender_id == bindparam("key_sender_id"), _t.c.request_id == bindparam("key_request_id"))
 )
+_TRANSFERS_BY_REQUEST = select(_t).where(
+    tuple_(_t.c.sender_id, _t.c.request_id).in_(bindparam("key_pairs", expanding=True))
+)
 _LEASE_FREE = or_(
     _t.c.lease_owner == bindparam("key_owner"), _t.c.lease_until.is_(None), _t.c.lease_until < bindparam("key_now")
 )
@@ -266,28 +270,37 @@ _LEASED = and_(
     _t.c.transfer_id == bindparam("key_transfer_id"), _t.c.lease_owner == bindparam("key_owner"), _t.c.state == PENDING
 )
 _RENEW = update(_t).where(_LEASED)
+_RENEW_MANY = update(_t).where(
+    and_(
+        _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)),
+        _t.c.lease_owner == bindparam("key_owner"),
+        _t.c.state == PENDING,
+    )
+)
+_RENEWED = select(_t.c.transfer_id).where(
+    and_(
+        _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)), _t.c.lease_owner == bindparam("key_owner")
+    )
+)
 _ADVANCE = update(_t).where(and_(_LEASED, _t.c.step == bindparam("key_from_step")))
 _d = daily_spending
-_RESERVE = (
-    update(_d)
-    .where(
-        and_(
-            _d.c.sender_id == bindparam("key_sender_id"),
-            _d.c.day == bindparam("key_day"),
-            _d.c.coins + bindparam("add_coins") <= bindparam("key_limit"),
-        )
-    )
-    .values(coins=_d.c.coins + bindparam("add_coins"))
+# The day rows of a batch's senders, locked in one order so that concurrent batches never deadlock.
+_SPENDING_LOCKED = (
+    select(_d.c.sender_id, _d.c.day, _d.c.coins)
+    .where(tuple_(_d.c.sender_id, _d.c.day).in_(bindparam("key_pairs", expanding=True)))
+    .order_by(_d.c.sender_id, _d.c.day)
+    .with_for_update()
 )
 _c, _e = feed_counters, feed_events
-_NEXT_SEQUENCE = (
-    update(_c).where(_c.c.target_key == bindparam("key_target")).values(last_sequence=_c.c.last_sequence + 1)
+_COUNTERS_LOCKED = (
+    select(_c.c.target_key, _c.c.last_sequence)
+    .where(_c.c.target_key.in_(bindparam("key_targets", expanding=True)))
+    .order_by(_c.c.target_key)
+    .with_for_update()
 )
-_SEQUENCE = select(_c.c.last_sequence).where(_c.c.target_key == bindparam("key_target"))
-_EVENT = select(_e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
-    and_(_e.c.target_key == bindparam("key_target"), _e.c.sequence == bindparam("key_sequence"))
+_EVENTS_AT = select(_e.c.target_key, _e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
+    tuple_(_e.c.target_key, _e.c.sequence).in_(bindparam("key_pairs", expanding=True))
 )
-_INSERT_EVENT = _e.insert()
 
 
 # --- repositories ----------------------------------------------------------------------------------
@@ -311,6 +324,9 @@ _GIFT_JOIN = gifts.join(
 
 
 _GIFT = select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id == bindparam("key_gift_id"))
+_GIFTS = (
+    select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id.in_(bindparam("key_gift_ids", expanding=True)))
+)
 
 
 class CatalogueRepository:
@@ -320,6 +336,10 @@ class CatalogueRepository:
     def get(self, gift_id: str) -> GiftRecord | None:
         found = self.conn.execute(_GIFT, {"key_gift_id": gift_id}).one_or_none()
         return None if found is None else _record(GiftRecord, found)
+
+    def get_many(self, gift_ids: Iterable[str]) -> dict[str, GiftRecord]:
+        rows = self.conn.execute(_GIFTS, {"key_gift_ids": sorted(set(gift_ids))})
+        return {r.gift_id: _record(GiftRecord, r) for r in rows}
 
     def active(self) -> list[GiftRecord]:
         rows = self.conn.execute(
@@ -379,9 +399,22 @@ class TransferRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add(self, record: TransferRecord) -> bool:
-        """Insert a new transfer; False if the sender already used the request id (the unique constraint)."""
-        return insert_unless_conflict(self.conn, gift_transfers, dict(record.__dict__))
+    def add_many(self, records: Sequence[TransferRecord]) -> set[str]:
+        """Insert new transfers in one statement; the ids inserted. One left out: its sender already used
+        its request id (the unique constraint), concurrently."""
+        rows = [dict(r.__dict__) for r in records]
+        inserted = insert_rows(
+            self.conn, gift_transfers, rows, unless_conflict_on=["sender_id", "request_id"], returning=["transfer_id"]
+        )
+        return {r.transfer_id for r in inserted}
+
+    def by_requests(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
+        """The transfers already recorded under these (sender, request id) pairs."""
+        keys = sorted(set(pairs))
+        if not keys:
+            return {}
+        rows = self.conn.execute(_TRANSFERS_BY_REQUEST, {"key_pairs": keys})
+        return {(r.sender_id, r.request_id): _record(TransferRecord, r) for r in rows}
 
     def get(self, transfer_id: str) -> TransferRecord | None:
         found = self.conn.execute(_TRANSFER, {"key_transfer_id": transfer_id}).one_or_none()
@@ -409,11 +442,23 @@ class TransferRepository:
         result = self.conn.execute(_RENEW, {**keys, "lease_until": until, "updated_at": now})
         return result.rowcount == 1
 
+    def renew_many(self, transfer_ids: Sequence[str], owner: str, now: datetime, until: datetime) -> set[str]:
+        """`renew` for many; the ids whose lease `owner` still holds."""
+        keys = {"key_transfer_ids": list(transfer_ids), "key_owner": owner}
+        self.conn.execute(_RENEW_MANY, {**keys, "lease_until": until, "updated_at": now})
+        return {r.transfer_id for r in self.conn.execute(_RENEWED, keys)}
+
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
         keys = {"key_transfer_id": transfer_id, "key_owner": owner, "key_from_step": from_step}
         result = self.conn.execute(_ADVANCE, {**keys, **values})
         return result.rowcount == 1
+
+    def advance_many(self, owner: str, from_step: str, rows: Sequence[dict[str, Any]], **common: object) -> set[str]:
+        """`advance` for many transfers in one statement: each row is a transfer_id and its own new
+        values, `common` are set on all; returns the ids advanced (the others' lease was lost)."""
+        guard = {"lease_owner": owner, "state": PENDING, "step": from_step}
+        return update_rows(self.conn, gift_transfers, "transfer_id", rows, where=guard, common=common)
 
     def postpone(self, transfer_id: str, owner: str, now: datetime, not_before: datetime) -> bool:
         """Give up the lease, idle until `not_before` (recovery's retry time), counting the attempt."""
@@ -480,11 +525,31 @@ class SpendingRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def reserve(self, sender_id: str, day: date, coins: int, limit: int) -> bool:
-        """Count `coins` against the day's limit; False (and nothing counted) if that would pass it."""
-        insert_unless_conflict(self.conn, daily_spending, {"sender_id": sender_id, "day": day, "coins": 0})
-        keys = {"key_sender_id": sender_id, "key_day": day, "key_limit": limit, "add_coins": coins}
-        return self.conn.execute(_RESERVE, keys).rowcount == 1
+    def reserve_many(self, asks: Sequence[tuple[str, date, int]], limit: int) -> list[int | None]:
+        """Count each (sender, day, coins) against the day's limit, in order; for each, None if counted,
+        else what the sender had spent that day (counting it would pass the limit: nothing counted).
+
+        The batch's day rows are created if missing and locked (PostgreSQL: FOR UPDATE, in one order;
+        SQLite: the write lock), so the totals computed here are the ones written.
+        """
+        pairs = sorted({(sender, day) for sender, day, _ in asks})
+        if not pairs:
+            return []
+        rows = [{"sender_id": sender, "day": day, "coins": 0} for sender, day in pairs]
+        insert_rows(self.conn, daily_spending, rows, unless_conflict_on=["sender_id", "day"])
+        spent = {(r.sender_id, r.day): int(r.coins) for r in self.conn.execute(_SPENDING_LOCKED, {"key_pairs": pairs})}
+        before = dict(spent)
+        refused: list[int | None] = []
+        for sender, day, coins in asks:
+            total = spent[(sender, day)]
+            if total + coins > limit:
+                refused.append(total)
+            else:
+                spent[(sender, day)] = total + coins
+                refused.append(None)
+        changed = [{"sender_id": s, "day": d, "coins": c} for (s, d), c in spent.items() if c != before[(s, d)]]
+        update_rows(self.conn, daily_spending, ("sender_id", "day"), changed)
+        return refused
 
     def give_back(self, sender_id: str, day: date, coins: int) -> None:
         d = daily_spending
@@ -504,32 +569,53 @@ class FeedRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def append(self, target_key: str, transfer: TransferRecord, now: datetime) -> tuple[int, int]:
-        """Number the next event of the target and write it; returns (sequence, combo count).
+    def append_many(self, events: Sequence[tuple[str, TransferRecord]], now: datetime) -> list[tuple[int, int]]:
+        """Number the next events of their targets, in order, and write them; (sequence, combo) of each.
 
-        The counter row is updated before it is read, so concurrent completions on one target queue
-        on its row lock (PostgreSQL) or the database lock (SQLite) and take consecutive numbers.
+        The targets' counter rows are locked first (FOR UPDATE in one order on PostgreSQL; SQLite's
+        write lock), so concurrent completions on one target queue there and take consecutive numbers.
+        A combo continues while one sender sends the same gift to the target, event after event.
         """
-        target = {"key_target": target_key}
-        insert_unless_conflict(self.conn, feed_counters, {"target_key": target_key, "last_sequence": 0})
-        self.conn.execute(_NEXT_SEQUENCE, target)
-        sequence = int(self.conn.execute(_SEQUENCE, target).scalar_one())
-        previous = self.conn.execute(_EVENT, {**target, "key_sequence": sequence - 1}).one_or_none()
-        same = previous is not None and (previous.sender_id, previous.gift_id) == (transfer.sender_id, transfer.gift_id)
-        combo = int(previous.combo_count) + 1 if same and previous is not None else 1
-        self.conn.execute(
-            _INSERT_EVENT,
+        if not events:
+            return []
+        targets = sorted({target for target, _ in events})
+        counter_rows = [{"target_key": target, "last_sequence": 0} for target in targets]
+        insert_rows(self.conn, feed_counters, counter_rows, unless_conflict_on=["target_key"])
+        last = {
+            r.target_key: int(r.last_sequence) for r in self.conn.execute(_COUNTERS_LOCKED, {"key_targets": targets})
+        }
+        previous = (
             {
-                "target_key": target_key,
-                "sequence": sequence,
-                "transfer_id": transfer.transfer_id,
-                "sender_id": transfer.sender_id,
-                "gift_id": transfer.gift_id,
-                "combo_count": combo,
-                "created_at": now,
-            },
+                r.target_key: (r.sender_id, r.gift_id, int(r.combo_count))
+                for r in self.conn.execute(_EVENTS_AT, {"key_pairs": [(t, n) for t, n in last.items() if n > 0]})
+            }
+            if any(last.values())
+            else {}
         )
-        return sequence, combo
+        numbered, rows = [], []
+        for target, transfer in events:
+            sequence = last[target] = last[target] + 1
+            before = previous.get(target)
+            same = before is not None and before[:2] == (transfer.sender_id, transfer.gift_id)
+            combo = before[2] + 1 if same and before is not None else 1
+            previous[target] = (transfer.sender_id, transfer.gift_id, combo)
+            numbered.append((sequence, combo))
+            rows.append(
+                {
+                    "target_key": target,
+                    "sequence": sequence,
+                    "transfer_id": transfer.transfer_id,
+                    "sender_id": transfer.sender_id,
+                    "gift_id": transfer.gift_id,
+                    "combo_count": combo,
+                    "created_at": now,
+                }
+            )
+        update_rows(
+            self.conn, feed_counters, "target_key", [{"target_key": t, "last_sequence": n} for t, n in last.items()]
+        )
+        insert_rows(self.conn, feed_events, rows)
+        return numbered
 
     def head(self, target_key: str) -> int:
         c = feed_counters

@@ -16,7 +16,15 @@ from services.giftctl.command import RpcCommand, Who
 from services.giftctl.suite import ROOT, free_port
 
 # Internal RPCs (only the gifting service may call them) have no command; WatchGifts is `giftctl watch`.
-INTERNAL = {"HoldCoins", "CaptureHold", "ReleaseHold", "CreditDiamonds"}
+INTERNAL = {
+    "HoldCoins",
+    "CaptureHold",
+    "ReleaseHold",
+    "CreditDiamonds",
+    "BatchHoldCoins",
+    "BatchCaptureHolds",
+    "BatchCreditDiamonds",
+}
 OPERATOR_RPCS = {"RefundPurchase", "CreatePromotion", "UpsertGift", "RetireGift", "VerifyCreator"}
 SERVICE_DESCRIPTORS = {
     "wallet": wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],

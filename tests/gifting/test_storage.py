@@ -65,7 +65,7 @@ def transfer(clock: FakeClock, sender: str = "vince", request_id: str = "", **ch
 
 
 def add(conn: Connection, record: TransferRecord) -> bool:
-    return UnitOfWork(conn).transfers.add(record)
+    return record.transfer_id in UnitOfWork(conn).transfers.add_many([record])
 
 
 def run_at_once(count: int, work: Callable[[int], None]) -> None:
@@ -76,37 +76,55 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
         thread.join()
 
 
-def test_the_daily_limit_holds_under_concurrent_sends(db: Database) -> None:
-    granted: list[int] = []
+def reserve(db: Database, asks: list[tuple[str, date, int]], limit: int = 100) -> list[int | None]:
+    return db.run(lambda conn: UnitOfWork(conn).spending.reserve_many(asks, limit))
 
-    def reserve(i: int) -> None:
-        if db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY, 10, limit=100)):
-            granted.append(i)
 
-    run_at_once(16, reserve)
-    assert len(granted) == 10
+def test_the_daily_limit_holds_under_concurrent_batches_of_sends(db: Database) -> None:
+    granted: list[str] = []
+
+    def send_batch(i: int) -> None:
+        # Each batch: two sends of 10 coins by vince, one by wendy, in an order that varies.
+        senders = ["vince", "wendy", "vince"] if i % 2 else ["wendy", "vince", "vince"]
+        outcomes = reserve(db, [(s, DAY, 10) for s in senders])
+        granted.extend(s for s, refused in zip(senders, outcomes, strict=True) if refused is None)
+
+    run_at_once(8, send_batch)
+    assert granted.count("vince") == 10 and granted.count("wendy") == 8
     assert db.run(lambda conn: UnitOfWork(conn).spending.spent("vince", DAY)) == 100
+    # Refused: what the sender had spent; in order within a batch: the first fits, the second not.
     db.run(lambda conn: UnitOfWork(conn).spending.give_back("vince", DAY, 10))
-    assert db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY, 10, limit=100))
-    assert not db.run(lambda conn: UnitOfWork(conn).spending.reserve("vince", DAY + timedelta(days=-1), 101, 100))
+    assert reserve(db, [("vince", DAY, 10), ("vince", DAY, 10)]) == [None, 100]
+    assert reserve(db, [("vince", DAY + timedelta(days=-1), 101), ("vince", DAY + timedelta(days=-1), 100)]) == [
+        0,
+        None,
+    ]
 
 
 def test_one_transfer_per_sender_and_request_id(db: Database) -> None:
     clock = FakeClock()
     first = transfer(clock, request_id="r-1")
-    assert db.run(lambda conn: UnitOfWork(conn).transfers.add(first))
-    assert not db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, request_id="r-1")))
-    assert db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, sender="wendy", request_id="r-1")))
+    assert db.run(partial(add, record=first))
+    assert not db.run(partial(add, record=transfer(clock, request_id="r-1")))
+    wendys = transfer(clock, sender="wendy", request_id="r-1")
+    again, other = transfer(clock, request_id="r-1"), transfer(clock, request_id="r-2")
+    # In one batch, only the rows that do not conflict are inserted.
+    inserted = db.run(lambda conn: UnitOfWork(conn).transfers.add_many([wendys, again, other]))
+    assert inserted == {wendys.transfer_id, other.transfer_id}
     assert db.run(lambda conn: UnitOfWork(conn).transfers.by_request("vince", "r-1")) == first
+    found = db.run(
+        lambda conn: UnitOfWork(conn).transfers.by_requests([("vince", "r-1"), ("wendy", "r-1"), ("x", "r")])
+    )
+    assert found == {("vince", "r-1"): first, ("wendy", "r-1"): wendys}
     # A gift to oneself is refused by the database too.
     with pytest.raises(IntegrityError):
-        db.run(lambda conn: UnitOfWork(conn).transfers.add(transfer(clock, recipient_id="vince")))
+        db.run(partial(add, record=transfer(clock, recipient_id="vince")))
 
 
 def test_one_replica_at_a_time_holds_a_gifts_lease(db: Database) -> None:
     clock = FakeClock()
     record = transfer(clock)
-    db.run(lambda conn: UnitOfWork(conn).transfers.add(record))
+    db.run(partial(add, record=record))
     now, until = clock.now(), clock.now() + timedelta(seconds=10)
     winners: list[str] = []
 
@@ -141,9 +159,19 @@ def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: 
         db.run(partial(add, record=record))
 
     def complete(i: int) -> None:
-        db.run(lambda conn: UnitOfWork(conn).feed.append("live_stream:stream-1", records[i], clock.now()))
+        # Batches of two gifts, each also completing one gift on a second target, in varying order.
+        other = transfer(clock, sender=f"viewer{i}")
+        db.run(partial(add, record=other))
+        batch = [
+            ("live_stream:stream-1", records[2 * i]),
+            ("video:v", other),
+            ("live_stream:stream-1", records[2 * i + 1]),
+        ]
+        if i % 2:
+            batch.reverse()
+        db.run(lambda conn: UnitOfWork(conn).feed.append_many(batch, clock.now()))
 
-    run_at_once(len(records), complete)
+    run_at_once(len(records) // 2, complete)
     events = db.run(lambda conn: UnitOfWork(conn).feed.after("live_stream:stream-1", 0, 100))
     assert [e.sequence for e in events] == list(range(1, 13))
     assert sorted(e.transfer.transfer_id for e in events) == sorted(r.transfer_id for r in records)
@@ -151,11 +179,12 @@ def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: 
     for previous, event in itertools.pairwise(events):
         same = previous.transfer.sender_id == event.transfer.sender_id
         assert event.combo_count == (previous.combo_count + 1 if same else 1)
-    assert db.run(lambda conn: UnitOfWork(conn).feed.heads(["live_stream:stream-1", "video:x"])) == {
+    assert db.run(lambda conn: UnitOfWork(conn).feed.heads(["live_stream:stream-1", "video:v", "video:x"])) == {
         "live_stream:stream-1": 12,
+        "video:v": 6,
         "video:x": 0,
     }
     # One event per gift, ever.
     with pytest.raises(IntegrityError):
-        db.run(lambda conn: UnitOfWork(conn).feed.append("live_stream:stream-1", records[0], clock.now()))
-    assert len(db.run(lambda conn: conn.execute(select(storage.feed_events)).all())) == 12
+        db.run(lambda conn: UnitOfWork(conn).feed.append_many([("live_stream:stream-1", records[0])], clock.now()))
+    assert len(db.run(lambda conn: conn.execute(select(storage.feed_events)).all())) == 18

@@ -121,7 +121,11 @@ def test_one_send_is_one_trace_across_gifting_wallet_and_payout(suite) -> None:
 
     send = server("gifting", "SendGift")
     assert send["parent_span_id"] == root_span_id  # gifting's server span is the caller's child
-    for service, method in (("wallet", "HoldCoins"), ("payout", "CreditDiamonds"), ("wallet", "CaptureHold")):
+    for service, method in (
+        ("wallet", "BatchHoldCoins"),
+        ("payout", "BatchCreditDiamonds"),
+        ("wallet", "BatchCaptureHolds"),
+    ):
         span = server(service, method)
         parent = by_id[span["parent_span_id"]]  # a gifting client span of the same trace
         assert (parent["service"], parent["kind"]) == ("giftcoin-gifting", "CLIENT")
