@@ -7,7 +7,8 @@ Every test that uses `wallet` ends with the books checked: the ledger's invarian
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -212,6 +213,18 @@ class WalletHarness:
         request = wallet_pb2.ReleaseHoldRequest(request_id=request_id or new_id(), gift_id=gift_id)
         return self.stub.ReleaseHold(request, metadata=as_caller(GIFTING)).hold
 
+    def batch_hold(
+        self, requests: Sequence[wallet_pb2.HoldCoinsRequest], caller: Caller = GIFTING
+    ) -> list[wallet_pb2.HoldCoinsResult]:
+        batch = wallet_pb2.BatchHoldCoinsRequest(requests=requests)
+        return list(self.stub.BatchHoldCoins(batch, metadata=as_caller(caller)).results)
+
+    def batch_capture(
+        self, requests: Sequence[wallet_pb2.CaptureHoldRequest], caller: Caller = GIFTING
+    ) -> list[wallet_pb2.CaptureHoldResult]:
+        batch = wallet_pb2.BatchCaptureHoldsRequest(requests=requests)
+        return list(self.stub.BatchCaptureHolds(batch, metadata=as_caller(caller)).results)
+
 
 @pytest.fixture
 def clock() -> FakeClock:
@@ -223,14 +236,21 @@ def wallet_url(make_database: Callable[[str], str]) -> str:
     return make_database("wallet")
 
 
-@pytest.fixture
-def wallet(wallet_url: str, clock: FakeClock) -> Iterator[WalletHarness]:
-    settings = wallet_settings(wallet_url)
+@contextmanager
+def running_wallet(url: str, clock: FakeClock) -> Iterator[WalletHarness]:
+    """A wallet served on 127.0.0.1 over the database at `url`; its books are checked when it stops."""
+    settings = wallet_settings(url)
     running = create_server(wallet_app.build(settings, clock), settings, "127.0.0.1:0")
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
-        yield WalletHarness(running, wallet_pb2_grpc.WalletServiceStub(channel), clock, wallet_url)
+        yield WalletHarness(running, wallet_pb2_grpc.WalletServiceStub(channel), clock, url)
     finally:
         channel.close()
         running.stop(None)
-    check_books(wallet_url)
+    check_books(url)
+
+
+@pytest.fixture
+def wallet(wallet_url: str, clock: FakeClock) -> Iterator[WalletHarness]:
+    with running_wallet(wallet_url, clock) as harness:
+        yield harness
