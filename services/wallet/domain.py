@@ -854,8 +854,8 @@ class WalletBook:
     def _post(
         self, uow: WalletUnit, user_id: str, kind: str, reference: str, postings: list[Posting], now: datetime
     ) -> None:
-        uow.post(user_id, kind, reference, postings, now)
-        VALUE_MOVED.add(sum(p.amount for p in postings if p.amount > 0), {"unit": COIN, "kind": kind})
+        """One ledger transfer, in `user_id`'s history (none for ""). Raises Overdraft: roll back then."""
+        self._post_many(uow, [(user_id, Movement(kind, reference, postings))], now)
 
     def _post_many(self, uow: WalletUnit, movements: Sequence[tuple[str, Movement]], now: datetime) -> None:
         """`_post` for many (user, movement) pairs, in a constant number of statements."""

@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.db import Database, insert_rows, update_rows
-from services.runtime.ledger import Ledger, Movement, Posting, ledger_tables
+from services.runtime.ledger import Ledger, Movement, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 T = TypeVar("T")
@@ -171,7 +171,6 @@ _MOVE_HOLD = (
     .where(and_(holds.c.hold_id == bindparam("hold_key"), holds.c.state == bindparam("hold_from_state")))
     .returning(*holds.c)
 )  # SET: the columns named in the parameters
-_INSERT_WALLET_TRANSFER = wallet_transfers.insert()
 # The batch paths' (BatchHoldCoins, BatchCaptureHolds) statements: one for all the batch's rows.
 # Wallets are locked in user-id order, so that batches locking overlapping sets cannot deadlock.
 _WALLETS_LOCKED = (
@@ -295,17 +294,10 @@ class WalletUnit:
 
     # --- ledger, with the wallet's history ----------------------------------------------------
 
-    def post(self, user_id: str, kind: str, reference: str, postings: Sequence[Posting], now: datetime) -> str:
-        """One ledger transfer, entered in `user_id`'s history. Raises Overdraft, writing nothing."""
-        transfer_id = self.ledger.post(kind, reference, postings, now)
-        if user_id:
-            self.conn.execute(_INSERT_WALLET_TRANSFER, {"user_id": user_id, "transfer_id": transfer_id})
-        return transfer_id
-
     def post_many(self, movements: Sequence[tuple[str, Movement]], now: datetime) -> list[str]:
-        """`post` for many (user, movement) pairs in a constant number of statements; the transfer ids.
-
-        Each enters its user's history (none for ""), in the order given. Raises Overdraft.
+        """Ledger transfers, each entered in its user's history (none for ""), in the order given; their
+        ids. A constant number of statements, whatever their number. Raises Overdraft, after which the
+        transaction must roll back.
         """
         transfer_ids = self.ledger.post_many([movement for _, movement in movements], now)
         history = [
