@@ -128,7 +128,43 @@ def insert_unless_conflict(conn: Connection, table: Table, values: dict[str, Any
     return conn.execute(statement, values).rowcount == 1
 
 
-_INSERT_ROWS: dict[tuple[str, int, tuple[str, ...], int, tuple[str, ...] | None, tuple[str, ...]], Executable] = {}
+# Statements of the batch paths, compiled once per shape (see `rows_source`).
+_BATCH_STATEMENTS: dict[tuple[Any, ...], Executable] = {}
+
+
+def rows_source(conn: Connection, table: Table, names: Sequence[str], count: int) -> str:
+    """SQL for `count` rows of values of `names` (columns of `table`), as a row source named by `names`.
+
+    PostgreSQL: `unnest` of one array parameter per column (`:a_<name>`), so that the statement's text
+    is the same whatever the batch size: psycopg parses and prepares it once, where a VALUES list of
+    hundreds of parameters is parsed again on every execution (its text is too long for psycopg's
+    cache) and prepared again for every size. SQLite, which has no arrays and parses cheaply: a
+    VALUES list (`:v_<name>_<i>`).
+    """
+    quote = conn.dialect.identifier_preparer.quote
+    if conn.dialect.name == "postgresql":
+        arrays = ", ".join(f"CAST(:a_{c} AS {table.c[c].type.compile(dialect=conn.dialect)}[])" for c in names)
+        return f"SELECT * FROM unnest({arrays}) AS v ({', '.join(quote(c) for c in names)})"
+    tuples = ", ".join("(" + ", ".join(f":v_{c}_{i}" for c in names) + ")" for i in range(count))
+    return f"VALUES {tuples}"
+
+
+def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of `_rows_source`; on PostgreSQL each array's values through its column's type."""
+    if conn.dialect.name != "postgresql":
+        return {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
+    params: dict[str, Any] = {}
+    for c in names:
+        process = table.c[c].type.bind_processor(conn.dialect)
+        values = [row[c] for row in rows]
+        params[f"a_{c}"] = [process(v) for v in values] if process is not None else values
+    return params
+
+
+def rows_bindparams(conn: Connection, table: Table, names: Sequence[str], count: int) -> list[Any]:
+    if conn.dialect.name == "postgresql":
+        return [bindparam(f"a_{c}") for c in names]  # arrays, processed by _rows_params
+    return [bindparam(f"v_{c}_{i}", type_=table.c[c].type) for i in range(count) for c in names]
 
 
 def insert_rows(
@@ -143,34 +179,29 @@ def insert_rows(
     With `unless_conflict_on` (a unique key's columns), rows that conflict with it are skipped
     (ON CONFLICT DO NOTHING): what RETURNING leaves out is what was skipped. The batch paths' way to
     write many rows in one round trip: executemany costs a pipeline per call on psycopg, and
-    SQLAlchemy gives a multi-row insert().values([...]) no cache key. Compiled once per shape.
+    SQLAlchemy gives a multi-row insert().values([...]) no cache key.
     """
     if not rows:
         return []
-    keys = tuple(rows[0])
+    names = tuple(rows[0])
     target = tuple(unless_conflict_on) if unless_conflict_on is not None else None
-    cache_key = (conn.dialect.name, id(table), keys, len(rows), target, tuple(returning))
-    statement = _INSERT_ROWS.get(cache_key)
+    size = 0 if conn.dialect.name == "postgresql" else len(rows)  # one statement for all sizes there
+    cache_key = ("insert", conn.dialect.name, id(table), names, size, target, tuple(returning))
+    statement = _BATCH_STATEMENTS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
-        tuples = ", ".join("(" + ", ".join(f":{k}_{i}" for k in keys) + ")" for i in range(len(rows)))
-        sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) VALUES {tuples}"
+        source = rows_source(conn, table, names, len(rows))
+        sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in names)}) {source}"
         if target is not None:
             sql += f" ON CONFLICT ({', '.join(quote(c) for c in target)}) DO NOTHING"
         if returning:
             sql += f" RETURNING {', '.join(quote(c) for c in returning)}"
-        typed = text(sql).bindparams(
-            *(bindparam(f"{k}_{i}", type_=table.c[k].type) for i in range(len(rows)) for k in keys)
-        )
+        typed = text(sql).bindparams(*rows_bindparams(conn, table, names, len(rows)))
         if returning:
             typed = typed.columns(*(table.c[c] for c in returning))  # type: ignore[assignment]
-        statement = _INSERT_ROWS[cache_key] = typed
-    params = {f"{k}_{i}": row[k] for i, row in enumerate(rows) for k in keys}
-    result = conn.execute(statement, params)
+        statement = _BATCH_STATEMENTS[cache_key] = typed
+    result = conn.execute(statement, rows_params(conn, table, names, rows))
     return list(result.all()) if returning else []
-
-
-_UPDATE_ROWS: dict[tuple[Any, ...], Executable] = {}
 
 
 def update_rows(
@@ -186,46 +217,40 @@ def update_rows(
 
     Each of `rows` (all with the same keys) names its row by its `key` column(s) and gives that row's
     new values; `common` values are set on every row; only rows whose columns also equal `where`
-    are touched (a guard, like a saga step's lease). Compiled once per shape. PostgreSQL and SQLite
-    (>= 3.35) alike: `WITH v AS (VALUES ...) UPDATE ... FROM v ... RETURNING`.
+    are touched (a guard, like a saga step's lease). PostgreSQL and SQLite (>= 3.35) alike:
+    `WITH v AS (<rows>) UPDATE ... FROM v ... RETURNING`.
     """
     if not rows:
         return set()
     where, common = where or {}, common or {}
     keys = (key,) if isinstance(key, str) else tuple(key)
     names = tuple(rows[0])
-    cache_key = (conn.dialect.name, id(table), keys, names, len(rows), tuple(where), tuple(common))
-    statement = _UPDATE_ROWS.get(cache_key)
+    size = 0 if conn.dialect.name == "postgresql" else len(rows)
+    cache_key = ("update", conn.dialect.name, id(table), keys, names, size, tuple(where), tuple(common))
+    statement = _BATCH_STATEMENTS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
         name = quote(table.name)
-
-        def value(column: str, i: int) -> str:
-            # PostgreSQL types a VALUES list from its first row, and a NULL there as text: cast.
-            if conn.dialect.name != "postgresql":
-                return f":v_{column}_{i}"
-            return f"CAST(:v_{column}_{i} AS {table.c[column].type.compile(dialect=conn.dialect)})"
-
-        values = ", ".join("(" + ", ".join(value(c, i) for c in names) + ")" for i in range(len(rows)))
         sets = [f"{quote(c)} = v.{quote(c)}" for c in names if c not in keys]
         sets += [f"{quote(c)} = :c_{c}" for c in common]
         guards = [f"{name}.{quote(k)} = v.{quote(k)}" for k in keys]
         guards += [f"{name}.{quote(c)} = :w_{c}" for c in where]
         sql = (
-            f"WITH v ({', '.join(quote(c) for c in names)}) AS (VALUES {values}) "
+            f"WITH v ({', '.join(quote(c) for c in names)}) AS ({rows_source(conn, table, names, len(rows))}) "
             f"UPDATE {name} SET {', '.join(sets)} FROM v WHERE {' AND '.join(guards)} "
             f"RETURNING {', '.join(f'{name}.{quote(k)}' for k in keys)}"
         )
-        typed = [bindparam(f"v_{c}_{i}", type_=table.c[c].type) for i in range(len(rows)) for c in names]
+        typed = rows_bindparams(conn, table, names, len(rows))
         typed += [bindparam(f"c_{c}", type_=table.c[c].type) for c in common]
         typed += [bindparam(f"w_{c}", type_=table.c[c].type) for c in where]
-        statement = _UPDATE_ROWS[cache_key] = text(sql).bindparams(*typed)
-    params = {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
+        statement = _BATCH_STATEMENTS[cache_key] = text(sql).bindparams(*typed)
+    params = rows_params(conn, table, names, rows)
     params.update({f"c_{c}": v for c, v in common.items()})
     params.update({f"w_{c}": v for c, v in where.items()})
+    result = conn.execute(statement, params)
     if len(keys) == 1:
-        return {r[0] for r in conn.execute(statement, params)}
-    return {tuple(r) for r in conn.execute(statement, params)}
+        return {r[0] for r in result}
+    return {tuple(r) for r in result}
 
 
 def _retryable(error: exc.DBAPIError) -> bool:

@@ -41,7 +41,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.runtime.db import insert_rows, insert_unless_conflict
+from services.runtime.db import insert_rows, insert_unless_conflict, rows_bindparams, rows_params, rows_source
 from services.runtime.tables import UtcDateTime
 
 
@@ -108,7 +108,7 @@ class _Statements:
             .values(balance=a.c.balance + bindparam("amount"))
         )
         self._accounts_table = a
-        self._move_balances: dict[int, Executable] = {}
+        self._move_balances: dict[tuple[str, int], Executable] = {}
         self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(
             a.c.code.in_(bindparam("codes", expanding=True))
         )
@@ -118,24 +118,23 @@ class _Statements:
             .group_by(e.c.account)
         )
 
-    def move_balances(self, rows: int) -> Executable:
-        """One UPDATE moving `rows` holder balances (`code_<i>`, `amount_<i>`), each unless it would go
-        below zero; RETURNING the codes it moved. Compiled once per size; PostgreSQL and SQLite alike.
-        """
-        statement = self._move_balances.get(rows)
+    def move_balances(self, conn: Connection, moves: Sequence[tuple[str, int]]) -> set[str]:
+        """Move holder balances by (code, amount) in one UPDATE, each unless it would go below zero;
+        the codes it moved. PostgreSQL and SQLite alike (runtime.db's row sources)."""
+        a = self._accounts_table
+        rows = [{"code": code, "balance": amount} for code, amount in moves]
+        size = 0 if conn.dialect.name == "postgresql" else len(rows)
+        statement = self._move_balances.get((conn.dialect.name, size))
         if statement is None:
-            a = self._accounts_table.name
-            values = ", ".join(f"(:code_{i}, CAST(:amount_{i} AS BIGINT))" for i in range(rows))
+            source = rows_source(conn, a, ("code", "balance"), len(rows))
             sql = (
-                f"WITH moves(code, amount) AS (VALUES {values}) "
-                f"UPDATE {a} SET balance = {a}.balance + moves.amount FROM moves "
-                f"WHERE {a}.code = moves.code AND {a}.balance + moves.amount >= 0 RETURNING {a}.code"
+                f"WITH moves (code, amount) AS ({source}) "
+                f"UPDATE {a.name} SET balance = {a.name}.balance + moves.amount FROM moves "
+                f"WHERE {a.name}.code = moves.code AND {a.name}.balance + moves.amount >= 0 RETURNING {a.name}.code"
             )
-            code_type, amount_type = self._accounts_table.c.code.type, self._accounts_table.c.balance.type
-            typed = [bindparam(f"code_{i}", type_=code_type) for i in range(rows)]
-            typed += [bindparam(f"amount_{i}", type_=amount_type) for i in range(rows)]
-            statement = self._move_balances[rows] = text(sql).bindparams(*typed)
-        return statement
+            statement = text(sql).bindparams(*rows_bindparams(conn, a, ("code", "balance"), len(rows)))
+            self._move_balances[(conn.dialect.name, size)] = statement
+        return {row[0] for row in conn.execute(statement, rows_params(conn, a, ("code", "balance"), rows))}
 
 
 _statements: dict[int, _Statements] = {}
@@ -241,9 +240,7 @@ class Ledger:
                     net[p.account] += p.amount
         moves = sorted((code, amount) for code, amount in net.items() if amount != 0)
         if moves:
-            params: dict[str, object] = {f"code_{i}": code for i, (code, _) in enumerate(moves)}
-            params.update({f"amount_{i}": amount for i, (_, amount) in enumerate(moves)})
-            moved = {row[0] for row in self.conn.execute(self.sql.move_balances(len(moves)), params)}
+            moved = self.sql.move_balances(self.conn, moves)
             for code, amount in moves:
                 if code not in moved:
                     raise Overdraft(code, amount)
