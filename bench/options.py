@@ -72,7 +72,13 @@ def parse(argv: list[str] | None = None) -> Options:
         help=f"comma-separated, in this order: {','.join(PHASES)} (default all); "
         "half runs at half the spread phase's throughput and needs spread",
     )
-    parser.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads per service (default 16)")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=64,
+        help="gRPC worker threads per service (default 64: every SendGift in flight waits on a thread "
+        "while its batch is driven, so fewer threads than --concurrency caps the batches)",
+    )
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs (printed at the end)")
     parser.add_argument(

@@ -79,7 +79,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         feed: LiveFeed,
         requests: RequestIdStore,
         send_batch_max: int = 64,
-        send_batch_workers: int = 4,
+        send_batch_workers: int = 3,
     ) -> None:
         self.gifting = gifting
         self.feed = feed
