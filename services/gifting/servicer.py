@@ -65,6 +65,10 @@ _TRANSFER_STATES_PB = {
 }
 
 
+# A time_remaining() beyond this means the call has no deadline (waiting that long overflows).
+_NO_DEADLINE = 10**6
+
+
 @dataclass(frozen=True)
 class _QueuedSend:
     caller: str  # the request-id store's caller (the identity's subject)
@@ -154,9 +158,9 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         print_ = fingerprint(_method("SendGift"), request)
         ask = SendAsk(sender_id, request.request_id, print_, send, current_trace_context())
         answer = self.sends.submit(_QueuedSend(current_caller().subject, request, ask))
-        remaining = context.time_remaining()
+        remaining = context.time_remaining()  # without a deadline: a huge number, not None
         try:
-            return answer.result(timeout=remaining)
+            return answer.result(timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None)
         except FutureTimeout:  # the caller's deadline: the gift goes on, and a retry finds it
             raise aborted(
                 "REQUEST_IN_FLIGHT",
