@@ -83,7 +83,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         feed: LiveFeed,
         requests: RequestIdStore,
         send_batch_max: int = 64,
-        send_batch_workers: int = 3,
+        send_batch_workers: int = 2,
     ) -> None:
         self.gifting = gifting
         self.feed = feed

@@ -33,7 +33,7 @@ class GiftingSettings(ServiceSettings):
     # SendGift calls that arrive together are served together: at most this many in one batch, and
     # this many batches in flight at once (each a thread driving its batch through the saga).
     send_batch_max: int = 64
-    send_batch_workers: int = 3
+    send_batch_workers: int = 2
     # How often the live feed looks for gifts completed by other replicas.
     feed_poll_ms: int = 100
     # How often expired request ids are reaped.
@@ -58,7 +58,7 @@ def load_settings(env: Env) -> GiftingSettings:
         recovery_interval_ms=env.integer("GIFTCOIN_GIFTING_RECOVERY_INTERVAL_MS", 1000),
         retry_max_seconds=env.integer("GIFTCOIN_GIFTING_RETRY_MAX_SECONDS", 60),
         send_batch_max=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_MAX", 64),
-        send_batch_workers=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_WORKERS", 3),
+        send_batch_workers=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_WORKERS", 2),
         feed_poll_ms=env.integer("GIFTCOIN_GIFTING_FEED_POLL_MS", 100),
         reaper_interval_seconds=env.integer("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS", 600),
         failpoint=env.text("GIFTCOIN_GIFTING_FAILPOINT", ""),

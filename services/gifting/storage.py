@@ -40,11 +40,19 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 
-from services.runtime.db import insert_rows, insert_unless_conflict, update_rows
+from services.runtime.db import (
+    insert_rows,
+    insert_unless_conflict,
+    rows_bindparams,
+    rows_params,
+    rows_source,
+    update_rows,
+)
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -292,12 +300,30 @@ _SPENDING_LOCKED = (
     .with_for_update()
 )
 _c, _e = feed_counters, feed_events
-_COUNTERS_LOCKED = (
-    select(_c.c.target_key, _c.c.last_sequence)
-    .where(_c.c.target_key.in_(bindparam("key_targets", expanding=True)))
-    .order_by(_c.c.target_key)
-    .with_for_update()
-)
+_BUMP_COUNTERS: dict[tuple[str, int], Any] = {}
+
+
+def _bump_counters(conn: Connection, rows: int) -> Any:
+    """INSERT counters (target_key, n) ... ON CONFLICT add n ... RETURNING the new last numbers."""
+    size = 0 if conn.dialect.name == "postgresql" else rows  # one statement for every size there
+    statement = _BUMP_COUNTERS.get((conn.dialect.name, size))
+    if statement is None:
+        names = ("target_key", "last_sequence")
+        source = rows_source(conn, feed_counters, names, rows)
+        sql = (
+            f"INSERT INTO feed_counters (target_key, last_sequence) {source} ON CONFLICT (target_key) "
+            "DO UPDATE SET last_sequence = feed_counters.last_sequence + excluded.last_sequence "
+            "RETURNING target_key, last_sequence"
+        )
+        statement = text(sql).bindparams(*rows_bindparams(conn, feed_counters, names, rows))
+        _BUMP_COUNTERS[(conn.dialect.name, size)] = statement
+    return statement
+
+
+def _counter_params(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return rows_params(conn, feed_counters, ("target_key", "last_sequence"), rows)
+
+
 _EVENTS_AT = select(_e.c.target_key, _e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
     tuple_(_e.c.target_key, _e.c.sequence).in_(bindparam("key_pairs", expanding=True))
 )
@@ -572,35 +598,37 @@ class FeedRepository:
     def append_many(self, events: Sequence[tuple[str, TransferRecord]], now: datetime) -> list[tuple[int, int]]:
         """Number the next events of their targets, in order, and write them; (sequence, combo) of each.
 
-        The targets' counter rows are locked first (FOR UPDATE in one order on PostgreSQL; SQLite's
-        write lock), so concurrent completions on one target queue there and take consecutive numbers.
-        A combo continues while one sender sends the same gift to the target, event after event.
+        One upsert moves each target's counter on by its number of events (creating it at need) and
+        returns the new last number: concurrent completions on one target queue on its counter row
+        (row lock on PostgreSQL, taken in target order; SQLite's write lock) and take consecutive
+        numbers. A combo continues while one sender sends the same gift to the target, event after event.
         """
         if not events:
             return []
-        targets = sorted({target for target, _ in events})
-        counter_rows = [{"target_key": target, "last_sequence": 0} for target in targets]
-        insert_rows(self.conn, feed_counters, counter_rows, unless_conflict_on=["target_key"])
+        counts: dict[str, int] = {}
+        for target, _ in events:
+            counts[target] = counts.get(target, 0) + 1
+        rows = [{"target_key": target, "last_sequence": counts[target]} for target in sorted(counts)]
         last = {
-            r.target_key: int(r.last_sequence) for r in self.conn.execute(_COUNTERS_LOCKED, {"key_targets": targets})
+            r[0]: int(r[1])
+            for r in self.conn.execute(_bump_counters(self.conn, len(rows)), _counter_params(self.conn, rows))
         }
-        previous = (
-            {
-                r.target_key: (r.sender_id, r.gift_id, int(r.combo_count))
-                for r in self.conn.execute(_EVENTS_AT, {"key_pairs": [(t, n) for t, n in last.items() if n > 0]})
-            }
-            if any(last.values())
-            else {}
-        )
-        numbered, rows = [], []
+        next_number = {target: last[target] - counts[target] + 1 for target in counts}
+        before = [(target, n - 1) for target, n in next_number.items() if n > 1]
+        previous = {
+            r.target_key: (r.sender_id, r.gift_id, int(r.combo_count))
+            for r in (self.conn.execute(_EVENTS_AT, {"key_pairs": before}) if before else [])
+        }
+        numbered, event_rows = [], []
         for target, transfer in events:
-            sequence = last[target] = last[target] + 1
-            before = previous.get(target)
-            same = before is not None and before[:2] == (transfer.sender_id, transfer.gift_id)
-            combo = before[2] + 1 if same and before is not None else 1
+            sequence = next_number[target]
+            next_number[target] += 1
+            prior = previous.get(target)
+            same = prior is not None and prior[:2] == (transfer.sender_id, transfer.gift_id)
+            combo = prior[2] + 1 if same and prior is not None else 1
             previous[target] = (transfer.sender_id, transfer.gift_id, combo)
             numbered.append((sequence, combo))
-            rows.append(
+            event_rows.append(
                 {
                     "target_key": target,
                     "sequence": sequence,
@@ -611,10 +639,7 @@ class FeedRepository:
                     "created_at": now,
                 }
             )
-        update_rows(
-            self.conn, feed_counters, "target_key", [{"target_key": t, "last_sequence": n} for t, n in last.items()]
-        )
-        insert_rows(self.conn, feed_events, rows)
+        insert_rows(self.conn, feed_events, event_rows)
         return numbered
 
     def head(self, target_key: str) -> int:
