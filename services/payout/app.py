@@ -66,6 +66,7 @@ def assemble(
     db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
     provider = provider or SandboxProvider(db, clock)
     payouts = Payouts(terms(settings), clock)
+    db.run(lambda conn: payouts.open_platform_accounts(storage.UnitOfWork(conn)))
     processor = PayoutProcessor(db, payouts, provider)
     request_ids = RequestIdStore(db, storage.request_ids, clock)
     app = ServiceApp(

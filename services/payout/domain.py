@@ -320,9 +320,12 @@ class Payouts:
             if r.diamonds > 0
         ]
         if movements:
-            uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
             uow.ledger.post_many(movements, now)
         return outcomes
+
+    def open_platform_accounts(self, uow: UnitOfWork) -> None:
+        """The platform account every credit moves diamonds from, opened at start (idempotent)."""
+        uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, self.clock.now(), platform=True)
 
     def _decide_credits(
         self,

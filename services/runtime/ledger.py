@@ -16,6 +16,7 @@ Two kinds of account:
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Connection,
+    Engine,
     Executable,
     ForeignKey,
     Index,
@@ -292,13 +294,31 @@ class Ledger:
         return result
 
     def _accounts(self, codes: set[str]) -> dict[str, tuple[str, bool]]:
-        """unit and platform flag of each account."""
-        rows = self.conn.execute(self.sql.account_kinds, {"codes": sorted(codes)}).all()
-        found = {r.code: (r.unit, bool(r.platform)) for r in rows}
+        """unit and platform flag of each account.
+
+        Remembered per database (engine) once read: an account's unit and kind never change, and
+        every movement asks for them. A cached account was committed (read back in a transaction
+        that then committed or not: if not, the entries' foreign key still refuses a phantom).
+        """
+        known = _kinds.setdefault(self.conn.engine, {})
+        found = {code: known[code] for code in codes if code in known}
         missing = codes - found.keys()
+        if missing:
+            rows = self.conn.execute(self.sql.account_kinds, {"codes": sorted(missing)}).all()
+            read = {r.code: (r.unit, bool(r.platform)) for r in rows}
+            if len(known) > _KINDS_REMEMBERED:
+                known.clear()
+            known.update(read)
+            found.update(read)
+            missing -= read.keys()
         if missing:
             raise KeyError(f"ledger accounts not opened: {sorted(missing)}")
         return found
+
+
+# Accounts' (unit, platform) per engine; bounded: a busy wallet has millions of accounts.
+_kinds: weakref.WeakKeyDictionary[Engine, dict[str, tuple[str, bool]]] = weakref.WeakKeyDictionary()
+_KINDS_REMEMBERED = 100_000
 
 
 def _check_balanced(

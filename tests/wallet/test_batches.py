@@ -403,8 +403,9 @@ def test_a_batch_runs_the_same_statements_whatever_its_size(wallet: WalletHarnes
     def holds(size: int, prefix: str) -> list[wallet_pb2.HoldCoinsRequest]:
         return [hold_request(f"{prefix}-{i}", users[i % len(users)], 1) for i in range(size)]
 
-    wallet.batch_hold(holds(3, "warm"))
-    wallet.batch_capture([capture_request(f"warm-{i}") for i in range(3)])
+    # Warm: every wallet's accounts are then known to the ledger (it remembers their kinds).
+    wallet.batch_hold(holds(len(users), "warm"))
+    wallet.batch_capture([capture_request(f"warm-{i}") for i in range(len(users))])
     statements = {}
     for size in (1, 8, 64):
         statements[("hold", size)] = count(partial(wallet.batch_hold, holds(size, f"s{size}")))
