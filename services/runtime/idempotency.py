@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.clock import Clock
@@ -104,7 +104,8 @@ class RequestIdStore:
             update(t).where(claimed).values(state=bindparam("new_state"), error=bindparam("new_error"))
         )
         self._delete_claim = delete(t).where(claimed)
-        self._select_batch = select(t).where(t.c.request_id.in_(bindparam("request_ids", expanding=True)))
+        # By the whole primary key (caller, request id): by request id alone would scan the table.
+        self._select_batch = select(t).where(tuple_(t.c.caller, t.c.request_id).in_(bindparam("keys", expanding=True)))
         self._delete_dead_claim = delete(t).where(
             and_(
                 t.c.caller == bindparam("d_caller"),
@@ -179,7 +180,7 @@ class RequestIdStore:
         now = self.clock.now()
         found = {
             (row.caller, row.request_id): row
-            for row in conn.execute(self._select_batch, {"request_ids": sorted({i.request_id for i in items})})
+            for row in conn.execute(self._select_batch, {"keys": sorted({(i.caller, i.request_id) for i in items})})
         }
         outcomes: list[M | DomainError | None] = [None] * len(items)
         new: list[int] = []
