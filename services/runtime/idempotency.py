@@ -60,6 +60,15 @@ def fingerprint(method: str, request: Message) -> str:
     return digest.hexdigest()
 
 
+def _reused(request_id: str, method: str) -> DomainError:
+    return already_exists(
+        "REQUEST_ID_REUSED",
+        f"request id {request_id} was already used for a different request ({method})",
+        request_id=request_id,
+        method=method,
+    )
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One request of a batch RPC: an instance of a unary method, answered as that method would be."""
@@ -184,25 +193,28 @@ class RequestIdStore:
         }
         outcomes: list[M | DomainError | None] = [None] * len(items)
         new: list[int] = []
-        seen: set[tuple[str, str]] = set()
+        first: dict[tuple[str, str], int] = {}  # where each id first appears in the batch
         for index, item in enumerate(items):
             key = (item.caller, item.request_id)
             row = found.get(key)
-            if key in seen:
-                outcomes[index] = aborted(
-                    "REQUEST_IN_FLIGHT",
-                    f"request {item.request_id} appears twice in the batch",
-                    request_id=item.request_id,
-                )
-            elif row is None:
+            if key in first:  # the same id again in this batch: answered as its first appearance decides
+                earlier = first[key]
+                if prints[earlier] != prints[index]:
+                    outcomes[index] = _reused(item.request_id, item.method)
+                elif outcomes[earlier] is not None:  # a replay: the same answer
+                    outcomes[index] = outcomes[earlier]
+                else:
+                    outcomes[index] = aborted(
+                        "REQUEST_IN_FLIGHT",
+                        f"request {item.request_id} appears twice in the batch",
+                        request_id=item.request_id,
+                    )
+                continue
+            first[key] = index
+            if row is None:
                 new.append(index)
             elif row.fingerprint != prints[index]:
-                outcomes[index] = already_exists(
-                    "REQUEST_ID_REUSED",
-                    f"request id {item.request_id} was already used for a different request ({row.method})",
-                    request_id=item.request_id,
-                    method=row.method,
-                )
+                outcomes[index] = _reused(item.request_id, row.method)
             elif row.state == "succeeded":
                 outcomes[index] = response_type.FromString(bytes(row.response))
             elif row.state == "failed":
@@ -219,7 +231,6 @@ class RequestIdStore:
                     {"d_caller": item.caller, "d_request_id": item.request_id, "d_owner": row.owner},
                 )
                 new.append(index)
-            seen.add(key)
         done = work(conn, new) if new else []
         if len(done) != len(new):
             raise AssertionError(f"batch work answered {len(done)} of {len(new)} items")

@@ -1,0 +1,275 @@
+"""The runtime's batch paths, on SQLite and PostgreSQL: the request-id store's batches, the ledger's
+batched movements, the multi-row statements and the Batcher."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from datetime import timedelta
+
+import grpc
+import pytest
+from giftcoin.wallet.v1 import wallet_pb2
+from sqlalchemy import Connection, func, select, text
+
+from services.runtime.batching import Batcher, BatcherClosed
+from services.runtime.clock import FakeClock
+from services.runtime.db import insert_rows, update_rows
+from services.runtime.errors import DomainError, failed_precondition, unavailable
+from services.runtime.idempotency import BatchItem, RequestIdStore, fingerprint
+from services.runtime.ledger import Ledger, Movement, Overdraft, Posting, ledger_problems
+from tests.runtime.conftest import RuntimeSchema
+
+METHOD = "/giftcoin.wallet.v1.WalletService/HoldCoins"
+GIFTING = "service:gifting"
+
+
+@pytest.fixture
+def store(schema: RuntimeSchema, clock: FakeClock) -> RequestIdStore:
+    return RequestIdStore(schema.db, schema.request_ids, clock, lease_seconds=30)
+
+
+def hold(request_id: str, amount: int = 5) -> wallet_pb2.HoldCoinsRequest:
+    return wallet_pb2.HoldCoinsRequest(request_id=request_id, gift_id=f"g-{request_id}", user_id="alice", amount=amount)
+
+
+def item(request_id: str, amount: int = 5, caller: str = GIFTING) -> BatchItem:
+    return BatchItem(caller, METHOD, hold(request_id, amount), request_id)
+
+
+class Work:
+    """Batch work answering each new item by its amount: 13 is refused for good, 99 fails transiently."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, conn: Connection, new: list[int], items: list[BatchItem]) -> list:
+        outcomes: list[wallet_pb2.HoldCoinsResponse | DomainError] = []
+        for i in new:
+            request = items[i].request
+            assert isinstance(request, wallet_pb2.HoldCoinsRequest)
+            self.seen.append(request.request_id)
+            if request.amount == 13:
+                outcomes.append(failed_precondition("INSUFFICIENT_FUNDS", "no", amount=13))
+            elif request.amount == 99:
+                outcomes.append(unavailable("DEPENDENCY_UNAVAILABLE", "later"))
+            else:
+                outcomes.append(
+                    wallet_pb2.HoldCoinsResponse(
+                        hold=wallet_pb2.Hold(hold_id=f"h-{request.request_id}", amount=request.amount)
+                    )
+                )
+        return outcomes
+
+
+def run_batch(store: RequestIdStore, work: Work, items: list[BatchItem]) -> list:
+    return store.execute_batch(items, wallet_pb2.HoldCoinsResponse, lambda conn, new: work(conn, new, items))
+
+
+def reason(outcome: object) -> object:
+    return (outcome.code, outcome.reason) if isinstance(outcome, DomainError) else outcome.hold.hold_id  # type: ignore[attr-defined]
+
+
+def test_each_item_of_a_batch_is_decided_as_execute_would_decide_it(store: RequestIdStore) -> None:
+    work = Work()
+    first = run_batch(store, work, [item("a"), item("b", 13), item("c", 99), item("a")])
+    assert [reason(o) for o in first] == [
+        "h-a",
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS"),
+        (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        (grpc.StatusCode.ABORTED, "REQUEST_IN_FLIGHT"),  # the same id twice in one batch
+    ]
+    assert work.seen == ["a", "b", "c"]
+    # Again: a success and a business failure are replayed, the transient failure runs again,
+    # the same id with another request is refused, another caller's id is its own.
+    again = run_batch(
+        store, work, [item("a"), item("b", 13), item("c", 7), item("a", 6), item("a", caller="service:x")]
+    )
+    assert [reason(o) for o in again] == [
+        "h-a",
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS"),
+        "h-c",
+        (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"),
+        "h-a",
+    ]
+    assert again[0] == first[0]
+    assert work.seen == ["a", "b", "c", "c", "a"]
+
+
+def test_a_batch_item_and_the_unary_call_share_one_request_id(store: RequestIdStore) -> None:
+    work = Work()
+    (batched,) = run_batch(store, work, [item("a")])
+    unary_runs: list[str] = []
+
+    def unary(conn: Connection) -> wallet_pb2.HoldCoinsResponse:
+        unary_runs.append("ran")
+        return wallet_pb2.HoldCoinsResponse()
+
+    assert store.execute(GIFTING, METHOD, hold("a"), "a", wallet_pb2.HoldCoinsResponse, unary) == batched
+    reply = store.execute(
+        GIFTING,
+        METHOD,
+        hold("u"),
+        "u",
+        wallet_pb2.HoldCoinsResponse,
+        lambda conn: wallet_pb2.HoldCoinsResponse(hold=wallet_pb2.Hold(hold_id="unary")),
+    )
+    assert run_batch(store, work, [item("u")]) == [reply]
+    assert unary_runs == [] and work.seen == ["a"]
+
+
+def test_a_claim_in_flight_is_aborted_and_a_dead_one_taken_over_once_its_lease_passed(
+    store: RequestIdStore, schema: RuntimeSchema, clock: FakeClock
+) -> None:
+    """A unary call's claim (`running`, leased), as a call still running or a process that died left it."""
+    claimed = item("a")
+    with schema.db.transaction() as conn:
+        conn.execute(
+            schema.request_ids.insert(),
+            {
+                "caller": GIFTING,
+                "request_id": "a",
+                "method": METHOD,
+                "fingerprint": fingerprint(claimed.method, claimed.request),
+                "state": "running",
+                "owner": "another-call",
+                "lease_until": clock.now() + timedelta(seconds=30),
+                "created_at": clock.now(),
+                "attempts": 1,
+            },
+        )
+    work = Work()
+    assert [reason(o) for o in run_batch(store, work, [claimed])] == [(grpc.StatusCode.ABORTED, "REQUEST_IN_FLIGHT")]
+    assert work.seen == []
+    clock.advance(seconds=31)  # nothing of the dead call committed: the batch takes its id over
+    assert [reason(o) for o in run_batch(store, work, [claimed])] == ["h-a"]
+    assert [reason(o) for o in run_batch(store, work, [claimed])] == ["h-a"]
+    assert work.seen == ["a"]
+
+
+def test_a_batch_finds_its_ids_by_the_primary_key(store: RequestIdStore, schema: RuntimeSchema) -> None:
+    """By request id alone, PostgreSQL scans every id kept (a day's worth) for each batch."""
+    if schema.db.engine.dialect.name != "postgresql":
+        pytest.skip("a query plan of PostgreSQL")
+    keys = [(GIFTING, "a"), (GIFTING, "b")]
+    with schema.db.transaction() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))  # a plan without a usable index still scans
+        query = store._select_batch.params(keys=keys).compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+        plan = conn.exec_driver_sql(f"EXPLAIN {query}").all()
+    text_plan = "\n".join(row[0] for row in plan)
+    # Looked up in the primary key's index by its leading column (an index condition on request_id
+    # alone reads the whole index, as a scan reads the whole table).
+    conditions = [line for line in text_plan.splitlines() if "Index Cond" in line]
+    assert any("caller" in line for line in conditions) and "Seq Scan" not in text_plan, text_plan
+
+
+# --- the ledger's batches ---------------------------------------------------------------------------
+
+
+def test_movements_posted_together_are_each_a_transfer_and_balances_move_by_their_sum(
+    schema: RuntimeSchema, clock: FakeClock
+) -> None:
+    now = clock.now()
+    with schema.db.transaction() as conn:
+        ledger = Ledger(schema.ledger, conn)
+        ledger.open_account("platform:issued", "coin", now, platform=True)
+        for user in ("alice", "bob"):
+            ledger.open_account(f"user:{user}", "coin", now)
+        ids = ledger.post_many(
+            [
+                Movement("grant", "g1", [Posting("platform:issued", -50), Posting("user:alice", 50)]),
+                # alice spends coins granted in the same batch: only the batch's sum must stay >= 0
+                Movement("gift", "g2", [Posting("user:alice", -30), Posting("user:bob", 30)]),
+                Movement("grant", "g3", [Posting("platform:issued", -5), Posting("user:bob", 5)]),
+            ],
+            now,
+        )
+        assert len(set(ids)) == 3
+    with schema.db.transaction() as conn:
+        ledger = Ledger(schema.ledger, conn)
+        assert ledger.balances(["user:alice", "user:bob", "platform:issued"]) == {
+            "user:alice": 20,
+            "user:bob": 35,
+            "platform:issued": -55,
+        }
+        assert ledger_problems(schema.ledger, conn) == []
+        count = conn.execute(select(func.count()).select_from(schema.ledger.entries)).scalar_one()
+        assert count == 6
+    # A batch that would leave a holder below zero is refused whole.
+    with pytest.raises(Overdraft), schema.db.transaction() as conn:
+        Ledger(schema.ledger, conn).post_many(
+            [
+                Movement("gift", "g4", [Posting("user:bob", -10), Posting("user:alice", 10)]),
+                Movement("gift", "g5", [Posting("user:alice", -40), Posting("user:bob", 40)]),
+            ],
+            now,
+        )
+    with schema.db.transaction() as conn:
+        assert Ledger(schema.ledger, conn).balances(["user:alice", "user:bob"]) == {"user:alice": 20, "user:bob": 35}
+        assert ledger_problems(schema.ledger, conn) == []
+
+
+def test_many_rows_in_one_statement_skip_conflicts_and_guard_updates(schema: RuntimeSchema, clock: FakeClock) -> None:
+    t, now = schema.ledger.accounts, clock.now()
+    rows = [{"code": f"a{i}", "unit": "coin", "platform": False, "balance": i, "created_at": now} for i in range(3)]
+    with schema.db.transaction() as conn:
+        assert {r.code for r in insert_rows(conn, t, rows, unless_conflict_on=["code"], returning=["code"])} == {
+            "a0",
+            "a1",
+            "a2",
+        }
+    again = [*rows[1:], {"code": "a3", "unit": "coin", "platform": True, "balance": 0, "created_at": now}]
+    with schema.db.transaction() as conn:
+        inserted = insert_rows(conn, t, again, unless_conflict_on=["code"], returning=["code"])
+        assert [r.code for r in inserted] == ["a3"]
+        changed = update_rows(
+            conn, t, "code", [{"code": "a1", "balance": 10}, {"code": "a3", "balance": 30}], where={"platform": False}
+        )
+        assert changed == {"a1"}  # a3 is a platform account: the guard left it alone
+        balances = {r.code: r.balance for r in conn.execute(select(t.c.code, t.c.balance))}
+    assert balances == {"a0": 0, "a1": 10, "a2": 2, "a3": 0}
+
+
+# --- the Batcher ------------------------------------------------------------------------------------
+
+
+def test_items_submitted_together_are_processed_together_each_with_its_own_outcome() -> None:
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int | BaseException]:
+        gate.wait(5)  # the first batch holds the worker while the others queue up
+        batches.append(items)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=1)
+    futures: list[Future[int]] = [batcher.submit(0)]
+    time.sleep(0.05)  # the worker has taken item 0 alone
+    futures += [batcher.submit(i) for i in range(1, 7)]
+    gate.set()
+    assert [f.result(5) if i % 2 == 0 else str(f.exception(5)) for i, f in enumerate(futures)] == [
+        0,
+        "odd 1",
+        20,
+        "odd 3",
+        40,
+        "odd 5",
+        60,
+    ]
+    assert batches == [[0], [1, 2, 3, 4], [5, 6]]
+    batcher.close()
+    with pytest.raises(BatcherClosed):
+        batcher.submit(7)
+
+
+def test_a_batch_that_fails_whole_fails_each_of_its_callers() -> None:
+    def process(items: list[int]) -> list[int | BaseException]:
+        raise RuntimeError("the database went away")
+
+    batcher: Batcher[int, int] = Batcher("test", process, workers=2)
+    futures = [batcher.submit(i) for i in range(3)]
+    assert [str(f.exception(5)) for f in futures] == ["the database went away"] * 3
+    batcher.close()
