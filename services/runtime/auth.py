@@ -8,6 +8,7 @@ with `current_caller()` and act only on that caller's own resources.
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -67,13 +68,27 @@ def mint_token(caller: Caller, secret: str, ttl_seconds: int = 3600) -> str:
 
 
 def verify_token(token: str, secret: str) -> Caller:
+    """The caller a token names, once its signature, issuer and expiry are checked.
+
+    A caller sends the same token with every call until it expires: its verification (signature
+    and all) is remembered by the token's exact text, and only its expiry is checked again.
+    """
+    subject, expires = _verified(token, secret)
+    if time.time() >= expires:
+        raise unauthenticated("bearer token expired")
+    return Caller.parse(subject)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(token: str, secret: str) -> tuple[str, float]:
+    """(subject, expiry) of a token whose signature and claims check out; raises (and remembers nothing) if not."""
     try:
         claims = jwt.decode(token, secret, algorithms=[_ALGORITHM], issuer=ISSUER, options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError as exc:
         raise unauthenticated("bearer token expired") from exc
     except jwt.InvalidTokenError as exc:
         raise unauthenticated(f"bearer token invalid: {exc}") from exc
-    return Caller.parse(str(claims["sub"]))
+    return str(claims["sub"]), float(claims["exp"])
 
 
 def caller_from_metadata(metadata: tuple[tuple[str, str | bytes], ...] | None, secret: str) -> Caller:
