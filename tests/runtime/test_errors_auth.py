@@ -75,6 +75,18 @@ def test_tokens_name_the_caller_and_are_verified() -> None:
     assert bad_subject.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_token_verified_before_is_refused_once_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = auth.mint_token(auth.user("alice"), DEV_JWT_SECRET, ttl_seconds=60)
+    assert auth.verify_token(token, DEV_JWT_SECRET) == auth.user("alice")  # now remembered as verified
+    assert auth.verify_token(token, DEV_JWT_SECRET) == auth.user("alice")
+    later = time.time() + 61
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    with pytest.raises(DomainError, match="expired"):
+        auth.verify_token(token, DEV_JWT_SECRET)
+    with pytest.raises(DomainError, match="invalid"):  # remembered for its key only
+        auth.verify_token(token, "another-key-of-the-recommended-length-32")
+
+
 def test_internal_access_admits_only_the_named_service() -> None:
     policy = auth.internal("gifting")
     policy.check(auth.service("gifting"))
