@@ -18,6 +18,7 @@ from services.gifting.domain import Send, SendAsk, Target, new_lease_owner
 from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork
 from services.runtime.errors import DomainError
 from tests.gifting.harness import STREAM, Suite, new_id, start_suite
+from tests.gifting.test_recovery import recover_until_finished
 from tests.support.identity import as_caller, user
 
 LEASE = 10  # GIFTCOIN_GIFTING_LEASE_SECONDS of the suite
@@ -183,3 +184,27 @@ def test_nothing_of_a_batch_is_left_pending(tight: Suite) -> None:
     tight.clients.creator("carol")
     outcomes = record_and_settle(tight, [ask("vince", "rose") for _ in range(5)])
     assert all(isinstance(o, TransferRecord) and o.state != PENDING for o in outcomes)
+
+
+def test_a_peer_down_mid_batch_leaves_every_gift_of_it_pending_and_recovery_finishes_them(tight: Suite) -> None:
+    c = tight.clients
+    for viewer in ("vince", "wendy"):
+        c.viewer(viewer)
+    c.creator("carol")
+    # Wallet down: no hold was made, nothing moved; the batch is left to recovery.
+    tight.stop_wallet()
+    pending = record_and_settle(tight, [ask("vince"), ask("wendy", "rose")])
+    assert states(pending) == [PENDING, PENDING]
+    tight.start_wallet()
+    assert (c.balance("vince").held, c.balance("wendy").held) == (0, 0)
+    # Payout down after the holds: the decision to credit is not taken, the coins stay reserved.
+    tight.stop_payout()
+    held = record_and_settle(tight, [ask("vince", quantity=2), ask("wendy")])
+    assert states(held) == [PENDING, PENDING]
+    assert (c.balance("vince").held, c.balance("wendy").held) == (60, 30)
+    tight.start_payout()
+    gifts = [t for t in (*pending, *held) if isinstance(t, TransferRecord)]
+    recover_until_finished(tight, expected=len(gifts))
+    assert [tight.gifting.get_transfer(t.sender_id, t.transfer_id).state for t in gifts] == [COMPLETED] * 4
+    assert (c.balance("vince").total, c.balance("wendy").total) == (700 - 30 - 60, 700 - 1 - 30)
+    assert c.diamonds("carol") == 15 + 0 + 30 + 15
