@@ -31,20 +31,20 @@ from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox
 from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument, to_item_error
-from services.runtime.idempotency import BatchItem, RequestIdStore
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
+from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.validation import Validator, clamp_page_size
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
+R = TypeVar("R", bound=Message)
 
 FULL_NAME = "giftcoin.payout.v1.PayoutService"
 # Far above any real amount, far below int64 overflow when multiplied by a rate.
 MAX_DIAMONDS = 10**15
 MAX_COINS = 10**15
 MAX_REFERENCE_LENGTH = 256
-MAX_BATCH = 500  # requests per batch RPC (the contract's limit)
 
 _KYC = {
     payout_pb2.KYC_STATUS_UNVERIFIED: domain.KYC_UNVERIFIED,
@@ -166,34 +166,17 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.BatchCreditDiamondsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.BatchCreditDiamondsResponse:
         """Many CreditDiamonds in one transaction, each answered (and replayed) as CreditDiamonds would."""
-        if not 1 <= len(request.requests) <= MAX_BATCH:
-            raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} credits")])
-        results: list[payout_pb2.CreditDiamondsResult | None] = [None] * len(request.requests)
-        valid: list[int] = []
-        for index, item in enumerate(request.requests):
-            v = Validator()
-            _check_credit(v, item, prefix=f"requests[{index}].")
-            if v.violations:  # refused before the request-id store, as CreditDiamonds refuses it
-                results[index] = payout_pb2.CreditDiamondsResult(error=to_item_error(invalid_argument(v.violations)))
-            else:
-                valid.append(index)
-        requests = [request.requests[i] for i in valid]
         outcomes = self._mutate_batch(
             "CreditDiamonds",
-            requests,
+            request.requests,
+            _validate_credit,
             payout_pb2.CreditDiamondsResponse,
-            lambda uow, new: [
+            lambda uow, requests: [
                 o if isinstance(o, DomainError) else _credited(o)
-                for o in self.payouts.credit_many(uow, [_credit_request(requests[i]) for i in new])
+                for o in self.payouts.credit_many(uow, [_credit_request(r) for r in requests])
             ],
         )
-        for index, outcome in zip(valid, outcomes, strict=True):
-            results[index] = (
-                payout_pb2.CreditDiamondsResult(error=to_item_error(outcome))
-                if isinstance(outcome, DomainError)
-                else payout_pb2.CreditDiamondsResult(response=outcome)
-            )
-        return payout_pb2.BatchCreditDiamondsResponse(results=[r for r in results if r is not None])
+        return payout_pb2.BatchCreditDiamondsResponse(results=item_results(payout_pb2.CreditDiamondsResult, outcomes))
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -308,18 +291,20 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def _mutate_batch(
         self,
         method: str,
-        requests: Sequence[Any],
+        requests: Sequence[R],
+        validate: Callable[[R], Validator],
         response_type: type[M],
-        work: Callable[[UnitOfWork, list[int]], Sequence[M | DomainError]],
+        work: Callable[[UnitOfWork, list[R]], Sequence[M | DomainError]],
     ) -> list[M | DomainError]:
-        """`_mutate` for many requests of the unary `method`, in one transaction, sharing its request ids
-        and replays; `work(uow, new)` answers the requests at the indexes `new` (the others are replays).
-        """
-        if not requests:
-            return []
-        caller = current_caller().subject
-        items = [BatchItem(caller, _method(method), r, r.request_id) for r in requests]
-        return self.request_ids.execute_batch(items, response_type, lambda conn, new: work(UnitOfWork(conn), new))
+        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it."""
+        return self.request_ids.execute_requests(
+            current_caller().subject,
+            _method(method),
+            requests,
+            validate,
+            response_type,
+            lambda conn, new: work(UnitOfWork(conn), new),
+        )
 
     def _read(self, work: Callable[[UnitOfWork], T]) -> T:
         return self.db.run(lambda conn: work(UnitOfWork(conn)))
@@ -331,6 +316,12 @@ def _method(name: str) -> str:
 
 
 # --- protobuf <-> domain ----------------------------------------------------------------------------
+
+
+def _validate_credit(request: payout_pb2.CreditDiamondsRequest) -> Validator:
+    v = Validator()
+    _check_credit(v, request)
+    return v
 
 
 def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefix: str = "") -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from giftcoin.common.v1 import common_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+
+Res = TypeVar("Res", bound=Message)
 
 _REASON_PREFIX = "ERROR_REASON_"
 KNOWN_REASONS = frozenset(
@@ -170,6 +174,13 @@ def to_item_error(error: DomainError) -> common_pb2.ItemError:
             common_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations
         ],
     )
+
+
+def item_results(result_type: type[Res], outcomes: Sequence[Message | DomainError]) -> list[Res]:
+    """A batch RPC's results: each outcome as its `oneof outcome { response; error }`."""
+    return [
+        result_type(error=to_item_error(o)) if isinstance(o, DomainError) else result_type(response=o) for o in outcomes
+    ]
 
 
 def from_item_error(item: common_pb2.ItemError) -> DomainError | None:

@@ -35,9 +35,13 @@ from sqlalchemy.exc import IntegrityError
 
 from services.runtime.clock import Clock
 from services.runtime.db import Database, insert_rows
-from services.runtime.errors import DomainError, aborted, already_exists
+from services.runtime.errors import DomainError, FieldViolation, aborted, already_exists, invalid_argument
+from services.runtime.validation import Validator
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+MAX_BATCH = 500  # requests in one batch RPC (the contracts' limit)
 
 # Failures that are about the request itself and so must fail again under the same id. Anything else
 # (UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, INTERNAL) releases the id so that a retry can succeed.
@@ -259,6 +263,42 @@ class RequestIdStore:
             rows.append(record)
         if rows:  # one statement; a concurrent claim of one of these ids fails it (IntegrityError)
             insert_rows(conn, self.table, rows)
+        return [o for o in outcomes if o is not None]
+
+    def execute_requests(
+        self,
+        caller: str,
+        method: str,
+        requests: Sequence[R],
+        validate: Callable[[R], Validator],
+        response_type: type[M],
+        work: Callable[[Connection, list[R]], Sequence[M | DomainError]],
+    ) -> list[M | DomainError]:
+        """A batch RPC's requests, each an instance of the unary `method`, answered as it would answer them.
+
+        1 to MAX_BATCH requests, else INVALID_ARGUMENT for the whole call. A request `validate` finds
+        fault with is refused as the unary RPC refuses it (its fields named `requests[i].`) and not
+        recorded; the others go through `execute_batch`, `work` getting the new ones, in order.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} requests")])
+        outcomes: list[M | DomainError | None] = [None] * len(requests)
+        valid: list[int] = []  # positions of the valid requests
+        for i, request in enumerate(requests):
+            violations = validate(request).violations
+            if violations:
+                outcomes[i] = invalid_argument(
+                    [FieldViolation(f"requests[{i}].{v.field}", v.description) for v in violations]
+                )
+            else:
+                valid.append(i)
+        if valid:
+            items = [BatchItem(caller, method, requests[i], getattr(requests[i], "request_id")) for i in valid]  # noqa: B009
+            done = self.execute_batch(
+                items, response_type, lambda conn, new: work(conn, [requests[valid[j]] for j in new])
+            )
+            for i, outcome in zip(valid, done, strict=True):
+                outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
     def reap(self, retention_seconds: int) -> int:

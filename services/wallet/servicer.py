@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument, to_item_error
-from services.runtime.idempotency import BatchItem, RequestIdStore
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
+from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
@@ -43,7 +43,6 @@ MAX_RECEIPT_LENGTH = 16_384
 MAX_STORE_TRANSACTION_ID_LENGTH = 256
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
-MAX_BATCH = 500  # requests in one batch RPC
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -275,14 +274,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             return [_hold_response(o) for o in self.book.hold_many(WalletUnit(conn), asks)]
 
         outcomes = self._batch("HoldCoins", request.requests, self._validate_hold, wallet_pb2.HoldCoinsResponse, work)
-        return wallet_pb2.BatchHoldCoinsResponse(
-            results=[
-                wallet_pb2.HoldCoinsResult(error=to_item_error(o))
-                if isinstance(o, DomainError)
-                else wallet_pb2.HoldCoinsResult(response=o)
-                for o in outcomes
-            ]
-        )
+        return wallet_pb2.BatchHoldCoinsResponse(results=item_results(wallet_pb2.HoldCoinsResult, outcomes))
 
     def _validate_hold(self, request: wallet_pb2.HoldCoinsRequest) -> Validator:
         v = Validator()
@@ -312,14 +304,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             ]
 
         outcomes = self._batch("CaptureHold", request.requests, _validate_capture, wallet_pb2.CaptureHoldResponse, work)
-        return wallet_pb2.BatchCaptureHoldsResponse(
-            results=[
-                wallet_pb2.CaptureHoldResult(error=to_item_error(o))
-                if isinstance(o, DomainError)
-                else wallet_pb2.CaptureHoldResult(response=o)
-                for o in outcomes
-            ]
-        )
+        return wallet_pb2.BatchCaptureHoldsResponse(results=item_results(wallet_pb2.CaptureHoldResult, outcomes))
 
     def ReleaseHold(
         self, request: wallet_pb2.ReleaseHoldRequest, context: grpc.ServicerContext
@@ -350,34 +335,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         response_type: type[M],
         work: Callable[[Connection, list[R]], list[M | DomainError]],
     ) -> list[M | DomainError]:
-        """Each request's outcome as the unary `method` would give it, sharing its request ids and replays.
-
-        An invalid request is refused as the unary RPC refuses it (its fields named `requests[i].`), and
-        not recorded; `work` gets the valid requests that are not replays, in order.
-        """
-        if not 1 <= len(requests) <= MAX_BATCH:
-            raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} requests")])
-        caller = current_caller().subject
-        outcomes: list[M | DomainError | None] = [None] * len(requests)
-        valid: list[R] = []
-        at: list[int] = []  # the position of each valid request in `requests`
-        for i, request in enumerate(requests):
-            violations = validate(request).violations
-            if violations:
-                outcomes[i] = invalid_argument(
-                    [FieldViolation(f"requests[{i}].{v.field}", v.description) for v in violations]
-                )
-            else:
-                valid.append(request)
-                at.append(i)
-        if valid:
-            items = [BatchItem(caller, f"/{FULL_NAME}/{method}", r, getattr(r, "request_id")) for r in valid]  # noqa: B009
-            done = self.requests.execute_batch(
-                items, response_type, lambda conn, new: work(conn, [valid[j] for j in new])
-            )
-            for i, outcome in zip(at, done, strict=True):
-                outcomes[i] = outcome
-        return [o for o in outcomes if o is not None]
+        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it."""
+        return self.requests.execute_requests(
+            current_caller().subject, f"/{FULL_NAME}/{method}", requests, validate, response_type, work
+        )
 
 
 def _validate_capture(request: wallet_pb2.CaptureHoldRequest) -> Validator:
