@@ -600,7 +600,7 @@ class Gifting:
         margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
         try:
             holding = list(recorded)
-            with self._batch_span("hold", holding):
+            with self.batch_span("hold", holding):
                 holds = self._call_batch(
                     holding,
                     owner,
@@ -626,8 +626,9 @@ class Gifting:
                     deciding.append((t, hold))
                 else:
                     aside.append(t)
-            crediting = self._decide_credits(deciding, owner, finished)
-            with self._batch_span("credit", crediting):
+            with self.batch_span("decide", [t for t, _ in deciding]):
+                crediting = self._decide_credits(deciding, owner, finished)
+            with self.batch_span("credit", crediting):
                 credits = self._call_batch(
                     crediting,
                     owner,
@@ -648,7 +649,7 @@ class Gifting:
             self.failpoint("after_credit")
             capturing = [t for t, credit in credits if credit is None]
             aside += [t for t, credit in credits if credit is not None]
-            with self._batch_span("capture", capturing):
+            with self.batch_span("capture", capturing):
                 captures = self._call_batch(
                     capturing,
                     owner,
@@ -741,22 +742,21 @@ class Gifting:
         return crediting
 
     @contextmanager
-    def _batch_span(self, step: str, ts: Sequence[TransferRecord]) -> Iterator[None]:
+    def batch_span(self, step: str, gifts: Sequence[TransferRecord | SendAsk]) -> Iterator[None]:
         """A batch step's span, in the first gift's trace, linked to the traces of the others."""
-        if not ts:
+        if not gifts:
             yield
             return
-        parent = propagate.extract(json.loads(ts[0].trace_context or "{}"))
-        attributes: dict[str, str | int] = {
-            "giftcoin.gift_id": ts[0].transfer_id,
-            "giftcoin.step": step,
-            "giftcoin.gifts": len(ts),
-        }
+        parent = propagate.extract(json.loads(gifts[0].trace_context or "{}"))
+        attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
+        if isinstance(gifts[0], TransferRecord):
+            attributes["giftcoin.gift_id"] = gifts[0].transfer_id
         with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
             if span.is_recording():  # links cost a parse per gift: only when spans are kept
-                for t in ts[1:]:
-                    linked = trace.get_current_span(propagate.extract(json.loads(t.trace_context or "{}")))
-                    span.add_link(linked.get_span_context(), {"giftcoin.gift_id": t.transfer_id})
+                for gift in gifts[1:]:
+                    linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
+                    link = {"giftcoin.gift_id": gift.transfer_id} if isinstance(gift, TransferRecord) else None
+                    span.add_link(linked.get_span_context(), link)
             yield
 
     @staticmethod
@@ -1035,7 +1035,7 @@ class Gifting:
             uow.feed.append_many(events, now)
             return advanced
 
-        with self._batch_span("complete", ts):
+        with self.batch_span("complete", ts):
             advanced = self._read(complete)
         results = []
         for t in ts:

@@ -187,7 +187,8 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             return answers
 
         items = [BatchItem(q.caller, _method("SendGift"), q.request, q.request.request_id) for q in queued]
-        answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
+        with self.gifting.batch_span("record", [q.ask for q in queued]):
+            answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
         fresh = [recorded[i] for i in sorted(recorded) if recorded[i].lease_owner == owner]
         settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner)}
         results: list[gifting_pb2.SendGiftResponse | DomainError] = []
