@@ -150,7 +150,7 @@ def rows_source(conn: Connection, table: Table, names: Sequence[str], count: int
 
 
 def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The parameters of `_rows_source`; on PostgreSQL each array's values through its column's type."""
+    """The parameters of `rows_source`; on PostgreSQL each array's values through its column's type."""
     if conn.dialect.name != "postgresql":
         return {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
     params: dict[str, Any] = {}
@@ -163,7 +163,7 @@ def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequ
 
 def rows_bindparams(conn: Connection, table: Table, names: Sequence[str], count: int) -> list[Any]:
     if conn.dialect.name == "postgresql":
-        return [bindparam(f"a_{c}") for c in names]  # arrays, processed by _rows_params
+        return [bindparam(f"a_{c}") for c in names]  # arrays, processed by rows_params
     return [bindparam(f"v_{c}_{i}", type_=table.c[c].type) for i in range(count) for c in names]
 
 

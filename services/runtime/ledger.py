@@ -40,7 +40,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    update,
 )
 
 from services.runtime.db import insert_rows, insert_unless_conflict, rows_bindparams, rows_params, rows_source
@@ -101,13 +100,6 @@ class _Statements:
         a, e = t.accounts, t.entries
         self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(
             a.c.code.in_(bindparam("codes", expanding=True))
-        )
-        # Moves a holder's stored balance by `amount` unless that would take it below zero.
-        self.move_balance = (
-            update(a)
-            .where(a.c.code == bindparam("account"))
-            .where(a.c.balance + bindparam("amount") >= 0)
-            .values(balance=a.c.balance + bindparam("amount"))
         )
         self._accounts_table = a
         self._move_balances: dict[tuple[str, int], Executable] = {}
@@ -196,26 +188,9 @@ class Ledger:
         insert_unless_conflict(self.conn, self.t.accounts, values, on=["code"])
 
     def post(self, kind: str, reference: str, postings: Sequence[Posting], now: datetime, transfer_id: str = "") -> str:
-        """Write one transfer; raises Overdraft (and writes nothing) if a holder would go negative.
-
-        The caller's transaction must roll back on Overdraft, since earlier balance updates of this
-        transfer may already have been applied.
-        """
-        postings = [p for p in postings if p.amount != 0]
-        if not postings:
-            raise UnbalancedTransfer("a transfer needs at least one non-zero entry")
-        accounts = self._accounts({p.account for p in postings})
-        _check_balanced(kind, reference, postings, accounts)
-        transfer_id = transfer_id or new_id("tr")
-        # Debits first (they can fail), in a fixed order so that concurrent transfers lock rows alike.
-        for p in sorted(postings, key=lambda p: (p.amount > 0, p.account)):
-            if accounts[p.account][1]:
-                continue  # platform accounts keep no stored balance
-            result = self.conn.execute(self.sql.move_balance, {"account": p.account, "amount": p.amount})
-            if result.rowcount == 0:
-                raise Overdraft(p.account, p.amount)
-        self._write([(transfer_id, kind, reference, postings)], accounts, now)
-        return transfer_id
+        """Write one transfer (the batch of one); raises Overdraft if a holder would go negative, after
+        which the caller's transaction must roll back."""
+        return self.post_many([Movement(kind, reference, postings, transfer_id)], now)[0]
 
     def post_many(self, movements: Sequence[Movement], now: datetime) -> list[str]:
         """Write many transfers in a constant number of statements; their ids, in order.
