@@ -596,7 +596,6 @@ class Gifting:
         self.failpoint("after_record")
         finished: dict[str, TransferRecord] = {}
         aside: list[TransferRecord] = []  # off the common path: each driven on alone
-        now = self.clock.now()
         margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
         try:
             holding = list(recorded)
@@ -619,7 +618,7 @@ class Gifting:
                 )
             self.failpoint("after_hold")
             # The decision to credit (per gift: `_decide_credit`), written before any credit call.
-            reachable = self.payout.reachable()
+            now, reachable = self.clock.now(), self.payout.reachable()
             deciding = []
             for t, hold in holds:
                 if isinstance(hold, Hold) and hold.state == "held" and hold.expire_time - now >= margin and reachable:
@@ -675,37 +674,40 @@ class Gifting:
         return [finished[t.transfer_id] if t.transfer_id in finished else self._load(t.transfer_id) for t in recorded]
 
     def _call_batch(
-        self, ts: list[TransferRecord], owner: str, call: Callable[[list[TransferRecord]], Sequence[T]]
+        self,
+        ts: list[TransferRecord],
+        owner: str,
+        call: Callable[[list[TransferRecord]], Sequence[T]],
+        attempts: int | None = None,
     ) -> list[tuple[TransferRecord, T]]:
-        """One batch call for the gifts `ts`, each with its answer; asked again (the same request ids)
-        while the whole call gets no answer, for the gifts whose lease `owner` still holds; _Postponed
-        once the attempts are spent."""
+        """One call for the gifts `ts` (a batch call, or a peer call for one gift), each gift with its
+        answer. Asked again (the same request ids) while the call gets no answer, for the gifts whose
+        lease `owner` still holds (the write that led here extended it; each retry extends it again);
+        those it lost are left out. _Postponed once the attempts are spent."""
         delay = self.policy.retry_backoff_seconds
-        attempts = self.policy.step_attempts
+        attempts = attempts or self.policy.step_attempts
         last: StepUncertain | None = None
         for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                ts = self._renew(ts, owner)
             if not ts:
                 return []
-            if attempt > 1:
-                ts = self._renew_many(ts, owner)
-                if not ts:
-                    return []
             try:
-                answers = call(ts)
-                return list(zip(ts, answers, strict=True))
+                return list(zip(ts, call(ts), strict=True))
             except StepUncertain as error:
                 last = error
-                log.warning("a batch of %d gifts: %s (attempt %d of %d)", len(ts), error, attempt, attempts)
+                steps = sorted({t.step for t in ts})
+                log.warning("%d gift(s) at %s: %s (attempt %d of %d)", len(ts), steps, error, attempt, attempts)
             if attempt < attempts:
                 self.sleep(delay)
                 delay *= 2
         raise _Postponed(str(last))
 
-    def _renew_many(self, ts: list[TransferRecord], owner: str) -> list[TransferRecord]:
+    def _renew(self, ts: list[TransferRecord], owner: str) -> list[TransferRecord]:
         now = self.clock.now()
         until = now + timedelta(seconds=self.policy.lease_seconds)
         ids = [t.transfer_id for t in ts]
-        kept = self._read(lambda uow: uow.transfers.renew_many(ids, owner, now, until))
+        kept = self._read(lambda uow: uow.transfers.renew(ids, owner, now, until))
         return [t for t in ts if t.transfer_id in kept]
 
     def _decide_credits(
@@ -944,29 +946,11 @@ class Gifting:
             return self._finish_failed(t, owner, FAILING, self.failure(t))
 
     def _call(self, t: TransferRecord, owner: str, attempts: int, call: Callable[[], T]) -> T:
-        """One peer call, asked again (same request id) while the answer is uncertain and we hold the lease.
-
-        The lease was extended by the write that led here (claim or step); each retry extends it again.
-        """
-        delay = self.policy.retry_backoff_seconds
-        last: StepUncertain | None = None
-        for attempt in range(1, attempts + 1):
-            if attempt > 1 and not self._renew(t.transfer_id, owner):
-                raise _LeaseLost()
-            try:
-                return call()
-            except StepUncertain as error:
-                last = error
-                log.warning("gift %s step %s: %s (attempt %d of %d)", t.transfer_id, t.step, error, attempt, attempts)
-            if attempt < attempts:
-                self.sleep(delay)
-                delay *= 2
-        raise _Postponed(str(last))
-
-    def _renew(self, transfer_id: str, owner: str) -> bool:
-        now = self.clock.now()
-        until = now + timedelta(seconds=self.policy.lease_seconds)
-        return self._read(lambda uow: uow.transfers.renew(transfer_id, owner, now, until))
+        """One peer call for one gift: `_call_batch` of one; _LeaseLost if another replica took it over."""
+        answered = self._call_batch([t], owner, lambda _: [call()], attempts)
+        if not answered:
+            raise _LeaseLost()
+        return answered[0][1]
 
     def _advance(self, t: TransferRecord, owner: str, from_step: str, **values: Any) -> TransferRecord:
         """Write the next step, extending the lease for it; _LeaseLost if another replica has the gift."""

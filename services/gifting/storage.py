@@ -277,18 +277,16 @@ _CLAIM = {
 _LEASED = and_(
     _t.c.transfer_id == bindparam("key_transfer_id"), _t.c.lease_owner == bindparam("key_owner"), _t.c.state == PENDING
 )
-_RENEW = update(_t).where(_LEASED)
-_RENEW_MANY = update(_t).where(
-    and_(
-        _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)),
-        _t.c.lease_owner == bindparam("key_owner"),
-        _t.c.state == PENDING,
+_RENEW = (
+    update(_t)
+    .where(
+        and_(
+            _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)),
+            _t.c.lease_owner == bindparam("key_owner"),
+            _t.c.state == PENDING,
+        )
     )
-)
-_RENEWED = select(_t.c.transfer_id).where(
-    and_(
-        _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)), _t.c.lease_owner == bindparam("key_owner")
-    )
+    .returning(_t.c.transfer_id)
 )
 _ADVANCE = update(_t).where(and_(_LEASED, _t.c.step == bindparam("key_from_step")))
 _d = daily_spending
@@ -463,16 +461,10 @@ class TransferRepository:
         )
         return result.rowcount == 1
 
-    def renew(self, transfer_id: str, owner: str, now: datetime, until: datetime) -> bool:
-        keys = {"key_transfer_id": transfer_id, "key_owner": owner}
-        result = self.conn.execute(_RENEW, {**keys, "lease_until": until, "updated_at": now})
-        return result.rowcount == 1
-
-    def renew_many(self, transfer_ids: Sequence[str], owner: str, now: datetime, until: datetime) -> set[str]:
-        """`renew` for many; the ids whose lease `owner` still holds."""
+    def renew(self, transfer_ids: Sequence[str], owner: str, now: datetime, until: datetime) -> set[str]:
+        """Extend the leases `owner` holds on these transfers; the ids it still holds."""
         keys = {"key_transfer_ids": list(transfer_ids), "key_owner": owner}
-        self.conn.execute(_RENEW_MANY, {**keys, "lease_until": until, "updated_at": now})
-        return {r.transfer_id for r in self.conn.execute(_RENEWED, keys)}
+        return {r.transfer_id for r in self.conn.execute(_RENEW, {**keys, "lease_until": until, "updated_at": now})}
 
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""

@@ -142,7 +142,7 @@ def test_one_replica_at_a_time_holds_a_gifts_lease(db: Database) -> None:
     # Once the lease has passed, another replica takes the gift over and the first one is locked out.
     later = now + timedelta(seconds=11)
     assert db.run(lambda conn: UnitOfWork(conn).transfers.claim(record.transfer_id, loser, later, later, False))
-    assert not db.run(lambda conn: UnitOfWork(conn).transfers.renew(record.transfer_id, owner, later, later))
+    assert db.run(lambda conn: UnitOfWork(conn).transfers.renew([record.transfer_id], owner, later, later)) == set()
     # A gift put back for later is left alone by recovery until then, but a client's retry may take it.
     assert db.run(
         lambda conn: UnitOfWork(conn).transfers.postpone(record.transfer_id, loser, later, later + timedelta(seconds=5))
