@@ -274,9 +274,6 @@ _CLAIM = {
     )
     for take_idle in (False, True)
 }
-_LEASED = and_(
-    _t.c.transfer_id == bindparam("key_transfer_id"), _t.c.lease_owner == bindparam("key_owner"), _t.c.state == PENDING
-)
 _RENEW = (
     update(_t)
     .where(
@@ -288,7 +285,6 @@ _RENEW = (
     )
     .returning(_t.c.transfer_id)
 )
-_ADVANCE = update(_t).where(and_(_LEASED, _t.c.step == bindparam("key_from_step")))
 _d = daily_spending
 # The day rows of a batch's senders, locked in one order so that concurrent batches never deadlock.
 _SPENDING_LOCKED = (
@@ -468,9 +464,7 @@ class TransferRepository:
 
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
-        keys = {"key_transfer_id": transfer_id, "key_owner": owner, "key_from_step": from_step}
-        result = self.conn.execute(_ADVANCE, {**keys, **values})
-        return result.rowcount == 1
+        return transfer_id in self.advance_many(owner, from_step, [{"transfer_id": transfer_id}], **values)
 
     def advance_many(self, owner: str, from_step: str, rows: Sequence[dict[str, Any]], **common: object) -> set[str]:
         """`advance` for many transfers in one statement: each row is a transfer_id and its own new
