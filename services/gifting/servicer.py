@@ -41,7 +41,7 @@ from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.batching import Batcher
 from services.runtime.errors import DomainError, aborted
-from services.runtime.idempotency import BatchItem, RequestIdStore, fingerprint
+from services.runtime.idempotency import BatchItem, RequestIdStore
 from services.runtime.validation import Validator, clamp_page_size
 
 M = TypeVar("M", bound=Message)
@@ -71,8 +71,7 @@ _NO_DEADLINE = 10**6
 
 @dataclass(frozen=True)
 class _QueuedSend:
-    caller: str  # the request-id store's caller (the identity's subject)
-    request: gifting_pb2.SendGiftRequest
+    item: BatchItem  # the request as the request-id store sees it
     ask: SendAsk
 
 
@@ -155,9 +154,9 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.check()
         assert target is not None
         send = Send(request.gift_id, request.quantity, request.recipient_id, target)
-        print_ = fingerprint(_method("SendGift"), request)
-        ask = SendAsk(sender_id, request.request_id, print_, send, current_trace_context())
-        answer = self.sends.submit(_QueuedSend(current_caller().subject, request, ask))
+        item = BatchItem(current_caller().subject, _method("SendGift"), request, request.request_id)
+        ask = SendAsk(sender_id, request.request_id, item.fingerprint, send, current_trace_context())
+        answer = self.sends.submit(_QueuedSend(item, ask))
         remaining = context.time_remaining()  # without a deadline: a huge number, not None
         try:
             return answer.result(timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None)
@@ -186,7 +185,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
                     answers.append(gifting_pb2.SendGiftResponse(transfer=_transfer(outcome)))
             return answers
 
-        items = [BatchItem(q.caller, _method("SendGift"), q.request, q.request.request_id) for q in queued]
+        items = [q.item for q in queued]
         with self.gifting.batch_span("record", [q.ask for q in queued]):
             answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
         fresh = [recorded[i] for i in sorted(recorded) if recorded[i].lease_owner == owner]

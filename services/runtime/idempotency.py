@@ -21,6 +21,7 @@ that transaction, which is then decided again (the other claim is then seen, in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
@@ -81,6 +82,10 @@ class BatchItem:
     method: str  # the unary method's full name, as `execute` gets it ("/giftcoin.wallet.v1.WalletService/HoldCoins")
     request: Message
     request_id: str
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.method, self.request)
 
 
 # How often a batch is decided again after a concurrent claim of one of its ids won the race.
@@ -173,7 +178,7 @@ class RequestIdStore:
         nothing for an item it refuses. Replays, REQUEST_ID_REUSED and REQUEST_IN_FLIGHT are decided
         here; a second copy of an id within the batch is answered as its first appearance decides.
         """
-        prints = [fingerprint(item.method, item.request) for item in items]
+        prints = [item.fingerprint for item in items]
         for _ in range(_BATCH_ATTEMPTS):
             try:
                 return self.db.run(lambda conn: self._run_batch(conn, items, prints, response_type, work))
