@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -27,10 +27,10 @@ from services.runtime.errors import DomainError, from_rpc_error
 from services.runtime.ledger import ledger_problems
 from services.runtime.server import BackgroundLoop, RunningServer, create_server
 from services.wallet import app as wallet_app
-from services.wallet import storage
-from services.wallet.domain import WalletAccounts
-from services.wallet.receipts import mint_receipt
-from services.wallet.settings import WalletSettings, load_settings
+from services.wallet import domain, storage
+from services.wallet.domain import Catalogue, WalletAccounts, WalletBook
+from services.wallet.receipts import SandboxProvider, mint_receipt
+from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, WalletSettings, load_settings
 from tests.support.identity import as_caller, operator, service, user
 
 R = TypeVar("R")
@@ -254,3 +254,45 @@ def running_wallet(url: str, clock: FakeClock) -> Iterator[WalletHarness]:
 def wallet(wallet_url: str, clock: FakeClock) -> Iterator[WalletHarness]:
     with running_wallet(wallet_url, clock) as harness:
         yield harness
+
+
+# --- the wallet's rules driven directly, without gRPC ---------------------------------------------
+
+BORN = date(1990, 6, 15)
+T = TypeVar("T")
+
+
+class Books:
+    """A WalletBook over a real database, each call its own unit of work."""
+
+    def __init__(self, url: str, clock: FakeClock) -> None:
+        self.db = Database.from_url(url, pool_size=4)
+        self.store = storage.WalletStore(self.db)
+        self.clock = clock
+        self.book = WalletBook(
+            Catalogue(DEFAULT_PACKAGES), {"sandbox": SandboxProvider(DEV_SANDBOX_RECEIPT_KEY)}, clock, 600
+        )
+        self.store.run(self.book.open_platform_accounts)
+
+    def open(self, user_id: str, born: date = BORN) -> domain.Wallet:
+        return self.store.run(lambda uow: self.book.open_wallet(uow, user_id, born, "US"))
+
+    def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
+        receipt = mint_receipt(package_id, user_id=user_id)
+        return self.store.run(lambda uow: self.book.purchase(uow, user_id, package_id, "", "sandbox", receipt))
+
+    def wallet(self, user_id: str) -> domain.Wallet:
+        return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
+
+    def do(self, rule: Callable[..., T], *args: Any) -> T:
+        """`rule(uow, *args)` for a rule of the book, in a unit of work of its own."""
+        return self.store.run(lambda uow: rule(uow, *args))
+
+
+@pytest.fixture
+def books(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Books]:
+    url = make_database("wallet")
+    books = Books(url, clock)
+    yield books
+    books.db.dispose()
+    check_books(url)

@@ -24,8 +24,15 @@ from services.wallet.domain import HoldAsk
 from services.wallet.servicer import WalletServicer
 from services.wallet.storage import HoldRecord, WalletUnit
 from tests.support.identity import as_caller, service, user
-from tests.wallet.conftest import GIFTING, OPERATOR, WalletHarness, check_books, new_id, rpc_error, running_wallet
-from tests.wallet.test_domain import Books
+from tests.wallet.conftest import (
+    GIFTING,
+    OPERATOR,
+    Books,
+    WalletHarness,
+    new_id,
+    rpc_error,
+    running_wallet,
+)
 
 Outcome = tuple[Any, ...]
 
@@ -449,15 +456,6 @@ def test_concurrent_batches_for_the_same_gifts_from_different_wallets_make_one_h
         assert sorted([mine, theirs])[0] == "HOLD_MISMATCH" and theirs != mine, (mine, theirs)
     held = wallet.get("alice").balance.held + wallet.get("bob").balance.held
     assert held == rounds * per_batch * 10
-
-
-@pytest.fixture
-def books(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Books]:
-    url = make_database("wallet")
-    books = Books(url, clock)
-    yield books
-    books.db.dispose()
-    check_books(url)
 
 
 def _wait_for_a_lock_wait(books: Books) -> None:

@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import date, timedelta
-from typing import Any, TypeVar
+from collections.abc import Callable
+from datetime import timedelta
 
 import grpc
 import pytest
 
-from services.runtime.clock import FakeClock
-from services.runtime.db import Database
 from services.runtime.errors import DomainError
-from services.wallet import domain
-from services.wallet.domain import Catalogue, WalletBook, WalletStatus
-from services.wallet.receipts import SandboxProvider, mint_receipt
-from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, parse_packages
-from services.wallet.storage import CAPTURED, EXPIRED, PromotionRecord, WalletStore
-from tests.wallet.conftest import check_books
-
-BORN = date(1990, 6, 15)
-T = TypeVar("T")
-
-
-class Books:
-    """A WalletBook over a real database, each call its own unit of work."""
-
-    def __init__(self, url: str, clock: FakeClock) -> None:
-        self.db = Database.from_url(url, pool_size=4)
-        self.store = WalletStore(self.db)
-        self.clock = clock
-        self.book = WalletBook(
-            Catalogue(DEFAULT_PACKAGES), {"sandbox": SandboxProvider(DEV_SANDBOX_RECEIPT_KEY)}, clock, 600
-        )
-        self.store.run(self.book.open_platform_accounts)
-
-    def open(self, user_id: str, born: date = BORN) -> domain.Wallet:
-        return self.store.run(lambda uow: self.book.open_wallet(uow, user_id, born, "US"))
-
-    def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
-        receipt = mint_receipt(package_id, user_id=user_id)
-        return self.store.run(lambda uow: self.book.purchase(uow, user_id, package_id, "", "sandbox", receipt))
-
-    def wallet(self, user_id: str) -> domain.Wallet:
-        return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
-
-    def do(self, rule: Callable[..., T], *args: Any) -> T:
-        """`rule(uow, *args)` for a rule of the book, in a unit of work of its own."""
-        return self.store.run(lambda uow: rule(uow, *args))
-
-
-@pytest.fixture
-def books(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Books]:
-    url = make_database("wallet")
-    books = Books(url, clock)
-    yield books
-    books.db.dispose()
-    check_books(url)
+from services.wallet.domain import Catalogue, WalletStatus
+from services.wallet.settings import parse_packages
+from services.wallet.storage import CAPTURED, EXPIRED, PromotionRecord
+from tests.wallet.conftest import Books
 
 
 def refused(call: Callable[[], object]) -> DomainError:
