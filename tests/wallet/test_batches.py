@@ -347,12 +347,7 @@ def test_concurrent_batches_and_holds_never_overspend(wallet: WalletHarness) -> 
             requests = [
                 hold_request(f"g-{n}-{(sender // 2) * per_batch + k}", users[k % 2], amount) for k in range(per_batch)
             ]
-            while True:
-                try:
-                    results = wallet.batch_hold(requests)
-                    break
-                except grpc.RpcError as err:  # the whole batch may be asked to retry (ABORTED)
-                    assert err.code() == grpc.StatusCode.ABORTED, err
+            results = batch_hold_until_answered(wallet, requests)
             if sender == 0:  # and a unary hold racing along
                 try:
                     unary = wallet.stub.HoldCoins(hold_request(f"u-{n}", "alice", amount), metadata=gifting).hold
@@ -441,12 +436,7 @@ def test_concurrent_batches_for_the_same_gifts_from_different_wallets_make_one_h
         for n in range(rounds):
             requests = [hold_request(f"gift-{n}-{k}", user_id, 10) for k in range(per_batch)]
             start.wait(timeout=30)
-            while True:
-                try:
-                    results = wallet.batch_hold(requests)
-                    break
-                except grpc.RpcError as err:  # the whole batch may be asked to retry (ABORTED)
-                    assert err.code() == grpc.StatusCode.ABORTED, err
+            results = batch_hold_until_answered(wallet, requests)
             answers += [r.response.hold.hold_id if r.HasField("response") else r.error.reason for r in results]
         return answers
 
@@ -456,6 +446,17 @@ def test_concurrent_batches_for_the_same_gifts_from_different_wallets_make_one_h
         assert sorted([mine, theirs])[0] == "HOLD_MISMATCH" and theirs != mine, (mine, theirs)
     held = wallet.get("alice").balance.held + wallet.get("bob").balance.held
     assert held == rounds * per_batch * 10
+
+
+def batch_hold_until_answered(
+    wallet: WalletHarness, requests: list[wallet_pb2.HoldCoinsRequest]
+) -> list[wallet_pb2.HoldCoinsResult]:
+    """BatchHoldCoins, asked again while the whole batch is told to retry (ABORTED), and only then."""
+    while True:
+        try:
+            return list(wallet.batch_hold(requests))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.ABORTED, err
 
 
 def _wait_for_a_lock_wait(books: Books) -> None:
