@@ -37,6 +37,10 @@ class Databases:
         url = make_url(self.dsn).set(drivername="postgresql+psycopg", database=database)
         return url.render_as_string(hide_password=False)
 
+    def libpq(self, url: str) -> str:
+        """A SQLAlchemy URL of one of these databases as a libpq connection string (for psycopg)."""
+        return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
     def drop_all(self) -> None:
         if not self.created:
             return

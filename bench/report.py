@@ -72,6 +72,7 @@ class Report:
         self.memory_kib: dict[str, int] = {}
         self.alive: dict[str, bool] = {}
         self.conservation: Conservation | None = None
+        self.autovacuum = ""  # how the suite's databases were kept analyzed, when the server does not
         self.elapsed = 0.0
 
     def status(self, text: str) -> None:
@@ -155,6 +156,8 @@ class Report:
         if self.memory_kib:
             memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
             lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
+        if self.autovacuum:
+            lines.append(f"{'autovacuum':<40} {self.autovacuum}")
         down = [name for name, up in self.alive.items() if not up]
         if down:
             lines.append(f"{'services that died during the run':<40} {', '.join(down)}")
@@ -182,5 +185,6 @@ class Report:
             "ratios": self.ratios(),
             "peak_memory_kib": self.memory_kib,
             "conservation": asdict(self.conservation) if self.conservation else None,
+            "autovacuum": self.autovacuum,
             "elapsed_seconds": self.elapsed,
         }

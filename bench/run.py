@@ -28,6 +28,7 @@ import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 
 from bench import conservation, echo, storage_ceiling
+from bench.autovacuum import Autovacuum, server_autovacuums
 from bench.databases import Databases
 from bench.load import OK, PENDING, LoadResult, drive
 from bench.options import Options, parse
@@ -234,6 +235,7 @@ def run(options: Options) -> int:
         return 2
     report = Report(options, version, datetime.now(UTC))
     suite: Suite | None = None
+    autovacuum: Autovacuum | None = None
     started = time.monotonic()
     try:
         if "transport" in options.phases:
@@ -255,6 +257,10 @@ def run(options: Options) -> int:
             # that the first phase measured is not the only one to pay for them.
             report.status("suite: warming up ...")
             suite_phase(replace(options, duration=options.warmup, warmup=0), suite, population)
+        if databases.backend == "postgresql" and not server_autovacuums(databases.dsn):
+            autovacuum = Autovacuum([databases.libpq(url) for url in urls.values()])
+            autovacuum.start()
+            report.autovacuum = "off on the server: the bench applies its rules (after the warm-up, then each minute)"
         spread: LoadResult | None = None
         if "spread" in options.phases:
             report.status("suite: SendGift, gifts spread over creators ...")
@@ -281,6 +287,9 @@ def run(options: Options) -> int:
         report.status(f"failed: {type(error).__name__}: {error}; the services' logs are in {logdir}")
         return 2
     finally:
+        if autovacuum is not None:
+            autovacuum.stop()
+            report.autovacuum += f" ({autovacuum.runs} runs)"
         if suite is not None:
             suite.stop()
         if not options.keep:

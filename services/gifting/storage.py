@@ -41,13 +41,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 
 from services.runtime.db import (
     insert_rows,
     insert_unless_conflict,
+    keys_in,
     rows_bindparams,
     rows_params,
     rows_source,
@@ -258,9 +258,7 @@ _TRANSFER = select(_t).where(_t.c.transfer_id == bindparam("key_transfer_id"))
 _TRANSFER_BY_REQUEST = select(_t).where(
     and_(_t.c.sender_id == bindparam("key_sender_id"), _t.c.request_id == bindparam("key_request_id"))
 )
-_TRANSFERS_BY_REQUEST = select(_t).where(
-    tuple_(_t.c.sender_id, _t.c.request_id).in_(bindparam("key_pairs", expanding=True))
-)
+_TRANSFERS_BY_REQUEST = select(_t).where(keys_in([_t.c.sender_id, _t.c.request_id], "key_pairs"))
 _LEASE_FREE = or_(
     _t.c.lease_owner == bindparam("key_owner"), _t.c.lease_until.is_(None), _t.c.lease_until < bindparam("key_now")
 )
@@ -278,7 +276,7 @@ _RENEW = (
     update(_t)
     .where(
         and_(
-            _t.c.transfer_id.in_(bindparam("key_transfer_ids", expanding=True)),
+            keys_in(_t.c.transfer_id, "key_transfer_ids"),
             _t.c.lease_owner == bindparam("key_owner"),
             _t.c.state == PENDING,
         )
@@ -289,7 +287,7 @@ _d = daily_spending
 # The day rows of a batch's senders, locked in one order so that concurrent batches never deadlock.
 _SPENDING_LOCKED = (
     select(_d.c.sender_id, _d.c.day, _d.c.coins)
-    .where(tuple_(_d.c.sender_id, _d.c.day).in_(bindparam("key_pairs", expanding=True)))
+    .where(keys_in([_d.c.sender_id, _d.c.day], "key_pairs"))
     .order_by(_d.c.sender_id, _d.c.day)
     .with_for_update()
 )
@@ -319,7 +317,7 @@ def _counter_params(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, A
 
 
 _EVENTS_AT = select(_e.c.target_key, _e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
-    tuple_(_e.c.target_key, _e.c.sequence).in_(bindparam("key_pairs", expanding=True))
+    keys_in([_e.c.target_key, _e.c.sequence], "key_pairs")
 )
 
 
@@ -344,9 +342,7 @@ _GIFT_JOIN = gifts.join(
 
 
 _GIFT = select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id == bindparam("key_gift_id"))
-_GIFTS = (
-    select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(gifts.c.gift_id.in_(bindparam("key_gift_ids", expanding=True)))
-)
+_GIFTS = select(*_GIFT_COLUMNS).select_from(_GIFT_JOIN).where(keys_in(gifts.c.gift_id, "key_gift_ids"))
 
 
 class CatalogueRepository:

@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 
-from services.runtime.db import insert_rows
+from services.runtime.db import insert_rows, keys_in
 from services.runtime.ledger import Ledger, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -241,10 +241,8 @@ def _record(cls: Any, row: Any) -> Any:
 # costs more than executing it).
 _CREATOR = select(creators).where(creators.c.creator_id == bindparam("creator_key"))
 _CREATOR_LOCKED = _CREATOR.with_for_update()
-_CREATORS = select(creators).where(creators.c.creator_id.in_(bindparam("creator_keys", expanding=True)))
-_CREDITS_BY_GIFT = select(diamond_credits).where(
-    diamond_credits.c.gift_id.in_(bindparam("credit_gift_ids", expanding=True))
-)
+_CREATORS = select(creators).where(keys_in(creators.c.creator_id, "creator_keys"))
+_CREDITS_BY_GIFT = select(diamond_credits).where(keys_in(diamond_credits.c.gift_id, "credit_gift_ids"))
 
 
 class CreatorRepository:

@@ -31,11 +31,11 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.clock import Clock
-from services.runtime.db import Database, insert_rows
+from services.runtime.db import Database, insert_rows, keys_in
 from services.runtime.errors import DomainError, FieldViolation, aborted, already_exists, invalid_argument
 from services.runtime.validation import Validator
 
@@ -123,7 +123,7 @@ class RequestIdStore:
         )
         self._delete_claim = delete(t).where(claimed)
         # By the whole primary key (caller, request id): by request id alone would scan the table.
-        self._select_batch = select(t).where(tuple_(t.c.caller, t.c.request_id).in_(bindparam("keys", expanding=True)))
+        self._select_batch = select(t).where(keys_in([t.c.caller, t.c.request_id], "keys"))
         self._delete_dead_claim = delete(t).where(
             and_(
                 t.c.caller == bindparam("d_caller"),

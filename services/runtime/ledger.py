@@ -36,13 +36,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    bindparam,
     func,
     select,
     text,
 )
 
-from services.runtime.db import insert_rows, insert_unless_conflict, rows_bindparams, rows_params, rows_source
+from services.runtime.db import insert_rows, insert_unless_conflict, keys_in, rows_bindparams, rows_params, rows_source
 from services.runtime.tables import UtcDateTime
 
 
@@ -98,18 +97,12 @@ class _Statements:
 
     def __init__(self, t: LedgerTables) -> None:
         a, e = t.accounts, t.entries
-        self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(
-            a.c.code.in_(bindparam("codes", expanding=True))
-        )
+        self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(keys_in(a.c.code, "codes"))
         self._accounts_table = a
         self._move_balances: dict[tuple[str, int], Executable] = {}
-        self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(
-            a.c.code.in_(bindparam("codes", expanding=True))
-        )
+        self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(keys_in(a.c.code, "codes"))
         self.entry_sums = (
-            select(e.c.account, func.sum(e.c.amount))
-            .where(e.c.account.in_(bindparam("codes", expanding=True)))
-            .group_by(e.c.account)
+            select(e.c.account, func.sum(e.c.amount)).where(keys_in(e.c.account, "codes")).group_by(e.c.account)
         )
 
     def move_balances(self, conn: Connection, moves: Sequence[tuple[str, int]]) -> set[str]:

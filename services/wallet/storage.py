@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database, insert_rows, update_rows
+from services.runtime.db import Database, insert_rows, keys_in, update_rows
 from services.runtime.ledger import Ledger, Movement, ledger_tables
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -174,23 +174,16 @@ _MOVE_HOLD = (
 # The batch paths' (BatchHoldCoins, BatchCaptureHolds) statements: one for all the batch's rows.
 # Wallets are locked in user-id order, so that batches locking overlapping sets cannot deadlock.
 _WALLETS_LOCKED = (
-    select(wallets)
-    .where(wallets.c.user_id.in_(bindparam("wallet_user_ids", expanding=True)))
-    .order_by(wallets.c.user_id)
-    .with_for_update()
+    select(wallets).where(keys_in(wallets.c.user_id, "wallet_user_ids")).order_by(wallets.c.user_id).with_for_update()
 )
 _WALLETS_HOLDING_LOCKED = (
     select(wallets.c.user_id)
-    .where(
-        wallets.c.user_id.in_(
-            select(holds.c.user_id).where(holds.c.gift_id.in_(bindparam("hold_gift_ids", expanding=True)))
-        )
-    )
+    .where(wallets.c.user_id.in_(select(holds.c.user_id).where(keys_in(holds.c.gift_id, "hold_gift_ids"))))
     .order_by(wallets.c.user_id)
     .with_for_update(of=wallets)
 )
-_HOLDS_BY_GIFTS = select(holds).where(holds.c.gift_id.in_(bindparam("hold_gift_ids", expanding=True)))
-_DELETE_HOLDS = delete(holds).where(holds.c.hold_id.in_(bindparam("hold_ids", expanding=True)))
+_HOLDS_BY_GIFTS = select(holds).where(keys_in(holds.c.gift_id, "hold_gift_ids"))
+_DELETE_HOLDS = delete(holds).where(keys_in(holds.c.hold_id, "hold_ids"))
 
 
 class Duplicate(Exception):
