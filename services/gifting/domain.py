@@ -3,30 +3,38 @@
 Plain Python: no protobuf, no gRPC calls (grpc.StatusCode only names the codes of errors). Wallet
 and payout are reached through `WalletPort` and `PayoutPort` (services/gifting/peers.py speaks gRPC).
 
-The send saga (SPEC §4), persisted step by step on the transfer row so that any replica can resume it:
+The send saga (SPEC §4), persisted on the transfer row so that any replica can resume it:
 
-    recorded -> held -> crediting -> credited -> completed     hold, (decide), credit, capture
-    recorded -> failed                                         wallet refused the hold: nothing held
-    recorded | held | crediting -> failing -> failed           too late, hold about to lapse, or payout
-                                                               refused the recipient: hold released
+    recorded -> completed                      hold, credit (before the gift's credit deadline), capture
+    recorded -> failed                         wallet refused the hold: nothing held
+    recorded -> failing -> failed              payout credited nothing (it refused the recipient, or the
+                                               credit deadline had passed): the hold released
 
 Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
-retried step never moves value twice.
+retried step never moves value twice, and nothing is written between the record and the outcome: a
+gift found at `recorded` (after a crash, an outage, a lost lease) is driven again from the start, each
+step answered again by its peer as it first answered it (a replay), or done now.
+
+The expiring hold. Once diamonds are credited the gift must complete, so no credit may land that its
+hold might not back: every credit carries the gift's credit deadline (recorded with the gift: the
+hold's life less the safety margin), and payout refuses a credit asked after it (CREDIT_DEADLINE_PASSED)
+unless the gift was credited already. That refusal is recorded under the credit's request id and
+re-decided the same way for any late copy, so once the deadline has passed, asking payout again tells
+for certain whether the gift was credited: a gift whose credit got no answer (payout down, a crash)
+is never stuck between the two. A hold made when the gift was recorded outlives the deadline by the
+margin; and once credited, a gift only moves forward: the capture is retried until it succeeds (wallet
+captures even a lapsed hold, from the balance).
 
 Sends that arrive together go together (`record_sends`, `settle_recorded`: the SendGift batcher): one
-transaction records them all, one BatchHoldCoins holds their coins, one transaction writes their
-decision to credit, one BatchCreditDiamonds, one BatchCaptureHolds, one transaction completes them.
-The states written and the request ids used are the per-gift saga's, so any gift that leaves the
-common path (a refusal, a peer without an answer) is driven on from where it stands by the per-gift
-code, as recovery would, and a batch item and its per-gift retry share one request id. The batch path
-skips writing `held` (it writes `crediting` right after the hold, having checked what `held` -> `crediting`
-checks) and `credited` (after the capture it writes `completed`): recovery of a gift left at
-`crediting` asks payout again, which replays the credit. Two rules keep value conserved through any outage:
-- diamonds are credited only while the hold has at least the safety margin of life left, and the
-  decision to credit is written (step `crediting`) before the call: from then on the gift only
-  fails if payout says for certain that it credited nothing;
-- once credited, a gift only moves forward: the capture is retried until it succeeds (wallet captures
-  even a lapsed hold, from the balance).
+transaction records them all, one BatchHoldCoins holds their coins, one BatchCreditDiamonds credits
+them, one BatchCaptureHolds captures them, one transaction completes them. The request ids are the
+per-gift saga's, so any gift that leaves the common path (a refusal, a peer without an answer) is
+driven on from where it stands by the per-gift code, as recovery would, and a batch item and its
+per-gift retry share one request id.
+
+Rows written by earlier versions may stand at the steps those wrote: `held` (driven as `recorded`),
+and `crediting` / `credited` (credited without a deadline: its credit is asked again as it was, then
+captured).
 """
 
 from __future__ import annotations
@@ -221,6 +229,7 @@ class CreditOrder:
     diamonds: int
     coins: int
     promotional_coins: int
+    deadline: datetime | None  # payout credits nothing asked after this (None: rows of earlier versions)
 
 
 class WalletPort(Protocol):
@@ -234,9 +243,9 @@ class WalletPort(Protocol):
 
     def capture_many(self, orders: Sequence[CaptureOrder]) -> list[Hold | Refused | StepUncertain]: ...
 
-    def hold_coins(self, *, request_id: str, gift_id: str, user_id: str, amount: int, ttl_seconds: int) -> Hold: ...
+    def hold_coins(self, order: HoldOrder) -> Hold: ...
 
-    def capture_hold(self, *, request_id: str, gift_id: str) -> Hold: ...
+    def capture_hold(self, order: CaptureOrder) -> Hold: ...
 
     def release_hold(self, *, request_id: str, gift_id: str) -> Hold: ...
 
@@ -250,13 +259,7 @@ class PayoutPort(Protocol):
 
     def credit_many(self, orders: Sequence[CreditOrder]) -> list[Refused | StepUncertain | None]: ...
 
-    def reachable(self) -> bool:
-        """Whether payout can be reached now (a connection is up), so that a credit call will be answered."""
-        ...
-
-    def credit_diamonds(
-        self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
-    ) -> None: ...
+    def credit_diamonds(self, order: CreditOrder) -> None: ...
 
 
 def step_request_id(transfer_id: str, step: str) -> str:
@@ -343,6 +346,23 @@ def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
     )
 
 
+def _not_credited(refusal: DomainError, t: TransferRecord) -> DomainError:
+    """What a gift fails with when payout says for certain that it credited nothing."""
+    if refusal.reason == "CREDIT_DEADLINE_PASSED":
+        return _gift_failed(t, "EXPIRED", "it waited too long")
+    return _cannot_receive(refusal, t)
+
+
+def _held(t: TransferRecord, hold: Hold) -> TransferRecord:
+    """The transfer as its hold left it: how many of its coins are promotional, when the hold lapses."""
+    return replace(t, promotional_coins=hold.promotional_amount, hold_expire_at=hold.expire_time)
+
+
+def _captured(answer: Hold | Refused | StepUncertain) -> bool:
+    """Whether a capture's answer says the hold is captured (now, or by an earlier call)."""
+    return isinstance(answer, Hold) or (isinstance(answer, Refused) and answer.error.reason == "HOLD_ALREADY_CAPTURED")
+
+
 def _gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
     return failed_precondition(
         "GIFT_FAILED", f"gift {t.transfer_id} failed: {why}; nothing was spent", transfer_id=t.transfer_id, cause=cause
@@ -351,7 +371,13 @@ def _gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
 
 # Payout's refusals after which it has certainly credited nothing for the gift. Not every
 # FAILED_PRECONDITION qualifies: CREDIT_MISMATCH says the gift WAS credited (differently).
-_NOT_CREDITED = {"RECIPIENT_CANNOT_RECEIVE", "CREATOR_NOT_FOUND", "CREATOR_NOT_ELIGIBLE", "INVALID_ARGUMENT"}
+_NOT_CREDITED = {
+    "RECIPIENT_CANNOT_RECEIVE",
+    "CREATOR_NOT_FOUND",
+    "CREATOR_NOT_ELIGIBLE",
+    "INVALID_ARGUMENT",
+    "CREDIT_DEADLINE_PASSED",
+}
 # Release refusals that mean the coins are already back (or were never held).
 _NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}
 
@@ -550,6 +576,7 @@ class Gifting:
             total_coins=total_coins,
             total_diamonds=total_diamonds,
             promotional_coins=None,
+            credit_deadline=self._deadline_from(now),
             state=PENDING,
             step=RECORDED,
             failure_reason="",
@@ -596,58 +623,33 @@ class Gifting:
         self.failpoint("after_record")
         finished: dict[str, TransferRecord] = {}
         aside: list[TransferRecord] = []  # off the common path: each driven on alone
-        margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
         try:
-            holding = list(recorded)
-            with self.batch_span("hold", holding):
-                holds = self._call_batch(
-                    holding,
-                    owner,
-                    lambda ts: self.wallet.hold_many(
-                        [
-                            HoldOrder(
-                                step_request_id(t.transfer_id, "hold"),
-                                t.transfer_id,
-                                t.sender_id,
-                                t.total_coins,
-                                self.policy.hold_ttl_seconds,
-                            )
-                            for t in ts
-                        ]
-                    ),
-                )
+            with self.batch_span("hold", recorded):
+                holds = self._call_batch(list(recorded), owner, lambda ts: self.wallet.hold_many(self._hold_orders(ts)))
             self.failpoint("after_hold")
-            # The decision to credit (per gift: `_decide_credit`), written before any credit call.
-            now, reachable = self.clock.now(), self.payout.reachable()
-            deciding = []
+            crediting: list[TransferRecord] = []
             for t, hold in holds:
-                if isinstance(hold, Hold) and hold.state == "held" and hold.expire_time - now >= margin and reachable:
-                    deciding.append((t, hold))
+                if isinstance(hold, Refused):  # no hold was made: nothing to give back
+                    finished[t.transfer_id] = self._finish_failed(
+                        t, owner, RECORDED, _with_transfer(hold.error, t.transfer_id)
+                    )
+                elif isinstance(hold, Hold) and hold.state != "released":
+                    crediting.append(_held(t, hold))
                 else:
                     aside.append(t)
-            with self.batch_span("decide", [t for t, _ in deciding]):
-                crediting = self._decide_credits(deciding, owner, finished)
             with self.batch_span("credit", crediting):
                 credits = self._call_batch(
-                    crediting,
-                    owner,
-                    lambda ts: self.payout.credit_many(
-                        [
-                            CreditOrder(
-                                step_request_id(t.transfer_id, "credit"),
-                                t.transfer_id,
-                                t.recipient_id,
-                                t.total_diamonds,
-                                t.total_coins,
-                                t.promotional_coins or 0,
-                            )
-                            for t in ts
-                        ]
-                    ),
+                    crediting, owner, lambda ts: self.payout.credit_many(self._credit_orders(ts))
                 )
             self.failpoint("after_credit")
-            capturing = [t for t, credit in credits if credit is None]
-            aside += [t for t, credit in credits if credit is not None]
+            capturing: list[TransferRecord] = []
+            for t, credit in credits:
+                if credit is None:
+                    capturing.append(t)
+                elif isinstance(credit, Refused) and credit.error.reason in _NOT_CREDITED:
+                    aside.append(self._start_failing(t, owner, RECORDED, _not_credited(credit.error, t)))
+                else:
+                    aside.append(t)
             with self.batch_span("capture", capturing):
                 captures = self._call_batch(
                     capturing,
@@ -659,11 +661,8 @@ class Gifting:
             self.failpoint("after_capture")
             completing: list[TransferRecord] = []
             for t, capture in captures:
-                captured = isinstance(capture, Hold) or (
-                    isinstance(capture, Refused) and capture.error.reason == "HOLD_ALREADY_CAPTURED"
-                )
-                (completing if captured else aside).append(t)
-            finished.update({t.transfer_id: t for t in self._complete_many(completing, owner, CREDITING)})
+                (completing if _captured(capture) else aside).append(t)
+            finished.update({t.transfer_id: t for t in self._complete_many(completing, owner, RECORDED)})
         except _Postponed as why:  # a batch call got no answer: every gift still in the batch waits
             set_aside = {t.transfer_id for t in aside}
             for t in recorded:
@@ -672,6 +671,29 @@ class Gifting:
         for t in aside:
             finished[t.transfer_id] = self._drive_from(t, owner, self.policy.step_attempts)
         return [finished[t.transfer_id] if t.transfer_id in finished else self._load(t.transfer_id) for t in recorded]
+
+    def _hold_orders(self, ts: Sequence[TransferRecord]) -> list[HoldOrder]:
+        ttl = self.policy.hold_ttl_seconds
+        return [
+            HoldOrder(step_request_id(t.transfer_id, "hold"), t.transfer_id, t.sender_id, t.total_coins, ttl)
+            for t in ts
+        ]
+
+    def _credit_orders(self, ts: Sequence[TransferRecord]) -> list[CreditOrder]:
+        """The credit of each gift (held: its promotional coins known); with its deadline, except for a
+        gift an earlier version decided to credit without one (asked again exactly as it was asked)."""
+        return [
+            CreditOrder(
+                step_request_id(t.transfer_id, "credit"),
+                t.transfer_id,
+                t.recipient_id,
+                t.total_diamonds,
+                t.total_coins,
+                t.promotional_coins or 0,
+                None if t.step in (CREDITING, CREDITED) else self._credit_deadline(t),
+            )
+            for t in ts
+        ]
 
     def _call_batch(
         self,
@@ -709,39 +731,6 @@ class Gifting:
         ids = [t.transfer_id for t in ts]
         kept = self._read(lambda uow: uow.transfers.renew(ids, owner, now, until))
         return [t for t in ts if t.transfer_id in kept]
-
-    def _decide_credits(
-        self, deciding: list[tuple[TransferRecord, Hold]], owner: str, finished: dict[str, TransferRecord]
-    ) -> list[TransferRecord]:
-        """Write `crediting` (with what the hold said) for every gift whose hold can back a credit, in one
-        transaction: from here on, a gift only fails if payout says it credited nothing."""
-        now = self.clock.now()
-        lease_until = now + timedelta(seconds=self.policy.lease_seconds)
-        rows = [
-            {"transfer_id": t.transfer_id, "hold_expire_at": h.expire_time, "promotional_coins": h.promotional_amount}
-            for t, h in deciding
-        ]
-        advanced = self._read(
-            lambda uow: uow.transfers.advance_many(
-                owner, RECORDED, rows, step=CREDITING, updated_at=now, lease_until=lease_until
-            )
-        )
-        crediting = []
-        for t, h in deciding:
-            if t.transfer_id not in advanced:  # another replica took it over
-                finished[t.transfer_id] = self._load(t.transfer_id)
-                continue
-            crediting.append(
-                replace(
-                    t,
-                    step=CREDITING,
-                    hold_expire_at=h.expire_time,
-                    promotional_coins=h.promotional_amount,
-                    updated_at=now,
-                    lease_until=lease_until,
-                )
-            )
-        return crediting
 
     @contextmanager
     def batch_span(self, step: str, gifts: Sequence[TransferRecord | SendAsk]) -> Iterator[None]:
@@ -821,11 +810,9 @@ class Gifting:
         return t
 
     def _step(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
-        if t.step == RECORDED:
+        if t.step in (RECORDED, HELD):
             return self._hold(t, owner, attempts)
-        if t.step == HELD:
-            return self._decide_credit(t, owner)
-        if t.step == CREDITING:
+        if t.step == CREDITING:  # an earlier version's decision to credit: its credit, asked again
             return self._credit(t, owner, attempts)
         if t.step == CREDITED:
             return self._capture(t, owner, attempts)
@@ -834,98 +821,55 @@ class Gifting:
         raise AssertionError(f"pending transfer {t.transfer_id} at step {t.step}")
 
     def _hold(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        """Hold the gift's coins (a replay, if they were held before), then credit it."""
         with self._span("hold", t):
-            if self.clock.now() >= self._credit_deadline(t.created_at):
-                # Recorded long ago (a long outage): a gift should not surface hours later; and a hold
-                # its crashed driver may have made is released on the way to FAILED.
-                return self._start_failing(t, owner, RECORDED, _gift_failed(t, "EXPIRED", "it waited too long"))
             try:
-                hold = self._call(
-                    t,
-                    owner,
-                    attempts,
-                    lambda: self.wallet.hold_coins(
-                        request_id=step_request_id(t.transfer_id, "hold"),
-                        gift_id=t.transfer_id,
-                        user_id=t.sender_id,
-                        amount=t.total_coins,
-                        ttl_seconds=self.policy.hold_ttl_seconds,
-                    ),
-                )
+                (order,) = self._hold_orders([t])
+                hold = self._call(t, owner, attempts, lambda: self.wallet.hold_coins(order))
             except Refused as refusal:  # no hold was made: nothing to give back
-                return self._finish_failed(t, owner, RECORDED, _with_transfer(refusal.error, t.transfer_id))
+                return self._finish_failed(t, owner, t.step, _with_transfer(refusal.error, t.transfer_id))
             self.failpoint("after_hold")
-            if hold.state != "held":
-                return self._start_failing(t, owner, RECORDED, _gift_failed(t, "HOLD_LAPSED", f"its hold {hold.state}"))
-            return self._advance(
-                t,
-                owner,
-                RECORDED,
-                step=HELD,
-                hold_expire_at=hold.expire_time,
-                promotional_coins=hold.promotional_amount,
-            )
+        if hold.state == "released":  # given back already: this gift cannot be credited any more
+            return self._start_failing(t, owner, t.step, _gift_failed(t, "HOLD_LAPSED", "its hold was released"))
+        return self._credit(_held(t, hold), owner, attempts)
 
-    def _credit_deadline(self, recorded_at: datetime) -> datetime:
-        """After this, no hold made now could back a credit with the safety margin to spare."""
+    def _deadline_from(self, recorded_at: datetime) -> datetime:
+        """The credit deadline of a gift recorded at `recorded_at`: a hold made once it was recorded
+        outlives it by the safety margin."""
         return recorded_at + timedelta(seconds=self.policy.hold_ttl_seconds - self.policy.hold_safety_margin_seconds)
 
-    def _decide_credit(self, t: TransferRecord, owner: str) -> TransferRecord:
-        """The point of no return, written down before the credit call is made."""
-        assert t.hold_expire_at is not None
-        margin = timedelta(seconds=self.policy.hold_safety_margin_seconds)
-        if t.hold_expire_at - self.clock.now() < margin:
-            return self._start_failing(
-                t, owner, HELD, _gift_failed(t, "HOLD_EXPIRING", "its coins could not stay reserved long enough")
-            )
-        # A credit call that gets no answer can never be taken back, so none is made while payout is
-        # plainly unreachable: the gift waits here, where a long outage still ends in a clean failure.
-        if not self.payout.reachable():
-            raise _Postponed("payout is unreachable; the credit was not attempted")
-        return self._advance(t, owner, HELD, step=CREDITING)
+    def _credit_deadline(self, t: TransferRecord) -> datetime:
+        """The gift's credit deadline as recorded with it (for rows of earlier versions: from the policy)."""
+        return t.credit_deadline or self._deadline_from(t.created_at)
 
     def _credit(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        """Credit the gift's diamonds (a replay, if credited before), then capture its coins."""
         with self._span("credit", t):
             try:
-                self._call(
-                    t,
-                    owner,
-                    attempts,
-                    lambda: self.payout.credit_diamonds(
-                        request_id=step_request_id(t.transfer_id, "credit"),
-                        gift_id=t.transfer_id,
-                        creator_id=t.recipient_id,
-                        diamonds=t.total_diamonds,
-                        coins=t.total_coins,
-                        promotional_coins=t.promotional_coins or 0,
-                    ),
-                )
+                (order,) = self._credit_orders([t])
+                self._call(t, owner, attempts, lambda: self.payout.credit_diamonds(order))
             except Refused as refusal:
                 if refusal.error.reason in _NOT_CREDITED:
-                    return self._start_failing(t, owner, CREDITING, _cannot_receive(refusal.error, t))
+                    return self._start_failing(t, owner, t.step, _not_credited(refusal.error, t))
                 log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, refusal)
                 raise _Postponed(str(refusal)) from refusal
             self.failpoint("after_credit")
-            return self._advance(t, owner, CREDITING, step=CREDITED)
+        return self._capture(t, owner, attempts)
 
     def _capture(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
+        order = CaptureOrder(step_request_id(t.transfer_id, "capture"), t.transfer_id)
         with self._span("capture", t):
+            capture: Hold | Refused
             try:
-                self._call(
-                    t,
-                    owner,
-                    attempts,
-                    lambda: self.wallet.capture_hold(
-                        request_id=step_request_id(t.transfer_id, "capture"), gift_id=t.transfer_id
-                    ),
-                )
+                capture = self._call(t, owner, attempts, lambda: self.wallet.capture_hold(order))
             except Refused as refusal:
-                if refusal.error.reason != "HOLD_ALREADY_CAPTURED":
-                    # Diamonds were credited: this gift may only complete. Keep trying, loudly.
-                    log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, refusal)
-                    raise _Postponed(str(refusal)) from refusal
+                capture = refusal
+            if not _captured(capture):
+                # Diamonds were credited: this gift may only complete. Keep trying, loudly.
+                log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, capture)
+                raise _Postponed(str(capture))
             self.failpoint("after_capture")
-            return self._complete(t, owner)
+        return self._complete(t, owner)
 
     def _release(self, t: TransferRecord, owner: str, attempts: int) -> TransferRecord:
         with self._span("release", t):
@@ -992,7 +936,7 @@ class Gifting:
         return replace(t, **values)
 
     def _complete(self, t: TransferRecord, owner: str) -> TransferRecord:
-        (done,) = self._complete_many([t], owner, CREDITED)
+        (done,) = self._complete_many([t], owner, t.step)
         if done.state != COMPLETED:
             raise _LeaseLost()
         return done
@@ -1013,7 +957,15 @@ class Gifting:
         }
 
         def complete(uow: UnitOfWork) -> set[str]:
-            rows = [{"transfer_id": t.transfer_id} for t in ts]
+            # With what the hold said (kept for the record: payout's credit was asked with them).
+            rows = [
+                {
+                    "transfer_id": t.transfer_id,
+                    "promotional_coins": t.promotional_coins,
+                    "hold_expire_at": t.hold_expire_at,
+                }
+                for t in ts
+            ]
             advanced = uow.transfers.advance_many(owner, from_step, rows, **values)
             events = [(Target(t.target_kind, t.target_id).key, t) for t in ts if t.transfer_id in advanced]
             uow.feed.append_many(events, now)

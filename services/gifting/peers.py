@@ -9,8 +9,6 @@ whether the step happened. Channels retry UNAVAILABLE and ABORTED themselves (ru
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any, TypeVar
@@ -18,7 +16,6 @@ from typing import Any, TypeVar
 import grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gifting.domain import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, StepUncertain
 from services.runtime import auth
@@ -32,10 +29,6 @@ R = TypeVar("R")
 WALLET_SERVICE = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 PAYOUT_SERVICE = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
 GIFTING = auth.service("gifting")
-# How long to wait for a connection to payout before deciding it is unreachable for now.
-CONNECT_TIMEOUT_SECONDS = 1.0
-# A payout that answered a call this recently counts as reachable without asking again.
-RECENTLY_SECONDS = 1.0
 
 # Codes with which a peer says for certain that it did not do what was asked. Anything else
 # (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, and PERMISSION_DENIED or
@@ -107,25 +100,12 @@ class WalletClient:
         self.stub = wallet_pb2_grpc.WalletServiceStub(channel)
         self.deadline = deadline_seconds
 
-    def hold_coins(self, *, request_id: str, gift_id: str, user_id: str, amount: int, ttl_seconds: int) -> Hold:
-        request = wallet_pb2.HoldCoinsRequest(
-            request_id=request_id, gift_id=gift_id, user_id=user_id, amount=amount, ttl_seconds=ttl_seconds
-        )
+    def hold_coins(self, order: HoldOrder) -> Hold:
+        request = _hold_request(order)
         return _hold(_ask("wallet", "HoldCoins", lambda: self.stub.HoldCoins(request, timeout=self.deadline)).hold)
 
     def hold_many(self, orders: Sequence[HoldOrder]) -> list[Hold | Refused | StepUncertain]:
-        request = wallet_pb2.BatchHoldCoinsRequest(
-            requests=[
-                wallet_pb2.HoldCoinsRequest(
-                    request_id=o.request_id,
-                    gift_id=o.gift_id,
-                    user_id=o.user_id,
-                    amount=o.amount,
-                    ttl_seconds=o.ttl_seconds,
-                )
-                for o in orders
-            ]
-        )
+        request = wallet_pb2.BatchHoldCoinsRequest(requests=[_hold_request(o) for o in orders])
         reply = _ask_batch("wallet", "BatchHoldCoins", lambda: self.stub.BatchHoldCoins(request, timeout=self.deadline))
         return [_item("wallet", "HoldCoins", r) or _hold(r.response.hold) for r in reply.results]
 
@@ -138,8 +118,8 @@ class WalletClient:
         )
         return [_item("wallet", "CaptureHold", r) or _hold(r.response.hold) for r in reply.results]
 
-    def capture_hold(self, *, request_id: str, gift_id: str) -> Hold:
-        request = wallet_pb2.CaptureHoldRequest(request_id=request_id, gift_id=gift_id)
+    def capture_hold(self, order: CaptureOrder) -> Hold:
+        request = wallet_pb2.CaptureHoldRequest(request_id=order.request_id, gift_id=order.gift_id)
         return _hold(_ask("wallet", "CaptureHold", lambda: self.stub.CaptureHold(request, timeout=self.deadline)).hold)
 
     def release_hold(self, *, request_id: str, gift_id: str) -> Hold:
@@ -152,61 +132,37 @@ class PayoutClient:
 
     def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
         self.stub = payout_pb2_grpc.PayoutServiceStub(channel)
-        self.health = health_pb2_grpc.HealthStub(channel)
         self.deadline = deadline_seconds
-        self._answered_at = -math.inf  # monotonic time of payout's last answer
-
-    def reachable(self) -> bool:
-        """Payout answered within the last moment, or answers its health check SERVING now (not down,
-        not draining for a shutdown): under load that costs no extra call per gift."""
-        if time.monotonic() - self._answered_at < RECENTLY_SECONDS:
-            return True
-        request = health_pb2.HealthCheckRequest(service=PAYOUT_SERVICE)
-        try:
-            reply = self.health.Check(request, timeout=min(self.deadline, CONNECT_TIMEOUT_SECONDS), wait_for_ready=True)
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def _answered(self) -> None:
-        self._answered_at = time.monotonic()
 
     def credit_many(self, orders: Sequence[CreditOrder]) -> list[Refused | StepUncertain | None]:
-        request = payout_pb2.BatchCreditDiamondsRequest(
-            requests=[
-                payout_pb2.CreditDiamondsRequest(
-                    request_id=o.request_id,
-                    gift_id=o.gift_id,
-                    creator_id=o.creator_id,
-                    diamonds=o.diamonds,
-                    coins=o.coins,
-                    promotional_coins=o.promotional_coins,
-                )
-                for o in orders
-            ]
-        )
+        request = payout_pb2.BatchCreditDiamondsRequest(requests=[_credit_request(o) for o in orders])
         call = lambda: self.stub.BatchCreditDiamonds(request, timeout=self.deadline)  # noqa: E731
         reply = _ask_batch("payout", "BatchCreditDiamonds", call)
-        self._answered()
         return [_item("payout", "CreditDiamonds", r) for r in reply.results]
 
-    def credit_diamonds(
-        self, *, request_id: str, gift_id: str, creator_id: str, diamonds: int, coins: int, promotional_coins: int
-    ) -> None:
-        request = payout_pb2.CreditDiamondsRequest(
-            request_id=request_id,
-            gift_id=gift_id,
-            creator_id=creator_id,
-            diamonds=diamonds,
-            coins=coins,
-            promotional_coins=promotional_coins,
-        )
-        try:
-            _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
-        except Refused:
-            self._answered()
-            raise
-        self._answered()
+    def credit_diamonds(self, order: CreditOrder) -> None:
+        request = _credit_request(order)
+        _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
+
+
+def _hold_request(o: HoldOrder) -> wallet_pb2.HoldCoinsRequest:
+    return wallet_pb2.HoldCoinsRequest(
+        request_id=o.request_id, gift_id=o.gift_id, user_id=o.user_id, amount=o.amount, ttl_seconds=o.ttl_seconds
+    )
+
+
+def _credit_request(o: CreditOrder) -> payout_pb2.CreditDiamondsRequest:
+    request = payout_pb2.CreditDiamondsRequest(
+        request_id=o.request_id,
+        gift_id=o.gift_id,
+        creator_id=o.creator_id,
+        diamonds=o.diamonds,
+        coins=o.coins,
+        promotional_coins=o.promotional_coins,
+    )
+    if o.deadline is not None:
+        request.credit_deadline.FromDatetime(o.deadline)
+    return request
 
 
 def peer_channel(target: str, service_full_name: str, jwt_secret: str, tls: TlsSettings) -> grpc.Channel:

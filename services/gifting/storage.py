@@ -116,6 +116,8 @@ gift_transfers = Table(
     Column("total_diamonds", BigInteger(), nullable=False),
     # The promotional part of total_coins, as wallet's hold reports it (payout's ledger needs it).
     Column("promotional_coins", BigInteger(), nullable=True),
+    # Payout credits nothing for the gift asked after this (NULL: recorded by an earlier version).
+    Column("credit_deadline", UtcDateTime(), nullable=True),
     Column("state", String(16), nullable=False),
     Column("step", String(16), nullable=False),
     Column("failure_reason", String(64), nullable=False),
@@ -144,8 +146,14 @@ gift_transfers = Table(
     Index("ix_gift_transfers_sender", "sender_id", "created_at", "transfer_id"),
     Index("ix_gift_transfers_recipient", "recipient_id", "state", "created_at", "transfer_id"),
     Index("ix_gift_transfers_target", "target_kind", "target_id", "state"),
-    Index("ix_gift_transfers_completed", "state", "completed_at"),
-    Index("ix_gift_transfers_unfinished", "state", "lease_until"),
+    # Recovery's: the pending transfers only (a completed one gets no entry when it is written).
+    Index(
+        "ix_gift_transfers_unfinished",
+        "lease_until",
+        "created_at",
+        postgresql_where=text("state = 'pending'"),
+        sqlite_where=text("state = 'pending'"),
+    ),
 )
 
 daily_spending = Table(
@@ -216,6 +224,7 @@ class TransferRecord:
     total_coins: int
     total_diamonds: int
     promotional_coins: int | None
+    credit_deadline: datetime | None
     state: str
     step: str
     failure_reason: str

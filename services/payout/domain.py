@@ -151,6 +151,7 @@ class CreditRequest:
     diamonds: int
     coins: int
     promotional_coins: int
+    deadline: datetime | None = None  # refused once this has passed, unless credited before
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,18 @@ class Payouts:
         new: list[CreditRecord] = []
         for r in requests:
             existing = known.get(r.gift_id)
-            if existing is not None:  # checked before eligibility: a credited gift must still complete
+            if existing is not None:  # checked first: a credited gift must still complete
                 outcomes.append(self._same_credit(existing, r))
+                continue
+            if r.deadline is not None and now > r.deadline:
+                outcomes.append(
+                    failed_precondition(
+                        "CREDIT_DEADLINE_PASSED",
+                        f"gift {r.gift_id} was not credited by its deadline {r.deadline.isoformat()}; nothing credited",
+                        gift_id=r.gift_id,
+                        deadline=r.deadline.isoformat(),
+                    )
+                )
                 continue
             creator = creators.get(r.creator_id)
             if creator is None or not self._eligible(creator):

@@ -7,7 +7,7 @@ user id is the creator id). Every mutating RPC runs through the request-id store
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -334,6 +334,8 @@ def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefi
     v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_COINS)
     if request.promotional_coins > request.coins >= 0:
         v.fail(f"{prefix}promotional_coins", "at most coins (the promotional part of the coins spent)")
+    if request.HasField("credit_deadline"):
+        v.timestamp(request.credit_deadline.seconds, request.credit_deadline.nanos, f"{prefix}credit_deadline")
 
 
 def _credit_request(request: payout_pb2.CreditDiamondsRequest) -> CreditRequest:
@@ -343,6 +345,7 @@ def _credit_request(request: payout_pb2.CreditDiamondsRequest) -> CreditRequest:
         diamonds=request.diamonds,
         coins=request.coins,
         promotional_coins=request.promotional_coins,
+        deadline=request.credit_deadline.ToDatetime(tzinfo=UTC) if request.HasField("credit_deadline") else None,
     )
 
 

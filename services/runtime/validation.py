@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 from services.runtime.errors import FieldViolation, invalid_argument
 
@@ -13,6 +13,8 @@ MAX_TEXT_LENGTH = 256
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Validator:
@@ -95,6 +97,14 @@ class Validator:
             self.fail(field, "must be a past date after 1900")
             return None
         return value
+
+    def timestamp(self, seconds: int, nanos: int, field: str) -> datetime | None:
+        """A google.protobuf.Timestamp's (seconds, nanos) as an aware UTC datetime, or None with a
+        violation recorded (before 1970 or after 9999, or nanos out of range)."""
+        if not 0 <= seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= nanos < 1_000_000_000:
+            self.fail(field, "must be a valid time between 1970 and 9999")
+            return None
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def age_on(born: date, today: date) -> int:

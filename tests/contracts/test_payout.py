@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from functools import partial
 
 import grpc
 import pytest
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 
-from services.gifting.domain import StepUncertain
+from services.gifting.domain import CreditOrder, StepUncertain
 from services.gifting.peers import PayoutClient
+from services.runtime.clock import FakeClock
 from tests.contracts.conftest import Peer, diamond_balance, refusal, register_creator
 from tests.gifting.harness import new_id, refused
 from tests.support.identity import as_caller, user
 
 
-def credit(payout: PayoutClient, gift_id: str, diamonds: int, creator_id: str = "carol", request_id: str = "") -> None:
+def credit(
+    payout: PayoutClient,
+    gift_id: str,
+    diamonds: int,
+    creator_id: str = "carol",
+    request_id: str = "",
+    deadline: datetime | None = None,
+) -> None:
     payout.credit_diamonds(
-        request_id=request_id or new_id(),
-        gift_id=gift_id,
-        creator_id=creator_id,
-        diamonds=diamonds,
-        coins=diamonds * 2,
-        promotional_coins=0,
+        CreditOrder(request_id or new_id(), gift_id, creator_id, diamonds, diamonds * 2, 0, deadline)
     )
 
 
@@ -66,7 +70,30 @@ def test_a_zero_credit_still_checks_the_recipient(payout: PayoutClient, payout_p
     assert [v.field for v in negative.violations] == ["diamonds", "coins"]
 
 
-def test_only_gifting_may_credit_and_a_payout_that_is_down_is_unreachable(
+def test_a_credit_asked_after_its_deadline_credits_nothing_and_says_so_every_time(
+    payout: PayoutClient, payout_peer: Peer, clock: FakeClock
+) -> None:
+    """Once a gift's deadline has passed, asking for its credit again tells for certain whether it was
+    credited: gifting fails the gift (and releases its hold) only on this refusal."""
+    register_creator(payout_peer, "carol")
+    late, request_id = new_id(), new_id()
+    deadline = clock.now() + timedelta(seconds=60)
+    clock.advance(seconds=61)
+    for _ in range(2):  # the same request again: refused again, never credited late
+        error = refusal(lambda: credit(payout, late, 5, request_id=request_id, deadline=deadline)).error
+        assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CREDIT_DEADLINE_PASSED")
+    assert diamond_balance(payout_peer, "carol") == 0
+    # A gift credited in time is answered as credited when asked again after its deadline.
+    on_time, request_id = new_id(), new_id()
+    deadline = clock.now() + timedelta(seconds=60)
+    credit(payout, on_time, 5, request_id=request_id, deadline=deadline)
+    clock.advance(seconds=61)
+    credit(payout, on_time, 5, request_id=request_id, deadline=deadline)
+    credit(payout, on_time, 5, deadline=deadline)  # under another request id too: the one credit
+    assert diamond_balance(payout_peer, "carol") == 5
+
+
+def test_only_gifting_may_credit_and_a_payout_that_is_down_is_no_answer(
     payout: PayoutClient, payout_peer: Peer
 ) -> None:
     stub = payout_pb2_grpc.PayoutServiceStub(payout_peer.plain)
@@ -74,8 +101,6 @@ def test_only_gifting_may_credit_and_a_payout_that_is_down_is_unreachable(
     assert refused(lambda: stub.CreditDiamonds(request, metadata=as_caller(user("carol")))).code == (
         grpc.StatusCode.PERMISSION_DENIED
     )
-    assert payout.reachable()
     payout_peer.server.stop(None)
-    assert not payout.reachable()
     with pytest.raises(StepUncertain):
         credit(payout, new_id(), 1)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.domain import Hold, StepUncertain
+from services.gifting.domain import CaptureOrder, Hold, HoldOrder, StepUncertain
 from services.gifting.peers import WalletClient
 from services.runtime.clock import FakeClock
 from services.wallet.app import HOLD_EXPIRY_LOOP
@@ -20,9 +20,11 @@ from tests.support.identity import as_caller, user
 def hold(
     wallet: WalletClient, gift_id: str, amount: int, user_id: str = "vince", request_id: str = "", ttl: int = 300
 ) -> Hold:
-    return wallet.hold_coins(
-        request_id=request_id or new_id(), gift_id=gift_id, user_id=user_id, amount=amount, ttl_seconds=ttl
-    )
+    return wallet.hold_coins(HoldOrder(request_id or new_id(), gift_id, user_id, amount, ttl))
+
+
+def capture(wallet: WalletClient, gift_id: str) -> Hold:
+    return wallet.capture_hold(CaptureOrder(new_id(), gift_id))
 
 
 def test_a_hold_reserves_the_amount_until_its_expiry_and_is_one_per_gift(
@@ -60,9 +62,9 @@ def test_capture_spends_once_and_a_captured_hold_cannot_be_released(wallet: Wall
     open_wallet(wallet_peer, "vince")
     gift = new_id()
     hold(wallet, gift, 30)
-    captured = wallet.capture_hold(request_id=new_id(), gift_id=gift)
+    captured = capture(wallet, gift)
     assert (captured.state, captured.amount) == ("captured", 30)
-    assert wallet.capture_hold(request_id=new_id(), gift_id=gift).state == "captured"  # again: no second spend
+    assert capture(wallet, gift).state == "captured"  # again: no second spend
     release = refusal(lambda: wallet.release_hold(request_id=new_id(), gift_id=gift)).error
     assert (release.code, release.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HOLD_ALREADY_CAPTURED")
     assert (wallet_balance(wallet_peer, "vince").total, wallet_balance(wallet_peer, "vince").held) == (40, 0)
@@ -74,8 +76,11 @@ def test_a_released_hold_returns_the_coins_and_cannot_be_captured(wallet: Wallet
     hold(wallet, gift, 30)
     assert wallet.release_hold(request_id=new_id(), gift_id=gift).state == "released"
     assert wallet.release_hold(request_id=new_id(), gift_id=gift).state == "released"  # again: as it is
-    capture = refusal(lambda: wallet.capture_hold(request_id=new_id(), gift_id=gift)).error
-    assert (capture.code, capture.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HOLD_ALREADY_RELEASED")
+    refused_capture = refusal(lambda: capture(wallet, gift)).error
+    assert (refused_capture.code, refused_capture.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "HOLD_ALREADY_RELEASED",
+    )
     unknown = refusal(lambda: wallet.release_hold(request_id=new_id(), gift_id=new_id())).error
     assert (unknown.code, unknown.reason) == (grpc.StatusCode.NOT_FOUND, "HOLD_NOT_FOUND")
     assert wallet_balance(wallet_peer, "vince").available == 70
@@ -92,7 +97,7 @@ def test_the_expiring_hold_a_lapsed_hold_is_still_captured_from_the_balance(
     next(loop for loop in wallet_peer.server.app.loops if loop.name == HOLD_EXPIRY_LOOP).step()
     assert wallet_balance(wallet_peer, "vince").held == 0
     # Gifting captures only once diamonds are credited, so the capture must succeed regardless.
-    captured = wallet.capture_hold(request_id=new_id(), gift_id=lapsed)
+    captured = capture(wallet, lapsed)
     assert (captured.state, captured.amount) == ("captured", 30)
     assert wallet_balance(wallet_peer, "vince").total == 40
     # Releasing a lapsed hold is not an error: the coins are back already.

@@ -19,10 +19,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from sqlalchemy import update
 
 from services.gifting.app import assemble
-from services.gifting.domain import Gifting, Target
+from services.gifting.domain import CreditOrder, Gifting, Target, step_request_id
 from services.gifting.settings import load_settings
+from services.gifting.storage import gift_transfers
 from services.runtime.config import Env
 from services.wallet.app import HOLD_EXPIRY_LOOP
 from tests.gifting.harness import STREAM, Suite, refused
@@ -154,22 +156,31 @@ def test_wallet_down_before_the_capture_delays_the_gift_but_never_undoes_the_cre
     assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
 
 
-def test_a_long_payout_outage_fails_the_gift_before_any_credit_and_returns_its_coins(story: Suite) -> None:
+def test_a_long_payout_outage_ends_in_failure_never_in_a_late_credit(story: Suite) -> None:
     c = story.clients
     story.stop_payout()
     request = c.send_request(gift_id="confetti", recipient_id="carol")
     transfer_id = c.send("vince", request).transfer_id
-    # The hold (300 s) has less than the safety margin (60 s) of life left: no credit may be made under it.
+    # Past the gift's credit deadline (its hold's 300 s less the 60 s margin): whether the credit that
+    # got no answer landed, only payout can say; the gift waits for it.
     story.clock.advance(seconds=250)
-    assert story.recover() == 1
+    assert story.recover() == 0
+    assert c.transfer("vince", transfer_id).state == PENDING
+    # The hold lapses meanwhile: the viewer has the coins back.
+    story.clock.advance(seconds=60)
+    expiry = next(loop for loop in story.wallet_server.app.loops if loop.name == HOLD_EXPIRY_LOOP)
+    expiry.step()
+    assert c.balance("vince").total == 700 and c.balance("vince").held == 0
+    # Payout back: the credit is refused for its deadline (nothing credited, ever), so the gift fails.
     story.start_payout()
+    recover_until_finished(story)
     failed = c.transfer("vince", transfer_id)
     assert (failed.state, failed.failure_reason) == (FAILED, "GIFT_FAILED")
     error = refused(lambda: c.send("vince", request))
     assert (error.code, error.reason, error.metadata["cause"]) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "GIFT_FAILED",
-        "HOLD_EXPIRING",
+        "EXPIRED",
     )
     assert c.balance("vince").total == 700 and c.balance("vince").held == 0
     assert c.diamonds("carol") == 0
@@ -182,7 +193,7 @@ def test_a_long_payout_outage_fails_the_gift_before_any_credit_and_returns_its_c
 
 
 @pytest.mark.parametrize("point", ["after_record", "after_hold"])
-def test_a_gift_stranded_before_its_hold_was_written_down_fails_once_too_late(story: Suite, point: str) -> None:
+def test_a_gift_stranded_before_its_credit_fails_once_too_late(story: Suite, point: str) -> None:
     c = story.clients
     request = c.send_request(gift_id="confetti", recipient_id="carol")
     transfer_id = crashed_send(story, point, request)
@@ -203,6 +214,26 @@ def test_a_credited_gift_completes_even_after_its_hold_lapsed(story: Suite) -> N
     expiry.step()  # wallet gives the lapsed hold's coins back ...
     assert c.balance("vince").held == 0 and c.balance("vince").total == 700
     assert story.recover() == 1  # ... and the capture spends them from the balance all the same
+    assert c.transfer("vince", transfer_id).state == COMPLETED
+    assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
+
+
+def test_a_gift_an_earlier_version_left_deciding_to_credit_is_credited_as_it_was_asked_then_completes(
+    story: Suite,
+) -> None:
+    """Earlier versions wrote `crediting` (the decision to credit) before a credit without a deadline.
+    Such a gift is finished by asking for its credit exactly as it was asked (a replay, not
+    REQUEST_ID_REUSED), then capturing."""
+    c = story.clients
+    transfer_id = crashed_send(story, "after_hold", c.send_request(gift_id="confetti", recipient_id="carol"))
+    # What the earlier version did: the decision written down, then the credit asked (and answered).
+    legacy = {"step": "crediting", "promotional_coins": 0, "credit_deadline": None}
+    row = gift_transfers.c.transfer_id == transfer_id
+    story.gifting.db.run(lambda conn: conn.execute(update(gift_transfers).where(row).values(**legacy)))
+    credit = CreditOrder(step_request_id(transfer_id, "credit"), transfer_id, "carol", 50, 100, 0, None)
+    story.gifting.payout.credit_diamonds(credit)
+    story.clock.advance(seconds=LEASE + 1)
+    assert story.recover() == 1
     assert c.transfer("vince", transfer_id).state == COMPLETED
     assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
 

@@ -47,6 +47,7 @@ def transfer(clock: FakeClock, sender: str = "vince", request_id: str = "", **ch
         total_coins=2,
         total_diamonds=1,
         promotional_coins=None,
+        credit_deadline=None,
         state=PENDING,
         step=RECORDED,
         failure_reason="",
