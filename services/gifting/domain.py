@@ -500,56 +500,60 @@ class Gifting:
 
         New transfers are leased to `lease_owner`, who drives them next (`settle_recorded`). A send
         already recorded under its request id is returned as it stands (after the request-id store
-        has forgotten the id, the unique (sender, request id) constraint still holds).
+        has forgotten the id, the unique (sender, request id) constraint still holds): the insert
+        leaves it out, and only then is it read, as is the record of a send the catalogue refuses.
+        Statements, usually: the gifts read, the transfers inserted, the day totals moved on.
         """
         uow, now = UnitOfWork(conn), self.clock.now()
         outcomes: list[TransferRecord | DomainError | None] = [None] * len(asks)
-        existing = uow.transfers.by_requests((a.sender_id, a.request_id) for a in asks)
         gifts = uow.catalogue.get_many(a.send.gift_id for a in asks)
         day, limit = _utc_day(now), self.policy.daily_spend_limit_coins
         planned: list[tuple[int, TransferRecord]] = []
+        unsold: dict[int, DomainError] = {}  # the catalogue's refusals, unless the send was recorded before
         for i, ask in enumerate(asks):
             send = ask.send
             if send.recipient_id == ask.sender_id:
                 outcomes[i] = _self_gift(send.recipient_id)
                 continue
-            recorded = existing.get((ask.sender_id, ask.request_id))
-            if recorded is not None:
-                outcomes[i] = (
-                    recorded if recorded.fingerprint == ask.fingerprint else _request_id_reused(ask.request_id)
-                )
-                continue
             gift = gifts.get(send.gift_id)
             if gift is None:
-                outcomes[i] = not_found("GIFT_NOT_FOUND", f"no gift {send.gift_id}", gift_id=send.gift_id)
-                continue
-            if gift.state == RETIRED:
-                outcomes[i] = failed_precondition(
+                unsold[i] = not_found("GIFT_NOT_FOUND", f"no gift {send.gift_id}", gift_id=send.gift_id)
+            elif gift.state == RETIRED:
+                unsold[i] = failed_precondition(
                     "GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id
                 )
-                continue
-            planned.append((i, self._new_transfer(ask, gift, day, lease_owner, now)))
-        spent_before = uow.spending.reserve_many([(t.sender_id, day, t.total_coins) for _, t in planned], limit)
-        accepted = []
-        for (i, t), spent in zip(planned, spent_before, strict=True):
+            else:
+                planned.append((i, self._new_transfer(ask, gift, day, lease_owner, now)))
+        inserted = uow.transfers.add_many([t for _, t in planned])
+        again = [i for i, t in planned if t.transfer_id not in inserted] + list(unsold)
+        recorded = uow.transfers.by_requests((asks[i].sender_id, asks[i].request_id) for i in again) if again else {}
+        for i in again:
+            ask = asks[i]
+            before = recorded.get((ask.sender_id, ask.request_id))
+            if before is not None:
+                outcomes[i] = before if before.fingerprint == ask.fingerprint else _request_id_reused(ask.request_id)
+            elif i in unsold:
+                outcomes[i] = unsold[i]
+            else:  # the insert met a send under this request id that is not committed yet
+                outcomes[i] = aborted(
+                    "REQUEST_IN_FLIGHT", f"request {ask.request_id} is still running", request_id=ask.request_id
+                )
+        new = [(i, t) for i, t in planned if t.transfer_id in inserted]
+        spent_before = uow.spending.reserve_many([(t.sender_id, day, t.total_coins) for _, t in new], limit)
+        over_limit = []
+        for (i, t), spent in zip(new, spent_before, strict=True):
             if spent is None:
-                accepted.append((i, t))
+                outcomes[i] = t
                 continue
+            over_limit.append(t.transfer_id)
             outcomes[i] = DomainError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "DAILY_SPENDING_LIMIT_EXCEEDED",
                 f"sending {t.total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
                 {"limit": str(limit), "spent": str(spent), "coins": str(t.total_coins), "day": day.isoformat()},
             )
-        inserted = uow.transfers.add_many([t for _, t in accepted])
-        for i, t in accepted:
-            if t.transfer_id in inserted:
-                outcomes[i] = t
-            else:  # a concurrent send under this request id won: it counts against the limit, not this one
-                uow.spending.give_back(t.sender_id, day, t.total_coins)
-                outcomes[i] = aborted(
-                    "REQUEST_IN_FLIGHT", f"request {t.request_id} is still running", request_id=t.request_id
-                )
+        if over_limit:
+            uow.transfers.delete_new(over_limit)
         return [o for o in outcomes if o is not None]
 
     def _new_transfer(

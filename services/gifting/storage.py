@@ -13,6 +13,7 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -36,6 +37,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -48,10 +50,8 @@ from services.runtime.db import (
     insert_rows,
     insert_unless_conflict,
     keys_in,
-    rows_bindparams,
-    rows_params,
-    rows_source,
     update_rows,
+    upsert_rows,
 )
 from services.runtime.tables import UtcDateTime, request_ids_table
 
@@ -268,6 +268,7 @@ _TRANSFER_BY_REQUEST = select(_t).where(
     and_(_t.c.sender_id == bindparam("key_sender_id"), _t.c.request_id == bindparam("key_request_id"))
 )
 _TRANSFERS_BY_REQUEST = select(_t).where(keys_in([_t.c.sender_id, _t.c.request_id], "key_pairs"))
+_DELETE_TRANSFERS = delete(_t).where(keys_in(_t.c.transfer_id, "key_transfer_ids"))
 _LEASE_FREE = or_(
     _t.c.lease_owner == bindparam("key_owner"), _t.c.lease_until.is_(None), _t.c.lease_until < bindparam("key_now")
 )
@@ -301,30 +302,6 @@ _SPENDING_LOCKED = (
     .with_for_update()
 )
 _c, _e = feed_counters, feed_events
-_BUMP_COUNTERS: dict[tuple[str, int], Any] = {}
-
-
-def _bump_counters(conn: Connection, rows: int) -> Any:
-    """INSERT counters (target_key, n) ... ON CONFLICT add n ... RETURNING the new last numbers."""
-    size = 0 if conn.dialect.name == "postgresql" else rows  # one statement for every size there
-    statement = _BUMP_COUNTERS.get((conn.dialect.name, size))
-    if statement is None:
-        names = ("target_key", "last_sequence")
-        source = rows_source(conn, feed_counters, names, rows)
-        sql = (
-            f"INSERT INTO feed_counters (target_key, last_sequence) {source} ON CONFLICT (target_key) "
-            "DO UPDATE SET last_sequence = feed_counters.last_sequence + excluded.last_sequence "
-            "RETURNING target_key, last_sequence"
-        )
-        statement = text(sql).bindparams(*rows_bindparams(conn, feed_counters, names, rows))
-        _BUMP_COUNTERS[(conn.dialect.name, size)] = statement
-    return statement
-
-
-def _counter_params(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return rows_params(conn, feed_counters, ("target_key", "last_sequence"), rows)
-
-
 _EVENTS_AT = select(_e.c.target_key, _e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
     keys_in([_e.c.target_key, _e.c.sequence], "key_pairs")
 )
@@ -432,6 +409,10 @@ class TransferRepository:
             self.conn, gift_transfers, rows, unless_conflict_on=["sender_id", "request_id"], returning=["transfer_id"]
         )
         return {r.transfer_id for r in inserted}
+
+    def delete_new(self, transfer_ids: Sequence[str]) -> None:
+        """Take back transfers this transaction inserted (sends refused after all: nothing else refers to them)."""
+        self.conn.execute(_DELETE_TRANSFERS, {"key_transfer_ids": list(transfer_ids)})
 
     def by_requests(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
         """The transfers already recorded under these (sender, request id) pairs."""
@@ -546,12 +527,35 @@ class SpendingRepository:
         """Count each (sender, day, coins) against the day's limit, in order; for each, None if counted,
         else what the sender had spent that day (counting it would pass the limit: nothing counted).
 
-        The batch's day rows are created if missing and locked (PostgreSQL: FOR UPDATE, in one order;
-        SQLite: the write lock), so the totals computed here are the ones written.
+        One statement when each sender's asks fit within the limit together (the common case): an upsert
+        that adds them to the sender's day row (creating it) unless that would pass the limit. The
+        senders it leaves out (near their limit) are decided ask by ask over their rows, locked
+        (PostgreSQL: FOR UPDATE, in one order; SQLite: the write lock), so the totals computed are the
+        ones written.
         """
+        totals: dict[tuple[str, date], int] = defaultdict(int)
+        for sender, day, coins in asks:
+            totals[(sender, day)] += coins
+        together = [{"sender_id": s, "day": d, "coins": c} for (s, d), c in sorted(totals.items()) if c <= limit]
+        added = {
+            (r.sender_id, r.day)
+            for r in upsert_rows(
+                self.conn,
+                daily_spending,
+                together,
+                on=["sender_id", "day"],
+                set_sql="coins = daily_spending.coins + excluded.coins",
+                where_sql="daily_spending.coins + excluded.coins <= :limit",
+                returning=["sender_id", "day"],
+                params={"limit": limit},
+            )
+        }
+        near = [(sender, day, coins) for sender, day, coins in asks if (sender, day) not in added]
+        decided = iter(self._reserve_one_by_one(near, limit) if near else [])
+        return [None if (sender, day) in added else next(decided) for sender, day, _ in asks]
+
+    def _reserve_one_by_one(self, asks: Sequence[tuple[str, date, int]], limit: int) -> list[int | None]:
         pairs = sorted({(sender, day) for sender, day, _ in asks})
-        if not pairs:
-            return []
         rows = [{"sender_id": sender, "day": day, "coins": 0} for sender, day in pairs]
         insert_rows(self.conn, daily_spending, rows, unless_conflict_on=["sender_id", "day"])
         spent = {(r.sender_id, r.day): int(r.coins) for r in self.conn.execute(_SPENDING_LOCKED, {"key_pairs": pairs})}
@@ -600,10 +604,15 @@ class FeedRepository:
         for target, _ in events:
             counts[target] = counts.get(target, 0) + 1
         rows = [{"target_key": target, "last_sequence": counts[target]} for target in sorted(counts)]
-        last = {
-            r[0]: int(r[1])
-            for r in self.conn.execute(_bump_counters(self.conn, len(rows)), _counter_params(self.conn, rows))
-        }
+        bumped = upsert_rows(
+            self.conn,
+            feed_counters,
+            rows,
+            on=["target_key"],
+            set_sql="last_sequence = feed_counters.last_sequence + excluded.last_sequence",
+            returning=["target_key", "last_sequence"],
+        )
+        last = {r.target_key: int(r.last_sequence) for r in bumped}
         next_number = {target: last[target] - counts[target] + 1 for target in counts}
         before = [(target, n - 1) for target, n in next_number.items() if n > 1]
         previous = {

@@ -294,26 +294,59 @@ def insert_rows(
     write many rows in one round trip: executemany costs a pipeline per call on psycopg, and
     SQLAlchemy gives a multi-row insert().values([...]) no cache key.
     """
+    conflict = None if unless_conflict_on is None else (tuple(unless_conflict_on), "DO NOTHING")
+    return _insert(conn, table, rows, conflict, tuple(returning), {})
+
+
+def upsert_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    on: Sequence[str],
+    set_sql: str,
+    where_sql: str = "",
+    returning: Sequence[str] = (),
+    params: dict[str, Any] | None = None,
+) -> list[Any]:
+    """INSERT `rows` in ONE statement, each row that conflicts with the unique key `on` updating the row
+    already there instead: `SET <set_sql>` (`excluded.<column>` is the row that was not inserted),
+    only where `where_sql` holds; the `returning` columns of the rows inserted or updated. `params`
+    are bound to the `:names` the two texts use. In key order, concurrent upserts of the same keys
+    lock their rows in one order (PostgreSQL) and so never deadlock.
+    """
+    action = f"DO UPDATE SET {set_sql}" + (f" WHERE {where_sql}" if where_sql else "")
+    return _insert(conn, table, rows, (tuple(on), action), tuple(returning), params or {})
+
+
+def _insert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    conflict: tuple[tuple[str, ...], str] | None,
+    returning: tuple[str, ...],
+    params: dict[str, Any],
+) -> list[Any]:
     if not rows:
         return []
     names = tuple(rows[0])
-    target = tuple(unless_conflict_on) if unless_conflict_on is not None else None
     size = 0 if conn.dialect.name == "postgresql" else len(rows)  # one statement for all sizes there
-    cache_key = ("insert", conn.dialect.name, id(table), names, size, target, tuple(returning))
+    cache_key = ("insert", conn.dialect.name, id(table), names, size, conflict, returning, tuple(params))
     statement = _BATCH_STATEMENTS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
         source = rows_source(conn, table, names, len(rows))
         sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in names)}) {source}"
-        if target is not None:
-            sql += f" ON CONFLICT ({', '.join(quote(c) for c in target)}) DO NOTHING"
+        if conflict is not None:
+            target, action = conflict
+            sql += f" ON CONFLICT ({', '.join(quote(c) for c in target)}) {action}"
         if returning:
             sql += f" RETURNING {', '.join(quote(c) for c in returning)}"
-        typed = text(sql).bindparams(*rows_bindparams(conn, table, names, len(rows)))
+        bound = rows_bindparams(conn, table, names, len(rows)) + [bindparam(name) for name in params]
+        typed = text(sql).bindparams(*bound)
         if returning:
             typed = typed.columns(*(table.c[c] for c in returning))  # type: ignore[assignment]
         statement = _BATCH_STATEMENTS[cache_key] = typed
-    result = conn.execute(statement, rows_params(conn, table, names, rows))
+    result = conn.execute(statement, {**rows_params(conn, table, names, rows), **params})
     return list(result.all()) if returning else []
 
 

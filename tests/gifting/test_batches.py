@@ -88,6 +88,9 @@ def test_each_send_of_a_batch_ends_as_it_would_alone(tight: Suite) -> None:
     ]
     failed = [o for o in outcomes if isinstance(o, TransferRecord) and o.state == FAILED]
     assert [f.failure_reason for f in failed] == ["INSUFFICIENT_FUNDS", "RECIPIENT_CANNOT_RECEIVE"]
+    # A refused send left nothing recorded: every transfer stored is one answered with its transfer.
+    stored = tight.gifting.db.run(lambda conn: conn.exec_driver_sql("SELECT transfer_id FROM gift_transfers").all())
+    assert sorted(r[0] for r in stored) == sorted(o.transfer_id for o in outcomes if isinstance(o, TransferRecord))
     assert c.balance("vince").total == 700 - 60 - 20 and c.balance("vince").held == 0
     assert c.balance("wendy").total == 699 and c.balance("wendy").held == 0  # the refused credit cost nothing
     assert c.diamonds("carol") == 30 + 0 + 10
