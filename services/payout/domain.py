@@ -287,14 +287,20 @@ class Payouts:
     def credit_many(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> list[Credit | DomainError]:
         """Each request's outcome, exactly as credit_diamonds applied to them one after another would
         give it; a refused request writes nothing. A constant number of statements whatever their number:
-        one read of the gifts' credits, one of their creators, one INSERT of the new credits, and the
-        ledger's statements for all their transfers.
+        one read of their creators, one INSERT of the new credits, and the ledger's statements for all
+        their transfers; the gifts' credits read only when a request is refused or its gift turns out
+        to be credited.
         """
         now = self.clock.now()
-        credited = uow.credits.by_gifts({r.gift_id for r in requests})
-        creator_ids = {r.creator_id for r in requests if r.gift_id not in credited}
-        creators = uow.creators.get_many(creator_ids) if creator_ids else {}
+        creators = uow.creators.get_many({r.creator_id for r in requests})
+        # Decided first as if none of these gifts was credited (replays are answered before, by their
+        # request ids): the unique gift id tells when one was (below), and a refusal is decided again
+        # knowing the gifts' credits (it may be of a gift credited already, which must still complete).
+        credited: dict[str, CreditRecord] = {}
         outcomes, new = self._decide_credits(requests, credited, creators, {}, now)
+        if any(isinstance(o, DomainError) for o in outcomes):
+            credited = uow.credits.by_gifts({r.gift_id for r in requests})
+            outcomes, new = self._decide_credits(requests, credited, creators, {}, now)
         inserted = uow.credits.add_new(new)
         if len(inserted) < len(new):
             # UNIQUE(gift_id): a concurrent credit of some of these gifts (another batch, or a unary call

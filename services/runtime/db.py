@@ -21,11 +21,16 @@ from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
+    Date,
+    DateTime,
     Engine,
     Executable,
+    Integer,
     LargeBinary,
+    String,
     Table,
     Text,
     TypeDecorator,
@@ -39,6 +44,8 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.sqltypes import NullType
 from sqlalchemy.sql.visitors import InternalTraversal
+
+from services.runtime.tables import UtcDateTime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,36 +248,51 @@ def rows_source(conn: Connection, table: Table, names: Sequence[str], count: int
     return f"VALUES {tuples}"
 
 
-def _json_value(value: Any) -> Any:
-    """A bound value as PostgreSQL reads it from json text: timestamps and dates in ISO 8601, bytes as
-    bytea's hex input; strings, integers, booleans and NULL as they are."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\x" + bytes(value).hex()
-    return value
+def _json_timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # as UtcDateTime refuses it
+        raise ValueError("naive datetime: giftcoin stores aware UTC timestamps only")
+    return value.isoformat()
 
 
-_JSON_PLAIN = (str, int, type(None))
+def _json_date(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _json_bytes(value: bytes | None) -> str | None:
+    return None if value is None else "\\x" + bytes(value).hex()  # bytea's hex input
+
+
+def _json_encoder(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """How a column's values go into json for PostgreSQL to read (None: as they are, like strings,
+    integers and booleans): timestamps and dates in ISO 8601, bytes as hex; any other type through its
+    bind processor."""
+    if isinstance(column_type, UtcDateTime | DateTime):
+        return _json_timestamp
+    if isinstance(column_type, Date):
+        return _json_date
+    if isinstance(column_type, LargeBinary):
+        return _json_bytes
+    if isinstance(column_type, String | Integer | Boolean):
+        return None
+    process: Callable[[Any], Any] | None = column_type.bind_processor(dialect)
+    return process
+
+
+_JSON_ENCODERS: dict[tuple[int, tuple[str, ...]], list[tuple[str, Callable[[Any], Any] | None]]] = {}
 
 
 def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The parameters of `rows_source`: each value through its column's type (as a bound parameter would
-    be), then, on PostgreSQL, all the rows as one json text."""
+    """The parameters of `rows_source`: on PostgreSQL all the rows as one json text, each value encoded
+    for its column's type (`_json_encoder`, chosen once per table and columns)."""
     if conn.dialect.name != "postgresql":
         return {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
-    # Bytes go as they are (the driver's processor would wrap them for its own binary protocol).
-    processors = [
-        (c, None if isinstance(table.c[c].type, LargeBinary) else table.c[c].type.bind_processor(conn.dialect))
-        for c in names
-    ]
-    encoded = []
-    for row in rows:
-        item = {}
-        for c, process in processors:
-            value = row[c] if process is None else process(row[c])
-            item[c] = value if type(value) in _JSON_PLAIN else _json_value(value)
-        encoded.append(item)
+    key = (id(table), tuple(names))
+    encoders = _JSON_ENCODERS.get(key)
+    if encoders is None:
+        encoders = _JSON_ENCODERS[key] = [(c, _json_encoder(table.c[c].type, conn.dialect)) for c in names]
+    encoded = [{c: row[c] if encode is None else encode(row[c]) for c, encode in encoders} for row in rows]
     return {"rows": json.dumps(encoded, separators=(",", ":"))}
 
 

@@ -36,6 +36,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
     func,
     select,
     text,
@@ -100,9 +101,10 @@ class _Statements:
         self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(keys_in(a.c.code, "codes"))
         self._accounts_table = a
         self._move_balances: dict[tuple[str, int], Executable] = {}
-        self.stored_balances = select(a.c.code, a.c.platform, a.c.balance).where(keys_in(a.c.code, "codes"))
-        self.entry_sums = (
-            select(e.c.account, func.sum(e.c.amount)).where(keys_in(e.c.account, "codes")).group_by(e.c.account)
+        # A holder's stored balance; a platform account's sum of its entries (it keeps no stored one).
+        entry_sum = select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == a.c.code).scalar_subquery()
+        self.balances = select(a.c.code, case((a.c.platform, entry_sum), else_=a.c.balance).label("balance")).where(
+            keys_in(a.c.code, "codes")
         )
 
     def move_balances(self, conn: Connection, moves: Sequence[tuple[str, int]]) -> set[str]:
@@ -251,14 +253,9 @@ class Ledger:
         return self.balances([code])[code]
 
     def balances(self, codes: Iterable[str]) -> dict[str, int]:
-        """`balance` of each account, in two queries whatever their number (0 for an unknown account)."""
+        """`balance` of each account, in one query whatever their number (0 for an unknown account)."""
         result = dict.fromkeys(codes, 0)
-        rows = self.conn.execute(self.sql.stored_balances, {"codes": list(result)}).all()
-        platform = [r.code for r in rows if r.platform]
-        result.update({r.code: int(r.balance) for r in rows if not r.platform})
-        if platform:
-            sums = self.conn.execute(self.sql.entry_sums, {"codes": platform}).all()
-            result.update({account: int(total) for account, total in sums})
+        result.update({r.code: int(r.balance) for r in self.conn.execute(self.sql.balances, {"codes": list(result)})})
         return result
 
     def _accounts(self, codes: set[str]) -> dict[str, tuple[str, bool]]:

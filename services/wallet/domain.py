@@ -605,24 +605,34 @@ class WalletBook:
 
         A refused ask writes nothing. An ask for a gift that has a hold (from before, or from an earlier
         ask) gets that hold, or HOLD_MISMATCH; the asks on one wallet spend its available balance in
-        turn. Statements: the wallets locked, the gifts' holds read, the balances read (two), the holds
-        inserted, the ledger transfers and the history written (five).
+        turn. Statements: the wallets locked, the balances read, the holds inserted, the ledger
+        transfers and the history written (four); the gifts' holds read only when an ask is refused or
+        its gift turns out to have a hold.
         """
         if not asks:
             return []
         wallets = uow.lock_wallets({a.user_id for a in asks})
         balances = self._spendable(uow, wallets, with_debt=True)
         now = self.clock.now()
-        for _ in range(_RACE_ATTEMPTS):
-            existing = uow.holds_by_gifts({a.gift_id for a in asks})
+        gifts = {a.gift_id for a in asks}
+        # Decided first as if none of these gifts had a hold (replays are answered before, by their
+        # request ids): the unique gift id tells when one has (the insert leaves its hold out), and a
+        # refusal is decided again knowing the holds there are (it may be a gift held already).
+        existing: Mapping[str, HoldRecord] = {}
+        read = False
+        for _ in range(1 + _RACE_ATTEMPTS):
             outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
+            if not read and any(isinstance(o, DomainError) for o in outcomes):
+                existing, read = uow.holds_by_gifts(gifts), True
+                continue
             inserted = uow.insert_holds(new)
             if len(inserted) == len(new):
                 break
-            # Another transaction committed a hold for one of these gifts after the read: that hold is
-            # its gift's answer, and what later asks may spend changes with it. Take ours back and
-            # decide again: the next read sees it. (Never on SQLite, whose writers take turns.)
+            # Another transaction committed a hold for one of these gifts: that hold is its gift's
+            # answer, and what later asks may spend changes with it. Take ours back and decide again
+            # knowing it. (Never on SQLite, whose writers take turns.)
             uow.delete_holds([r.hold_id for r in new if r.gift_id in inserted])
+            existing, read = uow.holds_by_gifts(gifts), True
         else:
             raise aborted(
                 "CONCURRENT_UPDATE", "holds for these gifts are being made concurrently; retry", gifts=len(asks)

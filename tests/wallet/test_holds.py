@@ -37,6 +37,19 @@ def test_hold_capture_spends_and_holding_again_for_the_gift_returns_the_hold(wal
     assert (released.code, released.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "HOLD_ALREADY_CAPTURED")
 
 
+def test_a_gift_held_already_gets_its_hold_even_once_the_wallet_could_not_hold_it_again(
+    wallet: WalletHarness,
+) -> None:
+    """Asked again under another request id (a replica retrying after the ids were reaped) when the
+    wallet has nothing left: the gift's hold, not INSUFFICIENT_FUNDS, nor a frozen wallet's refusal."""
+    wallet.open_wallet("alice")
+    wallet.buy("alice", "coins_70")
+    hold = wallet.hold("gift-1", "alice", 70)
+    assert wallet.get("alice").balance.available == 0
+    assert wallet.hold("gift-1", "alice", 70) == hold
+    assert rpc_error(lambda: wallet.hold("gift-2", "alice", 70)).reason == "INSUFFICIENT_FUNDS"
+
+
 def test_release_returns_the_coins_and_a_released_hold_cannot_be_captured(wallet: WalletHarness) -> None:
     wallet.open_wallet("alice")
     wallet.buy("alice", "coins_70")
