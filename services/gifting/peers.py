@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC
 from typing import Any, TypeVar
 
 import grpc
@@ -22,6 +21,7 @@ from services.runtime import auth
 from services.runtime.clients import open_channel
 from services.runtime.config import TlsSettings
 from services.runtime.errors import from_item_error, from_rpc_error
+from services.runtime.timestamps import from_timestamp, to_timestamp
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -89,7 +89,7 @@ def _hold(hold: wallet_pb2.Hold) -> Hold:
         amount=hold.amount,
         promotional_amount=hold.promotional_amount,
         state=_HOLD_STATES.get(hold.state, "unknown"),
-        expire_time=hold.expire_time.ToDatetime(tzinfo=UTC),
+        expire_time=from_timestamp(hold.expire_time),
     )
 
 
@@ -161,7 +161,7 @@ def _credit_request(o: CreditOrder) -> payout_pb2.CreditDiamondsRequest:
         promotional_coins=o.promotional_coins,
     )
     if o.deadline is not None:
-        request.credit_deadline.FromDatetime(o.deadline)
+        request.credit_deadline.CopyFrom(to_timestamp(o.deadline))
     return request
 
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeVar
 
 import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy import Connection
 
@@ -42,6 +40,7 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.batching import Batcher
 from services.runtime.errors import DomainError, aborted
 from services.runtime.idempotency import BatchItem, RequestIdStore
+from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
 M = TypeVar("M", bound=Message)
@@ -180,9 +179,10 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             for i, outcome in zip(new, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
                     answers.append(outcome)
-                else:
+                else:  # the request id records which transfer it made; every answer reads it as it stands
                     recorded[i] = outcome
-                    answers.append(gifting_pb2.SendGiftResponse(transfer=_transfer(outcome)))
+                    made = gifting_pb2.GiftTransfer(transfer_id=outcome.transfer_id)
+                    answers.append(gifting_pb2.SendGiftResponse(transfer=made))
             return answers
 
         items = [q.item for q in queued]
@@ -313,12 +313,6 @@ def _target(v: Validator, request: Message, field: str) -> Target | None:
     return Target(_TARGET_KINDS[target.kind], target.id)
 
 
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _gift(g: Gift) -> gifting_pb2.Gift:
     return gifting_pb2.Gift(
         gift_id=g.gift_id,
@@ -345,10 +339,10 @@ def _transfer(t: TransferRecord) -> gifting_pb2.GiftTransfer:
         total_diamonds=t.total_diamonds,
         state=_TRANSFER_STATES_PB[t.state],
         failure_reason=t.failure_reason if t.state == FAILED else "",
-        create_time=_stamp(t.created_at),
+        create_time=to_timestamp(t.created_at),
     )
     if t.completed_at is not None:
-        transfer.complete_time.CopyFrom(_stamp(t.completed_at))
+        transfer.complete_time.CopyFrom(to_timestamp(t.completed_at))
     return transfer
 
 

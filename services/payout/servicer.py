@@ -7,14 +7,13 @@ user id is the creator id). Every mutating RPC runs through the request-id store
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import grpc
 from giftcoin.common.v1 import common_pb2
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.payout import domain
 from services.payout.domain import (
@@ -34,6 +33,7 @@ from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.timestamps import from_timestamp, to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
 M = TypeVar("M", bound=Message)
@@ -345,7 +345,7 @@ def _credit_request(request: payout_pb2.CreditDiamondsRequest) -> CreditRequest:
         diamonds=request.diamonds,
         coins=request.coins,
         promotional_coins=request.promotional_coins,
-        deadline=request.credit_deadline.ToDatetime(tzinfo=UTC) if request.HasField("credit_deadline") else None,
+        deadline=from_timestamp(request.credit_deadline) if request.HasField("credit_deadline") else None,
     )
 
 
@@ -375,12 +375,6 @@ def _cursor(token: str, list_name: str, fields: dict[str, type]) -> dict[str, An
     return cursor
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def _money(amount: int, currency: str) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=amount, currency_code=currency)
 
@@ -399,7 +393,7 @@ def _creator(c: Creator) -> payout_pb2.Creator:
         eligible=c.eligible,
         gifting_enabled=c.gifting_enabled,
         kyc_status=_KYC_PB[c.kyc_status],
-        create_time=_timestamp(c.created_at),
+        create_time=to_timestamp(c.created_at),
     )
     if c.destination is not None:
         message.destination.CopyFrom(_destination(c.destination))
@@ -412,7 +406,7 @@ def _credit(c: Credit) -> payout_pb2.DiamondCredit:
         gift_id=c.gift_id,
         creator_id=c.creator_id,
         diamonds=c.diamonds,
-        create_time=_timestamp(c.created_at),
+        create_time=to_timestamp(c.created_at),
     )
 
 
@@ -422,7 +416,7 @@ def _transaction(t: DiamondTransaction) -> payout_pb2.DiamondTransaction:
         kind=_TRANSACTION_KINDS_PB.get(t.kind, payout_pb2.DIAMOND_TRANSACTION_KIND_UNSPECIFIED),
         diamonds_delta=t.diamonds_delta,
         reference=t.reference,
-        create_time=_timestamp(t.created_at),
+        create_time=to_timestamp(t.created_at),
     )
 
 
@@ -451,6 +445,6 @@ def _payout(p: Payout) -> payout_pb2.Payout:
         destination=_destination(p.destination),
         provider_reference=p.provider_reference,
         failure_reason=p.failure_reason,
-        create_time=_timestamp(p.created_at),
-        update_time=_timestamp(p.updated_at),
+        create_time=to_timestamp(p.created_at),
+        update_time=to_timestamp(p.updated_at),
     )

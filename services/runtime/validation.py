@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from services.runtime.errors import FieldViolation, invalid_argument
+from services.runtime.timestamps import EPOCH
 
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 256
@@ -14,7 +15,6 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Validator:
@@ -104,7 +104,7 @@ class Validator:
         if not 0 <= seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= nanos < 1_000_000_000:
             self.fail(field, "must be a valid time between 1970 and 9999")
             return None
-        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+        return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def age_on(born: date, today: date) -> int:

@@ -21,6 +21,7 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
 from services.wallet.storage import (
@@ -363,12 +364,6 @@ def _timestamp(v: Validator, request: wallet_pb2.CreatePromotionRequest, field: 
     return v.timestamp(stamp.seconds, stamp.nanos, field)
 
 
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _money(amount_minor: int, currency_code: str) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=amount_minor, currency_code=currency_code)
 
@@ -385,7 +380,7 @@ def _wallet(w: domain.Wallet) -> wallet_pb2.Wallet:
             total=b.total, held=b.held, available=b.available, promotional=b.promotional, purchased=b.purchased
         ),
         debt=w.debt,
-        create_time=_stamp(w.created_at),
+        create_time=to_timestamp(w.created_at),
     )
 
 
@@ -399,7 +394,7 @@ def _purchase(p: PurchaseRecord) -> wallet_pb2.Purchase:
         store=p.store,
         store_transaction_id=p.store_transaction_id,
         state=_PURCHASE_STATE[p.refund_kind],
-        create_time=_stamp(p.created_at),
+        create_time=to_timestamp(p.created_at),
     )
 
 
@@ -411,8 +406,8 @@ def _promotion(p: domain.Promotion) -> wallet_pb2.Promotion:
         coins_per_claim=r.coins_per_claim,
         budget=r.budget,
         remaining=p.remaining,
-        start_time=_stamp(r.start_time),
-        end_time=_stamp(r.end_time),
+        start_time=to_timestamp(r.start_time),
+        end_time=to_timestamp(r.end_time),
     )
 
 
@@ -424,8 +419,8 @@ def _hold(h: HoldRecord) -> wallet_pb2.Hold:
         amount=h.amount,
         promotional_amount=h.promotional_amount,
         state=_HOLD_STATE[h.state],
-        expire_time=_stamp(h.expire_time),
-        create_time=_stamp(h.created_at),
+        expire_time=to_timestamp(h.expire_time),
+        create_time=to_timestamp(h.created_at),
     )
 
 
@@ -437,5 +432,5 @@ def _transaction(t: domain.Transaction) -> wallet_pb2.Transaction:
         held_delta=t.held_delta,
         promotional_delta=t.promotional_delta,
         reference=t.reference,
-        create_time=_stamp(t.created_at),
+        create_time=to_timestamp(t.created_at),
     )
