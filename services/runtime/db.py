@@ -91,7 +91,9 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    # LIFO: the connection used last is used next, so a light load keeps a few connections (and
+    # PostgreSQL backends) busy and warm instead of touching every pooled one in turn.
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
     _ping_after_idle(engine)
     return engine
 
