@@ -45,6 +45,7 @@ import os
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -346,6 +347,15 @@ def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
     )
 
 
+def _over_daily_limit(t: TransferRecord, limit: int, spent: int, day: date) -> DomainError:
+    return DomainError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "DAILY_SPENDING_LIMIT_EXCEEDED",
+        f"sending {t.total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
+        {"limit": str(limit), "spent": str(spent), "coins": str(t.total_coins), "day": day.isoformat()},
+    )
+
+
 def _not_credited(refusal: DomainError, t: TransferRecord) -> DomainError:
     """What a gift fails with when payout says for certain that it credited nothing."""
     if refusal.reason == "CREDIT_DEADLINE_PASSED":
@@ -500,61 +510,50 @@ class Gifting:
 
         New transfers are leased to `lease_owner`, who drives them next (`settle_recorded`). A send
         already recorded under its request id is returned as it stands (after the request-id store
-        has forgotten the id, the unique (sender, request id) constraint still holds): the insert
-        leaves it out, and only then is it read, as is the record of a send the catalogue refuses.
-        Statements, usually: the gifts read, the transfers inserted, the day totals moved on.
+        has forgotten the id, the unique (sender, request id) constraint still holds: a concurrent
+        one fails this transaction, which is then decided again). Statements, sent in the
+        transaction's pipeline: the gifts, the sends recorded before and the senders' day totals read
+        (and locked) in one round trip; the day totals and the transfers written with the commit.
         """
         uow, now = UnitOfWork(conn), self.clock.now()
-        outcomes: list[TransferRecord | DomainError | None] = [None] * len(asks)
-        gifts = uow.catalogue.get_many(a.send.gift_id for a in asks)
         day, limit = _utc_day(now), self.policy.daily_spend_limit_coins
-        planned: list[tuple[int, TransferRecord]] = []
-        unsold: dict[int, DomainError] = {}  # the catalogue's refusals, unless the send was recorded before
-        for i, ask in enumerate(asks):
+        catalogue = uow.catalogue.get_many(a.send.gift_id for a in asks)
+        recorded = uow.transfers.by_requests((a.sender_id, a.request_id) for a in asks)
+        spending = uow.spending.lock((a.sender_id, day) for a in asks if a.send.recipient_id != a.sender_id)
+        gifts, before, spent = catalogue.get(), recorded.get(), spending.get()  # one round trip for the three
+        totals = dict(spent)
+        outcomes: list[TransferRecord | DomainError] = []
+        new: list[TransferRecord] = []
+        for ask in asks:
             send = ask.send
-            if send.recipient_id == ask.sender_id:
-                outcomes[i] = _self_gift(send.recipient_id)
-                continue
+            earlier = before.get((ask.sender_id, ask.request_id))
             gift = gifts.get(send.gift_id)
-            if gift is None:
-                unsold[i] = not_found("GIFT_NOT_FOUND", f"no gift {send.gift_id}", gift_id=send.gift_id)
+            if send.recipient_id == ask.sender_id:
+                outcomes.append(_self_gift(send.recipient_id))
+            elif earlier is not None:
+                outcomes.append(
+                    earlier if earlier.fingerprint == ask.fingerprint else _request_id_reused(ask.request_id)
+                )
+            elif gift is None:
+                outcomes.append(not_found("GIFT_NOT_FOUND", f"no gift {send.gift_id}", gift_id=send.gift_id))
             elif gift.state == RETIRED:
-                unsold[i] = failed_precondition(
-                    "GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id
+                outcomes.append(
+                    failed_precondition(
+                        "GIFT_RETIRED", f"gift {gift.gift_id} is no longer on sale", gift_id=gift.gift_id
+                    )
                 )
             else:
-                planned.append((i, self._new_transfer(ask, gift, day, lease_owner, now)))
-        inserted = uow.transfers.add_many([t for _, t in planned])
-        again = [i for i, t in planned if t.transfer_id not in inserted] + list(unsold)
-        recorded = uow.transfers.by_requests((asks[i].sender_id, asks[i].request_id) for i in again) if again else {}
-        for i in again:
-            ask = asks[i]
-            before = recorded.get((ask.sender_id, ask.request_id))
-            if before is not None:
-                outcomes[i] = before if before.fingerprint == ask.fingerprint else _request_id_reused(ask.request_id)
-            elif i in unsold:
-                outcomes[i] = unsold[i]
-            else:  # the insert met a send under this request id that is not committed yet
-                outcomes[i] = aborted(
-                    "REQUEST_IN_FLIGHT", f"request {ask.request_id} is still running", request_id=ask.request_id
-                )
-        new = [(i, t) for i, t in planned if t.transfer_id in inserted]
-        spent_before = uow.spending.reserve_many([(t.sender_id, day, t.total_coins) for _, t in new], limit)
-        over_limit = []
-        for (i, t), spent in zip(new, spent_before, strict=True):
-            if spent is None:
-                outcomes[i] = t
-                continue
-            over_limit.append(t.transfer_id)
-            outcomes[i] = DomainError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "DAILY_SPENDING_LIMIT_EXCEEDED",
-                f"sending {t.total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
-                {"limit": str(limit), "spent": str(spent), "coins": str(t.total_coins), "day": day.isoformat()},
-            )
-        if over_limit:
-            uow.transfers.delete_new(over_limit)
-        return [o for o in outcomes if o is not None]
+                t = self._new_transfer(ask, gift, day, lease_owner, now)
+                total = totals[(t.sender_id, day)]
+                if total + t.total_coins > limit:
+                    outcomes.append(_over_daily_limit(t, limit, total, day))
+                    continue
+                totals[(t.sender_id, day)] = total + t.total_coins
+                new.append(t)
+                outcomes.append(t)
+        uow.spending.set({key: coins for key, coins in totals.items() if coins != spent[key]})
+        uow.transfers.add_many(new)
+        return outcomes
 
     def _new_transfer(
         self, ask: SendAsk, gift: GiftRecord, day: date, lease_owner: str, now: datetime
@@ -970,9 +969,15 @@ class Gifting:
                 }
                 for t in ts
             ]
-            advanced = uow.transfers.advance_many(owner, from_step, rows, **values)
+            counts = Counter(Target(t.target_kind, t.target_id).key for t in ts)
+            advancing = uow.transfers.advance_many(owner, from_step, rows, **values)
+            numbering = uow.feed.number(counts)  # for every gift: another replica taking one over is rare
+            advanced, numbers = advancing.get(), numbering.get()  # one round trip
+            lost = Counter(Target(t.target_kind, t.target_id).key for t in ts if t.transfer_id not in advanced)
+            if lost:  # their events are not this transaction's to write: give their numbers back
+                uow.feed.renumber({key: numbers[key].first + counts[key] - lost[key] - 1 for key in lost})
             events = [(Target(t.target_kind, t.target_id).key, t) for t in ts if t.transfer_id in advanced]
-            uow.feed.append_many(events, now)
+            uow.feed.append(events, numbers, now)
             return advanced
 
         with self.batch_span("complete", ts):

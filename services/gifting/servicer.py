@@ -188,7 +188,11 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         items = [q.item for q in queued]
         with self.gifting.batch_span("record", [q.ask for q in queued]):
             answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
-        fresh = [recorded[i] for i in sorted(recorded) if recorded[i].lease_owner == owner]
+        # The transfers this call recorded: a transaction decided again (a concurrent duplicate committed
+        # first) answers some sends as replays, and what its first attempt recorded for them is gone.
+        fresh = [
+            t for i, t in sorted(recorded.items()) if t.lease_owner == owner and _made(answers[i]) == t.transfer_id
+        ]
         settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner)}
         results: list[gifting_pb2.SendGiftResponse | DomainError] = []
         for answer in answers:
@@ -295,6 +299,11 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         return self.requests.execute(
             current_caller().subject, _method(method), request, request_id, response_type, work
         )
+
+
+def _made(answer: gifting_pb2.SendGiftResponse | DomainError) -> str:
+    """The id of the transfer a SendGift answer is about ('' for a refusal)."""
+    return "" if isinstance(answer, DomainError) else answer.transfer.transfer_id
 
 
 def _method(name: str) -> str:

@@ -13,12 +13,11 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -37,7 +36,6 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
-    delete,
     func,
     insert,
     or_,
@@ -50,9 +48,13 @@ from services.runtime.db import (
     insert_rows,
     insert_unless_conflict,
     keys_in,
+    rows_bindparams,
+    rows_params,
+    rows_source,
     update_rows,
     upsert_rows,
 )
+from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -248,6 +250,21 @@ class FeedEventRecord:
     transfer: TransferRecord
 
 
+class Previous(NamedTuple):
+    """A target's latest event, as the next one continues its combo."""
+
+    sender_id: str
+    gift_id: str
+    combo: int
+
+
+class Numbering(NamedTuple):
+    """Where a target's new events go: the first number they take, and the event before them."""
+
+    first: int
+    previous: Previous | None
+
+
 @dataclass(frozen=True)
 class LeaderRow:
     user_id: str
@@ -268,7 +285,6 @@ _TRANSFER_BY_REQUEST = select(_t).where(
     and_(_t.c.sender_id == bindparam("key_sender_id"), _t.c.request_id == bindparam("key_request_id"))
 )
 _TRANSFERS_BY_REQUEST = select(_t).where(keys_in([_t.c.sender_id, _t.c.request_id], "key_pairs"))
-_DELETE_TRANSFERS = delete(_t).where(keys_in(_t.c.transfer_id, "key_transfer_ids"))
 _LEASE_FREE = or_(
     _t.c.lease_owner == bindparam("key_owner"), _t.c.lease_until.is_(None), _t.c.lease_until < bindparam("key_now")
 )
@@ -302,9 +318,30 @@ _SPENDING_LOCKED = (
     .with_for_update()
 )
 _c, _e = feed_counters, feed_events
-_EVENTS_AT = select(_e.c.target_key, _e.c.sender_id, _e.c.gift_id, _e.c.combo_count).where(
-    keys_in([_e.c.target_key, _e.c.sequence], "key_pairs")
-)
+_EVENTS_BEFORE: dict[tuple[str, int], Any] = {}
+
+
+def _events_before(conn: Connection, rows: int) -> Any:
+    """For (target_key, n) rows: each target's event n before its counter's last number (the event
+    before n new ones, once the counter has moved on by n)."""
+    size = 0 if conn.dialect.name == "postgresql" else rows  # one statement for every size there
+    statement = _EVENTS_BEFORE.get((conn.dialect.name, size))
+    if statement is None:
+        names = ("target_key", "last_sequence")
+        source = rows_source(conn, feed_counters, names, rows)
+        sql = (
+            f"WITH k (target_key, n) AS ({source}) "
+            "SELECT e.target_key, e.sender_id, e.gift_id, e.combo_count FROM k "
+            "JOIN feed_counters c ON c.target_key = k.target_key "
+            "JOIN feed_events e ON e.target_key = c.target_key AND e.sequence = c.last_sequence - k.n"
+        )
+        statement = text(sql).bindparams(*rows_bindparams(conn, feed_counters, names, rows))
+        _EVENTS_BEFORE[(conn.dialect.name, size)] = statement
+    return statement
+
+
+def _counter_params(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return rows_params(conn, feed_counters, ("target_key", "last_sequence"), rows)
 
 
 # --- repositories ----------------------------------------------------------------------------------
@@ -339,9 +376,13 @@ class CatalogueRepository:
         found = self.conn.execute(_GIFT, {"key_gift_id": gift_id}).one_or_none()
         return None if found is None else _record(GiftRecord, found)
 
-    def get_many(self, gift_ids: Iterable[str]) -> dict[str, GiftRecord]:
-        rows = self.conn.execute(_GIFTS, {"key_gift_ids": sorted(set(gift_ids))})
-        return {r.gift_id: _record(GiftRecord, r) for r in rows}
+    def get_many(self, gift_ids: Iterable[str]) -> Later[dict[str, GiftRecord]]:
+        """These gifts (those that exist) as they are now, by id; sent in the transaction's pipeline."""
+        return pipeline(self.conn).send_as(
+            _GIFTS,
+            {"key_gift_ids": sorted(set(gift_ids))},
+            lambda rows: {r.gift_id: _record(GiftRecord, r) for r in rows},
+        )
 
     def active(self) -> list[GiftRecord]:
         rows = self.conn.execute(
@@ -401,26 +442,21 @@ class TransferRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add_many(self, records: Sequence[TransferRecord]) -> set[str]:
-        """Insert new transfers in one statement; the ids inserted. One left out: its sender already used
-        its request id (the unique constraint), concurrently."""
-        rows = [dict(r.__dict__) for r in records]
-        inserted = insert_rows(
-            self.conn, gift_transfers, rows, unless_conflict_on=["sender_id", "request_id"], returning=["transfer_id"]
-        )
-        return {r.transfer_id for r in inserted}
+    def add_many(self, records: Sequence[TransferRecord]) -> None:
+        """Insert new transfers in one statement, sent in the transaction's pipeline; a sender's request
+        id recorded already (concurrently) fails the transaction (UNIQUE(sender_id, request_id))."""
+        insert_rows(self.conn, gift_transfers, [dict(r.__dict__) for r in records])
 
-    def delete_new(self, transfer_ids: Sequence[str]) -> None:
-        """Take back transfers this transaction inserted (sends refused after all: nothing else refers to them)."""
-        self.conn.execute(_DELETE_TRANSFERS, {"key_transfer_ids": list(transfer_ids)})
-
-    def by_requests(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], TransferRecord]:
-        """The transfers already recorded under these (sender, request id) pairs."""
+    def by_requests(self, pairs: Iterable[tuple[str, str]]) -> Later[dict[tuple[str, str], TransferRecord]]:
+        """The transfers already recorded under these (sender, request id) pairs; sent in the pipeline."""
         keys = sorted(set(pairs))
         if not keys:
-            return {}
-        rows = self.conn.execute(_TRANSFERS_BY_REQUEST, {"key_pairs": keys})
-        return {(r.sender_id, r.request_id): _record(TransferRecord, r) for r in rows}
+            return Later.of({})
+        return pipeline(self.conn).send_as(
+            _TRANSFERS_BY_REQUEST,
+            {"key_pairs": keys},
+            lambda rows: {(r.sender_id, r.request_id): _record(TransferRecord, r) for r in rows},
+        )
 
     def get(self, transfer_id: str) -> TransferRecord | None:
         found = self.conn.execute(_TRANSFER, {"key_transfer_id": transfer_id}).one_or_none()
@@ -450,11 +486,14 @@ class TransferRepository:
 
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
-        return transfer_id in self.advance_many(owner, from_step, [{"transfer_id": transfer_id}], **values)
+        return transfer_id in self.advance_many(owner, from_step, [{"transfer_id": transfer_id}], **values).get()
 
-    def advance_many(self, owner: str, from_step: str, rows: Sequence[dict[str, Any]], **common: object) -> set[str]:
-        """`advance` for many transfers in one statement: each row is a transfer_id and its own new
-        values, `common` are set on all; returns the ids advanced (the others' lease was lost)."""
+    def advance_many(
+        self, owner: str, from_step: str, rows: Sequence[dict[str, Any]], **common: object
+    ) -> Later[set[str]]:
+        """`advance` for many transfers in one statement (sent in the pipeline): each row is a
+        transfer_id and its own new values, `common` are set on all; the ids advanced (the others'
+        lease was lost), later."""
         guard = {"lease_owner": owner, "state": PENDING, "step": from_step}
         return update_rows(self.conn, gift_transfers, "transfer_id", rows, where=guard, common=common)
 
@@ -523,54 +562,26 @@ class SpendingRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def reserve_many(self, asks: Sequence[tuple[str, date, int]], limit: int) -> list[int | None]:
-        """Count each (sender, day, coins) against the day's limit, in order; for each, None if counted,
-        else what the sender had spent that day (counting it would pass the limit: nothing counted).
-
-        One statement when each sender's asks fit within the limit together (the common case): an upsert
-        that adds them to the sender's day row (creating it) unless that would pass the limit. The
-        senders it leaves out (near their limit) are decided ask by ask over their rows, locked
-        (PostgreSQL: FOR UPDATE, in one order; SQLite: the write lock), so the totals computed are the
-        ones written.
-        """
-        totals: dict[tuple[str, date], int] = defaultdict(int)
-        for sender, day, coins in asks:
-            totals[(sender, day)] += coins
-        together = [{"sender_id": s, "day": d, "coins": c} for (s, d), c in sorted(totals.items()) if c <= limit]
-        added = {
-            (r.sender_id, r.day)
-            for r in upsert_rows(
-                self.conn,
-                daily_spending,
-                together,
-                on=["sender_id", "day"],
-                set_sql="coins = daily_spending.coins + excluded.coins",
-                where_sql="daily_spending.coins + excluded.coins <= :limit",
-                returning=["sender_id", "day"],
-                params={"limit": limit},
-            )
-        }
-        near = [(sender, day, coins) for sender, day, coins in asks if (sender, day) not in added]
-        decided = iter(self._reserve_one_by_one(near, limit) if near else [])
-        return [None if (sender, day) in added else next(decided) for sender, day, _ in asks]
-
-    def _reserve_one_by_one(self, asks: Sequence[tuple[str, date, int]], limit: int) -> list[int | None]:
-        pairs = sorted({(sender, day) for sender, day, _ in asks})
-        rows = [{"sender_id": sender, "day": day, "coins": 0} for sender, day in pairs]
+    def lock(self, pairs: Iterable[tuple[str, date]]) -> Later[dict[tuple[str, date], int]]:
+        """The coins each (sender, day) has committed, its row created if missing and locked to the end
+        of the transaction (PostgreSQL: FOR UPDATE, in one order, so concurrent batches never deadlock;
+        a row two batches create at once is waited for; SQLite: the write lock), so totals decided from
+        these are the ones `set` writes. Two statements, sent in the transaction's pipeline."""
+        keys = sorted(set(pairs))
+        if not keys:
+            return Later.of({})
+        rows = [{"sender_id": sender, "day": day, "coins": 0} for sender, day in keys]
         insert_rows(self.conn, daily_spending, rows, unless_conflict_on=["sender_id", "day"])
-        spent = {(r.sender_id, r.day): int(r.coins) for r in self.conn.execute(_SPENDING_LOCKED, {"key_pairs": pairs})}
-        before = dict(spent)
-        refused: list[int | None] = []
-        for sender, day, coins in asks:
-            total = spent[(sender, day)]
-            if total + coins > limit:
-                refused.append(total)
-            else:
-                spent[(sender, day)] = total + coins
-                refused.append(None)
-        changed = [{"sender_id": s, "day": d, "coins": c} for (s, d), c in spent.items() if c != before[(s, d)]]
-        update_rows(self.conn, daily_spending, ("sender_id", "day"), changed)
-        return refused
+        return pipeline(self.conn).send_as(
+            _SPENDING_LOCKED,
+            {"key_pairs": keys},
+            lambda found: {(r.sender_id, r.day): int(r.coins) for r in found},
+        )
+
+    def set(self, totals: Mapping[tuple[str, date], int]) -> None:
+        """Write the totals of rows this transaction locked (`lock`); sent in the pipeline."""
+        rows = [{"sender_id": s, "day": d, "coins": c} for (s, d), c in sorted(totals.items())]
+        update_rows(self.conn, daily_spending, ("sender_id", "day"), rows)
 
     def give_back(self, sender_id: str, day: date, coins: int) -> None:
         d = daily_spending
@@ -590,20 +601,18 @@ class FeedRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def append_many(self, events: Sequence[tuple[str, TransferRecord]], now: datetime) -> list[tuple[int, int]]:
-        """Number the next events of their targets, in order, and write them; (sequence, combo) of each.
+    def number(self, counts: Mapping[str, int]) -> Later[dict[str, Numbering]]:
+        """Move each target's counter on by its count of new events (creating the counter at need), and
+        read the event before them, in two statements sent in the transaction's pipeline: for each
+        target, the first number its new events take and the event before them (None: the first).
 
-        One upsert moves each target's counter on by its number of events (creating it at need) and
-        returns the new last number: concurrent completions on one target queue on its counter row
-        (row lock on PostgreSQL, taken in target order; SQLite's write lock) and take consecutive
-        numbers. A combo continues while one sender sends the same gift to the target, event after event.
+        Concurrent completions on one target queue on its counter row (row lock on PostgreSQL, taken
+        in target order; SQLite's write lock) and take consecutive numbers. The event before is read
+        after the counter moved on, under its lock: no other completion gets between the two.
         """
-        if not events:
-            return []
-        counts: dict[str, int] = {}
-        for target, _ in events:
-            counts[target] = counts.get(target, 0) + 1
-        rows = [{"target_key": target, "last_sequence": counts[target]} for target in sorted(counts)]
+        if not counts:
+            return Later.of({})
+        rows = [{"target_key": target, "last_sequence": n} for target, n in sorted(counts.items())]
         bumped = upsert_rows(
             self.conn,
             feed_counters,
@@ -612,21 +621,32 @@ class FeedRepository:
             set_sql="last_sequence = feed_counters.last_sequence + excluded.last_sequence",
             returning=["target_key", "last_sequence"],
         )
-        last = {r.target_key: int(r.last_sequence) for r in bumped}
-        next_number = {target: last[target] - counts[target] + 1 for target in counts}
-        before = [(target, n - 1) for target, n in next_number.items() if n > 1]
-        previous = {
-            r.target_key: (r.sender_id, r.gift_id, int(r.combo_count))
-            for r in (self.conn.execute(_EVENTS_AT, {"key_pairs": before}) if before else [])
-        }
+        before = pipeline(self.conn).send(_events_before(self.conn, len(rows)), _counter_params(self.conn, rows))
+
+        def numbering(before_rows: list[Any]) -> dict[str, Numbering]:
+            previous = {r.target_key: Previous(r.sender_id, r.gift_id, int(r.combo_count)) for r in before_rows}
+            return {
+                r.target_key: Numbering(int(r.last_sequence) - counts[r.target_key] + 1, previous.get(r.target_key))
+                for r in bumped.get()  # answered with `before`: sent first
+            }
+
+        return before.then(numbering)
+
+    def append(
+        self, events: Sequence[tuple[str, TransferRecord]], numbering: Mapping[str, Numbering], now: datetime
+    ) -> list[tuple[int, int]]:
+        """Write the events of their targets, in order, numbered from `number`'s numbering (which
+        counted at least these); (sequence, combo) of each, the insert sent in the pipeline. A combo
+        continues while one sender sends the same gift to the target, event after event."""
+        next_number = {target: n.first for target, n in numbering.items()}
+        previous = {target: n.previous for target, n in numbering.items()}
         numbered, event_rows = [], []
         for target, transfer in events:
             sequence = next_number[target]
             next_number[target] += 1
             prior = previous.get(target)
-            same = prior is not None and prior[:2] == (transfer.sender_id, transfer.gift_id)
-            combo = prior[2] + 1 if same and prior is not None else 1
-            previous[target] = (transfer.sender_id, transfer.gift_id, combo)
+            combo = prior.combo + 1 if prior is not None and prior[:2] == (transfer.sender_id, transfer.gift_id) else 1
+            previous[target] = Previous(transfer.sender_id, transfer.gift_id, combo)
             numbered.append((sequence, combo))
             event_rows.append(
                 {
@@ -641,6 +661,11 @@ class FeedRepository:
             )
         insert_rows(self.conn, feed_events, event_rows)
         return numbered
+
+    def renumber(self, last: Mapping[str, int]) -> None:
+        """Set targets' last numbers (counters this transaction moved on further than it used)."""
+        rows = [{"target_key": target, "last_sequence": n} for target, n in sorted(last.items())]
+        update_rows(self.conn, feed_counters, "target_key", rows)
 
     def head(self, target_key: str) -> int:
         c = feed_counters

@@ -286,34 +286,17 @@ class Payouts:
 
     def credit_many(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> list[Credit | DomainError]:
         """Each request's outcome, exactly as credit_diamonds applied to them one after another would
-        give it; a refused request writes nothing. A constant number of statements whatever their number:
-        one read of their creators, one INSERT of the new credits, and the ledger's statements for all
-        their transfers; the gifts' credits read only when a request is refused or its gift turns out
-        to be credited.
+        give it; a refused request writes nothing. A constant number of statements whatever their number,
+        sent in the transaction's pipeline: their creators and the gifts' credits read (one round trip),
+        the new credits inserted and the ledger's statements for all their transfers (sent with the
+        commit). A credit of one of the gifts committed meanwhile (another batch, or a unary call under
+        another request id) fails the transaction (UNIQUE(gift_id)), and the batch is decided again.
         """
         now = self.clock.now()
         creators = uow.creators.get_many({r.creator_id for r in requests})
-        # Decided first as if none of these gifts was credited (replays are answered before, by their
-        # request ids): the unique gift id tells when one was (below), and a refusal is decided again
-        # knowing the gifts' credits (it may be of a gift credited already, which must still complete).
-        credited: dict[str, CreditRecord] = {}
-        outcomes, new = self._decide_credits(requests, credited, creators, {}, now)
-        if any(isinstance(o, DomainError) for o in outcomes):
-            credited = uow.credits.by_gifts({r.gift_id for r in requests})
-            outcomes, new = self._decide_credits(requests, credited, creators, {}, now)
-        inserted = uow.credits.add_new(new)
-        if len(inserted) < len(new):
-            # UNIQUE(gift_id): a concurrent credit of some of these gifts (another batch, or a unary call
-            # under another request id) committed first. Those gifts were credited before this batch, as
-            # far as it can tell: decide again knowing their credits. Every other decision stays the same.
-            lost = {r.gift_id for r in new} - inserted
-            credited.update(uow.credits.by_gifts(lost))
-            if not lost <= credited.keys():
-                raise RuntimeError(f"gifts {sorted(lost)}: credit insert conflicted, yet no credit is recorded")
-            ours = {r.gift_id: r for r in new if r.gift_id in inserted}
-            outcomes, new = self._decide_credits(requests, credited, creators, ours, now)
-            if [r.gift_id for r in new] != list(ours):
-                raise RuntimeError("credits decided again differ from those inserted")
+        credited = uow.credits.by_gifts({r.gift_id for r in requests})
+        outcomes, new = self._decide_credits(requests, credited.get(), creators.get(), now)
+        uow.credits.add_new(new)
         # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) is recorded, so the
         # gift is known and its recipient checked, but moves no value and so has no ledger transfer.
         movements = [
@@ -326,8 +309,8 @@ class Payouts:
             for r in new
             if r.diamonds > 0
         ]
-        if movements:
-            uow.ledger.post_many(movements, now)
+        if movements:  # credits only add to balances: nothing to check before the commit
+            uow.ledger.post_many(movements, now, checked=False)
         return outcomes
 
     def open_platform_accounts(self, uow: UnitOfWork) -> None:
@@ -339,14 +322,10 @@ class Payouts:
         requests: Sequence[CreditRequest],
         credited: Mapping[str, CreditRecord],
         creators: Mapping[str, CreatorRecord],
-        inserted: Mapping[str, CreditRecord],
         now: datetime,
     ) -> tuple[list[Credit | DomainError], list[CreditRecord]]:
-        """Each request's outcome, in order, and the credits to record for them.
-
-        `credited`: the gifts credited before; `inserted`: credits already recorded for this batch
-        (reused as they are when decided again, so that they keep their ids).
-        """
+        """Each request's outcome, in order, and the credits to record for them (`credited`: the gifts
+        credited before)."""
         known = dict(credited)
         outcomes: list[Credit | DomainError] = []
         new: list[CreditRecord] = []
@@ -377,7 +356,7 @@ class Payouts:
                     )
                 )
                 continue
-            record = inserted.get(r.gift_id) or _new_credit(r, now)
+            record = _new_credit(r, now)
             known[r.gift_id] = record
             new.append(record)
             outcomes.append(_credit(record))

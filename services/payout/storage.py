@@ -41,6 +41,7 @@ from sqlalchemy import (
 
 from services.runtime.db import insert_rows, keys_in
 from services.runtime.ledger import Ledger, ledger_tables
+from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -258,10 +259,14 @@ class CreatorRepository:
         row = self.conn.execute(_CREATOR_LOCKED if for_update else _CREATOR, {"creator_key": creator_id}).one_or_none()
         return None if row is None else _record(CreatorRecord, row)
 
-    def get_many(self, creator_ids: Collection[str]) -> dict[str, CreatorRecord]:
-        """The creators among `creator_ids`, by id, in one query (unknown ids are left out)."""
-        rows = self.conn.execute(_CREATORS, {"creator_keys": sorted(creator_ids)})
-        return {row.creator_id: _record(CreatorRecord, row) for row in rows}
+    def get_many(self, creator_ids: Collection[str]) -> Later[dict[str, CreatorRecord]]:
+        """The creators among `creator_ids`, by id, in one query sent in the transaction's pipeline
+        (unknown ids are left out)."""
+        return pipeline(self.conn).send_as(
+            _CREATORS,
+            {"creator_keys": sorted(creator_ids)},
+            lambda rows: {row.creator_id: _record(CreatorRecord, row) for row in rows},
+        )
 
     def update(self, creator_id: str, **values: object) -> None:
         self.conn.execute(update(creators).where(creators.c.creator_id == creator_id).values(**values))
@@ -271,24 +276,24 @@ class CreditRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add_new(self, records: Sequence[CreditRecord]) -> set[str]:
-        """Insert credits in one statement, each unless its gift was credited already (UNIQUE gift_id);
-        the gift ids of those inserted.
+    def add_new(self, records: Sequence[CreditRecord]) -> None:
+        """Insert credits in one statement, sent in the transaction's pipeline; a gift credited already
+        fails the transaction (UNIQUE gift_id).
 
         In gift id order, so that concurrent batches crediting the same gifts wait on each other in
-        one order rather than deadlock. On PostgreSQL a conflicting insert still in flight is waited
-        for: a gift left out is credited by a transaction that has committed.
+        one order rather than deadlock.
         """
-        if not records:
-            return set()
         rows = [dict(r.__dict__) for r in sorted(records, key=lambda r: r.gift_id)]
-        inserted = insert_rows(self.conn, diamond_credits, rows, unless_conflict_on=["gift_id"], returning=["gift_id"])
-        return {row.gift_id for row in inserted}
+        insert_rows(self.conn, diamond_credits, rows)
 
-    def by_gifts(self, gift_ids: Collection[str]) -> dict[str, CreditRecord]:
-        """The credits of the gifts among `gift_ids` that were credited, by gift id, in one query."""
-        rows = self.conn.execute(_CREDITS_BY_GIFT, {"credit_gift_ids": sorted(gift_ids)})
-        return {row.gift_id: _record(CreditRecord, row) for row in rows}
+    def by_gifts(self, gift_ids: Collection[str]) -> Later[dict[str, CreditRecord]]:
+        """The credits of the gifts among `gift_ids` that were credited, by gift id, in one query sent in
+        the transaction's pipeline."""
+        return pipeline(self.conn).send_as(
+            _CREDITS_BY_GIFT,
+            {"credit_gift_ids": sorted(gift_ids)},
+            lambda rows: {row.gift_id: _record(CreditRecord, row) for row in rows},
+        )
 
 
 class PayoutRepository:

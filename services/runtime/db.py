@@ -45,6 +45,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.sqltypes import NullType
 from sqlalchemy.sql.visitors import InternalTraversal
 
+from services.runtime.pipeline import Later, finish, install, mark_traced, pipeline
 from services.runtime.tables import UtcDateTime
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     # PostgreSQL backends) busy and warm instead of touching every pooled one in turn.
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
     _ping_after_idle(engine)
+    install(engine)
     return engine
 
 
@@ -310,13 +312,15 @@ def insert_rows(
     rows: Sequence[dict[str, Any]],
     unless_conflict_on: Sequence[str] | None = None,
     returning: Sequence[str] = (),
-) -> list[Any]:
-    """INSERT `rows` (all with the same keys) in ONE statement; the `returning` columns of the rows inserted.
+) -> Later[list[Any]]:
+    """INSERT `rows` (all with the same keys) in ONE statement, sent in the transaction's pipeline
+    (runtime.pipeline); the `returning` columns of the rows inserted, later.
 
     With `unless_conflict_on` (a unique key's columns), rows that conflict with it are skipped
-    (ON CONFLICT DO NOTHING): what RETURNING leaves out is what was skipped. The batch paths' way to
-    write many rows in one round trip: executemany costs a pipeline per call on psycopg, and
-    SQLAlchemy gives a multi-row insert().values([...]) no cache key.
+    (ON CONFLICT DO NOTHING): what RETURNING leaves out is what was skipped. Without it a conflict
+    fails the transaction. The batch paths' way to write many rows in one statement: executemany
+    costs a pipeline per call on psycopg, and SQLAlchemy gives a multi-row insert().values([...]) no
+    cache key.
     """
     conflict = None if unless_conflict_on is None else (tuple(unless_conflict_on), "DO NOTHING")
     return _insert(conn, table, rows, conflict, tuple(returning), {})
@@ -331,11 +335,12 @@ def upsert_rows(
     where_sql: str = "",
     returning: Sequence[str] = (),
     params: dict[str, Any] | None = None,
-) -> list[Any]:
-    """INSERT `rows` in ONE statement, each row that conflicts with the unique key `on` updating the row
-    already there instead: `SET <set_sql>` (`excluded.<column>` is the row that was not inserted),
-    only where `where_sql` holds; the `returning` columns of the rows inserted or updated. `params`
-    are bound to the `:names` the two texts use. In key order, concurrent upserts of the same keys
+) -> Later[list[Any]]:
+    """INSERT `rows` in ONE statement (sent in the transaction's pipeline), each row that conflicts
+    with the unique key `on` updating the row already there instead: `SET <set_sql>`
+    (`excluded.<column>` is the row that was not inserted), only where `where_sql` holds; the
+    `returning` columns of the rows inserted or updated, later. `params` are bound to the `:names`
+    the two texts use. In key order, concurrent upserts of the same keys
     lock their rows in one order (PostgreSQL) and so never deadlock.
     """
     action = f"DO UPDATE SET {set_sql}" + (f" WHERE {where_sql}" if where_sql else "")
@@ -349,9 +354,9 @@ def _insert(
     conflict: tuple[tuple[str, ...], str] | None,
     returning: tuple[str, ...],
     params: dict[str, Any],
-) -> list[Any]:
+) -> Later[list[Any]]:
     if not rows:
-        return []
+        return Later.of([])
     names = tuple(rows[0])
     size = 0 if conn.dialect.name == "postgresql" else len(rows)  # one statement for all sizes there
     cache_key = ("insert", conn.dialect.name, id(table), names, size, conflict, returning, tuple(params))
@@ -370,8 +375,7 @@ def _insert(
         if returning:
             typed = typed.columns(*(table.c[c] for c in returning))  # type: ignore[assignment]
         statement = _BATCH_STATEMENTS[cache_key] = typed
-    result = conn.execute(statement, {**rows_params(conn, table, names, rows), **params})
-    return list(result.all()) if returning else []
+    return pipeline(conn).send(statement, {**rows_params(conn, table, names, rows), **params})
 
 
 def update_rows(
@@ -381,9 +385,9 @@ def update_rows(
     rows: Sequence[dict[str, Any]],
     where: dict[str, Any] | None = None,
     common: dict[str, Any] | None = None,
-) -> set[Any]:
-    """UPDATE many rows of `table` in ONE statement; the keys of the rows it updated (tuples for a
-    composite key).
+) -> Later[set[Any]]:
+    """UPDATE many rows of `table` in ONE statement (sent in the transaction's pipeline); the keys of
+    the rows it updated (tuples for a composite key), later.
 
     Each of `rows` (all with the same keys) names its row by its `key` column(s) and gives that row's
     new values; `common` values are set on every row; only rows whose columns also equal `where`
@@ -391,7 +395,7 @@ def update_rows(
     `WITH v AS (<rows>) UPDATE ... FROM v ... RETURNING`.
     """
     if not rows:
-        return set()
+        return Later.of(set())
     where, common = where or {}, common or {}
     keys = (key,) if isinstance(key, str) else tuple(key)
     names = tuple(rows[0])
@@ -417,13 +421,22 @@ def update_rows(
     params = rows_params(conn, table, names, rows)
     params.update({f"c_{c}": v for c, v in common.items()})
     params.update({f"w_{c}": v for c, v in where.items()})
-    result = conn.execute(statement, params)
     if len(keys) == 1:
-        return {r[0] for r in result}
-    return {tuple(r) for r in result}
+        return pipeline(conn).send_as(statement, params, lambda rows: {r[0] for r in rows})
+    return pipeline(conn).send_as(statement, params, lambda rows: {tuple(r) for r in rows})
+
+
+def is_unique_violation(error: exc.IntegrityError) -> bool:
+    """A duplicate key, as opposed to a broken CHECK or foreign key (which are bugs, not duplicates)."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate == "23505")  # PostgreSQL unique_violation
+    return "UNIQUE constraint failed" in str(error.orig)  # SQLite, primary keys included
 
 
 def _retryable(error: exc.DBAPIError) -> bool:
+    if isinstance(error, exc.IntegrityError):
+        return is_unique_violation(error)
     sqlstate = getattr(error.orig, "sqlstate", None)
     if sqlstate in _RETRYABLE_SQLSTATES:
         return True
@@ -452,6 +465,7 @@ class Database:
         engine = make_engine(url, pool_size=pool_size)
         if traced:
             SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
+            mark_traced(engine)
         return cls(engine)
 
     @contextmanager
@@ -459,6 +473,7 @@ class Database:
         if self._sqlite_turn is None:
             with self.engine.begin() as conn:
                 yield conn
+                finish(conn)  # the statements still queued and the COMMIT: one round trip
             return
         # Past the timeout, go ahead anyway: SQLite's own busy handling then decides, as it would without this.
         queued = self._sqlite_turn.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS)
@@ -470,7 +485,13 @@ class Database:
                 self._sqlite_turn.release()
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work` in one transaction; rerun it on a serialization failure or deadlock."""
+        """Run `work` in one transaction; rerun it on a serialization failure, a deadlock, or a unique
+        key that a concurrent transaction's commit took first.
+
+        A work decides on what it read, then writes; what must stay unique (a hold per gift, a request
+        id) is the database's to enforce. When another transaction committed the same key after this
+        one read, the insert fails the transaction, and the work is run again: it then reads what the
+        other committed and decides with it (a work that expects a duplicate catches it itself)."""
         for attempt in range(1, self.attempts + 1):
             try:
                 with self.transaction() as conn:

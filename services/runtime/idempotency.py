@@ -35,11 +35,13 @@ from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, select, 
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.clock import Clock
-from services.runtime.db import Database, insert_rows, keys_in
+from services.runtime.db import Database, insert_rows, is_unique_violation, keys_in
 from services.runtime.errors import DomainError, FieldViolation, aborted, already_exists, invalid_argument
+from services.runtime.pipeline import pipeline
 from services.runtime.validation import Validator
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 
 MAX_BATCH = 500  # requests in one batch RPC (the contracts' limit)
@@ -86,10 +88,6 @@ class BatchItem:
     @functools.cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.method, self.request)
-
-
-# How often a batch is decided again after a concurrent claim of one of its ids won the race.
-_BATCH_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ class RequestIdStore:
             return response
 
         try:
-            return self.db.run(work_and_record)
+            return self._run_deciding_again(work_and_record)
         except DomainError as error:
             if error.code in _RECORDED_FAILURES:
                 self._record_failure(claim, error)
@@ -179,13 +177,20 @@ class RequestIdStore:
         here; a second copy of an id within the batch is answered as its first appearance decides.
         """
         prints = [item.fingerprint for item in items]
-        for _ in range(_BATCH_ATTEMPTS):
-            try:
-                return self.db.run(lambda conn: self._run_batch(conn, items, prints, response_type, work))
-            except IntegrityError:
-                pass
-        # Racing claims of the same ids, again and again: nothing of the batch happened; retry it.
-        raise aborted("REQUEST_IN_FLIGHT", "requests of this batch are being claimed concurrently; retry the batch")
+        return self._run_deciding_again(lambda conn: self._run_batch(conn, items, prints, response_type, work))
+
+    def _run_deciding_again(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one transaction, decided again (Database.run) when a unique key fails it: a concurrent
+        claim of one of its request ids, or a concurrent write of what it decided to write. Racing,
+        again and again: nothing of it happened, and the caller may retry."""
+        try:
+            return self.db.run(work)
+        except IntegrityError as error:
+            if not is_unique_violation(error):
+                raise
+            raise aborted(
+                "REQUEST_IN_FLIGHT", "these requests are being made concurrently; retry with the same ids"
+            ) from error
 
     def _run_batch(
         self,
@@ -196,9 +201,9 @@ class RequestIdStore:
         work: Callable[[Connection, list[int]], Sequence[M | DomainError]],
     ) -> list[M | DomainError]:
         now = self.clock.now()
+        keys = sorted({(i.caller, i.request_id) for i in items})
         found = {
-            (row.caller, row.request_id): row
-            for row in conn.execute(self._select_batch, {"keys": sorted({(i.caller, i.request_id) for i in items})})
+            (row.caller, row.request_id): row for row in pipeline(conn).send(self._select_batch, {"keys": keys}).get()
         }
         outcomes: list[M | DomainError | None] = [None] * len(items)
         new: list[int] = []
@@ -235,7 +240,7 @@ class RequestIdStore:
                     request_id=item.request_id,
                 )
             else:  # a claim whose process died: nothing of its work committed, so take it over
-                conn.execute(
+                pipeline(conn).send(
                     self._delete_dead_claim,
                     {"d_caller": item.caller, "d_request_id": item.request_id, "d_owner": row.owner},
                 )
@@ -264,7 +269,7 @@ class RequestIdStore:
             else:
                 record.update(state="succeeded", response=outcome.SerializeToString(deterministic=True))
             rows.append(record)
-        if rows:  # one statement; a concurrent claim of one of these ids fails it (IntegrityError)
+        if rows:  # one statement, sent with the commit; a concurrent claim of one of these ids fails it
             insert_rows(conn, self.table, rows)
         return [o for o in outcomes if o is not None]
 

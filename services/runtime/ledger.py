@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 )
 
 from services.runtime.db import insert_rows, insert_unless_conflict, keys_in, rows_bindparams, rows_params, rows_source
+from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime
 
 
@@ -100,30 +102,34 @@ class _Statements:
         a, e = t.accounts, t.entries
         self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(keys_in(a.c.code, "codes"))
         self._accounts_table = a
-        self._move_balances: dict[tuple[str, int], Executable] = {}
+        self._move_balances: dict[tuple[str, int, bool], Executable] = {}
         # A holder's stored balance; a platform account's sum of its entries (it keeps no stored one).
         entry_sum = select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == a.c.code).scalar_subquery()
         self.balances = select(a.c.code, case((a.c.platform, entry_sum), else_=a.c.balance).label("balance")).where(
             keys_in(a.c.code, "codes")
         )
 
-    def move_balances(self, conn: Connection, moves: Sequence[tuple[str, int]]) -> set[str]:
-        """Move holder balances by (code, amount) in one UPDATE, each unless it would go below zero;
-        the codes it moved. PostgreSQL and SQLite alike (runtime.db's row sources)."""
+    def move_balances(self, conn: Connection, moves: Sequence[tuple[str, int]], checked: bool) -> Later[set[str]]:
+        """Move holder balances by (code, amount) in one UPDATE (sent in the transaction's pipeline);
+        the codes it moved, later. `checked`: each only if it stays at zero or above (the caller reads
+        which moved); else each whatever the result, the accounts' CHECK constraint failing the
+        transaction if one would go below zero. PostgreSQL and SQLite alike (runtime.db's row sources)."""
         a = self._accounts_table
         rows = [{"code": code, "balance": amount} for code, amount in moves]
         size = 0 if conn.dialect.name == "postgresql" else len(rows)
-        statement = self._move_balances.get((conn.dialect.name, size))
+        statement = self._move_balances.get((conn.dialect.name, size, checked))
         if statement is None:
             source = rows_source(conn, a, ("code", "balance"), len(rows))
+            guard = f" AND {a.name}.balance + moves.amount >= 0" if checked else ""
             sql = (
                 f"WITH moves (code, amount) AS ({source}) "
                 f"UPDATE {a.name} SET balance = {a.name}.balance + moves.amount FROM moves "
-                f"WHERE {a.name}.code = moves.code AND {a.name}.balance + moves.amount >= 0 RETURNING {a.name}.code"
+                f"WHERE {a.name}.code = moves.code{guard} RETURNING {a.name}.code"
             )
             statement = text(sql).bindparams(*rows_bindparams(conn, a, ("code", "balance"), len(rows)))
-            self._move_balances[(conn.dialect.name, size)] = statement
-        return {row[0] for row in conn.execute(statement, rows_params(conn, a, ("code", "balance"), rows))}
+            self._move_balances[(conn.dialect.name, size, checked)] = statement
+        params = rows_params(conn, a, ("code", "balance"), rows)
+        return pipeline(conn).send_as(statement, params, lambda moved: {row[0] for row in moved})
 
 
 _statements: dict[int, _Statements] = {}
@@ -187,13 +193,16 @@ class Ledger:
         which the caller's transaction must roll back."""
         return self.post_many([Movement(kind, reference, postings, transfer_id)], now)[0]
 
-    def post_many(self, movements: Sequence[Movement], now: datetime) -> list[str]:
+    def post_many(self, movements: Sequence[Movement], now: datetime, checked: bool = True) -> list[str]:
         """Write many transfers in a constant number of statements; their ids, in order.
 
-        For the batch paths: one read of the accounts' kinds, one UPDATE of every holder balance the
-        batch moves (by its net amount), one INSERT of the transfers and one of the entries. Raises
-        Overdraft if a holder's balance would end below zero (the caller's transaction must then roll
-        back); the caller has checked each movement against balances it locked, so this is a backstop.
+        For the batch paths: one read of the accounts' kinds (remembered), one UPDATE of every holder
+        balance the batch moves (by its net amount), one INSERT of the transfers and one of the
+        entries, all sent in the transaction's pipeline. `checked`: raises Overdraft if a holder's
+        balance would end below zero (the caller's transaction must then roll back; this reads the
+        update's answer, so what is queued is sent now). Unchecked, for callers that decided every
+        movement over balances they locked: the accounts' CHECK constraint fails the transaction
+        instead, when the statements are sent (with the commit, usually).
         """
         written: list[tuple[str, str, str, list[Posting]]] = []
         for m in movements:
@@ -214,10 +223,12 @@ class Ledger:
         # The balances last: a busy holder's row (a popular creator's diamonds) stays locked for less.
         moves = sorted((code, amount) for code, amount in net.items() if amount != 0)
         if moves:
-            moved = self.sql.move_balances(self.conn, moves)
-            for code, amount in moves:
-                if code not in moved:
-                    raise Overdraft(code, amount)
+            moved = self.sql.move_balances(self.conn, moves, checked)
+            if checked:
+                done = moved.get()
+                for code, amount in moves:
+                    if code not in done:
+                        raise Overdraft(code, amount)
         return [transfer_id for transfer_id, _, _, _ in written]
 
     def _write(
@@ -254,9 +265,18 @@ class Ledger:
 
     def balances(self, codes: Iterable[str]) -> dict[str, int]:
         """`balance` of each account, in one query whatever their number (0 for an unknown account)."""
-        result = dict.fromkeys(codes, 0)
-        result.update({r.code: int(r.balance) for r in self.conn.execute(self.sql.balances, {"codes": list(result)})})
-        return result
+        return self.balances_later(codes).get()
+
+    def balances_later(self, codes: Iterable[str]) -> Later[dict[str, int]]:
+        """`balances`, sent in the transaction's pipeline: read later."""
+        known = list(dict.fromkeys(codes))
+
+        def read(rows: list[Any]) -> dict[str, int]:
+            result = dict.fromkeys(known, 0)
+            result.update({r.code: int(r.balance) for r in rows})
+            return result
+
+        return pipeline(self.conn).send_as(self.sql.balances, {"codes": known}, read)
 
     def _accounts(self, codes: set[str]) -> dict[str, tuple[str, bool]]:
         """unit and platform flag of each account.
@@ -269,7 +289,7 @@ class Ledger:
         found = {code: known[code] for code in codes if code in known}
         missing = codes - found.keys()
         if missing:
-            rows = self.conn.execute(self.sql.account_kinds, {"codes": sorted(missing)}).all()
+            rows = pipeline(self.conn).send(self.sql.account_kinds, {"codes": sorted(missing)}).get()
             read = {r.code: (r.unit, bool(r.platform)) for r in rows}
             if len(known) > _KINDS_REMEMBERED:
                 known.clear()

@@ -41,12 +41,12 @@ from services.runtime.clock import Clock
 from services.runtime.errors import (
     DomainError,
     FieldViolation,
-    aborted,
     already_exists,
     failed_precondition,
     not_found,
 )
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.pipeline import Later
 from services.runtime.telemetry import VALUE_MOVED
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
@@ -89,9 +89,6 @@ PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT = (
     "debt_settlement",
 )
 PROMOTION_FUNDING = "promotion_funding"
-
-# How often a batch of holds is decided again when concurrent holds for its gifts keep appearing.
-_RACE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -605,39 +602,24 @@ class WalletBook:
 
         A refused ask writes nothing. An ask for a gift that has a hold (from before, or from an earlier
         ask) gets that hold, or HOLD_MISMATCH; the asks on one wallet spend its available balance in
-        turn. Statements: the wallets locked, the balances read, the holds inserted, the ledger
-        transfers and the history written (four); the gifts' holds read only when an ask is refused or
-        its gift turns out to have a hold.
+        turn. Statements, sent in the transaction's pipeline: the wallets locked, then their balances
+        and the gifts' holds read (one round trip); the holds inserted, the ledger transfers and the
+        history written (sent with the commit). A hold for one of the gifts committed meanwhile (by
+        another wallet's batch: this one's holds wait for its locks) fails the transaction, and the
+        batch is decided again.
         """
         if not asks:
             return []
-        wallets = uow.lock_wallets({a.user_id for a in asks})
-        balances = self._spendable(uow, wallets, with_debt=True)
+        users = {a.user_id for a in asks}
+        locked = uow.lock_wallets(users)
+        spendable = self._spendable(uow, users, with_debt=True)
+        held = uow.holds_by_gifts({a.gift_id for a in asks})
+        existing, wallets, balances = held.get(), locked.get(), spendable.get()  # one round trip for the three
         now = self.clock.now()
-        gifts = {a.gift_id for a in asks}
-        # Decided first as if none of these gifts had a hold (replays are answered before, by their
-        # request ids): the unique gift id tells when one has (the insert leaves its hold out), and a
-        # refusal is decided again knowing the holds there are (it may be a gift held already).
-        existing: Mapping[str, HoldRecord] = {}
-        read = False
-        for _ in range(1 + _RACE_ATTEMPTS):
-            outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
-            if not read and any(isinstance(o, DomainError) for o in outcomes):
-                existing, read = uow.holds_by_gifts(gifts), True
-                continue
-            inserted = uow.insert_holds(new)
-            if len(inserted) == len(new):
-                break
-            # Another transaction committed a hold for one of these gifts: that hold is its gift's
-            # answer, and what later asks may spend changes with it. Take ours back and decide again
-            # knowing it. (Never on SQLite, whose writers take turns.)
-            uow.delete_holds([r.hold_id for r in new if r.gift_id in inserted])
-            existing, read = uow.holds_by_gifts(gifts), True
-        else:
-            raise aborted(
-                "CONCURRENT_UPDATE", "holds for these gifts are being made concurrently; retry", gifts=len(asks)
-            )
-        self._post_many(uow, [(r.user_id, Movement(HOLD, r.gift_id, _hold_postings(r))) for r in new], now)
+        outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
+        uow.insert_holds(new)
+        movements = [(r.user_id, Movement(HOLD, r.gift_id, _hold_postings(r))) for r in new]
+        self._post_many(uow, movements, now, checked=False)  # decided over the locked balances
         return outcomes
 
     def _decide_holds(
@@ -731,14 +713,14 @@ class WalletBook:
         if not gift_ids:
             return []
         gifts = set(gift_ids)
-        locked = uow.lock_wallets_holding(gifts)
-        holds = uow.holds_by_gifts(gifts)  # read once locked: every change of a hold takes its wallet's lock
+        locking = uow.lock_wallets_holding(gifts)
+        reading = uow.holds_by_gifts(gifts)  # read once locked: every change of a hold takes its wallet's lock
+        locked, holds = locking.get(), reading.get()
         while unlocked := {h.user_id for h in holds.values()} - locked:  # holds made meanwhile: lock theirs too
-            uow.lock_wallets(unlocked)
-            locked |= unlocked
-            holds = uow.holds_by_gifts(gifts)
+            locked |= uow.lock_wallets(unlocked).get().keys()
+            holds = uow.holds_by_gifts(gifts).get()
         expired = {h.user_id for h in holds.values() if h.state == EXPIRED}
-        left = self._spendable(uow, expired) if expired else {}
+        left = self._spendable(uow, expired).get() if expired else {}
         now = self.clock.now()
         outcomes: list[HoldRecord | DomainError] = []
         moves: list[tuple[HoldRecord, HoldRecord]] = []
@@ -761,9 +743,8 @@ class WalletBook:
                 moves.append((hold, captured))
                 movements.append((hold.user_id, Movement(CAPTURE, gift_id, postings)))
                 outcomes.append(captured)
-        self._post_many(uow, movements, now)
-        moved = uow.move_holds(moves, now)
-        assert moved == {hold.hold_id for hold, _ in moves}  # the wallet locks keep the states from changing
+        self._post_many(uow, movements, now, checked=False)  # decided over the locked balances
+        uow.move_holds(moves, now)
         return outcomes
 
     def release(self, uow: WalletUnit, gift_id: str) -> HoldRecord:
@@ -867,25 +848,32 @@ class WalletBook:
         """One ledger transfer, in `user_id`'s history (none for ""). Raises Overdraft: roll back then."""
         self._post_many(uow, [(user_id, Movement(kind, reference, postings))], now)
 
-    def _post_many(self, uow: WalletUnit, movements: Sequence[tuple[str, Movement]], now: datetime) -> None:
-        """`_post` for many (user, movement) pairs, in a constant number of statements."""
+    def _post_many(
+        self, uow: WalletUnit, movements: Sequence[tuple[str, Movement]], now: datetime, checked: bool = True
+    ) -> None:
+        """`_post` for many (user, movement) pairs, in a constant number of statements (`checked`: see
+        Ledger.post_many)."""
         if not movements:
             return
-        uow.post_many(movements, now)
+        uow.post_many(movements, now, checked)
         moved: dict[str, int] = defaultdict(int)
         for _, movement in movements:
             moved[movement.kind] += sum(p.amount for p in movement.postings if p.amount > 0)
         for kind, amount in moved.items():
             VALUE_MOVED.add(amount, {"unit": COIN, "kind": kind})
 
-    def _spendable(self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False) -> dict[str, _Spendable]:
-        """The available coins (and with `with_debt`, the debt) of locked wallets, in one read."""
+    def _spendable(
+        self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False
+    ) -> Later[dict[str, _Spendable]]:
+        """The available coins (and with `with_debt`, the debt) of locked wallets, in one read (later)."""
         accounts = [WalletAccounts(user_id) for user_id in user_ids]
         codes = [code for a in accounts for code in (a.promotional, a.purchased, *([a.debt] if with_debt else []))]
-        b = uow.ledger.balances(codes)
-        return {
-            a.user_id: _Spendable(b[a.promotional], b[a.purchased], -b[a.debt] if with_debt else 0) for a in accounts
-        }
+        return uow.ledger.balances_later(codes).then(
+            lambda b: {
+                a.user_id: _Spendable(b[a.promotional], b[a.purchased], -b[a.debt] if with_debt else 0)
+                for a in accounts
+            }
+        )
 
 
 def _one(outcomes: list[HoldRecord | DomainError]) -> HoldRecord:

@@ -40,15 +40,15 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
-    delete,
     insert,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database, insert_rows, keys_in, update_rows
+from services.runtime.db import Database, insert_rows, is_unique_violation, keys_in, update_rows
 from services.runtime.ledger import Ledger, Movement, ledger_tables
+from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 T = TypeVar("T")
@@ -183,7 +183,6 @@ _WALLETS_HOLDING_LOCKED = (
     .with_for_update(of=wallets)
 )
 _HOLDS_BY_GIFTS = select(holds).where(keys_in(holds.c.gift_id, "hold_gift_ids"))
-_DELETE_HOLDS = delete(holds).where(keys_in(holds.c.hold_id, "hold_ids"))
 
 
 class Duplicate(Exception):
@@ -275,24 +274,29 @@ class WalletUnit:
         row = self.conn.execute(_WALLET_LOCKED, {"wallet_user_id": user_id}).one_or_none()
         return None if row is None else WalletRecord(**row._mapping)
 
-    def lock_wallets(self, user_ids: Collection[str]) -> dict[str, WalletRecord]:
-        """`lock_wallet` for many users in one statement; the wallets that exist, by user id."""
-        rows = self.conn.execute(_WALLETS_LOCKED, {"wallet_user_ids": sorted(user_ids)})
-        return {row.user_id: WalletRecord(**row._mapping) for row in rows}
+    def lock_wallets(self, user_ids: Collection[str]) -> Later[dict[str, WalletRecord]]:
+        """`lock_wallet` for many users in one statement (sent in the transaction's pipeline); the
+        wallets that exist, by user id."""
+        return pipeline(self.conn).send_as(
+            _WALLETS_LOCKED,
+            {"wallet_user_ids": sorted(user_ids)},
+            lambda rows: {row.user_id: WalletRecord(**row._mapping) for row in rows},
+        )
 
-    def lock_wallets_holding(self, gift_ids: Collection[str]) -> set[str]:
-        """Lock the wallets of these gifts' holds in one statement; their user ids."""
-        rows = self.conn.execute(_WALLETS_HOLDING_LOCKED, {"hold_gift_ids": sorted(gift_ids)})
-        return {row.user_id for row in rows}
+    def lock_wallets_holding(self, gift_ids: Collection[str]) -> Later[set[str]]:
+        """Lock the wallets of these gifts' holds in one statement (sent in the pipeline); their user ids."""
+        return pipeline(self.conn).send_as(
+            _WALLETS_HOLDING_LOCKED, {"hold_gift_ids": sorted(gift_ids)}, lambda rows: {row.user_id for row in rows}
+        )
 
     # --- ledger, with the wallet's history ----------------------------------------------------
 
-    def post_many(self, movements: Sequence[tuple[str, Movement]], now: datetime) -> list[str]:
+    def post_many(self, movements: Sequence[tuple[str, Movement]], now: datetime, checked: bool = True) -> list[str]:
         """Ledger transfers, each entered in its user's history (none for ""), in the order given; their
-        ids. A constant number of statements, whatever their number. Raises Overdraft, after which the
-        transaction must roll back.
+        ids. A constant number of statements, whatever their number. `checked` as Ledger.post_many's:
+        raises Overdraft, after which the transaction must roll back.
         """
-        transfer_ids = self.ledger.post_many([movement for _, movement in movements], now)
+        transfer_ids = self.ledger.post_many([movement for _, movement in movements], now, checked)
         history = [
             {"user_id": user_id, "transfer_id": transfer_id}
             for (user_id, _), transfer_id in zip(movements, transfer_ids, strict=True)
@@ -382,23 +386,21 @@ class WalletUnit:
         row = self.conn.execute(_HOLD_BY_GIFT, {"hold_gift_id": gift_id}).one_or_none()
         return None if row is None else _hold(row)
 
-    def holds_by_gifts(self, gift_ids: Collection[str]) -> dict[str, HoldRecord]:
-        """The holds of these gifts (those that have one), by gift id, in one statement."""
-        rows = self.conn.execute(_HOLDS_BY_GIFTS, {"hold_gift_ids": sorted(gift_ids)})
-        return {row.gift_id: _hold(row) for row in rows}
+    def holds_by_gifts(self, gift_ids: Collection[str]) -> Later[dict[str, HoldRecord]]:
+        """The holds of these gifts (those that have one), by gift id, in one statement (sent in the
+        transaction's pipeline)."""
+        return pipeline(self.conn).send_as(
+            _HOLDS_BY_GIFTS, {"hold_gift_ids": sorted(gift_ids)}, lambda rows: {row.gift_id: _hold(row) for row in rows}
+        )
 
-    def insert_holds(self, records: Sequence[HoldRecord]) -> set[str]:
-        """Insert holds in one statement, skipping those whose gift already has one; the gift ids inserted.
+    def insert_holds(self, records: Sequence[HoldRecord]) -> None:
+        """Insert holds in one statement (sent in the pipeline); a gift that has a hold already fails
+        the transaction (UNIQUE(gift_id)): the batch is then decided again, knowing that hold.
 
         In gift-id order, so that two batches inserting overlapping gifts wait on each other, not in a cycle.
         """
         rows = [{**vars(r), "updated_at": r.created_at} for r in sorted(records, key=lambda r: r.gift_id)]
-        inserted = insert_rows(self.conn, holds, rows, unless_conflict_on=["gift_id"], returning=["gift_id"])
-        return {row.gift_id for row in inserted}
-
-    def delete_holds(self, hold_ids: Collection[str]) -> None:
-        """Take back holds this transaction inserted (a batch deciding again after a race)."""
-        self.conn.execute(_DELETE_HOLDS, {"hold_ids": sorted(hold_ids)})
+        insert_rows(self.conn, holds, rows)
 
     def move_hold(
         self, hold_id: str, from_state: str, to_state: str, now: datetime, **changes: int
@@ -408,9 +410,11 @@ class WalletUnit:
         row = self.conn.execute(_MOVE_HOLD, values).one_or_none()
         return None if row is None else _hold(row)
 
-    def move_holds(self, moves: Sequence[tuple[HoldRecord, HoldRecord]], now: datetime) -> set[str]:
-        """Write each (before, after) pair's state and amounts, only where the hold is still in the
-        `before` state; the ids of the holds changed. One statement per kind of move (from, to).
+    def move_holds(self, moves: Sequence[tuple[HoldRecord, HoldRecord]], now: datetime) -> None:
+        """Write each (before, after) pair's state and amounts, sent in the pipeline: one statement per
+        kind of move (from, to). The holds were read once their wallets were locked, and every change
+        of a hold takes its wallet's lock, so each is still in its `before` state (and the held
+        accounts' CHECK constraint would refuse a hold's coins moved twice).
         """
         by_kind: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
         for before, after in moves:
@@ -421,11 +425,9 @@ class WalletUnit:
                     "debt_added": after.debt_added,
                 }
             )
-        moved: set[str] = set()
         for (from_state, to_state), rows in sorted(by_kind.items()):
             changes = {"state": to_state, "updated_at": now}
-            moved |= update_rows(self.conn, holds, "hold_id", rows, where={"state": from_state}, common=changes)
-        return moved
+            update_rows(self.conn, holds, "hold_id", rows, where={"state": from_state}, common=changes)
 
     def due_holds(self, now: datetime, limit: int) -> list[str]:
         """Gift ids of holds still held after their expiry time, oldest first."""
@@ -443,17 +445,9 @@ class WalletUnit:
         try:
             self.conn.execute(insert(table).values(**values))
         except IntegrityError as exc:
-            if _is_unique_violation(exc):
+            if is_unique_violation(exc):
                 raise Duplicate(table.name) from exc
             raise
-
-
-def _is_unique_violation(error: IntegrityError) -> bool:
-    """A duplicate key, as opposed to a broken CHECK or foreign key (which are bugs, not duplicates)."""
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    if sqlstate is not None:
-        return bool(sqlstate == "23505")  # PostgreSQL unique_violation
-    return "UNIQUE constraint failed" in str(error.orig)  # SQLite, primary keys included
 
 
 def _hold(row: Row[tuple[object, ...]]) -> HoldRecord:

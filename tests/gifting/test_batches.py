@@ -136,7 +136,7 @@ def test_a_crash_mid_batch_leaves_every_gift_of_it_to_recovery_which_moves_value
 
 def sent_transfers(suite: Suite, asks: list[SendAsk]) -> list[TransferRecord]:
     pairs = [(a.sender_id, a.request_id) for a in asks]
-    found = suite.gifting.db.run(lambda conn: UnitOfWork(conn).transfers.by_requests(pairs))
+    found = suite.gifting.db.run(lambda conn: UnitOfWork(conn).transfers.by_requests(pairs).get())
     return [found[(a.sender_id, a.request_id)] for a in asks]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 
 import pytest
@@ -65,8 +66,8 @@ def transfer(clock: FakeClock, sender: str = "vince", request_id: str = "", **ch
     return replace(record, **changes)  # type: ignore[arg-type]
 
 
-def add(conn: Connection, record: TransferRecord) -> bool:
-    return record.transfer_id in UnitOfWork(conn).transfers.add_many([record])
+def add(conn: Connection, record: TransferRecord) -> None:
+    UnitOfWork(conn).transfers.add_many([record])
 
 
 def run_at_once(count: int, work: Callable[[int], None]) -> None:
@@ -78,7 +79,28 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
 
 
 def reserve(db: Database, asks: list[tuple[str, date, int]], limit: int = 100) -> list[int | None]:
-    return db.run(lambda conn: UnitOfWork(conn).spending.reserve_many(asks, limit))
+    """Count each (sender, day, coins) in turn against the limit over the locked day totals, as a batch of
+    sends does; None if counted, else what the sender had spent."""
+
+    def work(conn: Connection) -> list[int | None]:
+        spending = UnitOfWork(conn).spending
+        spent = spending.lock((sender, day) for sender, day, _ in asks).get()
+        totals, refused = dict(spent), []
+        for sender, day, coins in asks:
+            fits = totals[(sender, day)] + coins <= limit
+            refused.append(None if fits else totals[(sender, day)])
+            totals[(sender, day)] += coins if fits else 0
+        spending.set({key: coins for key, coins in totals.items() if coins != spent[key]})
+        return refused
+
+    return db.run(work)
+
+
+def append(conn: Connection, events: list[tuple[str, TransferRecord]], now: datetime) -> list[tuple[int, int]]:
+    """The live-feed events of gifts completed together, numbered as a completing batch numbers them."""
+    feed = UnitOfWork(conn).feed
+    numbering = feed.number(Counter(target for target, _ in events)).get()
+    return feed.append(events, numbering, now)
 
 
 def test_the_daily_limit_holds_under_concurrent_batches_of_sends(db: Database) -> None:
@@ -105,16 +127,16 @@ def test_the_daily_limit_holds_under_concurrent_batches_of_sends(db: Database) -
 def test_one_transfer_per_sender_and_request_id(db: Database) -> None:
     clock = FakeClock()
     first = transfer(clock, request_id="r-1")
-    assert db.run(partial(add, record=first))
-    assert not db.run(partial(add, record=transfer(clock, request_id="r-1")))
-    wendys = transfer(clock, sender="wendy", request_id="r-1")
-    again, other = transfer(clock, request_id="r-1"), transfer(clock, request_id="r-2")
-    # In one batch, only the rows that do not conflict are inserted.
-    inserted = db.run(lambda conn: UnitOfWork(conn).transfers.add_many([wendys, again, other]))
-    assert inserted == {wendys.transfer_id, other.transfer_id}
+    db.run(partial(add, record=first))
+    with pytest.raises(IntegrityError):  # the same sender's request id again, even in a batch
+        db.run(partial(add, record=transfer(clock, request_id="r-1")))
+    wendys, other = transfer(clock, sender="wendy", request_id="r-1"), transfer(clock, request_id="r-2")
+    with pytest.raises(IntegrityError):
+        db.run(lambda conn: UnitOfWork(conn).transfers.add_many([wendys, transfer(clock, request_id="r-1"), other]))
+    db.run(lambda conn: UnitOfWork(conn).transfers.add_many([wendys, other]))
     assert db.run(lambda conn: UnitOfWork(conn).transfers.by_request("vince", "r-1")) == first
     found = db.run(
-        lambda conn: UnitOfWork(conn).transfers.by_requests([("vince", "r-1"), ("wendy", "r-1"), ("x", "r")])
+        lambda conn: UnitOfWork(conn).transfers.by_requests([("vince", "r-1"), ("wendy", "r-1"), ("x", "r")]).get()
     )
     assert found == {("vince", "r-1"): first, ("wendy", "r-1"): wendys}
     # A gift to oneself is refused by the database too.
@@ -170,7 +192,7 @@ def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: 
         ]
         if i % 2:
             batch.reverse()
-        db.run(lambda conn: UnitOfWork(conn).feed.append_many(batch, clock.now()))
+        db.run(lambda conn: append(conn, batch, clock.now()))
 
     run_at_once(len(records) // 2, complete)
     events = db.run(lambda conn: UnitOfWork(conn).feed.after("live_stream:stream-1", 0, 100))
@@ -187,5 +209,5 @@ def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: 
     }
     # One event per gift, ever.
     with pytest.raises(IntegrityError):
-        db.run(lambda conn: UnitOfWork(conn).feed.append_many([("live_stream:stream-1", records[0])], clock.now()))
+        db.run(lambda conn: append(conn, [("live_stream:stream-1", records[0])], clock.now()))
     assert len(db.run(lambda conn: conn.execute(select(storage.feed_events)).all())) == 18

@@ -219,18 +219,18 @@ def test_many_rows_in_one_statement_skip_conflicts_and_guard_updates(schema: Run
     t, now = schema.ledger.accounts, clock.now()
     rows = [{"code": f"a{i}", "unit": "coin", "platform": False, "balance": i, "created_at": now} for i in range(3)]
     with schema.db.transaction() as conn:
-        assert {r.code for r in insert_rows(conn, t, rows, unless_conflict_on=["code"], returning=["code"])} == {
+        assert {r.code for r in insert_rows(conn, t, rows, unless_conflict_on=["code"], returning=["code"]).get()} == {
             "a0",
             "a1",
             "a2",
         }
     again = [*rows[1:], {"code": "a3", "unit": "coin", "platform": True, "balance": 0, "created_at": now}]
     with schema.db.transaction() as conn:
-        inserted = insert_rows(conn, t, again, unless_conflict_on=["code"], returning=["code"])
+        inserted = insert_rows(conn, t, again, unless_conflict_on=["code"], returning=["code"]).get()
         assert [r.code for r in inserted] == ["a3"]
         changed = update_rows(
             conn, t, "code", [{"code": "a1", "balance": 10}, {"code": "a3", "balance": 30}], where={"platform": False}
-        )
+        ).get()
         assert changed == {"a1"}  # a3 is a platform account: the guard left it alone
         balances = {r.code: r.balance for r in conn.execute(select(t.c.code, t.c.balance))}
     assert balances == {"a0": 0, "a1": 10, "a2": 2, "a3": 0}

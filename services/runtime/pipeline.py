@@ -1,0 +1,239 @@
+"""A transaction's statements sent to PostgreSQL together: one round trip for many (pipeline mode).
+
+Every round trip wakes the database's backend, then the calling thread; under load each wake-up waits
+for a CPU, so a batch transaction of ten statements spent most of its time waiting to be scheduled,
+not working. Through `send`, a statement is queued and its answer is a `Later`; the statements queued
+go to the database together (psycopg's pipeline mode: one write, one wait) when an answer is first
+read (`Later.get`), before any statement executed the ordinary way on the connection, and when the
+transaction ends: `Database.transaction` sends the statements still queued and the COMMIT together.
+So a batch transaction reads what it needs to decide in one round trip (its locks included, taken in
+the order sent), and writes what it decided and commits in another.
+
+Writes still queued at the commit cannot be looked at before it: what must hold of them (no second
+hold for a gift, no balance below zero, no request id claimed twice) is a constraint, whose failure
+fails the transaction, which its caller then decides again.
+
+On SQLite (in the process: no round trips) each statement simply runs when it is sent.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Connection, Engine, event, exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Executable
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+tracer = trace.get_tracer(__name__)
+
+
+class _Answer:
+    """The rows of one statement, once the database has answered it."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[Any] | None = None) -> None:
+        self.rows = rows
+
+
+_UNSET: Any = object()
+
+
+class Later(Generic[T]):
+    """The answer to a statement sent with others: read with `get` (which sends what is queued)."""
+
+    __slots__ = ("_answer", "_convert", "_pipeline", "_value")
+
+    def __init__(self, pipeline: Pipeline | None, answer: _Answer, convert: Callable[[list[Any]], T]) -> None:
+        self._pipeline = pipeline
+        self._answer = answer
+        self._convert = convert
+        self._value: T = _UNSET
+
+    @classmethod
+    def of(cls, value: T) -> Later[T]:
+        """An answer known already."""
+        return cls(None, _Answer([]), lambda _rows: value)
+
+    def get(self) -> T:
+        if self._value is _UNSET:
+            if self._answer.rows is None:
+                assert self._pipeline is not None
+                self._pipeline.flush()
+            assert self._answer.rows is not None
+            self._value = self._convert(self._answer.rows)
+        return self._value
+
+    def then(self, convert: Callable[[T], U]) -> Later[U]:
+        """This answer, converted when read."""
+        return Later(self._pipeline, self._answer, lambda rows: convert(self._convert(rows)))
+
+
+def rows(result: list[Any]) -> list[Any]:
+    return result
+
+
+class _Compiled:
+    """A statement compiled once for psycopg: its SQL, how to bind its parameters and read its rows."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("an expanding parameter cannot be sent in a pipeline: use runtime.db.keys_in")
+        self.statement = statement  # keeps it alive: the cache is keyed by its id
+        self.compiled = compiled
+        self.sql = compiled.string
+        escaped = dict(getattr(compiled, "escaped_bind_names", None) or {})
+        self.binds = [
+            (name, escaped.get(name, name), bind.type.bind_processor(dialect))
+            for bind, name in compiled.bind_names.items()
+        ]
+        columns = getattr(statement, "selected_columns", None) or getattr(statement, "exported_columns", None) or ()
+        self.processors = [c.type.result_processor(dialect, None) for c in columns]
+
+    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = self.compiled.construct_params(dict(params))
+        return {
+            key: (process(values[name]) if process is not None else values[name]) for name, key, process in self.binds
+        }
+
+    def rows(self, names: Sequence[str], raw: list[tuple[Any, ...]]) -> list[Any]:
+        row = _row_type(tuple(names))
+        processors = self.processors if len(self.processors) == len(names) else []
+        if not any(processors):
+            return [row(*r) for r in raw]
+        return [row(*(p(v) if p is not None else v for p, v in zip(processors, r, strict=True))) for r in raw]
+
+
+_COMPILED: dict[tuple[int, str], _Compiled] = {}
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+
+
+def _row_type(names: tuple[str, ...]) -> Any:
+    """A row class for these column names: a named tuple with SQLAlchemy Row's `_mapping`."""
+    cls = _ROW_TYPES.get(names)
+    if cls is None:
+        base = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        cls = _ROW_TYPES[names] = type("Row", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+    return cls
+
+
+class Pipeline:
+    """The statements queued in one transaction (one connection), in order."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._queue: list[tuple[_Compiled, dict[str, Any], _Answer]] = []
+        self._flushing = False
+
+    def send(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Later[list[Any]]:
+        """Queue `statement` (on SQLite: run it); its rows, later."""
+        return self.send_as(statement, params or {}, rows)
+
+    def send_as(self, statement: Executable, params: Mapping[str, Any], convert: Callable[[list[Any]], T]) -> Later[T]:
+        if self.conn.dialect.name != "postgresql":
+            result = self.conn.execute(statement, dict(params))
+            return Later(None, _Answer(list(result.all()) if result.returns_rows else []), convert)
+        key = (id(statement), self.conn.dialect.name)
+        compiled = _COMPILED.get(key)
+        if compiled is None:
+            compiled = _COMPILED[key] = _Compiled(statement, self.conn.dialect)
+        answer = _Answer()
+        self._queue.append((compiled, compiled.parameters(params), answer))
+        return Later(self, answer, convert)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def flush(self, commit: bool = False) -> None:
+        """Send what is queued (and the COMMIT) in one round trip; every answer is known after."""
+        if self._flushing or not (self._queue or commit):
+            return
+        queue, self._queue = self._queue, []
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        self._flushing = True
+        span = tracer.start_span("pipeline", kind=SpanKind.CLIENT) if _traced(self.conn.engine) else None
+        try:
+            if span is not None and span.is_recording():
+                span.set_attribute("db.system", "postgresql")
+                span.set_attribute("db.statement", "; ".join(c.sql.split("\n", 1)[0][:80] for c, _, _ in queue))
+            cursors = []
+            with raw.pipeline():
+                for compiled, values, _ in queue:
+                    cursor = raw.cursor()
+                    cursor.execute(compiled.sql, values)
+                    cursors.append(cursor)
+                if commit:
+                    raw.commit()
+            for (compiled, _, answer), cursor in zip(queue, cursors, strict=True):
+                names = [d.name for d in cursor.description] if cursor.description else []
+                answer.rows = compiled.rows(names, cursor.fetchall()) if names else []
+                cursor.close()
+        except psycopg.Error as error:
+            sent = "; ".join(c.sql for c, _, _ in queue)
+            raise exc.DBAPIError.instance(sent, None, error, psycopg.Error) from error
+        finally:
+            self._flushing = False
+            if span is not None:
+                span.end()
+
+
+_pipelines: weakref.WeakKeyDictionary[Connection, Pipeline] = weakref.WeakKeyDictionary()
+_traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def pipeline(conn: Connection) -> Pipeline:
+    """The pipeline of the transaction open on `conn`."""
+    found = _pipelines.get(conn)
+    if found is None:
+        found = _pipelines[conn] = Pipeline(conn)
+    return found
+
+
+def finish(conn: Connection) -> None:
+    """At the end of a transaction's work: the statements still queued and the COMMIT, in one round trip."""
+    found = _pipelines.pop(conn, None)
+    if found is not None and found.pending:
+        found.flush(commit=True)
+
+
+def _traced(engine: Engine) -> bool:
+    return engine in _traced_engines
+
+
+def mark_traced(engine: Engine) -> None:
+    """The engine's statements are traced (as spans): so are its pipelines."""
+    _traced_engines.add(engine)
+
+
+def install(engine: Engine) -> None:
+    """On a PostgreSQL engine: a statement executed the ordinary way first sends what is queued (so
+    that it runs after it, as written), and a commit not made by `finish` still sends it; a rollback
+    forgets it."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _send_queued_first(conn: Connection, *_args: Any) -> None:
+        found = _pipelines.get(conn)
+        if found is not None and found.pending:
+            found.flush()
+
+    @event.listens_for(engine, "commit")
+    def _send_before_commit(conn: Connection) -> None:
+        found = _pipelines.pop(conn, None)
+        if found is not None and found.pending:
+            found.flush()
+
+    @event.listens_for(engine, "rollback")
+    def _forget(conn: Connection) -> None:
+        _pipelines.pop(conn, None)
