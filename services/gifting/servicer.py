@@ -13,7 +13,6 @@ through the saga together (domain: `record_sends`, `settle_recorded`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -159,7 +158,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         remaining = context.time_remaining()  # without a deadline: a huge number, not None
         try:
             return answer.result(timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None)
-        except FutureTimeout:  # the caller's deadline: the gift goes on, and a retry finds it
+        except TimeoutError:  # the caller's deadline: the gift goes on, and a retry finds it
             raise aborted(
                 "REQUEST_IN_FLIGHT",
                 f"request {request.request_id} is still being sent; retry with the same request id",

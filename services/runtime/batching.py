@@ -14,7 +14,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -24,6 +23,46 @@ R = TypeVar("R")
 
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new items."""
+
+
+class Answer(Generic[R]):
+    """An item's outcome, once its batch is processed: `result` waits for it.
+
+    A lock held until the outcome is set, rather than concurrent.futures.Future: a Future's
+    Condition (an RLock and a new lock per waiter, in Python) cost a SendGift more than its batch's
+    share of the work.
+    """
+
+    __slots__ = ("_error", "_set", "_value")
+
+    def __init__(self) -> None:
+        self._set = threading.Lock()
+        self._set.acquire()
+        self._value: R | None = None
+        self._error: BaseException | None = None
+
+    def _answer(self, outcome: R | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self._error = outcome
+        else:
+            self._value = outcome
+        self._set.release()
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._set.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("no answer yet")
+        self._set.release()  # answered: any later wait returns at once
+
+    def result(self, timeout: float | None = None) -> R:
+        """The item's result, or the exception its batch answered it with raised; TimeoutError if none came."""
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._error
 
 
 class Batcher(Generic[I, R]):
@@ -38,7 +77,7 @@ class Batcher(Generic[I, R]):
         self.name = name
         self.process = process
         self.max_batch = max_batch
-        self._queue: deque[tuple[I, Future[R]]] = deque()
+        self._queue: deque[tuple[I, Answer[R]]] = deque()
         self._ready = threading.Condition()
         self._closed = False
         self._threads = [
@@ -47,14 +86,14 @@ class Batcher(Generic[I, R]):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, item: I) -> Future[R]:
-        future: Future[R] = Future()
+    def submit(self, item: I) -> Answer[R]:
+        answer: Answer[R] = Answer()
         with self._ready:
             if self._closed:
                 raise BatcherClosed(f"{self.name} is shutting down")
-            self._queue.append((item, future))
+            self._queue.append((item, answer))
             self._ready.notify()
-        return future
+        return answer
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking items; the workers finish what is queued, then stop."""
@@ -64,20 +103,20 @@ class Batcher(Generic[I, R]):
         for thread in self._threads:
             thread.join(timeout)
 
-    def _take(self) -> list[tuple[I, Future[R]]] | None:
+    def _take(self) -> list[tuple[I, Answer[R]]] | None:
         with self._ready:
             while not self._queue:
                 if self._closed:
                     return None
                 self._ready.wait()
-            batch: list[tuple[I, Future[R]]] = []
+            batch: list[tuple[I, Answer[R]]] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
             return batch
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            futures = [future for _, future in batch]
+            answers = [answer for _, answer in batch]
             try:
                 outcomes = self.process([item for item, _ in batch])
                 if len(outcomes) != len(batch):
@@ -85,8 +124,5 @@ class Batcher(Generic[I, R]):
             except BaseException as error:  # the whole batch failed: each of its callers hears it
                 log.exception("%s: a batch of %d failed", self.name, len(batch))
                 outcomes = [error] * len(batch)
-            for future, outcome in zip(futures, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            for answer, outcome in zip(answers, outcomes, strict=True):
+                answer._answer(outcome)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from datetime import timedelta
 
 import grpc
@@ -13,7 +12,7 @@ import pytest
 from giftcoin.wallet.v1 import wallet_pb2
 from sqlalchemy import Connection, func, select, text
 
-from services.runtime.batching import Batcher, BatcherClosed
+from services.runtime.batching import Answer, Batcher, BatcherClosed
 from services.runtime.clock import FakeClock
 from services.runtime.db import insert_rows, update_rows
 from services.runtime.errors import DomainError, failed_precondition, unavailable
@@ -249,7 +248,7 @@ def test_items_submitted_together_are_processed_together_each_with_its_own_outco
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
     batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=1)
-    futures: list[Future[int]] = [batcher.submit(0)]
+    futures: list[Answer[int]] = [batcher.submit(0)]
     time.sleep(0.05)  # the worker has taken item 0 alone
     futures += [batcher.submit(i) for i in range(1, 7)]
     gate.set()
