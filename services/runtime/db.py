@@ -170,6 +170,19 @@ class _JsonKeys(TypeDecorator[list[Any]]):
         return json.dumps([_json_key(k) for k in value], separators=(",", ":"))
 
 
+class _KeyList(TypeDecorator[list[Any]]):
+    """A single column's keys: an array parameter on PostgreSQL (psycopg sends the list as one), one
+    json text elsewhere."""
+
+    impl = NullType()  # no cast rendered around the parameter: the SQL casts it to the column's array
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value if value is None else list(value)
+        return json.dumps([_json_key(k) for k in value], separators=(",", ":"))
+
+
 def _json_key(key: Any) -> Any:
     if isinstance(key, tuple | list):
         return [_json_key(k) for k in key]
@@ -182,9 +195,11 @@ class KeysIn(ColumnElement[bool]):
     An expanding IN list renders (and PostgreSQL plans) a new statement for every number of keys; a
     batch of a new size paid SQLAlchemy's rendering and PostgreSQL's planning again, and psycopg
     prepares a statement only once it has seen the same text five times. Here the keys travel as one
-    json text: PostgreSQL reads a single column's keys into an array that its index scans take
-    (`= ANY(ARRAY(...))`) and a composite key's from the array's elements; SQLite from `json_each`.
-    The parameter's value is a list of keys (tuples for a composite key).
+    parameter: on PostgreSQL a single column's as an array (`= ANY(:keys)`, which its index scans take
+    and its planner counts as a few keys) and a composite key's as json read through unnest (also
+    counted as a few; a json function counts as a hundred, which makes the planner read a table of
+    thousands of rows whole rather than look each key up in its index); on SQLite as json read by
+    `json_each`. The parameter's value is a list of keys (tuples for a composite key).
     """
 
     __visit_name__ = "giftcoin_keys_in"
@@ -198,7 +213,7 @@ class KeysIn(ColumnElement[bool]):
 
     def __init__(self, columns: Sequence[ColumnElement[Any]], name: str) -> None:
         self.columns = tuple(columns)
-        self.param = bindparam(name, type_=_JsonKeys())
+        self.param = bindparam(name, type_=_KeyList() if len(self.columns) == 1 else _JsonKeys())
 
 
 def keys_in(columns: ColumnElement[Any] | Sequence[ColumnElement[Any]], name: str) -> KeysIn:
@@ -212,10 +227,7 @@ def _keys_in_postgresql(element: KeysIn, compiler: Any, **kw: Any) -> str:
     columns = [compiler.process(c, **kw) for c in element.columns]
     types = [c.type.compile(dialect=compiler.dialect) for c in element.columns]
     if len(columns) == 1:
-        keys = f"SELECT CAST(json_array_elements_text(CAST({param} AS json)) AS {types[0]})"
-        return f"{columns[0]} = ANY(ARRAY({keys}))"
-    # unnest() of an array: the planner takes it for a few keys (a json function for a hundred, which
-    # makes it read a table of thousands of rows whole rather than look each key up in its index).
+        return f"{columns[0]} = ANY(CAST({param} AS {types[0]}[]))"
     values = ", ".join(f"CAST(k ->> {i} AS {t})" for i, t in enumerate(types))
     keys = f"unnest(ARRAY(SELECT json_array_elements(CAST({param} AS json)))) AS k"
     return f"({', '.join(columns)}) IN (SELECT {values} FROM {keys})"
