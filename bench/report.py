@@ -106,8 +106,9 @@ class Report:
         lines = [
             "",
             f"giftcoin bench  {self.started:%Y-%m-%d %H:%M} UTC  {self.machine}  {self.database}",
-            f"{o.duration:g} s per phase (+{o.warmup:g} s warm-up), concurrency {o.concurrency}, "
-            f"{o.viewers} viewers, {o.creators} creators, gift {o.gift_id} x{o.quantity}, "
+            f"{o.duration:g} s per phase (+{o.warmup:g} s warm-up), concurrency {o.concurrency}"
+            + (f" (storage ceiling: {o.storage_clients} clients), " if "storage" in o.phases else ", ")
+            + f"{o.viewers} viewers, {o.creators} creators, gift {o.gift_id} x{o.quantity}, "
             f"{o.max_workers} gRPC workers per service; load generator on the same machine",
             "",
         ]

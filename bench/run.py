@@ -37,6 +37,9 @@ from bench.suite import Population, Suite, cpu_seconds, free_port, metadata_for,
 from services.runtime.errors import from_rpc_error
 
 CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
+# The set-up (wallets, purchases, creators) is not measured: a few calls at a time keep each service
+# within a handful of database connections.
+SETUP_CONCURRENCY = 16
 SUITE_PHASES = {"spread", "hot", "half"}
 
 
@@ -101,11 +104,10 @@ def gift_amounts(options: Options) -> tuple[int, int]:
 
 def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> list[tuple[str, LoadResult | str]]:
     coins, diamonds = gift_amounts(options)
+    clients = options.storage_clients
     rows: list[tuple[str, LoadResult | str]] = []
     url = databases.new("storage")
-    db = storage_ceiling.prepare(
-        url, options.viewers, options.creators, CEILING_COINS_PER_VIEWER, pool_size=options.concurrency
-    )
+    db = storage_ceiling.prepare(url, options.viewers, options.creators, CEILING_COINS_PER_VIEWER, pool_size=clients)
     try:
         if databases.backend == "postgresql":
             pgbench = storage_ceiling.pgbench_path()
@@ -114,7 +116,7 @@ def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> l
                     pgbench,
                     url,
                     workdir,
-                    options.concurrency,
+                    clients,
                     options.duration,
                     options.viewers,
                     options.creators,
@@ -126,7 +128,7 @@ def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> l
                 rows.append(("storage ceiling (pgbench)", "pgbench not installed (postgresql-client): not measured"))
         python = storage_ceiling.run_python(
             db,
-            options.concurrency,
+            clients,
             options.duration,
             options.warmup,
             options.viewers,
@@ -251,7 +253,7 @@ def run(options: Options) -> int:
         urls = {name: databases.new(name) for name in ("wallet", "payout", "gifting")}
         suite = Suite(urls, logdir, options.max_workers, {})
         suite.start()
-        population = asyncio.run(populate(suite, options.viewers, options.creators, options.packs, options.concurrency))
+        population = asyncio.run(populate(suite, options.viewers, options.creators, options.packs, SETUP_CONCURRENCY))
         if options.warmup:
             # Fill the services' connection pools, statement caches and prepared statements first, so
             # that the first phase measured is not the only one to pay for them.
