@@ -131,9 +131,18 @@ class Pipeline:
     """The statements queued in one transaction (one connection), in order."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        # Weakly: the registry below is keyed weakly by the connection, and a strong reference from
+        # its value would keep every connection (and its pipeline) alive for good.
+        self._conn = weakref.ref(conn)
         self._queue: list[tuple[_Compiled, dict[str, Any], _Answer]] = []
         self._flushing = False
+
+    @property
+    def conn(self) -> Connection:
+        conn = self._conn()
+        if conn is None:
+            raise RuntimeError("the pipeline's connection is gone: its transaction ended")
+        return conn
 
     def send(self, statement: Executable, params: Mapping[str, Any] | None = None) -> Later[list[Any]]:
         """Queue `statement` (on SQLite: run it); its rows, later."""
@@ -195,6 +204,8 @@ _traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 def pipeline(conn: Connection) -> Pipeline:
     """The pipeline of the transaction open on `conn`."""
+    if conn.dialect.name != "postgresql":
+        return Pipeline(conn)  # runs each statement as it is sent: nothing to keep for the commit
     found = _pipelines.get(conn)
     if found is None:
         found = _pipelines[conn] = Pipeline(conn)

@@ -3,10 +3,14 @@ order, as statements executed one after another; a failure fails the whole trans
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
-from sqlalchemy import bindparam, exc, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, exc, func, insert, select, text, update
 
 from services.runtime.db import insert_rows, keys_in
 from services.runtime.pipeline import Later, pipeline
@@ -100,3 +104,26 @@ def test_the_runtime_batch_helpers_and_later_answers(schema: RuntimeSchema) -> N
         oldest = pipeline(conn).send(select(func.min(t.c.created_at)).select_from(t)).then(lambda r: r[0][0])
         assert oldest.get() in (AT, AT.replace(tzinfo=None))  # an aggregate's type is the database's own
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_a_transaction_leaves_nothing_behind_once_it_ended(schema: RuntimeSchema) -> None:
+    # Every transaction of a service goes through here: what one keeps for its connection must go with it.
+    t = schema.request_ids
+    ended: list[weakref.ref[Connection]] = []
+
+    def work(conn: Connection, i: int) -> None:
+        ended.append(weakref.ref(conn))
+        pipeline(conn).send(insert(t), claim("c", str(i)))
+        pipeline(conn).send(select(func.count()).select_from(t)).get()
+        pipeline(conn).send(insert(t), claim("c", f"{i}-after"))  # sent with the commit
+        if i < 0:
+            raise ZeroDivisionError  # the work fails: rolled back
+
+    for i in (1, 2, 3, -1):
+        # (not pytest.raises: the exception it keeps holds the frames of the transaction)
+        with contextlib.suppress(ZeroDivisionError):
+            schema.db.run(partial(work, i=i))
+    gc.collect()
+    assert len(ended) == 4 and [ref for ref in ended if ref() is not None] == []
+    with schema.db.transaction() as conn:
+        assert conn.execute(select(func.count()).select_from(t)).scalar_one() == 6
