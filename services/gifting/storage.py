@@ -318,25 +318,24 @@ _SPENDING_LOCKED = (
     .with_for_update()
 )
 _c, _e = feed_counters, feed_events
-_EVENTS_BEFORE: dict[tuple[str, int], Any] = {}
+_EVENTS_BEFORE: dict[str, Any] = {}
 
 
-def _events_before(conn: Connection, rows: int) -> Any:
+def _events_before(conn: Connection) -> Any:
     """For (target_key, n) rows: each target's event n before its counter's last number (the event
     before n new ones, once the counter has moved on by n)."""
-    size = 0 if conn.dialect.name == "postgresql" else rows  # one statement for every size there
-    statement = _EVENTS_BEFORE.get((conn.dialect.name, size))
+    statement = _EVENTS_BEFORE.get(conn.dialect.name)
     if statement is None:
         names = ("target_key", "last_sequence")
-        source = rows_source(conn, feed_counters, names, rows)
+        source = rows_source(conn, feed_counters, names)
         sql = (
             f"WITH k (target_key, n) AS ({source}) "
             "SELECT e.target_key, e.sender_id, e.gift_id, e.combo_count FROM k "
             "JOIN feed_counters c ON c.target_key = k.target_key "
             "JOIN feed_events e ON e.target_key = c.target_key AND e.sequence = c.last_sequence - k.n"
         )
-        statement = text(sql).bindparams(*rows_bindparams(conn, feed_counters, names, rows))
-        _EVENTS_BEFORE[(conn.dialect.name, size)] = statement
+        statement = text(sql).bindparams(*rows_bindparams())
+        _EVENTS_BEFORE[conn.dialect.name] = statement
     return statement
 
 
@@ -621,7 +620,7 @@ class FeedRepository:
             set_sql="last_sequence = feed_counters.last_sequence + excluded.last_sequence",
             returning=["target_key", "last_sequence"],
         )
-        before = pipeline(self.conn).send(_events_before(self.conn, len(rows)), _counter_params(self.conn, rows))
+        before = pipeline(self.conn).send(_events_before(self.conn), _counter_params(self.conn, rows))
 
         def numbering(before_rows: list[Any]) -> dict[str, Numbering]:
             previous = {r.target_key: Previous(r.sender_id, r.gift_id, int(r.combo_count)) for r in before_rows}

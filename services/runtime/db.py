@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
+SQLITE_UNHEX = "giftcoin_unhex"  # hex text -> bytes, a function of every SQLite connection (make_engine)
+
 # A pooled connection unused for longer than this is checked (a round trip) before it is handed out.
 IDLE_PING_SECONDS = 10.0
 
@@ -82,6 +84,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
             cursor.close()
+            # bytes in json rows (`rows_source`): SQLite has no unhex() before 3.41
+            dbapi_conn.create_function(SQLITE_UNHEX, 1, _sqlite_unhex, deterministic=True)
 
         # SQLite takes the write lock when a transaction begins, not at its first write: two
         # transactions that both read and then write cannot deadlock on the lock upgrade.
@@ -247,21 +251,26 @@ def _keys_in_sqlite(element: KeysIn, compiler: Any, **kw: Any) -> str:
 _BATCH_STATEMENTS: dict[tuple[Any, ...], Executable] = {}
 
 
-def rows_source(conn: Connection, table: Table, names: Sequence[str], count: int) -> str:
-    """SQL for `count` rows of values of `names` (columns of `table`), as a row source named by `names`.
+def rows_source(conn: Connection, table: Table, names: Sequence[str]) -> str:
+    """SQL for rows of values of `names` (columns of `table`), as a row source named by `names`.
 
-    PostgreSQL: the rows as ONE json parameter (`:rows`), read by `json_to_recordset` typed by the
-    columns, so that the statement's text is the same whatever the batch size (psycopg and
-    PostgreSQL prepare it once) and the client encodes one string (json, in C) instead of dumping one
-    array per column element by element (psycopg's list dumper is Python: a sixth of wallet's CPU).
-    SQLite, which parses cheaply and has no arrays: a VALUES list (`:v_<name>_<i>`).
+    The rows travel as ONE json parameter (`:rows`, made by `rows_params`), so that the statement's
+    text is the same whatever the batch size: it is compiled, cached and prepared once. PostgreSQL
+    reads it with `json_to_recordset` typed by the columns (the client encodes one string, in C,
+    instead of psycopg dumping one array per column element by element: a sixth of wallet's CPU);
+    SQLite with `json_each` (a VALUES list per batch size filled SQLAlchemy's statement cache with a
+    compiled statement of hundreds of parameters for every size: 47 MiB for one table's 64 sizes).
     """
     quote = conn.dialect.identifier_preparer.quote
     if conn.dialect.name == "postgresql":
         columns = ", ".join(f"{quote(c)} {table.c[c].type.compile(dialect=conn.dialect)}" for c in names)
         return f"SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS v ({columns})"
-    tuples = ", ".join("(" + ", ".join(f":v_{c}_{i}" for c in names) + ")" for i in range(count))
-    return f"VALUES {tuples}"
+    values = []
+    for c in names:
+        value = f"json_extract(j.value, '$.{c}')"
+        values.append(f"{SQLITE_UNHEX}({value})" if isinstance(table.c[c].type, LargeBinary) else value)
+    # WHERE true: SQLite would read an INSERT ... SELECT's ON CONFLICT as a join's ON without it.
+    return f"SELECT {', '.join(values)} FROM json_each(:rows) AS j WHERE true"
 
 
 def _json_timestamp(value: datetime | None) -> str | None:
@@ -281,30 +290,40 @@ def _json_bytes(value: bytes | None) -> str | None:
 
 
 def _json_encoder(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
-    """How a column's values go into json for PostgreSQL to read (None: as they are, like strings,
-    integers and booleans): timestamps and dates in ISO 8601, bytes as hex; any other type through its
-    bind processor."""
-    if isinstance(column_type, UtcDateTime | DateTime):
-        return _json_timestamp
-    if isinstance(column_type, Date):
-        return _json_date
-    if isinstance(column_type, LargeBinary):
-        return _json_bytes
+    """How a column's values go into json for the database to read (None: as they are, like strings,
+    integers and booleans). PostgreSQL: timestamps and dates in ISO 8601, bytes as bytea's hex; SQLite:
+    bytes as hex (for `SQLITE_UNHEX`); any other type through its bind processor (on SQLite: the
+    text SQLAlchemy stores timestamps and dates as)."""
     if isinstance(column_type, String | Integer | Boolean):
         return None
-    process: Callable[[Any], Any] | None = column_type.bind_processor(dialect)
+    if dialect.name != "postgresql":
+        if isinstance(column_type, LargeBinary):
+            return _sqlite_hex
+    elif isinstance(column_type, UtcDateTime | DateTime):
+        return _json_timestamp
+    elif isinstance(column_type, Date):
+        return _json_date
+    elif isinstance(column_type, LargeBinary):
+        return _json_bytes
+    process: Callable[[Any], Any] | None = column_type.dialect_impl(dialect).bind_processor(dialect)
     return process
 
 
-_JSON_ENCODERS: dict[tuple[int, tuple[str, ...]], list[tuple[str, Callable[[Any], Any] | None]]] = {}
+def _sqlite_hex(value: bytes | None) -> str | None:
+    return None if value is None else bytes(value).hex()
+
+
+def _sqlite_unhex(value: str | None) -> bytes | None:
+    return None if value is None else bytes.fromhex(value)
+
+
+_JSON_ENCODERS: dict[tuple[int, str, tuple[str, ...]], list[tuple[str, Callable[[Any], Any] | None]]] = {}
 
 
 def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The parameters of `rows_source`: on PostgreSQL all the rows as one json text, each value encoded
-    for its column's type (`_json_encoder`, chosen once per table and columns)."""
-    if conn.dialect.name != "postgresql":
-        return {f"v_{c}_{i}": row[c] for i, row in enumerate(rows) for c in names}
-    key = (id(table), tuple(names))
+    """The parameter of `rows_source`: all the rows as one json text, each value encoded for its
+    column's type (`_json_encoder`, chosen once per table, database and columns)."""
+    key = (id(table), conn.dialect.name, tuple(names))
     encoders = _JSON_ENCODERS.get(key)
     if encoders is None:
         encoders = _JSON_ENCODERS[key] = [(c, _json_encoder(table.c[c].type, conn.dialect)) for c in names]
@@ -312,10 +331,9 @@ def rows_params(conn: Connection, table: Table, names: Sequence[str], rows: Sequ
     return {"rows": json.dumps(encoded, separators=(",", ":"))}
 
 
-def rows_bindparams(conn: Connection, table: Table, names: Sequence[str], count: int) -> list[Any]:
-    if conn.dialect.name == "postgresql":
-        return [bindparam("rows")]  # one json text, made by rows_params
-    return [bindparam(f"v_{c}_{i}", type_=table.c[c].type) for i in range(count) for c in names]
+def rows_bindparams() -> list[Any]:
+    """The bound parameter of `rows_source`."""
+    return [bindparam("rows")]
 
 
 def insert_rows(
@@ -370,19 +388,18 @@ def _insert(
     if not rows:
         return Later.of([])
     names = tuple(rows[0])
-    size = 0 if conn.dialect.name == "postgresql" else len(rows)  # one statement for all sizes there
-    cache_key = ("insert", conn.dialect.name, id(table), names, size, conflict, returning, tuple(params))
+    cache_key = ("insert", conn.dialect.name, id(table), names, conflict, returning, tuple(params))
     statement = _BATCH_STATEMENTS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
-        source = rows_source(conn, table, names, len(rows))
+        source = rows_source(conn, table, names)
         sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in names)}) {source}"
         if conflict is not None:
             target, action = conflict
             sql += f" ON CONFLICT ({', '.join(quote(c) for c in target)}) {action}"
         if returning:
             sql += f" RETURNING {', '.join(quote(c) for c in returning)}"
-        bound = rows_bindparams(conn, table, names, len(rows)) + [bindparam(name) for name in params]
+        bound = rows_bindparams() + [bindparam(name) for name in params]
         typed = text(sql).bindparams(*bound)
         if returning:
             typed = typed.columns(*(table.c[c] for c in returning))  # type: ignore[assignment]
@@ -411,8 +428,7 @@ def update_rows(
     where, common = where or {}, common or {}
     keys = (key,) if isinstance(key, str) else tuple(key)
     names = tuple(rows[0])
-    size = 0 if conn.dialect.name == "postgresql" else len(rows)
-    cache_key = ("update", conn.dialect.name, id(table), keys, names, size, tuple(where), tuple(common))
+    cache_key = ("update", conn.dialect.name, id(table), keys, names, tuple(where), tuple(common))
     statement = _BATCH_STATEMENTS.get(cache_key)
     if statement is None:
         quote = conn.dialect.identifier_preparer.quote
@@ -422,11 +438,11 @@ def update_rows(
         guards = [f"{name}.{quote(k)} = v.{quote(k)}" for k in keys]
         guards += [f"{name}.{quote(c)} = :w_{c}" for c in where]
         sql = (
-            f"WITH v ({', '.join(quote(c) for c in names)}) AS ({rows_source(conn, table, names, len(rows))}) "
+            f"WITH v ({', '.join(quote(c) for c in names)}) AS ({rows_source(conn, table, names)}) "
             f"UPDATE {name} SET {', '.join(sets)} FROM v WHERE {' AND '.join(guards)} "
             f"RETURNING {', '.join(f'{name}.{quote(k)}' for k in keys)}"
         )
-        typed = rows_bindparams(conn, table, names, len(rows))
+        typed = rows_bindparams()
         typed += [bindparam(f"c_{c}", type_=table.c[c].type) for c in common]
         typed += [bindparam(f"w_{c}", type_=table.c[c].type) for c in where]
         statement = _BATCH_STATEMENTS[cache_key] = text(sql).bindparams(*typed)

@@ -102,7 +102,7 @@ class _Statements:
         a, e = t.accounts, t.entries
         self.account_kinds = select(a.c.code, a.c.unit, a.c.platform).where(keys_in(a.c.code, "codes"))
         self._accounts_table = a
-        self._move_balances: dict[tuple[str, int, bool], Executable] = {}
+        self._move_balances: dict[tuple[str, bool], Executable] = {}
         # A holder's stored balance; a platform account's sum of its entries (it keeps no stored one).
         entry_sum = select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.account == a.c.code).scalar_subquery()
         self.balances = select(a.c.code, case((a.c.platform, entry_sum), else_=a.c.balance).label("balance")).where(
@@ -116,18 +116,17 @@ class _Statements:
         transaction if one would go below zero. PostgreSQL and SQLite alike (runtime.db's row sources)."""
         a = self._accounts_table
         rows = [{"code": code, "balance": amount} for code, amount in moves]
-        size = 0 if conn.dialect.name == "postgresql" else len(rows)
-        statement = self._move_balances.get((conn.dialect.name, size, checked))
+        statement = self._move_balances.get((conn.dialect.name, checked))
         if statement is None:
-            source = rows_source(conn, a, ("code", "balance"), len(rows))
+            source = rows_source(conn, a, ("code", "balance"))
             guard = f" AND {a.name}.balance + moves.amount >= 0" if checked else ""
             sql = (
                 f"WITH moves (code, amount) AS ({source}) "
                 f"UPDATE {a.name} SET balance = {a.name}.balance + moves.amount FROM moves "
                 f"WHERE {a.name}.code = moves.code{guard} RETURNING {a.name}.code"
             )
-            statement = text(sql).bindparams(*rows_bindparams(conn, a, ("code", "balance"), len(rows)))
-            self._move_balances[(conn.dialect.name, size, checked)] = statement
+            statement = text(sql).bindparams(*rows_bindparams())
+            self._move_balances[(conn.dialect.name, checked)] = statement
         params = rows_params(conn, a, ("code", "balance"), rows)
         return pipeline(conn).send_as(statement, params, lambda moved: {row[0] for row in moved})
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
 from giftcoin.wallet.v1 import wallet_pb2
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, event, func, select, text
 
 from services.runtime.batching import Answer, Batcher, BatcherClosed
 from services.runtime.clock import FakeClock
@@ -233,6 +234,56 @@ def test_many_rows_in_one_statement_skip_conflicts_and_guard_updates(schema: Run
         assert changed == {"a1"}  # a3 is a platform account: the guard left it alone
         balances = {r.code: r.balance for r in conn.execute(select(t.c.code, t.c.balance))}
     assert balances == {"a0": 0, "a1": 10, "a2": 2, "a3": 0}
+
+
+def test_rows_of_any_number_travel_in_one_statement_text_and_read_back_as_written(schema: RuntimeSchema) -> None:
+    # One text for every batch size: SQLAlchemy and the database compile it once (a text per size
+    # filled SQLAlchemy's statement cache with statements of hundreds of parameters).
+    t = schema.request_ids
+    at = datetime(2026, 12, 1, 10, 11, 12, 345678, tzinfo=UTC)
+    texts: set[str] = set()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO request_ids"):
+            texts.add(statement)
+
+    def row(i: int) -> dict[str, Any]:
+        return {
+            "caller": "c",
+            "request_id": f"r{i}",
+            "method": "/m",
+            "fingerprint": "f" * 64,
+            "state": "succeeded",
+            "owner": "",
+            "lease_until": at + timedelta(microseconds=i),
+            "created_at": at,
+            "attempts": 2**40 + i,
+            "response": bytes([0, 255, i]),
+            "error": None if i % 2 else "e\u00e9\"'",
+        }
+
+    event.listen(schema.db.engine, "before_cursor_execute", seen)
+    try:
+        start = 0
+        for size in (1, 2, 5, 17):
+            with schema.db.transaction() as conn:
+                insert_rows(conn, t, [row(i) for i in range(start, start + size)]).get()
+            start += size
+    finally:
+        event.remove(schema.db.engine, "before_cursor_execute", seen)
+    if schema.db.engine.dialect.name == "sqlite":  # PostgreSQL's go out through the pipeline, past the event
+        assert len(texts) == 1
+    with schema.db.transaction() as conn:
+        back = {r.request_id: r for r in conn.execute(select(t))}
+    for i in range(start):
+        r = back[f"r{i}"]
+        assert (r.lease_until, r.created_at, r.attempts, r.response, r.error) == (
+            at + timedelta(microseconds=i),
+            at,
+            2**40 + i,
+            bytes([0, 255, i]),
+            None if i % 2 else "e\u00e9\"'",
+        )
 
 
 # --- the Batcher ------------------------------------------------------------------------------------
