@@ -138,6 +138,10 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        # Connections of its own: by default channels with the same target and options share them, so
+        # a channel opened while another (a feed follower) waits out a reconnect backoff after the
+        # peer restarted failed its first calls at once, UNAVAILABLE, with the peer up again.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if tls is not None and tls.enabled:
         credentials = grpc.ssl_channel_credentials(
