@@ -275,7 +275,10 @@ def serve(running: RunningServer, grace_seconds: float) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
+    # Woken twice a second: the kernel may hand the signal to another thread, and Python then runs
+    # the handler here only once this thread runs Python code again (cpython#85300).
+    while not stopping.wait(0.5):
+        pass
     running.stop(grace_seconds)
     shutdown_tracing()  # the last spans and metrics, before the process exits
     log.info("%s stopped", running.app.full_name)

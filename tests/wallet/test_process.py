@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -49,6 +54,21 @@ def test_replays_survive_a_restart_and_sigterm_exits_cleanly(wallet_url: str, tm
             assert stub.OpenWallet(opened, metadata=ALICE, timeout=5).wallet.user_id == "alice"
             assert stub.GetWallet(wallet_pb2.GetWalletRequest(), metadata=ALICE, timeout=5).wallet.balance.total == 700
         assert process.terminate() == 0
+    finally:
+        process.kill()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tgkill and /proc are Linux's")
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_drains_and_exits_cleanly(tmp_path: Path) -> None:
+    # A process's signal may go to any of its threads; Python runs the handler on the main thread only,
+    # when it next runs Python code: a main thread asleep for good never would (cpython#85300).
+    process = ServiceProcess("wallet", f"sqlite:///{tmp_path / 'wallet.db'}", log_dir=tmp_path).start()
+    try:
+        assert process.proc is not None
+        pid = process.proc.pid
+        other_thread = min(int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid)
+        assert ctypes.CDLL(None, use_errno=True).tgkill(pid, other_thread, signal.SIGTERM) == 0
+        assert process.proc.wait(10) == 0
     finally:
         process.kill()
 
