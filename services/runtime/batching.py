@@ -4,8 +4,12 @@ A `Batcher` queues the items its callers submit; each of its worker threads take
 (up to `max_batch`) and hands it to `process` at once, which answers each item. Nothing waits for a
 batch to fill: a lone item goes at once, and the items that arrive while the workers are busy form
 the next batches, so batches grow with the load (as TigerBeetle batches the transfers that queue
-while its previous batch commits). With several workers, batches are in flight in different
-processes at the same time (one holding coins in wallet while another credits diamonds in payout).
+while its previous batch commits). With several workers, a further worker starts a batch beside
+one in flight only once a full batch (`max_batch`) waits: under a moderate load the items that
+arrive meanwhile wait for the batch in flight and go together, so batches stay few and large (most
+of a small batch's cost is fixed) instead of small batches keeping every CPU busy; under a heavy
+load batches are in flight in different processes at the same time (one holding coins in wallet
+while another credits diamonds in payout).
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Batcher(Generic[I, R]):
         self._queue: deque[tuple[I, Answer[R]]] = deque()
         self._ready = threading.Condition()
         self._closed = False
+        self._in_flight = 0  # batches being processed
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
         ]
@@ -105,13 +110,14 @@ class Batcher(Generic[I, R]):
 
     def _take(self) -> list[tuple[I, Answer[R]]] | None:
         with self._ready:
-            while not self._queue:
-                if self._closed:
+            while not (self._queue and (self._in_flight == 0 or len(self._queue) >= self.max_batch)):
+                if self._closed and not self._queue:
                     return None
                 self._ready.wait()
             batch: list[tuple[I, Answer[R]]] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
+            self._in_flight += 1
             return batch
 
     def _work(self) -> None:
@@ -124,5 +130,8 @@ class Batcher(Generic[I, R]):
             except BaseException as error:  # the whole batch failed: each of its callers hears it
                 log.exception("%s: a batch of %d failed", self.name, len(batch))
                 outcomes = [error] * len(batch)
+            with self._ready:
+                self._in_flight -= 1
+                self._ready.notify()  # what waited for this batch may go now, with another worker
             for answer, outcome in zip(answers, outcomes, strict=True):
                 answer._answer(outcome)

@@ -318,6 +318,31 @@ def test_items_submitted_together_are_processed_together_each_with_its_own_outco
         batcher.submit(7)
 
 
+def test_a_second_batch_starts_beside_one_in_flight_only_once_a_full_batch_waits() -> None:
+    started: list[list[int]] = []
+    began = threading.Semaphore(0)
+    gate = threading.Event()
+
+    def process(items: list[int]) -> list[int | BaseException]:
+        started.append(items)
+        began.release()
+        gate.wait(5)
+        return list[int | BaseException](items)
+
+    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=2)
+    answers = [batcher.submit(0)]
+    assert began.acquire(timeout=5)
+    answers += [batcher.submit(i) for i in range(1, 4)]
+    assert not began.acquire(timeout=0.2)  # three wait for the batch in flight, the second worker idle
+    answers += [batcher.submit(i) for i in range(4, 6)]
+    assert began.acquire(timeout=5)
+    assert started == [[0], [1, 2, 3, 4]]  # a full batch waited: it went beside the first
+    gate.set()
+    assert [a.result(5) for a in answers] == list(range(6))
+    assert started == [[0], [1, 2, 3, 4], [5]]
+    batcher.close()
+
+
 def test_a_batch_that_fails_whole_fails_each_of_its_callers() -> None:
     def process(items: list[int]) -> list[int | BaseException]:
         raise RuntimeError("the database went away")
