@@ -89,6 +89,8 @@ class Report:
             self._row("suite: SendGift hot"),
             self._row("suite: SendGift at"),
         )
+        if half and not half.name.endswith("(half)"):
+            half = None  # a rate of --half-rate: not the target's half of the maximum
         transport = self._row("transport ceiling")
         storage = self._row("storage ceiling (pgbench)") or self._row("storage ceiling (python)")
         if spread and transport and transport.per_second:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -18,9 +19,10 @@ import pytest
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from sqlalchemy import update
 
-from bench import conservation
+from bench import conservation, options
 from bench.databases import Databases
 from bench.load import OK, drive, percentile
+from bench.report import Report, Row
 from bench.suite import Population, Suite, metadata_for, populate
 from services.runtime.db import Database, make_engine
 from services.wallet import storage as wallet_storage
@@ -33,6 +35,19 @@ def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50.0, 99.0, 100.0)
     assert percentile([], 99) == 0.0
+
+
+def test_the_p99_verdict_is_given_only_at_half_the_spread_throughput_not_at_a_chosen_rate() -> None:
+    with pytest.raises(SystemExit):
+        options.parse(["--phases", "half"])  # half of nothing measured
+    chosen = options.parse(["--phases", "half", "--half-rate", "450"])
+    assert (chosen.phases, chosen.half_rate) == (("half",), 450.0)
+
+    report = Report(options.parse([]), "SQLite", datetime.now(UTC))
+    report.rows = [Row("suite: SendGift spread", per_second=900), Row("suite: SendGift at 450/s (half)", p99=80)]
+    assert report.ratios()["p99_at_half_ms"] == 80
+    report.rows[1] = Row("suite: SendGift at 300/s (fixed)", p99=40)
+    assert "p99_at_half_ms" not in report.ratios()
 
 
 def test_the_load_generator_counts_every_outcome_in_the_window() -> None:
