@@ -132,7 +132,7 @@ class Report:
                 used = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
                 lines.append(f"{'CPU ms per call, ' + phase:<40} {used}")
             if transactions:
-                used = ", ".join(f"{name} {n:.1f}" for name, n in transactions.items())
+                used = ", ".join(f"{name} {n:.2f}" for name, n in transactions.items())
                 lines.append(f"{'DB transactions per gift, ' + phase:<40} {used}")
         ratios = self.ratios()
         storage_name = "pgbench" if self._row("storage ceiling (pgbench)") else "python"
