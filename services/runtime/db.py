@@ -294,17 +294,15 @@ def _json_encoder(column_type: Any, dialect: Dialect) -> Callable[[Any], Any] | 
     integers and booleans). PostgreSQL: timestamps and dates in ISO 8601, bytes as bytea's hex; SQLite:
     bytes as hex (for `SQLITE_UNHEX`); any other type through its bind processor (on SQLite: the
     text SQLAlchemy stores timestamps and dates as)."""
+    postgresql = dialect.name == "postgresql"
     if isinstance(column_type, String | Integer | Boolean):
         return None
-    if dialect.name != "postgresql":
-        if isinstance(column_type, LargeBinary):
-            return _sqlite_hex
-    elif isinstance(column_type, UtcDateTime | DateTime):
+    if isinstance(column_type, LargeBinary):
+        return _json_bytes if postgresql else _sqlite_hex
+    if postgresql and isinstance(column_type, UtcDateTime | DateTime):
         return _json_timestamp
-    elif isinstance(column_type, Date):
+    if postgresql and isinstance(column_type, Date):
         return _json_date
-    elif isinstance(column_type, LargeBinary):
-        return _json_bytes
     process: Callable[[Any], Any] | None = column_type.dialect_impl(dialect).bind_processor(dialect)
     return process
 
