@@ -275,16 +275,15 @@ def run(options: Options) -> int:
             report.status(f"suite: SendGift, {options.hot_share_percent}% to one hot creator ...")
             hot = suite_phase(options, suite, population, hot=True)
             report.rows.append(Row.of(f"suite: SendGift hot creator {options.hot_share_percent}%", hot, suite=True))
-        if "half" in options.phases and options.half_rate:
-            rate = options.half_rate
-            report.status(f"suite: SendGift at {rate:.0f}/s (--half-rate) ...")
+        if "half" in options.phases and (options.half_rate or spread is not None):
+            if options.half_rate:
+                rate, label, why = options.half_rate, "fixed", "--half-rate"
+            else:
+                assert spread is not None
+                rate, label, why = max(1.0, spread.per_second / 2), "half", "half the spread throughput"
+            report.status(f"suite: SendGift at {rate:.0f}/s ({why}) ...")
             half = suite_phase(options, suite, population, rate=rate)
-            report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s (fixed)", half, suite=True, rate=rate))
-        elif "half" in options.phases and spread is not None:
-            rate = max(1.0, spread.per_second / 2)
-            report.status(f"suite: SendGift at {rate:.0f}/s (half the spread throughput) ...")
-            half = suite_phase(options, suite, population, rate=rate)
-            report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s (half)", half, suite=True, rate=rate))
+            report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s ({label})", half, suite=True, rate=rate))
         report.status("conservation check ...")
         report.memory_kib = suite.peak_memory_kib()
         report.alive = suite.alive()
