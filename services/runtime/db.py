@@ -97,8 +97,17 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False))
     # LIFO: the connection used last is used next, so a light load keeps a few connections (and
-    # PostgreSQL backends) busy and warm instead of touching every pooled one in turn.
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+    # PostgreSQL backends) busy and warm instead of touching every pooled one in turn. psycopg
+    # prepares nothing itself: after a rollback it deallocates every prepared statement of the
+    # session (DEALLOCATE ALL), which would take runtime.pipeline's along with its own; the batch
+    # paths' statements, the ones that run often, are prepared by runtime.pipeline.
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_use_lifo=True,
+        connect_args={"prepare_threshold": None},
+    )
     _ping_after_idle(engine)
     install(engine)
     return engine

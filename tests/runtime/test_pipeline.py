@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 from sqlalchemy import Connection, bindparam, exc, func, insert, select, text, update
 
-from services.runtime.db import insert_rows, keys_in
+from services.runtime.db import Database, insert_rows, keys_in
 from services.runtime.pipeline import Later, pipeline
 from tests.runtime.conftest import RuntimeSchema
 
@@ -127,3 +127,22 @@ def test_a_transaction_leaves_nothing_behind_once_it_ended(schema: RuntimeSchema
     assert len(ended) == 4 and [ref for ref in ended if ref() is not None] == []
     with schema.db.transaction() as conn:
         assert conn.execute(select(func.count()).select_from(t)).scalar_one() == 6
+
+
+def test_statements_prepared_on_a_connection_outlive_its_rollbacks(schema: RuntimeSchema) -> None:
+    # The pipeline prepares a statement once per connection. psycopg, preparing statements itself,
+    # deallocated every statement of the session after a rollback (its own and the pipeline's).
+    t = schema.request_ids
+    count = select(func.count()).select_from(t)
+    db = Database.from_url(schema.db.engine.url.render_as_string(hide_password=False), pool_size=1)
+    try:
+        for i in range(3):
+            with db.transaction() as conn:
+                assert pipeline(conn).send(count).get() == [(i,)]
+                pipeline(conn).send(insert(t), claim("p", str(i)))
+            with pytest.raises(ZeroDivisionError), db.transaction() as conn:
+                for _ in range(6):  # what a driver would prepare: run often, the ordinary way
+                    conn.execute(count).scalar_one()
+                raise ZeroDivisionError  # rolled back
+    finally:
+        db.dispose()
