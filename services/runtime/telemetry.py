@@ -154,9 +154,12 @@ def setup_tracing(service: str, exporter: str, trace_file: str = "") -> TracerPr
         elif exporter == "memory":
             provider.add_span_processor(SimpleSpanProcessor(MEMORY_EXPORTER))
         trace.set_tracer_provider(provider)
+        # Without a reader no metric is read: the API's own provider then records nothing, for
+        # nothing (the SDK's aggregated every RPC's duration in a histogram that no one read).
         reader = _metric_reader(exporter, trace_file)
-        _meter_provider = MeterProvider(resource=resource, metric_readers=[reader] if reader else [])
-        metrics.set_meter_provider(_meter_provider)
+        if reader is not None:
+            _meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+            metrics.set_meter_provider(_meter_provider)
         _provider = provider
         return provider
 

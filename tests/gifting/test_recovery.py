@@ -10,11 +10,14 @@ services after each test, from their databases and ledgers.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 
 import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -291,3 +294,11 @@ def test_recovery_continues_the_gifts_own_trace(story: Suite, spans: InMemorySpa
     names = {s.name for s in steps}
     assert {"gifting.saga.hold", "gifting.recover", "gifting.saga.credit", "gifting.saga.capture"} <= names
     assert len({s.context.trace_id for s in steps if s.context is not None}) == 1
+
+
+@given(transfer_id=st.uuids(), step=st.sampled_from(["hold", "credit", "capture", "release"]))
+def test_a_steps_request_id_is_the_uuid5_every_version_and_replica_computes(transfer_id: uuid.UUID, step: str) -> None:
+    # A step asked again after a restart or by another replica (or a version before this one) must
+    # carry the very request id its peer recorded, or it would move value a second time.
+    expected = uuid.uuid5(transfer_id, f"giftcoin.gifting.{step}")
+    assert step_request_id(str(transfer_id), step) == str(expected)
