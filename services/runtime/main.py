@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -48,5 +49,10 @@ def run(
     if args.command == "migrate":
         return 0
     running = create_server(build(settings), settings)
+    # What start-up made (modules, tables, compiled statements: ~95,000 objects) lives as long as the
+    # process: kept out of the collector's full passes, which otherwise traversed it all again every
+    # couple of seconds under load, ~50 ms each with every thread stopped (a gift's latency).
+    gc.collect()
+    gc.freeze()
     serve(running, settings.shutdown_grace_seconds)
     return 0
