@@ -630,12 +630,16 @@ class Gifting:
             raise self.failure(t)
         return t
 
-    def settle_recorded(self, recorded: Sequence[TransferRecord], owner: str) -> list[TransferRecord]:
+    def settle_recorded(
+        self, recorded: Sequence[TransferRecord], owner: str, make_way: Callable[[], None] = lambda: None
+    ) -> list[TransferRecord]:
         """Drive sends just recorded together (leased to `owner`, at step `recorded`), as far as they go now.
 
         Each step is one batch call for all of them; a gift a step leaves off the common path (a
         refusal, no answer for it) is driven on alone from the step it stands at, as `settle` would.
-        Returns each transfer, in order: COMPLETED, FAILED, or PENDING (recovery finishes it).
+        `make_way` is called once the credits are answered: the capture and the completion left may
+        run beside the next batch's record and holds. Returns each transfer, in order: COMPLETED,
+        FAILED, or PENDING (recovery finishes it).
         """
         self.failpoint("after_record")
         finished: dict[str, TransferRecord] = {}
@@ -659,6 +663,7 @@ class Gifting:
                     crediting, owner, lambda ts: self.payout.credit_many(self._credit_orders(ts))
                 )
             self.failpoint("after_credit")
+            make_way()
             capturing: list[TransferRecord] = []
             for t, credit in credits:
                 if credit is None:

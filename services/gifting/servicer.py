@@ -165,9 +165,12 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
                 request_id=request.request_id,
             ) from None
 
-    def _send_batch(self, queued: Sequence[_QueuedSend]) -> list[gifting_pb2.SendGiftResponse | DomainError]:
+    def _send_batch(
+        self, queued: Sequence[_QueuedSend], make_way: Callable[[], None]
+    ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
         """Record the sends in one transaction, each under its request id, then drive the new ones
-        together; a replayed send is answered with its gift as it stands now, driven on if idle."""
+        together (the next batch may start once they are credited); a replayed send is answered with
+        its gift as it stands now, driven on if idle."""
         owner = new_lease_owner()
         recorded: dict[int, TransferRecord] = {}
 
@@ -192,7 +195,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         fresh = [
             t for i, t in sorted(recorded.items()) if t.lease_owner == owner and _made(answers[i]) == t.transfer_id
         ]
-        settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner)}
+        settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner, make_way)}
         results: list[gifting_pb2.SendGiftResponse | DomainError] = []
         for answer in answers:
             if isinstance(answer, DomainError):

@@ -4,12 +4,15 @@ A `Batcher` queues the items its callers submit; each of its worker threads take
 (up to `max_batch`) and hands it to `process` at once, which answers each item. Nothing waits for a
 batch to fill: a lone item goes at once, and the items that arrive while the workers are busy form
 the next batches, so batches grow with the load (as TigerBeetle batches the transfers that queue
-while its previous batch commits). With several workers, a further worker starts a batch beside
-one in flight only once a full batch (`max_batch`) waits: under a moderate load the items that
-arrive meanwhile wait for the batch in flight and go together, so batches stay few and large (most
-of a small batch's cost is fixed) instead of small batches keeping every CPU busy; under a heavy
-load batches are in flight in different processes at the same time (one holding coins in wallet
-while another credits diamonds in payout).
+while its previous batch commits).
+
+With several workers, a further worker starts a batch beside one in flight once that one has made
+way (`process` calls the `make_way` it is given when what is left of its batch may run beside the
+next: gifting's, once its gifts are credited) or once a full batch (`max_batch`) waits. Under a
+moderate load the items that arrive meanwhile wait only for the head of the batch in flight, then go
+together, so batches stay few and large (most of a small batch's cost is fixed) and the next starts
+while the last finishes in other processes (holding coins in wallet while the last is captured);
+under a heavy load full batches go beside each other.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 (the conventional name of an item type)
@@ -73,18 +76,19 @@ class Batcher(Generic[I, R]):
     def __init__(
         self,
         name: str,
-        process: Callable[[list[I]], Sequence[R | BaseException]],
+        process: Callable[[list[I], Callable[[], None]], Sequence[R | BaseException]],
         max_batch: int = 64,
         workers: int = 4,
     ) -> None:
-        """`process(items)` answers every item, in order, with a result or the exception to raise for it."""
+        """`process(items, make_way)` answers every item, in order, with a result or the exception to
+        raise for it; it may call `make_way()` once the rest of its work may go beside the next batch."""
         self.name = name
         self.process = process
         self.max_batch = max_batch
         self._queue: deque[tuple[I, Answer[R]]] = deque()
         self._ready = threading.Condition()
         self._closed = False
-        self._in_flight = 0  # batches being processed
+        self._leading = 0  # batches in flight that have not made way
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
         ]
@@ -110,28 +114,45 @@ class Batcher(Generic[I, R]):
 
     def _take(self) -> list[tuple[I, Answer[R]]] | None:
         with self._ready:
-            while not (self._queue and (self._in_flight == 0 or len(self._queue) >= self.max_batch)):
+            while not (self._queue and (self._leading == 0 or len(self._queue) >= self.max_batch)):
                 if self._closed and not self._queue:
                     return None
                 self._ready.wait()
             batch: list[tuple[I, Answer[R]]] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
-            self._in_flight += 1
+            self._leading += 1
             return batch
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             answers = [answer for _, answer in batch]
+            way = _Way(self)
             try:
-                outcomes = self.process([item for item, _ in batch])
+                outcomes = self.process([item for item, _ in batch], way.make)
                 if len(outcomes) != len(batch):
                     raise AssertionError(f"{self.name}: {len(outcomes)} answers for {len(batch)} items")
             except BaseException as error:  # the whole batch failed: each of its callers hears it
                 log.exception("%s: a batch of %d failed", self.name, len(batch))
                 outcomes = [error] * len(batch)
-            with self._ready:
-                self._in_flight -= 1
-                self._ready.notify()  # what waited for this batch may go now, with another worker
+            way.make()  # done: what waited for this batch may go now, with another worker
             for answer, outcome in zip(answers, outcomes, strict=True):
                 answer._answer(outcome)
+
+
+class _Way:
+    """A batch's `make_way`: the first call lets the next batch start beside it; later calls do nothing."""
+
+    __slots__ = ("_batcher", "_made")
+
+    def __init__(self, batcher: Batcher[Any, Any]) -> None:
+        self._batcher = batcher
+        self._made = False
+
+    def make(self) -> None:
+        if self._made:
+            return
+        self._made = True
+        with self._batcher._ready:
+            self._batcher._leading -= 1
+            self._batcher._ready.notify()

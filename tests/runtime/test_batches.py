@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,7 +294,7 @@ def test_items_submitted_together_are_processed_together_each_with_its_own_outco
     batches: list[list[int]] = []
     gate = threading.Event()
 
-    def process(items: list[int]) -> list[int | BaseException]:
+    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
         gate.wait(5)  # the first batch holds the worker while the others queue up
         batches.append(items)
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
@@ -323,7 +324,7 @@ def test_a_second_batch_starts_beside_one_in_flight_only_once_a_full_batch_waits
     began = threading.Semaphore(0)
     gate = threading.Event()
 
-    def process(items: list[int]) -> list[int | BaseException]:
+    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
         started.append(items)
         began.release()
         gate.wait(5)
@@ -343,8 +344,40 @@ def test_a_second_batch_starts_beside_one_in_flight_only_once_a_full_batch_waits
     batcher.close()
 
 
+def test_a_batch_that_made_way_lets_the_next_start_beside_it() -> None:
+    started: list[list[int]] = []
+    began = threading.Semaphore(0)
+    head_done = threading.Event()  # the first batch's head (gifting's: record, holds, credits)
+    gate = threading.Event()
+
+    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+        started.append(items)
+        began.release()
+        if items[0] == 0:
+            head_done.wait(5)
+            make_way()
+            make_way()  # only the first call counts
+        gate.wait(5)
+        return list[int | BaseException](items)
+
+    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=2)
+    answers = [batcher.submit(0)]
+    assert began.acquire(timeout=5)
+    answers += [batcher.submit(i) for i in range(1, 3)]
+    assert not began.acquire(timeout=0.2)  # two wait: the batch in flight has not made way
+    head_done.set()
+    assert began.acquire(timeout=5)
+    assert started == [[0], [1, 2]]  # beside the first, whose tail still runs
+    answers += [batcher.submit(3)]
+    assert not began.acquire(timeout=0.2)  # the second leads now: the third waits for it
+    gate.set()
+    assert [a.result(5) for a in answers] == list(range(4))
+    assert started == [[0], [1, 2], [3]]
+    batcher.close()
+
+
 def test_a_batch_that_fails_whole_fails_each_of_its_callers() -> None:
-    def process(items: list[int]) -> list[int | BaseException]:
+    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
         raise RuntimeError("the database went away")
 
     batcher: Batcher[int, int] = Batcher("test", process, workers=2)
