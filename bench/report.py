@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bench.commit_probe import CommitLatency
 from bench.conservation import Conservation
 from bench.load import LoadResult
 from bench.options import Options
@@ -73,6 +74,7 @@ class Report:
         self.alive: dict[str, bool] = {}
         self.conservation: Conservation | None = None
         self.autovacuum = ""  # how the suite's databases were kept analyzed, when the server does not
+        self.commits: CommitLatency | None = None  # the disk's commit latency beside the half phase
         self.elapsed = 0.0
 
     def status(self, text: str) -> None:
@@ -156,6 +158,8 @@ class Report:
                 f"{'p99 at half the spread throughput':<40} {ratios['p99_at_half_ms']:>6.1f}ms  "
                 f"({verdict} the {P99_AT_HALF_TARGET_MS:.0f} ms target)"
             )
+        if self.commits is not None:
+            lines.append(f"{'commits on the disk, half phase':<40} {self.commits.describe()}")
         if self.memory_kib:
             memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
             lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
@@ -189,5 +193,6 @@ class Report:
             "peak_memory_kib": self.memory_kib,
             "conservation": asdict(self.conservation) if self.conservation else None,
             "autovacuum": self.autovacuum,
+            "commit_latency": asdict(self.commits) if self.commits else None,
             "elapsed_seconds": self.elapsed,
         }

@@ -29,6 +29,7 @@ from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 
 from bench import conservation, echo, storage_ceiling
 from bench.autovacuum import Autovacuum, server_autovacuums
+from bench.commit_probe import CommitProbe
 from bench.databases import Databases
 from bench.load import OK, PENDING, LoadResult, drive
 from bench.options import Options, parse
@@ -282,7 +283,14 @@ def run(options: Options) -> int:
                 assert spread is not None
                 rate, label, why = max(1.0, spread.per_second / 2), "half", "half the spread throughput"
             report.status(f"suite: SendGift at {rate:.0f}/s ({why}) ...")
-            half = suite_phase(options, suite, population, rate=rate)
+            probe = CommitProbe(databases.libpq(databases.new("probe"))) if databases.backend == "postgresql" else None
+            if probe is not None:
+                probe.start()
+            try:
+                half = suite_phase(options, suite, population, rate=rate)
+            finally:
+                if probe is not None:
+                    report.commits = probe.stop()
             report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s ({label})", half, suite=True, rate=rate))
         report.status("conservation check ...")
         report.memory_kib = suite.peak_memory_kib()

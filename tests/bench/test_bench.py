@@ -9,17 +9,20 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from sqlalchemy import update
 
 from bench import conservation, options
+from bench.commit_probe import CommitProbe
 from bench.databases import Databases
 from bench.load import OK, drive, percentile
 from bench.report import Report, Row
@@ -144,3 +147,25 @@ def test_conservation_passes_after_gifts_and_fails_when_the_books_are_broken(
     assert not broken.ok
     assert any(p.startswith("wallet ledger:") for p in broken.problems), broken.problems
     assert any(p.startswith("coins:") for p in broken.problems), broken.problems
+
+
+def test_the_commit_probe_counts_the_commits_that_waited(tmp_path: Path) -> None:
+    if not postgres_dsn():
+        pytest.skip("PostgreSQL not tested: GIFTCOIN_TEST_POSTGRES is not set")
+    databases = Databases(postgres_dsn(), tmp_path)
+    try:
+        dsn = databases.libpq(databases.new("probe"))
+        probe = CommitProbe(dsn, interval=0.005)
+        probe.start()
+        time.sleep(0.2)
+        with psycopg.connect(dsn) as blocker:  # holds the table: the probe's next commit waits for it
+            blocker.execute("LOCK TABLE commit_probe IN ACCESS EXCLUSIVE MODE")
+            time.sleep(0.15)
+            blocker.rollback()
+        time.sleep(0.1)
+        latency = probe.stop()
+    finally:
+        databases.drop_all()
+    assert latency.commits > 10
+    assert latency.stalls >= 1 and latency.max_ms >= 100
+    assert latency.p50_ms < latency.max_ms
