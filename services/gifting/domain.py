@@ -88,6 +88,7 @@ from services.runtime.errors import (
     permission_denied,
 )
 from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.pipeline import Later
 from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,16 @@ class SendAsk:
     fingerprint: str  # of the request (runtime.idempotency.fingerprint)
     send: Send
     trace_context: str  # the caller's W3C trace context (JSON): the gift's own trace
+
+
+@dataclass(frozen=True)
+class SendReads:
+    """What recording sends reads (`Gifting.read_sends`), queued in the transaction's pipeline."""
+
+    now: datetime  # the sends are recorded at, and count against the day of
+    gifts: Later[dict[str, GiftRecord]]
+    recorded: Later[dict[tuple[str, str], TransferRecord]]  # by (sender, request id)
+    spent: Later[dict[tuple[str, date], int]]  # the senders' day totals, locked
 
 
 @dataclass(frozen=True)
@@ -515,8 +526,21 @@ class Gifting:
 
     # --- sending ---------------------------------------------------------------------------------
 
+    def read_sends(self, conn: Connection, asks: Sequence[SendAsk]) -> SendReads:
+        """What recording these sends reads, queued in the transaction's pipeline (one round trip, with
+        whatever else is queued): the gifts, the sends recorded before under their request ids, and the
+        senders' day totals (locked), for the day of now."""
+        uow, now = UnitOfWork(conn), self.clock.now()
+        day = _utc_day(now)
+        return SendReads(
+            now,
+            uow.catalogue.get_many(a.send.gift_id for a in asks),
+            uow.transfers.by_requests((a.sender_id, a.request_id) for a in asks),
+            uow.spending.lock((a.sender_id, day) for a in asks if a.send.recipient_id != a.sender_id),
+        )
+
     def record_sends(
-        self, conn: Connection, asks: Sequence[SendAsk], lease_owner: str
+        self, conn: Connection, asks: Sequence[SendAsk], lease_owner: str, reads: SendReads | None = None
     ) -> list[TransferRecord | DomainError]:
         """The saga's first step for many sends, in the caller's transaction: each refused, or recorded
         as pending; in order, as if recorded one after another (one sender's sends count against the
@@ -526,15 +550,13 @@ class Gifting:
         already recorded under its request id is returned as it stands (after the request-id store
         has forgotten the id, the unique (sender, request id) constraint still holds: a concurrent
         one fails this transaction, which is then decided again). Statements, sent in the
-        transaction's pipeline: the gifts, the sends recorded before and the senders' day totals read
-        (and locked) in one round trip; the day totals and the transfers written with the commit.
+        transaction's pipeline: `read_sends` (queued already when given: for these sends or more);
+        the day totals and the transfers written with the commit.
         """
-        uow, now = UnitOfWork(conn), self.clock.now()
-        day, limit = _utc_day(now), self.policy.daily_spend_limit_coins
-        catalogue = uow.catalogue.get_many(a.send.gift_id for a in asks)
-        recorded = uow.transfers.by_requests((a.sender_id, a.request_id) for a in asks)
-        spending = uow.spending.lock((a.sender_id, day) for a in asks if a.send.recipient_id != a.sender_id)
-        gifts, before, spent = catalogue.get(), recorded.get(), spending.get()  # one round trip for the three
+        uow = UnitOfWork(conn)
+        reads = reads or self.read_sends(conn, asks)
+        now, day, limit = reads.now, _utc_day(reads.now), self.policy.daily_spend_limit_coins
+        gifts, before, spent = reads.gifts.get(), reads.recorded.get(), reads.spent.get()
         totals = dict(spent)
         outcomes: list[TransferRecord | DomainError] = []
         new: list[TransferRecord] = []

@@ -29,6 +29,7 @@ from services.gifting.domain import (
     LeaderboardEntry,
     Send,
     SendAsk,
+    SendReads,
     Target,
     current_trace_context,
     new_lease_owner,
@@ -174,9 +175,11 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         owner = new_lease_owner()
         recorded: dict[int, TransferRecord] = {}
 
-        def record(conn: Connection, new: list[int]) -> list[gifting_pb2.SendGiftResponse | DomainError]:
+        def record(
+            conn: Connection, new: list[int], reads: SendReads
+        ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
             recorded.clear()  # the transaction may run again
-            outcomes = self.gifting.record_sends(conn, [queued[i].ask for i in new], owner)
+            outcomes = self.gifting.record_sends(conn, [queued[i].ask for i in new], owner, reads)
             answers: list[gifting_pb2.SendGiftResponse | DomainError] = []
             for i, outcome in zip(new, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
@@ -189,7 +192,12 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
 
         items = [q.item for q in queued]
         with self.gifting.batch_span("record", [q.ask for q in queued]):
-            answers = self.requests.execute_batch(items, gifting_pb2.SendGiftResponse, record)
+            answers = self.requests.execute_batch(
+                items,
+                gifting_pb2.SendGiftResponse,
+                record,
+                lambda conn: self.gifting.read_sends(conn, [q.ask for q in queued]),
+            )
         # The transfers this call recorded: a transaction decided again (a concurrent duplicate committed
         # first) answers some sends as replays, and what its first attempt recorded for them is gone.
         fresh = [

@@ -49,6 +49,7 @@ from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.pipeline import Later
 from services.runtime.telemetry import OUTCOMES
 from services.runtime.validation import age_on
 
@@ -152,6 +153,14 @@ class CreditRequest:
     coins: int
     promotional_coins: int
     deadline: datetime | None = None  # refused once this has passed, unless credited before
+
+
+@dataclass(frozen=True)
+class CreditReads:
+    """What deciding credits reads (`Payouts.read_credits`), queued in the transaction's pipeline."""
+
+    creators: Later[dict[str, CreatorRecord]]
+    credits: Later[dict[str, CreditRecord]]  # by gift id: the gifts credited already
 
 
 @dataclass(frozen=True)
@@ -284,18 +293,27 @@ class Payouts:
             raise outcome
         return outcome
 
-    def credit_many(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> list[Credit | DomainError]:
+    def read_credits(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> CreditReads:
+        """What deciding these credits reads, queued in the transaction's pipeline: their creators and
+        the gifts' credits (one round trip, with whatever else is queued)."""
+        return CreditReads(
+            uow.creators.get_many({r.creator_id for r in requests}), uow.credits.by_gifts({r.gift_id for r in requests})
+        )
+
+    def credit_many(
+        self, uow: UnitOfWork, requests: Sequence[CreditRequest], reads: CreditReads | None = None
+    ) -> list[Credit | DomainError]:
         """Each request's outcome, exactly as credit_diamonds applied to them one after another would
         give it; a refused request writes nothing. A constant number of statements whatever their number,
-        sent in the transaction's pipeline: their creators and the gifts' credits read (one round trip),
-        the new credits inserted and the ledger's statements for all their transfers (sent with the
-        commit). A credit of one of the gifts committed meanwhile (another batch, or a unary call under
-        another request id) fails the transaction (UNIQUE(gift_id)), and the batch is decided again.
+        sent in the transaction's pipeline: `read_credits` (queued already when given: for these
+        requests or more), the new credits inserted and the ledger's statements for all their
+        transfers (sent with the commit). A credit of one of the gifts committed meanwhile (another
+        batch, or a unary call under another request id) fails the transaction (UNIQUE(gift_id)), and
+        the batch is decided again.
         """
         now = self.clock.now()
-        creators = uow.creators.get_many({r.creator_id for r in requests})
-        credited = uow.credits.by_gifts({r.gift_id for r in requests})
-        outcomes, new = self._decide_credits(requests, credited.get(), creators.get(), now)
+        reads = reads or self.read_credits(uow, requests)
+        outcomes, new = self._decide_credits(requests, reads.credits.get(), reads.creators.get(), now)
         uow.credits.add_new(new)
         # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) is recorded, so the
         # gift is known and its recipient checked, but moves no value and so has no ledger transfer.

@@ -39,6 +39,7 @@ from services.runtime.validation import Validator, clamp_page_size
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
+P = TypeVar("P")  # what a batch reads
 
 FULL_NAME = "giftcoin.payout.v1.PayoutService"
 # Far above any real amount, far below int64 overflow when multiplied by a rate.
@@ -171,10 +172,11 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
             request.requests,
             _validate_credit,
             payout_pb2.CreditDiamondsResponse,
-            lambda uow, requests: [
+            lambda uow, requests, reads: [
                 o if isinstance(o, DomainError) else _credited(o)
-                for o in self.payouts.credit_many(uow, [_credit_request(r) for r in requests])
+                for o in self.payouts.credit_many(uow, [_credit_request(r) for r in requests], reads)
             ],
+            lambda uow, requests: self.payouts.read_credits(uow, [_credit_request(r) for r in requests]),
         )
         return payout_pb2.BatchCreditDiamondsResponse(results=item_results(payout_pb2.CreditDiamondsResult, outcomes))
 
@@ -294,16 +296,19 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         requests: Sequence[R],
         validate: Callable[[R], Validator],
         response_type: type[M],
-        work: Callable[[UnitOfWork, list[R]], Sequence[M | DomainError]],
+        work: Callable[[UnitOfWork, list[R], P], Sequence[M | DomainError]],
+        read: Callable[[UnitOfWork, list[R]], P],
     ) -> list[M | DomainError]:
-        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it."""
+        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it
+        (`read` queues what `work` reads, for them all, with their request ids: one round trip)."""
         return self.request_ids.execute_requests(
             current_caller().subject,
             _method(method),
             requests,
             validate,
             response_type,
-            lambda conn, new: work(UnitOfWork(conn), new),
+            lambda conn, new, reads: work(UnitOfWork(conn), new, reads),
+            lambda conn, requests: read(UnitOfWork(conn), requests),
         )
 
     def _read(self, work: Callable[[UnitOfWork], T]) -> T:

@@ -43,6 +43,7 @@ from services.runtime.validation import Validator
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
+P = TypeVar("P")  # what a batch's work reads, queued before its request ids are looked up
 
 MAX_BATCH = 500  # requests in one batch RPC (the contracts' limit)
 
@@ -167,17 +168,21 @@ class RequestIdStore:
         self,
         items: Sequence[BatchItem],
         response_type: type[M],
-        work: Callable[[Connection, list[int]], Sequence[M | DomainError]],
+        work: Callable[[Connection, list[int], P], Sequence[M | DomainError]],
+        read: Callable[[Connection], P],
     ) -> list[M | DomainError]:
         """`execute` for many requests in one transaction; each item's outcome, in order.
 
-        `work(conn, new)` gets the indexes of the items that are new (not replays) and returns one
-        outcome for each: a response, or the DomainError the unary method would raise. It must write
-        nothing for an item it refuses. Replays, REQUEST_ID_REUSED and REQUEST_IN_FLIGHT are decided
-        here; a second copy of an id within the batch is answered as its first appearance decides.
+        `read(conn)` queues in the transaction's pipeline what the work reads, for every item (by the
+        items' keys, whichever turn out to be new): it goes to the database in one round trip with the
+        items' request ids. `work(conn, new, read)` then gets the indexes of the items that are new (not
+        replays) and what `read` returned, and returns one outcome for each new item: a response, or the
+        DomainError the unary method would raise. It must write nothing for an item it refuses.
+        Replays, REQUEST_ID_REUSED and REQUEST_IN_FLIGHT are decided here; a second copy of an id
+        within the batch is answered as its first appearance decides.
         """
         prints = [item.fingerprint for item in items]
-        return self._run_deciding_again(lambda conn: self._run_batch(conn, items, prints, response_type, work))
+        return self._run_deciding_again(lambda conn: self._run_batch(conn, items, prints, response_type, work, read))
 
     def _run_deciding_again(self, work: Callable[[Connection], T]) -> T:
         """`work` in one transaction, decided again (Database.run) when a unique key fails it: a concurrent
@@ -198,13 +203,14 @@ class RequestIdStore:
         items: Sequence[BatchItem],
         prints: list[str],
         response_type: type[M],
-        work: Callable[[Connection, list[int]], Sequence[M | DomainError]],
+        work: Callable[[Connection, list[int], P], Sequence[M | DomainError]],
+        read: Callable[[Connection], P],
     ) -> list[M | DomainError]:
         now = self.clock.now()
         keys = sorted({(i.caller, i.request_id) for i in items})
-        found = {
-            (row.caller, row.request_id): row for row in pipeline(conn).send(self._select_batch, {"keys": keys}).get()
-        }
+        recorded = pipeline(conn).send(self._select_batch, {"keys": keys})
+        reads = read(conn)  # sent with the request ids: one round trip
+        found = {(row.caller, row.request_id): row for row in recorded.get()}
         outcomes: list[M | DomainError | None] = [None] * len(items)
         new: list[int] = []
         first: dict[tuple[str, str], int] = {}  # where each id first appears in the batch
@@ -245,7 +251,7 @@ class RequestIdStore:
                     {"d_caller": item.caller, "d_request_id": item.request_id, "d_owner": row.owner},
                 )
                 new.append(index)
-        done = work(conn, new) if new else []
+        done = work(conn, new, reads) if new else []
         rows: list[dict[str, object]] = []
         for index, outcome in zip(new, done, strict=True):
             outcomes[index] = outcome
@@ -280,13 +286,15 @@ class RequestIdStore:
         requests: Sequence[R],
         validate: Callable[[R], Validator],
         response_type: type[M],
-        work: Callable[[Connection, list[R]], Sequence[M | DomainError]],
+        work: Callable[[Connection, list[R], P], Sequence[M | DomainError]],
+        read: Callable[[Connection, list[R]], P],
     ) -> list[M | DomainError]:
         """A batch RPC's requests, each an instance of the unary `method`, answered as it would answer them.
 
         1 to MAX_BATCH requests, else INVALID_ARGUMENT for the whole call. A request `validate` finds
         fault with is refused as the unary RPC refuses it (its fields named `requests[i].`) and not
-        recorded; the others go through `execute_batch`, `work` getting the new ones, in order.
+        recorded; the others go through `execute_batch`: `read` gets them all (to queue what the work
+        reads), `work` the new ones, in order, with what `read` returned.
         """
         if not 1 <= len(requests) <= MAX_BATCH:
             raise invalid_argument([FieldViolation("requests", f"1 to {MAX_BATCH} requests")])
@@ -303,7 +311,10 @@ class RequestIdStore:
         if valid:
             items = [BatchItem(caller, method, requests[i], getattr(requests[i], "request_id")) for i in valid]  # noqa: B009
             done = self.execute_batch(
-                items, response_type, lambda conn, new: work(conn, [requests[valid[j]] for j in new])
+                items,
+                response_type,
+                lambda conn, new, reads: work(conn, [requests[valid[j]] for j in new], reads),
+                lambda conn: read(conn, [requests[i] for i in valid]),
             )
             for i, outcome in zip(valid, done, strict=True):
                 outcomes[i] = outcome

@@ -200,6 +200,23 @@ class Transaction:
 
 
 @dataclass(frozen=True)
+class HoldReads:
+    """What deciding holds reads (`WalletBook.read_holds`), queued in the transaction's pipeline."""
+
+    wallets: Later[dict[str, WalletRecord]]  # locked
+    balances: Later[dict[str, _Spendable]]
+    holds: Later[dict[str, HoldRecord]]  # by gift id
+
+
+@dataclass(frozen=True)
+class CaptureReads:
+    """What capturing holds reads (`WalletBook.read_captures`), queued in the transaction's pipeline."""
+
+    wallets: Later[set[str]]  # locked: the users holding the gifts
+    holds: Later[dict[str, HoldRecord]]  # by gift id
+
+
+@dataclass(frozen=True)
 class HoldAsk:
     """One hold asked for (`WalletBook.hold_many`)."""
 
@@ -597,24 +614,33 @@ class WalletBook:
         """Reserve coins for a gift, promotional first. One hold per gift: asking again returns it."""
         return _one(self.hold_many(uow, [HoldAsk(gift_id, user_id, amount, ttl_seconds)]))
 
-    def hold_many(self, uow: WalletUnit, asks: Sequence[HoldAsk]) -> list[HoldRecord | DomainError]:
+    def read_holds(self, uow: WalletUnit, asks: Sequence[HoldAsk]) -> HoldReads:
+        """What deciding these asks reads, queued in the transaction's pipeline: the wallets locked, then
+        their balances and the gifts' holds (one round trip, with whatever else is queued)."""
+        users = {a.user_id for a in asks}
+        return HoldReads(
+            uow.lock_wallets(users),
+            self._spendable(uow, users, with_debt=True),
+            uow.holds_by_gifts({a.gift_id for a in asks}),
+        )
+
+    def hold_many(
+        self, uow: WalletUnit, asks: Sequence[HoldAsk], reads: HoldReads | None = None
+    ) -> list[HoldRecord | DomainError]:
         """`hold` for each ask, as if asked one after another in order: each ask's hold, or its refusal.
 
         A refused ask writes nothing. An ask for a gift that has a hold (from before, or from an earlier
         ask) gets that hold, or HOLD_MISMATCH; the asks on one wallet spend its available balance in
-        turn. Statements, sent in the transaction's pipeline: the wallets locked, then their balances
-        and the gifts' holds read (one round trip); the holds inserted, the ledger transfers and the
-        history written (sent with the commit). A hold for one of the gifts committed meanwhile (by
-        another wallet's batch: this one's holds wait for its locks) fails the transaction, and the
-        batch is decided again.
+        turn. Statements, sent in the transaction's pipeline: `read_holds` (queued already when given:
+        for these asks or more), then the holds inserted, the ledger transfers and the history written
+        (sent with the commit). A hold for one of the gifts committed meanwhile (by another wallet's
+        batch: this one's holds wait for its locks) fails the transaction, and the batch is decided
+        again.
         """
         if not asks:
             return []
-        users = {a.user_id for a in asks}
-        locked = uow.lock_wallets(users)
-        spendable = self._spendable(uow, users, with_debt=True)
-        held = uow.holds_by_gifts({a.gift_id for a in asks})
-        existing, wallets, balances = held.get(), locked.get(), spendable.get()  # one round trip for the three
+        reads = reads or self.read_holds(uow, asks)
+        existing, wallets, balances = reads.holds.get(), reads.wallets.get(), reads.balances.get()
         now = self.clock.now()
         outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
         uow.insert_holds(new)
@@ -702,20 +728,28 @@ class WalletBook:
         """
         return _one(self.capture_many(uow, [gift_id]))
 
-    def capture_many(self, uow: WalletUnit, gift_ids: Sequence[str]) -> list[HoldRecord | DomainError]:
+    def read_captures(self, uow: WalletUnit, gift_ids: Iterable[str]) -> CaptureReads:
+        """What capturing these gifts' holds reads, queued in the transaction's pipeline: the wallets
+        holding them locked, then the holds (read once locked: every change of a hold takes its
+        wallet's lock)."""
+        gifts = set(gift_ids)
+        return CaptureReads(uow.lock_wallets_holding(gifts), uow.holds_by_gifts(gifts))
+
+    def capture_many(
+        self, uow: WalletUnit, gift_ids: Sequence[str], reads: CaptureReads | None = None
+    ) -> list[HoldRecord | DomainError]:
         """`capture` of each gift's hold, as if one after another in order: each captured hold, or its refusal.
 
         A refused capture writes nothing; expired holds of one wallet spend its balance in turn.
-        Statements: the wallets locked, the holds read, the balances read (if a hold expired), the
-        ledger transfers and the history written (five), the holds' states written (one; two if some
-        holds had expired).
+        Statements: `read_captures` (queued already when given: for these gifts or more), the balances
+        read (if a hold expired), the ledger transfers and the history written (five), the holds'
+        states written (one; two if some holds had expired).
         """
         if not gift_ids:
             return []
         gifts = set(gift_ids)
-        locking = uow.lock_wallets_holding(gifts)
-        reading = uow.holds_by_gifts(gifts)  # read once locked: every change of a hold takes its wallet's lock
-        locked, holds = locking.get(), reading.get()
+        reads = reads or self.read_captures(uow, gifts)
+        locked, holds = reads.wallets.get(), reads.holds.get()
         while unlocked := {h.user_id for h in holds.values()} - locked:  # holds made meanwhile: lock theirs too
             locked |= uow.lock_wallets(unlocked).get().keys()
             holds = uow.holds_by_gifts(gifts).get()

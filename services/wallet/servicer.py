@@ -46,6 +46,7 @@ MAX_STORE_TRANSACTION_ID_LENGTH = 256
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
+P = TypeVar("P")  # what a batch reads
 HoldOutcome = wallet_pb2.HoldCoinsResponse | DomainError
 CaptureOutcome = wallet_pb2.CaptureHoldResponse | DomainError
 
@@ -269,11 +270,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def BatchHoldCoins(
         self, request: wallet_pb2.BatchHoldCoinsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.BatchHoldCoinsResponse:
-        def work(conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest]) -> list[HoldOutcome]:
-            asks = [domain.HoldAsk(r.gift_id, r.user_id, r.amount, r.ttl_seconds) for r in requests]
-            return [_hold_response(o) for o in self.book.hold_many(WalletUnit(conn), asks)]
+        def read(conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest]) -> domain.HoldReads:
+            return self.book.read_holds(WalletUnit(conn), [_hold_ask(r) for r in requests])
 
-        outcomes = self._batch("HoldCoins", request.requests, self._validate_hold, wallet_pb2.HoldCoinsResponse, work)
+        def work(
+            conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest], reads: domain.HoldReads
+        ) -> list[HoldOutcome]:
+            asks = [_hold_ask(r) for r in requests]
+            return [_hold_response(o) for o in self.book.hold_many(WalletUnit(conn), asks, reads)]
+
+        outcomes = self._batch(
+            "HoldCoins", request.requests, self._validate_hold, wallet_pb2.HoldCoinsResponse, work, read
+        )
         return wallet_pb2.BatchHoldCoinsResponse(results=item_results(wallet_pb2.HoldCoinsResult, outcomes))
 
     def _validate_hold(self, request: wallet_pb2.HoldCoinsRequest) -> Validator:
@@ -298,12 +306,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def BatchCaptureHolds(
         self, request: wallet_pb2.BatchCaptureHoldsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.BatchCaptureHoldsResponse:
-        def work(conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest]) -> list[CaptureOutcome]:
-            return [
-                _capture_response(o) for o in self.book.capture_many(WalletUnit(conn), [r.gift_id for r in requests])
-            ]
+        def read(conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest]) -> domain.CaptureReads:
+            return self.book.read_captures(WalletUnit(conn), [r.gift_id for r in requests])
 
-        outcomes = self._batch("CaptureHold", request.requests, _validate_capture, wallet_pb2.CaptureHoldResponse, work)
+        def work(
+            conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest], reads: domain.CaptureReads
+        ) -> list[CaptureOutcome]:
+            captured = self.book.capture_many(WalletUnit(conn), [r.gift_id for r in requests], reads)
+            return [_capture_response(o) for o in captured]
+
+        outcomes = self._batch(
+            "CaptureHold", request.requests, _validate_capture, wallet_pb2.CaptureHoldResponse, work, read
+        )
         return wallet_pb2.BatchCaptureHoldsResponse(results=item_results(wallet_pb2.CaptureHoldResult, outcomes))
 
     def ReleaseHold(
@@ -333,12 +347,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         requests: Sequence[R],
         validate: Callable[[R], Validator],
         response_type: type[M],
-        work: Callable[[Connection, list[R]], list[M | DomainError]],
+        work: Callable[[Connection, list[R], P], list[M | DomainError]],
+        read: Callable[[Connection, list[R]], P],
     ) -> list[M | DomainError]:
-        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it."""
+        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it
+        (`read` queues what `work` reads, for them all, with their request ids: one round trip)."""
         return self.requests.execute_requests(
-            current_caller().subject, f"/{FULL_NAME}/{method}", requests, validate, response_type, work
+            current_caller().subject, f"/{FULL_NAME}/{method}", requests, validate, response_type, work, read
         )
+
+
+def _hold_ask(request: wallet_pb2.HoldCoinsRequest) -> domain.HoldAsk:
+    return domain.HoldAsk(request.gift_id, request.user_id, request.amount, request.ttl_seconds)
 
 
 def _validate_capture(request: wallet_pb2.CaptureHoldRequest) -> Validator:

@@ -65,7 +65,9 @@ class Work:
 
 
 def run_batch(store: RequestIdStore, work: Work, items: list[BatchItem]) -> list:
-    return store.execute_batch(items, wallet_pb2.HoldCoinsResponse, lambda conn, new: work(conn, new, items))
+    return store.execute_batch(
+        items, wallet_pb2.HoldCoinsResponse, lambda conn, new, _reads: work(conn, new, items), lambda conn: None
+    )
 
 
 def reason(outcome: object) -> object:
