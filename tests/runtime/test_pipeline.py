@@ -146,3 +146,21 @@ def test_statements_prepared_on_a_connection_outlive_its_rollbacks(schema: Runti
                 raise ZeroDivisionError  # rolled back
     finally:
         db.dispose()
+
+
+def test_a_connection_lost_under_the_pipeline_fails_its_transaction_and_the_next_gets_a_new_one(
+    schema: RuntimeSchema,
+) -> None:
+    if schema.db.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL connection's loss")
+    backend = select(func.pg_backend_pid())
+    db = Database.from_url(schema.db.engine.url.render_as_string(hide_password=False), pool_size=1)
+    try:
+        pid = db.run(lambda conn: pipeline(conn).send(backend).get()[0][0])
+        with schema.db.transaction() as admin:
+            admin.execute(select(func.pg_terminate_backend(pid, 5000)))  # returns once it is gone
+        with pytest.raises(exc.OperationalError):
+            db.run(lambda conn: pipeline(conn).send(backend).get())
+        assert db.run(lambda conn: pipeline(conn).send(backend).get()[0][0]) != pid
+    finally:
+        db.dispose()
