@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 (the conventional name of an item type)
@@ -124,10 +124,15 @@ class Batcher(Generic[I, R]):
             self._leading += 1
             return batch
 
+    def _lead_ended(self) -> None:
+        with self._ready:
+            self._leading -= 1
+            self._ready.notify()  # what waited for the batch in flight may go now, with another worker
+
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             answers = [answer for _, answer in batch]
-            way = _Way(self)
+            way = _Way(self._lead_ended)
             try:
                 outcomes = self.process([item for item, _ in batch], way.make)
                 if len(outcomes) != len(batch):
@@ -135,7 +140,7 @@ class Batcher(Generic[I, R]):
             except BaseException as error:  # the whole batch failed: each of its callers hears it
                 log.exception("%s: a batch of %d failed", self.name, len(batch))
                 outcomes = [error] * len(batch)
-            way.make()  # done: what waited for this batch may go now, with another worker
+            way.make()  # done (if it had not made way before)
             for answer, outcome in zip(answers, outcomes, strict=True):
                 answer._answer(outcome)
 
@@ -143,16 +148,13 @@ class Batcher(Generic[I, R]):
 class _Way:
     """A batch's `make_way`: the first call lets the next batch start beside it; later calls do nothing."""
 
-    __slots__ = ("_batcher", "_made")
+    __slots__ = ("_end_lead", "_made")
 
-    def __init__(self, batcher: Batcher[Any, Any]) -> None:
-        self._batcher = batcher
+    def __init__(self, end_lead: Callable[[], None]) -> None:
+        self._end_lead = end_lead
         self._made = False
 
     def make(self) -> None:
-        if self._made:
-            return
-        self._made = True
-        with self._batcher._ready:
-            self._batcher._leading -= 1
-            self._batcher._ready.notify()
+        if not self._made:
+            self._made = True
+            self._end_lead()
