@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from services.giftctl.suite import free_port
 from services.runtime.auth import mint_token, user
 from services.runtime.config import DEV_JWT_SECRET
 from services.wallet.receipts import mint_receipt
@@ -36,12 +36,6 @@ PACKAGE = "coins_17500"
 PACKAGE_COINS = 17_500
 ADULT = common_pb2.Date(year=1990, month=6, day=15)
 TOKEN_TTL_SECONDS = 6 * 3600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metadata_for(user_id: str) -> tuple[tuple[str, str], ...]:

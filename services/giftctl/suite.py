@@ -30,9 +30,21 @@ STOP_GRACE_SECONDS = 20.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, never one this process handed out before: the kernel may give the
+    same free port to two binds in a row, and services started on a port each would then race for
+    it (the second fails to bind, and a health check of its port answers from the first)."""
+    with _handing_out:
+        while True:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+
+
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
 
 
 def split_target(target: str) -> tuple[str, int]:

@@ -148,3 +148,11 @@ def test_demo_walks_the_story_end_to_end_and_exits_0() -> None:
         "stopped: gifting exit 0, payout exit 0, wallet exit 0",
     ):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
+
+
+def test_free_ports_handed_out_one_after_another_are_never_the_same() -> None:
+    # The kernel may give the same free port to two binds in a row; services started on a port each
+    # would then race for it (the CI failure where gifting's health check answered from payout).
+    # 2,000 random draws from ~28,000 ephemeral ports repeat one almost surely.
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
