@@ -342,11 +342,19 @@ def _events_before(conn: Connection) -> Any:
     if statement is None:
         names = ("target_key", "last_sequence")
         source = rows_source(conn, feed_counters, names)
+        found = "e.target_key = c.target_key AND e.sequence = c.last_sequence - k.n"
+        events = (
+            # PostgreSQL: one lookup in the events' primary key per target, whatever the statistics. As
+            # a join, a plan cached while the table was small kept scanning it whole as it grew (2 ms a
+            # batch by 17,000 events); a subquery with a LIMIT cannot be planned as a join.
+            f"CROSS JOIN LATERAL (SELECT * FROM feed_events e WHERE {found} LIMIT 1) e"
+            if conn.dialect.name == "postgresql"
+            else f"JOIN feed_events e ON {found}"
+        )
         sql = (
             f"WITH k (target_key, n) AS ({source}) "
             "SELECT e.target_key, e.sender_id, e.gift_id, e.combo_count FROM k "
-            "JOIN feed_counters c ON c.target_key = k.target_key "
-            "JOIN feed_events e ON e.target_key = c.target_key AND e.sequence = c.last_sequence - k.n"
+            f"JOIN feed_counters c ON c.target_key = k.target_key {events}"
         )
         statement = text(sql).bindparams(*rows_bindparams())
         _EVENTS_BEFORE[conn.dialect.name] = statement

@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from functools import partial
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
 from services.gifting import storage
@@ -211,3 +211,29 @@ def test_feed_events_are_numbered_without_gaps_under_concurrent_completions(db: 
     with pytest.raises(IntegrityError):
         db.run(lambda conn: append(conn, [("live_stream:stream-1", records[0])], clock.now()))
     assert len(db.run(lambda conn: conn.execute(select(storage.feed_events)).all())) == 18
+
+
+def test_a_completion_finds_the_event_before_by_the_feeds_primary_key(db: Database) -> None:
+    """A plan made while the events were few (a benchmark's first seconds, a new deployment) must not
+    read them all: as a join, PostgreSQL chose to scan and hash the whole table for a batch of
+    targets, and a prepared statement kept that plan as the table grew."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a query plan of PostgreSQL")
+    clock = FakeClock()
+    targets = [f"live_stream:stream-{i}" for i in range(20)]
+    records = [transfer(clock, sender=f"viewer{i % 50}") for i in range(1600)]
+    db.run(lambda conn: UnitOfWork(conn).transfers.add_many(records))
+    db.run(lambda conn: append(conn, [(targets[i % 20], r) for i, r in enumerate(records)], clock.now()))
+    with db.engine.connect() as conn:  # outside a transaction: ANALYZE, then the plan on its statistics
+        conn.execute(text("ANALYZE feed_events"))
+        conn.execute(text("ANALYZE feed_counters"))
+        statement = storage._events_before(conn)
+        params = storage._counter_params(conn, [{"target_key": t, "last_sequence": 1} for t in targets[:3]])
+        plan = "\n".join(row[0] for row in conn.execute(text(f"EXPLAIN {statement.text}"), params))
+    assert "Seq Scan on feed_events" not in plan and "Index Scan using pk_feed_events" in plan, plan
+    # And it reads what the completion needs: each target's event before the last one.
+    before = db.run(lambda conn: UnitOfWork(conn).feed.number({targets[0]: 1, targets[1]: 1}).get())
+    assert {t: (n.first, n.previous is not None) for t, n in before.items()} == {
+        targets[0]: (81, True),
+        targets[1]: (81, True),
+    }
