@@ -12,8 +12,9 @@ from services.gifting.feed import FeedLoop, LiveFeed
 from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
-from services.gifting.storage import request_ids
+from services.gifting.storage import audit_records, request_ids
 from services.runtime import auth
+from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
@@ -29,6 +30,8 @@ ACCESS: Mapping[str, auth.Access] = {
     "GetGiftTransfer": auth.USER,
     "ListSentGifts": auth.USER,
     "ListReceivedGifts": auth.USER,
+    "ListAuditRecords": auth.OPERATOR,
+    "ListGiftTransfers": auth.RECONCILER,
 }
 
 RECOVERY_LOOP = "gifting-recovery"
@@ -81,7 +84,8 @@ def assemble(
     gifting.on_completed = feed.notify
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)
-    servicer = GiftingServicer(gifting, feed, requests, settings.send_batch_max, settings.send_batch_workers)
+    audit = AuditLog(db, audit_records, clock)
+    servicer = GiftingServicer(gifting, feed, requests, audit, settings.send_batch_max, settings.send_batch_workers)
 
     def close() -> None:
         servicer.close()

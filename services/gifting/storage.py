@@ -44,7 +44,9 @@ from sqlalchemy import (
     update,
 )
 
+from services.runtime.audit import audit_table
 from services.runtime.db import (
+    after_keys,
     insert_rows,
     insert_unless_conflict,
     keys_in,
@@ -68,6 +70,7 @@ STEPS = (RECORDED, HELD, CREDITING, CREDITED, FAILING, COMPLETED, FAILED)
 
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
+audit_records = audit_table(metadata)
 
 gifts = Table(
     "gifts",
@@ -155,6 +158,16 @@ gift_transfers = Table(
         "created_at",
         postgresql_where=text("state = 'pending'"),
         sqlite_where=text("state = 'pending'"),
+    ),
+    # Operators' and the reconciler's listings, in (create time, id) order: all gifts, and the failed
+    # ones alone (few; a completion does not enter this one).
+    Index("ix_gift_transfers_created", "created_at", "transfer_id"),
+    Index(
+        "ix_gift_transfers_failed",
+        "created_at",
+        "transfer_id",
+        postgresql_where=text("state = 'failed'"),
+        sqlite_where=text("state = 'failed'"),
     ),
 )
 
@@ -254,6 +267,19 @@ def revised(t: TransferRecord, **changes: Any) -> TransferRecord:
     copy = object.__new__(TransferRecord)
     copy.__dict__.update(t.__dict__, **changes)  # a new object, not yet seen by anyone
     return copy
+
+
+@dataclass(frozen=True)
+class TransferQuery:
+    """Which transfers a listing reads: by state and step (any, when empty), in a window of create times
+    or given by id (not both), after a position."""
+
+    states: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    transfer_ids: tuple[str, ...] = ()
+    after: tuple[datetime, str] | None = None  # the (created_at, transfer_id) of the last one already listed
 
 
 @dataclass(frozen=True)
@@ -551,6 +577,27 @@ class TransferRepository:
             at, transfer_id = before
             query = query.where(or_(t.c.created_at < at, and_(t.c.created_at == at, t.c.transfer_id < transfer_id)))
         rows = self.conn.execute(query.order_by(t.c.created_at.desc(), t.c.transfer_id.desc()).limit(size))
+        return [_record(TransferRecord, r) for r in rows]
+
+    def matching(self, query: TransferQuery, limit: int) -> list[TransferRecord]:
+        """Transfers by (created_at, transfer_id) that `query` selects."""
+        t = gift_transfers
+        statement = select(t)
+        if len(query.states) == 1:  # as `=`, which the failed transfers' partial index serves
+            statement = statement.where(t.c.state == query.states[0])
+        elif query.states:
+            statement = statement.where(t.c.state.in_(query.states))
+        if query.steps:
+            statement = statement.where(t.c.step.in_(query.steps))
+        if query.transfer_ids:
+            statement = statement.where(t.c.transfer_id.in_(query.transfer_ids))
+        if query.start is not None:
+            statement = statement.where(t.c.created_at >= query.start)
+        if query.end is not None:
+            statement = statement.where(t.c.created_at < query.end)
+        if query.after is not None:
+            statement = statement.where(after_keys([t.c.created_at, t.c.transfer_id], query.after))
+        rows = self.conn.execute(statement.order_by(t.c.created_at, t.c.transfer_id).limit(limit))
         return [_record(TransferRecord, r) for r in rows]
 
     def leaders(

@@ -38,7 +38,9 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    literal,
     text,
+    tuple_,
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.compiler import compiles
@@ -472,6 +474,12 @@ def update_rows(
     if len(keys) == 1:
         return pipeline(conn).send_as(statement, params, lambda rows: {r[0] for r in rows})
     return pipeline(conn).send_as(statement, params, lambda rows: {tuple(r) for r in rows})
+
+
+def after_keys(columns: Sequence[ColumnElement[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows after `values` in the order of `columns`, ascending (where a keyset page starts): one
+    row-value comparison, which an index on the columns serves on PostgreSQL and SQLite alike."""
+    return tuple_(*columns) > tuple_(*(literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)))
 
 
 def is_unique_violation(error: exc.IntegrityError) -> bool:

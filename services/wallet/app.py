@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
 from services.runtime import auth
+from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
@@ -31,6 +32,12 @@ ACCESS: Mapping[str, auth.Access] = {
     "BatchHoldCoins": auth.internal("gifting"),
     "BatchCaptureHolds": auth.internal("gifting"),
     "ReleaseHold": auth.internal("gifting"),
+    "GetUserWallet": auth.OPERATOR,
+    "ListUserTransactions": auth.OPERATOR,
+    "ListPromotions": auth.OPERATOR,
+    "ListAuditRecords": auth.OPERATOR,
+    "ListHolds": auth.RECONCILER,
+    "SummarizeBooks": auth.RECONCILER,
 }
 
 HOLD_EXPIRY_LOOP = "wallet-hold-expiry"
@@ -62,7 +69,8 @@ def build(
     )
     store.run(book.open_platform_accounts)
     requests = RequestIdStore(db, storage.request_ids, clock)
-    servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds)
+    audit = AuditLog(db, storage.audit_records, clock)
+    servicer = WalletServicer(book, store, requests, audit, settings.hold_ttl_max_seconds)
     loops = [
         BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
         BackgroundLoop(

@@ -17,10 +17,17 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy import Connection
 
+from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
-from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.pagination import (
+    decode_page_token,
+    decode_position,
+    encode_page_token,
+    encode_position,
+    filters_key,
+)
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
@@ -31,6 +38,8 @@ from services.wallet.storage import (
     HELD,
     REFUND,
     RELEASED,
+    BookedHoldRecord,
+    HoldQuery,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
@@ -42,6 +51,7 @@ FULL_NAME = "giftcoin.wallet.v1.WalletService"
 MAX_COINS = 10**12  # far above any real amount, far below int64: sums of many amounts cannot overflow
 MAX_RECEIPT_LENGTH = 16_384
 MAX_STORE_TRANSACTION_ID_LENGTH = 256
+MAX_SUMMARY_DAYS = 31
 
 
 M = TypeVar("M", bound=Message)
@@ -60,6 +70,7 @@ _PURCHASE_STATE = {
     CHARGEBACK: wallet_pb2.PURCHASE_STATE_CHARGED_BACK,
 }
 _REFUND_KIND = {wallet_pb2.REFUND_KIND_REFUND: REFUND, wallet_pb2.REFUND_KIND_CHARGEBACK: CHARGEBACK}
+_REFUND_KIND_PB = {v: k for k, v in _REFUND_KIND.items()}
 _HOLD_STATE = {
     HELD: wallet_pb2.HOLD_STATE_HELD,
     CAPTURED: wallet_pb2.HOLD_STATE_CAPTURED,
@@ -80,11 +91,17 @@ _TRANSACTION_KIND = {
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(
-        self, book: domain.WalletBook, store: WalletStore, requests: RequestIdStore, hold_ttl_max_seconds: int
+        self,
+        book: domain.WalletBook,
+        store: WalletStore,
+        requests: RequestIdStore,
+        audit: AuditLog,
+        hold_ttl_max_seconds: int,
     ) -> None:
         self.book = book
         self.store = store
         self.requests = requests
+        self.audit = audit
         self.hold_ttl_max_seconds = hold_ttl_max_seconds
 
     # --- user ---------------------------------------------------------------------------------
@@ -165,22 +182,23 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ListTransactionsResponse:
-        user_id = calling_user_id()
+        transactions, token = self._history(calling_user_id(), request.page_size, request.page_token)
+        return wallet_pb2.ListTransactionsResponse(transactions=transactions, next_page_token=token)
+
+    def _history(self, user_id: str, page_size: int, page_token: str) -> tuple[list[wallet_pb2.Transaction], str]:
         v = Validator()
-        v.page_size(request.page_size)
+        v.page_size(page_size)
         v.check()
-        cursor = decode_page_token(request.page_token)
+        cursor = decode_page_token(page_token)
         before = None
         if cursor is not None:
             before = cursor.get("before")
             if not isinstance(before, int) or isinstance(before, bool):
                 raise invalid_argument([FieldViolation("page_token", "not a page token from a previous response")])
-        size = clamp_page_size(request.page_size)
+        size = clamp_page_size(page_size)
         page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
-        return wallet_pb2.ListTransactionsResponse(
-            transactions=[_transaction(t) for t in page.transactions],
-            next_page_token="" if page.next_cursor is None else encode_page_token({"before": page.next_cursor}),
-        )
+        token = "" if page.next_cursor is None else encode_page_token({"before": page.next_cursor})
+        return [_transaction(t) for t in page.transactions], token
 
     # --- anyone -------------------------------------------------------------------------------
 
@@ -223,7 +241,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 wallet=_wallet(result.wallet),
             )
 
-        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, work)
+        target = f"{request.store}:{request.store_transaction_id}"
+        audited = self.audit.audited("RefundPurchase", request, target, work)
+        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, audited)
 
     def CreatePromotion(
         self, request: wallet_pb2.CreatePromotionRequest, context: grpc.ServicerContext
@@ -250,7 +270,92 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             promotion = self.book.create_promotion(WalletUnit(conn), record)
             return wallet_pb2.CreatePromotionResponse(promotion=_promotion(promotion))
 
-        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, work)
+        audited = self.audit.audited("CreatePromotion", request, request.promotion_id, work)
+        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, audited)
+
+    def GetUserWallet(
+        self, request: wallet_pb2.GetUserWalletRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.GetUserWalletResponse:
+        v = Validator()
+        v.identifier(request.user_id, "user_id")
+        v.check()
+        wallet = self.store.run(lambda uow: self.book.get_wallet(uow, request.user_id))
+        return wallet_pb2.GetUserWalletResponse(wallet=_wallet(wallet))
+
+    def ListUserTransactions(
+        self, request: wallet_pb2.ListUserTransactionsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListUserTransactionsResponse:
+        v = Validator()
+        v.identifier(request.user_id, "user_id")
+        v.check()
+        transactions, token = self._history(request.user_id, request.page_size, request.page_token)
+        return wallet_pb2.ListUserTransactionsResponse(transactions=transactions, next_page_token=token)
+
+    def ListPromotions(
+        self, request: wallet_pb2.ListPromotionsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListPromotionsResponse:
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        after = decode_position(request.page_token, "promotions", "", (str,))
+        size = clamp_page_size(request.page_size)
+        page, more = self.store.run(lambda uow: self.book.promotions(uow, size, None if after is None else after[0]))
+        token = encode_position("promotions", "", [page[-1].record.promotion_id]) if more else ""
+        return wallet_pb2.ListPromotionsResponse(promotions=[_promotion(p) for p in page], next_page_token=token)
+
+    def ListAuditRecords(
+        self, request: wallet_pb2.ListAuditRecordsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListAuditRecordsResponse:
+        records, token = self.audit.page(request.page_size, request.page_token)
+        return wallet_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
+
+    # --- reconciler -----------------------------------------------------------------------------
+
+    def ListHolds(
+        self, request: wallet_pb2.ListHoldsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListHoldsResponse:
+        v = Validator()
+        start, end, gift_ids = v.selection(request, "gift_ids")
+        v.page_size(request.page_size)
+        v.check()
+        filters = filters_key(start, end, sorted(gift_ids))
+        after = decode_position(request.page_token, "holds", filters, (datetime, str))
+        query = HoldQuery(start, end, gift_ids, None if after is None else (after[0], after[1]))
+        size = clamp_page_size(request.page_size)
+        page, more = self.store.run(lambda uow: self.book.booked_holds(uow, query, size))
+        token = encode_position("holds", filters, [page[-1].hold.created_at, page[-1].hold.hold_id]) if more else ""
+        return wallet_pb2.ListHoldsResponse(holds=[_booked_hold(h) for h in page], next_page_token=token)
+
+    def SummarizeBooks(
+        self, request: wallet_pb2.SummarizeBooksRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.SummarizeBooksResponse:
+        start, end = Validator().summary_window(request, MAX_SUMMARY_DAYS)
+        s = self.store.run(lambda uow: self.book.summary(uow, start, end))
+        return wallet_pb2.SummarizeBooksResponse(
+            takings=[
+                wallet_pb2.StoreTakings(
+                    store=t.store, amount=_money(t.amount_minor, t.currency_code), purchases=t.purchases, coins=t.coins
+                )
+                for t in s.takings
+            ],
+            refunds=[
+                wallet_pb2.RefundTotals(
+                    kind=_REFUND_KIND_PB[r.kind],
+                    amount=_money(r.amount_minor, r.currency_code),
+                    refunds=r.refunds,
+                    coins_reclaimed=r.coins_reclaimed,
+                    debt_added=r.debt_added,
+                )
+                for r in s.refunds
+            ],
+            coins_purchased=s.coins_purchased,
+            coins_granted=s.coins_granted,
+            coins_outstanding=s.coins_outstanding,
+            coins_outstanding_promotional=s.coins_outstanding_promotional,
+            coins_held=s.coins_held,
+            promotion_budgets_remaining=s.promotion_budgets_remaining,
+            as_of=to_timestamp(s.as_of),
+        )
 
     # --- internal: gifting --------------------------------------------------------------------
 
@@ -441,6 +546,17 @@ def _hold(h: HoldRecord) -> wallet_pb2.Hold:
         state=_HOLD_STATE[h.state],
         expire_time=to_timestamp(h.expire_time),
         create_time=to_timestamp(h.created_at),
+    )
+
+
+def _booked_hold(b: BookedHoldRecord) -> wallet_pb2.BookedHold:
+    return wallet_pb2.BookedHold(
+        hold=_hold(b.hold),
+        update_time=to_timestamp(b.updated_at),
+        debt_added=b.hold.debt_added,
+        spent_coins=b.spent,
+        spent_promotional_coins=b.spent_promotional,
+        capture_transfers=b.capture_transfers,
     )
 
 
