@@ -91,8 +91,17 @@ class ServiceSettings:
         return self.trace_exporter != "none"
 
 
-def load_service_settings(service: str, env: Env) -> ServiceSettings:
-    upper = service.upper()
+@dataclass(frozen=True)
+class Credentials:
+    """Who may talk to whom: dev mode, the JWT key, the mTLS material (every service, and the reconciler)."""
+
+    dev_mode: bool
+    jwt_secret: str
+    tls: TlsSettings
+
+
+def load_credentials(env: Env) -> Credentials:
+    """GIFTCOIN_DEV_MODE, GIFTCOIN_JWT_SECRET and GIFTCOIN_TLS_*; outside dev mode the key and mTLS are required."""
     dev_mode = env.flag("GIFTCOIN_DEV_MODE", False)
     secret = env.text("GIFTCOIN_JWT_SECRET", "")
     if not secret:
@@ -109,6 +118,13 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
             "mTLS is required outside dev mode: set GIFTCOIN_TLS_CERT_FILE, GIFTCOIN_TLS_KEY_FILE and "
             "GIFTCOIN_TLS_CA_FILE (or GIFTCOIN_DEV_MODE=true locally)"
         )
+    return Credentials(dev_mode, secret, tls)
+
+
+def load_service_settings(service: str, env: Env) -> ServiceSettings:
+    upper = service.upper()
+    credentials = load_credentials(env)
+    dev_mode, secret, tls = credentials.dev_mode, credentials.jwt_secret, credentials.tls
     return ServiceSettings(
         service=service,
         host=env.text(f"GIFTCOIN_{upper}_HOST", "127.0.0.1" if dev_mode else "0.0.0.0"),

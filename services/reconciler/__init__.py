@@ -1,0 +1,36 @@
+"""The reconciler: proves, through their RPCs, that wallet, gifting and payout agree (reconcile.py).
+
+`check(...)` is the one call: the CLI (`giftctl reconcile`), the CronJob (`python -m
+services.reconciler`) and the benchmark use it. It reads the three services as `caller` (an
+operator, or `service:reconciler`), returns the `Report`, and records its metrics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from services.reconciler.books import RpcBooks, Window
+from services.reconciler.metrics import record
+from services.reconciler.reconcile import DEFAULT_IN_FLIGHT, Discrepancy, Report, reconcile, to_json
+from services.runtime.auth import Caller, service
+from services.runtime.config import TlsSettings
+
+RECONCILER = service("reconciler")
+
+__all__ = ["RECONCILER", "Discrepancy", "Report", "Window", "check", "reconcile", "to_json"]
+
+
+def check(
+    targets: dict[str, str],
+    window: Window,
+    now: datetime,
+    jwt_secret: str,
+    caller: Caller = RECONCILER,
+    tls: TlsSettings | None = None,
+    in_flight: timedelta = DEFAULT_IN_FLIGHT,
+) -> Report:
+    """Reconcile the services at `targets` (wallet, gifting, payout: host:port) over `window`."""
+    with RpcBooks.connect(targets, caller, jwt_secret, tls) as books:
+        report = reconcile(books, window, now, in_flight)
+    record(report)
+    return report

@@ -1,0 +1,60 @@
+"""`python -m services.reconciler`: one reconciliation of the last GIFTCOIN_RECONCILER_WINDOW_SECONDS,
+as the CronJob runs it. Prints the report as one JSON line; exits 0 when the books agree,
+3 (DISCREPANCIES_EXIT) when they do not, 1 when a service could not be read, 2 on bad configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+
+import grpc
+
+from services.reconciler import RECONCILER, check, to_json
+from services.reconciler.books import Window
+from services.reconciler.settings import load_settings
+from services.runtime.config import ConfigError, Env
+from services.runtime.errors import from_rpc_error
+from services.runtime.logs import setup_logging
+from services.runtime.telemetry import setup_tracing, shutdown_tracing
+
+log = logging.getLogger("services.reconciler")
+DISCREPANCIES_EXIT = 3
+
+
+def main() -> int:
+    try:
+        settings = load_settings(Env())
+    except ConfigError as error:
+        print(f"reconciler: configuration error: {error}", file=sys.stderr)
+        return 2
+    setup_logging("reconciler", settings.log_level)
+    setup_tracing("reconciler", settings.trace_exporter, settings.trace_file)
+    now = datetime.now(UTC)
+    window = Window(now - timedelta(seconds=settings.window_seconds), now)
+    try:
+        report = check(
+            settings.targets,
+            window,
+            now,
+            settings.jwt_secret,
+            RECONCILER,
+            settings.tls,
+            timedelta(seconds=settings.in_flight_seconds),
+        )
+    except grpc.RpcError as err:
+        refusal = from_rpc_error(err)
+        why = f"{refusal.reason}: {refusal.message}" if refusal else f"{err.code().name}: {err.details()}"
+        log.error("reconciliation failed: a service could not be read: %s", why)
+        shutdown_tracing()
+        return 1
+    print(json.dumps(to_json(report), sort_keys=True), flush=True)
+    if not report.ok:
+        log.error("reconciliation found %d discrepancies", len(report.discrepancies))
+    shutdown_tracing()  # the metrics go out before the process ends
+    return 0 if report.ok else DISCREPANCIES_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The reconciliation's metrics, exported like the services' (GIFTCOIN_TRACE_EXPORTER: otlp to the
+collector in deployment), so that an alert fires on any discrepancy, or when runs stop completing
+(deploy/monitoring/reconciliation-alerts.yaml)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from opentelemetry import metrics
+
+from services.reconciler.reconcile import ACTIONS, Report
+
+_meter = metrics.get_meter("giftcoin.reconciler")
+DISCREPANCIES = _meter.create_gauge(
+    "giftcoin.reconciliation.discrepancies",
+    description="Discrepancies the last reconciliation found between the services' books, by kind",
+)
+IN_FLIGHT = _meter.create_gauge(
+    "giftcoin.reconciliation.in_flight", description="Gifts of the last reconciliation's window still in flight"
+)
+COMPLETED = _meter.create_gauge(
+    "giftcoin.reconciliation.completed", unit="s", description="When the last reconciliation completed (Unix time)"
+)
+
+
+def record(report: Report) -> None:
+    """The report's figures: every kind's count (zeros included, so a kind that clears reads 0)."""
+    found = Counter(d.kind for d in report.discrepancies)
+    for kind in ACTIONS:
+        DISCREPANCIES.set(found[kind], {"kind": kind})
+    IN_FLIGHT.set(report.in_flight)
+    COMPLETED.set(int(report.as_of.timestamp()))
