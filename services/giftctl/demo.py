@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from giftcoin.payout.v1 import payout_pb2
 from google.protobuf.message import Message
 
 from services.giftctl import arguments, render, traces
-from services.giftctl.cli import build_parser
+from services.giftctl.cli import build_parser, reconciliation
 from services.giftctl.feed import Follower
 from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
 from services.giftctl.suite import Suite, describe, free_port
@@ -67,6 +68,17 @@ class Story:
             raise session.failure(args.rpc.service, err) from None
         self.out(_indent(render.text(response)))
         return response
+
+    def reconcile(self, command_line: str) -> None:
+        """Run `giftctl reconcile` (printed as typed) and print its report; CliError unless the books agree."""
+        self.out(f"$ giftctl {command_line}")
+        args = self.parser.parse_args(shlex.split(command_line))
+        for service in SERVICES:
+            setattr(args, f"{service}_target", self.targets[service])
+        report = reconciliation(args)
+        self.out(_indent(render.reconciliation(report)))
+        if not report.ok:
+            raise CliError(f"the reconciliation found {len(report.discrepancies)} discrepancies")
 
     def refused(self, command_line: str) -> str:
         """Run a command expected to be refused; print and return the refusal."""
@@ -118,7 +130,7 @@ def _caller(subject: str) -> Caller:
     return arguments.identity(subject)
 
 
-def walk(story: Story, data_dir: Path) -> None:
+def walk(story: Story, data_dir: Path, started: datetime) -> None:
     run, step = story.run, story.step
 
     step("The catalogues: coin packages and gifts")
@@ -211,6 +223,9 @@ def walk(story: Story, data_dir: Path) -> None:
     watcher.stop()
     thread.join(5)
 
+    step("The reconciliation of the demo's window: the three services' books agree, gift by gift")
+    story.reconcile(f"reconcile --since {started.isoformat()}")
+
 
 def _refused_gift(story: Story, command_line: str) -> None:
     """A refused send is either refused outright (an RPC error) or recorded as a failed transfer."""
@@ -254,11 +269,12 @@ def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None]
     setup_tracing("giftctl", "file", str(data_dir / "traces-giftctl.jsonl"))
     story = Story(targets, say)
     started = time.monotonic()
+    began = datetime.now(UTC)
     try:
         say(f"giftcoin demo: starting wallet, payout and gifting (dev mode, SQLite in {data_dir}) ...")
         suite.start()
         say("up:\n" + describe(suite))
-        walk(story, data_dir)
+        walk(story, data_dir, began)
     except CliError as error:
         say(f"\ndemo failed: {error.message}")
         return 1

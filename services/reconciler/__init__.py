@@ -1,23 +1,22 @@
 """The reconciler: proves, through their RPCs, that wallet, gifting and payout agree (reconcile.py).
 
 `check(...)` is the one call: the CLI (`giftctl reconcile`), the CronJob (`python -m
-services.reconciler`) and the benchmark use it. It reads the three services as `caller` (an
-operator, or `service:reconciler`), returns the `Report`, and records its metrics.
+services.reconciler`, which also exports the report's metrics) and the benchmark use it. It reads the
+three services as `caller` (an operator, or `service:reconciler`) and returns the `Report`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from services.reconciler.books import RpcBooks, Window
-from services.reconciler.metrics import record
+from services.reconciler.books import ReadFailed, RpcBooks, Window
 from services.reconciler.reconcile import DEFAULT_IN_FLIGHT, Discrepancy, Report, reconcile, to_json
 from services.runtime.auth import Caller, service
 from services.runtime.config import TlsSettings
 
 RECONCILER = service("reconciler")
 
-__all__ = ["RECONCILER", "Discrepancy", "Report", "Window", "check", "reconcile", "to_json"]
+__all__ = ["RECONCILER", "Discrepancy", "ReadFailed", "Report", "Window", "check", "reconcile", "to_json"]
 
 
 def check(
@@ -29,8 +28,7 @@ def check(
     tls: TlsSettings | None = None,
     in_flight: timedelta = DEFAULT_IN_FLIGHT,
 ) -> Report:
-    """Reconcile the services at `targets` (wallet, gifting, payout: host:port) over `window`."""
+    """Reconcile the services at `targets` (wallet, gifting, payout: host:port) over `window`; raises
+    ReadFailed when a service cannot be read."""
     with RpcBooks.connect(targets, caller, jwt_secret, tls) as books:
-        report = reconcile(books, window, now, in_flight)
-    record(report)
-    return report
+        return reconcile(books, window, now, in_flight)

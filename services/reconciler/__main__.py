@@ -9,10 +9,9 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 
-import grpc
-
-from services.reconciler import RECONCILER, check, to_json
+from services.reconciler import RECONCILER, ReadFailed, check, to_json
 from services.reconciler.books import Window
+from services.reconciler.metrics import record
 from services.reconciler.settings import load_settings
 from services.runtime.config import ConfigError, Env
 from services.runtime.errors import from_rpc_error
@@ -43,12 +42,13 @@ def main() -> int:
             settings.tls,
             timedelta(seconds=settings.in_flight_seconds),
         )
-    except grpc.RpcError as err:
-        refusal = from_rpc_error(err)
-        why = f"{refusal.reason}: {refusal.message}" if refusal else f"{err.code().name}: {err.details()}"
-        log.error("reconciliation failed: a service could not be read: %s", why)
+    except ReadFailed as failed:
+        refusal = from_rpc_error(failed.error)
+        why = f"{refusal.code.name} {refusal.reason}: {refusal.message}" if refusal else str(failed.error)
+        log.error("reconciliation failed: %s could not be read: %s", failed.service, why)
         shutdown_tracing()
         return 1
+    record(report)
     print(json.dumps(to_json(report), sort_keys=True), flush=True)
     if not report.ok:
         log.error("reconciliation found %d discrepancies", len(report.discrepancies))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -29,6 +30,15 @@ SUMMARY_DAYS = 31  # the longest window a SummarizeBooks call covers
 DEADLINE_SECONDS = 30.0
 
 T = TypeVar("T")
+
+
+class ReadFailed(Exception):
+    """A service's books could not be read: it did not answer, or refused (its error in `error`)."""
+
+    def __init__(self, service: str, error: grpc.RpcError) -> None:
+        super().__init__(f"{service}: {error}")
+        self.service = service
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -227,14 +237,16 @@ class RpcBooks:
 
     def gifts(self, window: Window) -> Iterator[Gift]:
         request = gifting_pb2.ListGiftTransfersRequest(start_time=_stamp(window.start), end_time=_stamp(window.end))
-        for page in _pages(self.gifting.ListGiftTransfers, request):
+        for page in _pages("gifting", self.gifting.ListGiftTransfers, request):
             yield from (_gift(r) for r in page.transfers)
 
     def gifts_by_id(self, gift_ids: Sequence[str]) -> list[Gift]:
         return [
             _gift(r)
             for chunk in _chunks(gift_ids)
-            for page in _pages(self.gifting.ListGiftTransfers, gifting_pb2.ListGiftTransfersRequest(transfer_ids=chunk))
+            for page in _pages(
+                "gifting", self.gifting.ListGiftTransfers, gifting_pb2.ListGiftTransfersRequest(transfer_ids=chunk)
+            )
             for r in page.transfers
         ]
 
@@ -242,24 +254,22 @@ class RpcBooks:
 
     def holds(self, window: Window) -> Iterator[Hold]:
         request = wallet_pb2.ListHoldsRequest(start_time=_stamp(window.start), end_time=_stamp(window.end))
-        for page in _pages(self.wallet.ListHolds, request):
+        for page in _pages("wallet", self.wallet.ListHolds, request):
             yield from (_hold(h) for h in page.holds)
 
     def holds_by_gift(self, gift_ids: Sequence[str]) -> list[Hold]:
         return [
             _hold(h)
             for chunk in _chunks(gift_ids)
-            for page in _pages(self.wallet.ListHolds, wallet_pb2.ListHoldsRequest(gift_ids=chunk))
+            for page in _pages("wallet", self.wallet.ListHolds, wallet_pb2.ListHoldsRequest(gift_ids=chunk))
             for h in page.holds
         ]
 
     def wallet_books(self, window: Window) -> WalletBooks:
         books = WalletBooks()
         for part in _summary_windows(window):
-            r = self.wallet.SummarizeBooks(
-                wallet_pb2.SummarizeBooksRequest(start_time=_stamp(part.start), end_time=_stamp(part.end)),
-                timeout=DEADLINE_SECONDS,
-            )
+            request = wallet_pb2.SummarizeBooksRequest(start_time=_stamp(part.start), end_time=_stamp(part.end))
+            r = _ask("wallet", self.wallet.SummarizeBooks, request)
             books.takings += [
                 Takings(t.store, t.amount.currency_code, t.purchases, t.amount.amount_minor, t.coins) for t in r.takings
             ]
@@ -289,24 +299,24 @@ class RpcBooks:
 
     def credits(self, window: Window) -> Iterator[Credit]:
         request = payout_pb2.ListDiamondCreditsRequest(start_time=_stamp(window.start), end_time=_stamp(window.end))
-        for page in _pages(self.payout.ListDiamondCredits, request):
+        for page in _pages("payout", self.payout.ListDiamondCredits, request):
             yield from (_credit(c) for c in page.credits)
 
     def credits_by_gift(self, gift_ids: Sequence[str]) -> list[Credit]:
         return [
             _credit(c)
             for chunk in _chunks(gift_ids)
-            for page in _pages(self.payout.ListDiamondCredits, payout_pb2.ListDiamondCreditsRequest(gift_ids=chunk))
+            for page in _pages(
+                "payout", self.payout.ListDiamondCredits, payout_pb2.ListDiamondCreditsRequest(gift_ids=chunk)
+            )
             for c in page.credits
         ]
 
     def payout_books(self, window: Window) -> PayoutBooks:
         books = PayoutBooks()
         for part in _summary_windows(window):
-            r = self.payout.SummarizeBooks(
-                payout_pb2.SummarizeBooksRequest(start_time=_stamp(part.start), end_time=_stamp(part.end)),
-                timeout=DEADLINE_SECONDS,
-            )
+            request = payout_pb2.SummarizeBooksRequest(start_time=_stamp(part.start), end_time=_stamp(part.end))
+            r = _ask("payout", self.payout.SummarizeBooks, request)
             books.payouts += [
                 PayoutTotals(
                     _PAYOUT_STATES[p.state],
@@ -328,11 +338,18 @@ class RpcBooks:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _pages(call: Callable[..., Any], request: Any) -> Iterator[Any]:
+def _ask(service: str, call: Callable[..., T], request: Any) -> T:
+    try:
+        return call(request, timeout=DEADLINE_SECONDS)
+    except grpc.RpcError as error:
+        raise ReadFailed(service, error) from error
+
+
+def _pages(service: str, call: Callable[..., Any], request: Any) -> Iterator[Any]:
     """Every page of a listing: the request asked again with each next_page_token."""
     request.page_size = PAGE_SIZE
     while True:
-        page = call(request, timeout=DEADLINE_SECONDS)
+        page = _ask(service, call, request)
         yield page
         if not page.next_page_token:
             return

@@ -8,10 +8,12 @@ only the agreement between the services breaks), never through an RPC.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from giftcoin.gifting.v1 import gifting_pb2
 from giftcoin.payout.v1 import payout_pb2
 from giftcoin.wallet.v1 import wallet_pb2
 from sqlalchemy import Connection, delete, insert, select, update
@@ -23,10 +25,12 @@ from services.runtime.config import DEV_JWT_SECRET
 from services.runtime.db import Database
 from services.runtime.ledger import Ledger, Posting
 from services.wallet import storage as wallet_storage
-from tests.gifting.harness import Suite, new_id, start_suite
+from services.wallet.receipts import mint_receipt
+from tests.gifting.harness import Suite, new_id, refused, start_suite
 from tests.support.identity import as_caller, operator, user
 
 OPS = operator("ops")
+COMPLETED = gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
 
 
 @pytest.fixture
@@ -90,6 +94,62 @@ def promotion(suite: Suite, promotion_id: str, coins: int, budget: int) -> None:
     request.start_time.FromDatetime(now - timedelta(hours=1))
     request.end_time.FromDatetime(now + timedelta(days=1))
     suite.clients.wallet.CreatePromotion(request, metadata=as_caller(OPS), timeout=10)
+
+
+@dataclass
+class Story:
+    """What the story's calls did, as their answers said."""
+
+    purchases: list[wallet_pb2.Purchase] = field(default_factory=list)
+    completed: list[gifting_pb2.GiftTransfer] = field(default_factory=list)
+    failed_after_hold: str = ""  # a gift whose hold was made and released
+    failed_without_hold: str = ""
+    refund: wallet_pb2.RefundPurchaseResponse | None = None
+    payout: payout_pb2.Payout | None = None
+    granted: int = 0
+    promotion_budget: int = 0
+
+
+def buy(suite: Suite, user_id: str, package_id: str, store_transaction_id: str) -> wallet_pb2.Purchase:
+    receipt = wallet_pb2.Receipt(store="sandbox", payload=mint_receipt(package_id, store_transaction_id))
+    request = wallet_pb2.PurchaseCoinsRequest(request_id=new_id(), package_id=package_id, receipt=receipt)
+    return suite.clients.wallet.PurchaseCoins(request, metadata=as_caller(user(user_id)), timeout=10).purchase
+
+
+def story(suite: Suite) -> Story:
+    """Viewers buy and claim coins, send gifts (three complete, two fail), one purchase is refunded,
+    and the creator is paid out."""
+    c, s = suite.clients, Story()
+    for viewer in ("ana", "ben", "dan"):
+        c.viewer(viewer, package_id="")
+    s.purchases += [buy(suite, "ana", "coins_700", "ana-1"), buy(suite, "dan", "coins_70", "dan-1")]
+    s.purchases += [buy(suite, "ben", "coins_17500", f"ben-{n}") for n in (1, 2)]
+    s.promotion_budget = 1000
+    promotion(suite, "welcome", coins=100, budget=s.promotion_budget)
+    claim = wallet_pb2.ClaimPromotionRequest(request_id=new_id(), promotion_id="welcome")
+    s.granted = c.wallet.ClaimPromotion(claim, metadata=as_caller(user("ana")), timeout=10).coins_granted
+    creator_ready(suite, "cara")
+    s.completed += [
+        c.send("ana", gift_id="doughnut", recipient_id="cara"),
+        c.send("ana", gift_id="rose", recipient_id="cara"),  # 1 coin: no diamonds, all the platform's share
+        c.send("ben", gift_id="lion", recipient_id="cara"),
+    ]
+    assert {t.state for t in s.completed} == {COMPLETED}
+    cannot = refused(lambda: c.send("ana", gift_id="doughnut", recipient_id="nobody"))
+    assert cannot.reason == "RECIPIENT_CANNOT_RECEIVE"
+    s.failed_after_hold = cannot.metadata["transfer_id"]
+    poor = refused(lambda: c.send("dan", gift_id="universe", recipient_id="cara"))
+    assert poor.reason == "INSUFFICIENT_FUNDS"
+    s.failed_without_hold = poor.metadata["transfer_id"]
+    refund = wallet_pb2.RefundPurchaseRequest(
+        request_id=new_id(), store="sandbox", store_transaction_id="dan-1", kind=wallet_pb2.REFUND_KIND_REFUND
+    )
+    s.refund = c.wallet.RefundPurchase(refund, metadata=as_caller(OPS), timeout=10)
+    request = payout_pb2.RequestPayoutRequest(request_id=new_id(), diamonds=14000)  # some diamonds stay
+    s.payout = c.payout.RequestPayout(request, metadata=as_caller(user("cara")), timeout=10).payout
+    (processor, _reaper) = suite.payout_server.app.loops
+    processor.step()  # the payout processor's pass: the sandbox pays
+    return s
 
 
 # --- behind the services' backs ----------------------------------------------------------------------

@@ -8,92 +8,33 @@ at a time, and the reconciler must name each break with its ids.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
-from giftcoin.payout.v1 import payout_pb2
-from giftcoin.wallet.v1 import wallet_pb2
 
-from services.reconciler import Window
+from services.reconciler import ReadFailed, Window
 from services.reconciler.books import PayoutTotals, Refunds, Takings
 from services.runtime.auth import service
 from services.runtime.errors import from_rpc_error
-from services.wallet.receipts import mint_receipt
-from tests.gifting.harness import Suite, new_id, refused
+from tests.gifting.harness import Suite, new_id
 from tests.reconciler.conftest import (
+    COMPLETED,
     OPS,
+    Story,
     capture_behind_wallets_back,
     creator_ready,
     credit_again_behind_payouts_back,
     credit_behind_payouts_back,
     delete_credit_behind_payouts_back,
-    promotion,
     reconcile,
     rename_hold_behind_wallets_back,
+    story,
 )
-from tests.support.identity import as_caller, user
+from tests.support.identity import user
 
-COMPLETED = gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
 PENDING = gifting_pb2.GIFT_TRANSFER_STATE_PENDING
-
-
-@dataclass
-class Story:
-    """What the story's calls did, as their answers said."""
-
-    purchases: list[wallet_pb2.Purchase] = field(default_factory=list)
-    completed: list[gifting_pb2.GiftTransfer] = field(default_factory=list)
-    failed_after_hold: str = ""  # a gift whose hold was made and released
-    failed_without_hold: str = ""
-    refund: wallet_pb2.RefundPurchaseResponse | None = None
-    payout: payout_pb2.Payout | None = None
-    granted: int = 0
-    promotion_budget: int = 0
-
-
-def buy(suite: Suite, user_id: str, package_id: str, store_transaction_id: str) -> wallet_pb2.Purchase:
-    receipt = wallet_pb2.Receipt(store="sandbox", payload=mint_receipt(package_id, store_transaction_id))
-    request = wallet_pb2.PurchaseCoinsRequest(request_id=new_id(), package_id=package_id, receipt=receipt)
-    return suite.clients.wallet.PurchaseCoins(request, metadata=as_caller(user(user_id)), timeout=10).purchase
-
-
-def story(suite: Suite) -> Story:
-    """Viewers buy and claim coins, send gifts (three complete, two fail), one purchase is refunded,
-    and the creator is paid out."""
-    c, s = suite.clients, Story()
-    for viewer in ("ana", "ben", "dan"):
-        c.viewer(viewer, package_id="")
-    s.purchases += [buy(suite, "ana", "coins_700", "ana-1"), buy(suite, "dan", "coins_70", "dan-1")]
-    s.purchases += [buy(suite, "ben", "coins_17500", f"ben-{n}") for n in (1, 2)]
-    s.promotion_budget = 1000
-    promotion(suite, "welcome", coins=100, budget=s.promotion_budget)
-    claim = wallet_pb2.ClaimPromotionRequest(request_id=new_id(), promotion_id="welcome")
-    s.granted = c.wallet.ClaimPromotion(claim, metadata=as_caller(user("ana")), timeout=10).coins_granted
-    creator_ready(suite, "cara")
-    s.completed += [
-        c.send("ana", gift_id="doughnut", recipient_id="cara"),
-        c.send("ana", gift_id="rose", recipient_id="cara"),  # 1 coin: no diamonds, all the platform's share
-        c.send("ben", gift_id="lion", recipient_id="cara"),
-    ]
-    assert {t.state for t in s.completed} == {COMPLETED}
-    cannot = refused(lambda: c.send("ana", gift_id="doughnut", recipient_id="nobody"))
-    assert cannot.reason == "RECIPIENT_CANNOT_RECEIVE"
-    s.failed_after_hold = cannot.metadata["transfer_id"]
-    poor = refused(lambda: c.send("dan", gift_id="universe", recipient_id="cara"))
-    assert poor.reason == "INSUFFICIENT_FUNDS"
-    s.failed_without_hold = poor.metadata["transfer_id"]
-    refund = wallet_pb2.RefundPurchaseRequest(
-        request_id=new_id(), store="sandbox", store_transaction_id="dan-1", kind=wallet_pb2.REFUND_KIND_REFUND
-    )
-    s.refund = c.wallet.RefundPurchase(refund, metadata=as_caller(OPS), timeout=10)
-    request = payout_pb2.RequestPayoutRequest(request_id=new_id(), diamonds=14000)  # some diamonds stay
-    s.payout = c.payout.RequestPayout(request, metadata=as_caller(user("cara")), timeout=10).payout
-    (processor, _reaper) = suite.payout_server.app.loops
-    processor.step()  # the payout processor's pass: the sandbox pays
-    return s
 
 
 def test_clean_books_reconcile_to_zero_and_the_summary_is_the_money_the_calls_moved(books: Suite) -> None:
@@ -244,9 +185,9 @@ def test_only_operators_and_the_reconciler_may_read_the_books(books: Suite) -> N
     story(books)
     assert reconcile(books, caller=OPS).ok
     for caller in (user("ana"), service("gifting"), service("wallet")):
-        with pytest.raises(grpc.RpcError) as info:
+        with pytest.raises(ReadFailed) as info:
             reconcile(books, caller=caller)
-        error = from_rpc_error(info.value)
+        error = from_rpc_error(info.value.error)
         assert error is not None and (error.code, error.reason) == (
             grpc.StatusCode.PERMISSION_DENIED,
             "PERMISSION_DENIED",
