@@ -55,7 +55,9 @@ from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime
 
 # Holder balances are stored and never negative; platform balances are not stored (NULL).
-PLATFORM_BALANCE_NOT_STORED = "(platform AND balance IS NULL) OR (NOT platform AND balance >= 0)"
+PLATFORM_BALANCE_NOT_STORED = (
+    "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-PLATFORM_BALANCE_NOT_STORED = "(platform AND balance IS NULL) OR (NOT platform AND balance >= 0)"
+PLATFORM_BALANCE_NOT_STORED = (
+    "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
+)
 PURCHASED = "platform:gift_coins:purchased"
 PROMOTIONAL = "platform:gift_coins:promotional"
 CREATORS_SHARE = "platform:gift_coins:creators_share"

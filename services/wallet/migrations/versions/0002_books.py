@@ -18,7 +18,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-PLATFORM_BALANCE_NOT_STORED = "(platform AND balance IS NULL) OR (NOT platform AND balance >= 0)"
+PLATFORM_BALANCE_NOT_STORED = (
+    "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
+)
 
 
 def upgrade() -> None:
