@@ -1,6 +1,6 @@
 """The reconciliation's metrics, exported like the services' (GIFTCOIN_TRACE_EXPORTER: otlp to the
 collector in deployment), so that an alert fires on any discrepancy, or when runs stop completing
-(deploy/monitoring/reconciliation-alerts.yaml)."""
+(deploy/monitoring/reconciliation-alerts.yaml). The job exports them once per run, as it ends."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from opentelemetry import metrics
 
 from services.reconciler.reconcile import ACTIONS, Report
 
+# The alert rules name these (as Prometheus spells them: `_` for `.`, `_seconds` for unit s).
+DISCREPANCIES_METRIC = "giftcoin.reconciliation.discrepancies"
+IN_FLIGHT_METRIC = "giftcoin.reconciliation.in_flight"
+LAST_COMPLETED_METRIC = "giftcoin.reconciliation.last_completed"  # unit s
+
 _meter = metrics.get_meter("giftcoin.reconciler")
 DISCREPANCIES = _meter.create_gauge(
-    "giftcoin.reconciliation.discrepancies",
-    description="Discrepancies the last reconciliation found between the services' books, by kind",
+    DISCREPANCIES_METRIC, description="Discrepancies the last reconciliation found between the services' books, by kind"
 )
-IN_FLIGHT = _meter.create_gauge(
-    "giftcoin.reconciliation.in_flight", description="Gifts of the last reconciliation's window still in flight"
-)
-COMPLETED = _meter.create_gauge(
-    "giftcoin.reconciliation.completed", unit="s", description="When the last reconciliation completed (Unix time)"
+IN_FLIGHT = _meter.create_gauge(IN_FLIGHT_METRIC, description="Gifts of the last reconciliation's window in flight")
+LAST_COMPLETED = _meter.create_gauge(
+    LAST_COMPLETED_METRIC, unit="s", description="When the last reconciliation completed (Unix time)"
 )
 
 
@@ -29,4 +31,4 @@ def record(report: Report) -> None:
     for kind in ACTIONS:
         DISCREPANCIES.set(found[kind], {"kind": kind})
     IN_FLIGHT.set(report.in_flight)
-    COMPLETED.set(int(report.as_of.timestamp()))
+    LAST_COMPLETED.set(int(report.as_of.timestamp()))

@@ -56,6 +56,9 @@ def _design(endpoints: list[Endpoint], overlay: str) -> set[Call]:
         calls.add((f"{svc}-migrate", database, 5432, "TCP"))  # ...and its migration Job
     calls.add(("gifting", "wallet", 50051, "TCP"))  # the saga: hold, capture, release
     calls.add(("gifting", "payout", 50053, "TCP"))  # the saga: credit diamonds
+    for svc, (port, _) in kube.SERVICES.items():  # the reconciliation job reads the books, no database
+        calls.add((kube.RECONCILER, svc, port, "TCP"))
+    calls.add((kube.RECONCILER, "otel-collector", 4317, "TCP"))  # its metrics
     if overlay == "prod":
         calls.add(("otel-collector", "trace-backend", 4317, "TCP"))
     for endpoint in endpoints:
