@@ -14,8 +14,10 @@ import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
 
-from services.gifting.domain import Send, SendAsk, Target, new_lease_owner
+from services.gifting.domain import Send, SendAsk, Target
+from services.gifting.saga import new_lease_owner
 from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork
+from services.runtime import eventloop
 from services.runtime.errors import DomainError
 from tests.gifting.harness import STREAM, Suite, new_id, start_suite
 from tests.gifting.test_recovery import recover_until_finished
@@ -31,12 +33,8 @@ class Crash(Exception):
 
 @pytest.fixture
 def tight(make_database: Callable[[str], str]) -> Iterator[Suite]:
-    """The suite with a daily limit of 100 coins and one send worker (sends queue into batches)."""
-    running = start_suite(
-        make_database,
-        GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS="100",
-        GIFTCOIN_GIFTING_SEND_BATCH_WORKERS="1",
-    )
+    """The suite with a daily limit of 100 coins."""
+    running = start_suite(make_database, GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS="100")
     try:
         yield running
         assert running.problems() == []
@@ -53,8 +51,9 @@ def record_and_settle(suite: Suite, asks: list[SendAsk]) -> list[TransferRecord 
     """What the SendGift batcher does with a batch, minus the request-id store and protobuf."""
     gifting, owner = suite.gifting, new_lease_owner()
     recorded = gifting.db.run(lambda conn: gifting.record_sends(conn, asks, owner))
-    settled = iter(gifting.settle_recorded([r for r in recorded if isinstance(r, TransferRecord)], owner))
-    return [r if isinstance(r, DomainError) else next(settled) for r in recorded]
+    fresh = [r for r in recorded if isinstance(r, TransferRecord)]
+    settled = eventloop.run(suite.saga.drive(fresh, owner))
+    return [r if isinstance(r, DomainError) else settled[r.transfer_id] for r in recorded]
 
 
 def test_each_send_of_a_batch_ends_as_it_would_alone(tight: Suite) -> None:
@@ -117,11 +116,11 @@ def test_a_crash_mid_batch_leaves_every_gift_of_it_to_recovery_which_moves_value
         if point == "after_credit":
             raise Crash(point)
 
-    tight.gifting.failpoint = crash
+    tight.saga.failpoint = crash
     asks = [ask("vince"), ask("wendy", quantity=3), ask("xena", "rose")]
     with pytest.raises(Crash):
         record_and_settle(tight, asks)
-    tight.gifting.failpoint = lambda _point: None
+    tight.saga.failpoint = lambda _point: None
     sent = sent_transfers(tight, asks)
     assert [t.state for t in sent] == [PENDING] * 3
     assert tight.recover() == 0  # the dead batch's lease still holds
