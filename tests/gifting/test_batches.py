@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
+from sqlalchemy import update
 
 from services.gifting.domain import Send, SendAsk, Target
 from services.gifting.saga import new_lease_owner
-from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork
+from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork, gift_transfers
 from services.runtime import eventloop
 from services.runtime.errors import DomainError
 from tests.gifting.harness import STREAM, Suite, new_id, start_suite
@@ -210,3 +211,46 @@ def test_a_peer_down_mid_batch_leaves_every_gift_of_it_pending_and_recovery_fini
     assert [tight.gifting.get_transfer(t.sender_id, t.transfer_id).state for t in gifts] == [COMPLETED] * 4
     assert (c.balance("vince").total, c.balance("wendy").total) == (700 - 30 - 60, 700 - 1 - 30)
     assert c.diamonds("carol") == 15 + 0 + 30 + 15
+
+
+def test_a_batch_that_loses_its_lease_answers_every_client_with_its_gift_as_it_stands(tight: Suite) -> None:
+    c = tight.clients
+    senders = ("vince", "wendy", "xena")
+    for viewer in senders:
+        c.viewer(viewer)
+    c.creator("carol")
+
+    def taken_over(point: str) -> None:  # another replica takes the batch's gifts over mid-saga
+        if point == "after_hold":
+            pending = gift_transfers.c.state == "pending"
+            tight.gifting.db.run(
+                lambda conn: conn.execute(update(gift_transfers).where(pending).values(lease_owner="b"))
+            )
+
+    tight.saga.failpoint = taken_over
+    answers: dict[str, gifting_pb2.GiftTransfer | grpc.RpcError] = {}
+    start = threading.Barrier(len(senders))
+
+    def send(sender: str) -> None:
+        start.wait()
+        try:
+            answers[sender] = c.send(sender, gift_id="doughnut", recipient_id="carol")
+        except grpc.RpcError as error:
+            answers[sender] = error
+
+    threads = [threading.Thread(target=send, args=(sender,)) for sender in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tight.saga.failpoint = lambda _point: None
+    # Each client hears of its gift, as it stands (the other replica drives it): never INTERNAL.
+    assert {sender: getattr(a, "state", a) for sender, a in answers.items()} == {
+        sender: gifting_pb2.GIFT_TRANSFER_STATE_PENDING for sender in senders
+    }
+    tight.clock.advance(seconds=LEASE + 1)  # the other replica died: recovery takes the gifts over
+    recover_until_finished(tight, expected=3)
+    assert {c.transfer(s, answers[s].transfer_id).state for s in senders} == {  # type: ignore[union-attr]
+        gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
+    }
+    assert c.diamonds("carol") == 3 * 15
