@@ -34,7 +34,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -303,6 +303,24 @@ class RunningServer:
         await asyncio.get_running_loop().run_in_executor(None, self.app.close)
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Server reflection as grpc.reflection.v1alpha (grpcio-reflection's) and v1, which today's tools ask
+    first: v1's messages are v1alpha's, field for field, so v1alpha's servicer answers both."""
+    reflection.enable_server_reflection(service_names, server)
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
     tls = settings.tls
     return grpc.ssl_server_credentials(
@@ -347,7 +365,7 @@ async def start_server(app: ServiceApp, settings: ServiceSettings, address: str 
     app.add_to_server(app.servicer, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((app.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection(server, (app.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1))
     address = address or settings.address
     if settings.tls.enabled:
         port = server.add_secure_port(address, _server_credentials(settings))
