@@ -28,8 +28,9 @@ from services.runtime.db import Database, make_engine
 
 VIEWERS_PER_PROCESS = 1000
 CHANNELS_PER_PROCESS = 10
-EVENTS_PER_RESPONSE = 200
+EVENTS_PER_RESPONSE = 500
 HOT_STREAM = "live-hot"
+FEED_PHASE = "feed: SendGift hot"
 
 
 def resident_kib(pid: int) -> int:

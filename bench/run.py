@@ -325,7 +325,7 @@ def feed_phase(
     """The hot phase at `rate` without viewers, then with the viewers connected."""
     report.status(f"suite: SendGift hot at {rate:.0f}/s, no viewers ...")
     alone = suite_phase(options, suite, population, hot=True, rate=rate)
-    report.rows.append(Row.of(f"suite: SendGift hot at {rate:.0f}/s (no viewers)", alone, suite=True, rate=rate))
+    report.rows.append(Row.of(f"{feed.FEED_PHASE} {rate:.0f}/s, no viewers", alone, suite=True, rate=rate))
     quiet_streams = [f"live-{creator}" for creator in population.creators[1:]]
     plan = [(feed.HOT_STREAM, options.hot_viewers)]
     plan += [
@@ -344,7 +344,7 @@ def feed_phase(
         watched = suite_phase(options, suite, population, hot=True, rate=rate)
         window = (window_start, window_start + options.duration)
         report.rows.append(
-            Row.of(f"suite: SendGift hot at {rate:.0f}/s ({audience.held} viewers)", watched, suite=True, rate=rate)
+            Row.of(f"{feed.FEED_PHASE} {rate:.0f}/s, {audience.held} viewers", watched, suite=True, rate=rate)
         )
         feed.wait_for_quiet()
         feed.collect(audience, feed.feed_heads(suite.urls["gifting"], [s for s, _ in plan]), window)
