@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 # Encodes events as the responses a viewer is sent: up to `per_response` events each.
 Encode = Callable[[Sequence[FeedEventRecord], int], list[bytes]]
 
-WINDOW_EVENTS = 1024  # recent events a replica keeps per watched target (at least)
+# Recent events a replica keeps per watched target (at least): a viewer that falls further behind
+# reads the outbox itself, so the window covers a busy stream's events of many seconds.
+WINDOW_EVENTS = 8192
 READ_PAGE = 500  # events read from the outbox at a time
 WAKE_SLICE = 64  # viewers woken at a time before the event loop runs what else is ready
 

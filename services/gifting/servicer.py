@@ -355,10 +355,8 @@ def _event(e: FeedEventRecord) -> gifting_pb2.GiftEvent:
         transfer_id=t.transfer_id,
         sender_id=t.sender_id,
         gift_id=t.gift_id,
-        gift_name=t.gift_name,
         quantity=t.quantity,
         combo_count=e.combo_count,
-        total_coins=t.total_coins,
     )
     if t.completed_at is not None:
         event.complete_time.CopyFrom(to_timestamp(t.completed_at))

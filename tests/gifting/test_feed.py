@@ -83,10 +83,8 @@ class Watcher:
                             transfer_id=t.transfer_id,
                             sender_id=t.sender_id,
                             gift_id=t.gift_id,
-                            gift_name=t.gift_name,
                             quantity=t.quantity,
                             combo_count=response.combo_count,
-                            total_coins=t.total_coins,
                             complete_time=t.complete_time,
                         )
                     )
