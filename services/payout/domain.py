@@ -5,17 +5,18 @@ are runtime.errors.DomainError. Value moves only through the double-entry ledger
 transaction as the state change it explains:
 
     credit     platform:diamonds_issued         -d  ->  creator:<id>:diamonds               +d
-               platform:gift_coins:purchased  -(c-p) ->  platform:gift_coins:creators_share +d
-               platform:gift_coins:promotional  -p      platform:gift_coins:platform_share +(c-d)
+               platform:gift_coins              -c  ->  platform:gift_coins:creators_share   +d
+                                                        platform:gift_coins:platform_share   +(c-d)
     request    creator:<id>:diamonds            -d  ->  creator:<id>:diamonds_in_payout     +d
     paid       creator:<id>:diamonds_in_payout  -d  ->  platform:diamonds_redeemed          +d
                platform:cash_issued:<cur>   -gross  ->  platform:cash_paid_out:<cur>      +net
                                                         platform:payout_fee_revenue:<cur> +fee
     failed     creator:<id>:diamonds_in_payout  -d  ->  creator:<id>:diamonds               +d
 
-A credit books the whole gift, once, in one transfer: its diamonds (unit diamond), and its c coins,
-p of them promotional (unit coin), split into the creators' share (d, the diamonds: a diamond is the
-creator's share of one coin) and the platform's share (c - d, gifting's rounding included). Payout
+A credit books the whole gift, once, in one transfer: its diamonds (unit diamond), and its c coins
+(unit coin), split into the creators' share (d, the diamonds: a diamond is the creator's share of one
+coin) and the platform's share (c - d, gifting's rounding included). The promotional part of the coins
+is on the credit's record; wallet's ledger books it (spent: purchased or promotional). Payout
 books it because the credit is the step that carries all three figures (CreditDiamonds has the coins),
 and a credited gift always completes (gifting's saga); the platform accounts keep no stored balance,
 so the coin entries are more rows in the same statements, not a row every credit locks.
@@ -41,8 +42,7 @@ from services.payout.storage import (
     DIAMONDS_ISSUED,
     DIAMONDS_REDEEMED,
     FAILED,
-    GIFT_COINS_PROMOTIONAL,
-    GIFT_COINS_PURCHASED,
+    GIFT_COINS,
     GIFT_CREDIT,
     IN_FLIGHT,
     PAID,
@@ -359,7 +359,7 @@ class Payouts:
         """The platform accounts every credit moves diamonds and coins between, opened at start (idempotent)."""
         now = self.clock.now()
         uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
-        for code in (GIFT_COINS_PURCHASED, GIFT_COINS_PROMOTIONAL, CREATORS_SHARE, PLATFORM_SHARE):
+        for code in (GIFT_COINS, CREATORS_SHARE, PLATFORM_SHARE):
             uow.ledger.open_account(code, COIN, now, platform=True)
 
     def _decide_credits(
@@ -741,13 +741,12 @@ def _destination(record: CreatorRecord) -> Destination | None:
 
 
 def _credit_postings(r: CreditRecord) -> list[Posting]:
-    """A gift's booking (the module's header): its diamonds to the creator, its coins by origin, split
-    into the creators' and the platform's shares (zero amounts are left out by the ledger)."""
+    """A gift's booking (the module's header): its diamonds to the creator, its coins split into the
+    creators' and the platform's shares (zero amounts are left out by the ledger)."""
     return [
         Posting(DIAMONDS_ISSUED, -r.diamonds),
         Posting(creator_diamonds(r.creator_id), r.diamonds),
-        Posting(GIFT_COINS_PURCHASED, -(r.coins - r.promotional_coins)),
-        Posting(GIFT_COINS_PROMOTIONAL, -r.promotional_coins),
+        Posting(GIFT_COINS, -r.coins),
         Posting(CREATORS_SHARE, r.diamonds),
         Posting(PLATFORM_SHARE, r.coins - r.diamonds),
     ]

@@ -150,12 +150,12 @@ DIAMOND = "diamond"
 DIAMONDS_ISSUED = "platform:diamonds_issued"  # where credited diamonds come from (goes negative)
 DIAMONDS_REDEEMED = "platform:diamonds_redeemed"  # diamonds of paid payouts end here
 
-# The coins of credited gifts, as payout books them with each credit (domain.py's header): where they
-# came from (bought or promotional coins, negative), and how they split, into the creators' share (the
-# diamonds: a diamond is the creator's share of one coin) and the platform's share.
+# The coins of credited gifts, as payout books them with each credit (domain.py's header): the coins
+# the gifts cost (negative), split into the creators' share (the diamonds: a diamond is the creator's
+# share of one coin) and the platform's share. How many of them were promotional is wallet's ledger's
+# to tell (and the credit's record's).
 COIN = "coin"
-GIFT_COINS_PURCHASED = "platform:gift_coins:purchased"
-GIFT_COINS_PROMOTIONAL = "platform:gift_coins:promotional"
+GIFT_COINS = "platform:gift_coins"
 CREATORS_SHARE = "platform:gift_coins:creators_share"
 PLATFORM_SHARE = "platform:gift_coins:platform_share"
 

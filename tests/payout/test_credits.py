@@ -156,15 +156,13 @@ def test_a_credit_books_the_gifts_coins_split_into_the_creators_and_the_platform
         ledger = storage.UnitOfWork(conn).ledger
         assert ledger.balances(
             [
-                storage.GIFT_COINS_PURCHASED,
-                storage.GIFT_COINS_PROMOTIONAL,
+                storage.GIFT_COINS,
                 storage.CREATORS_SHARE,
                 storage.PLATFORM_SHARE,
                 storage.DIAMONDS_ISSUED,
             ]
         ) == {
-            storage.GIFT_COINS_PURCHASED: -(101 - 30) - 1,
-            storage.GIFT_COINS_PROMOTIONAL: -30,
+            storage.GIFT_COINS: -101 - 1,
             storage.CREATORS_SHARE: 50,  # coins that became the creator's diamonds
             storage.PLATFORM_SHARE: (101 - 50) + 1,
             storage.DIAMONDS_ISSUED: -50,

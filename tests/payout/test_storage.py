@@ -159,12 +159,10 @@ def test_migration_0002_books_the_platforms_share_of_credits_recorded_before_it(
         command.upgrade(config, "head")
         with db.transaction() as conn:
             ledger = Ledger(storage.ledger, conn)
-            assert ledger.balances(
-                [storage.PLATFORM_SHARE, storage.CREATORS_SHARE, storage.GIFT_COINS_PROMOTIONAL]
-            ) == {
+            assert ledger.balances([storage.PLATFORM_SHARE, storage.CREATORS_SHARE, storage.GIFT_COINS]) == {
                 storage.PLATFORM_SHARE: 51 + 1,
                 storage.CREATORS_SHARE: 50,
-                storage.GIFT_COINS_PROMOTIONAL: -30,
+                storage.GIFT_COINS: -(101 + 1),
             }
             booked = storage.CreditRepository(conn).booked(storage.CreditQuery(), 10)
             assert [(b.credit.gift_id, b.booked_diamonds, b.booked_share, b.diamond_transfers) for b in booked] == [

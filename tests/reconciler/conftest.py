@@ -197,7 +197,7 @@ def credit_behind_payouts_back(suite: Suite, gift_id: str, creator_id: str, diam
             [
                 Posting(payout_storage.DIAMONDS_ISSUED, -diamonds),
                 Posting(payout_storage.creator_diamonds(creator_id), diamonds),
-                Posting(payout_storage.GIFT_COINS_PURCHASED, -coins),
+                Posting(payout_storage.GIFT_COINS, -coins),
                 Posting(payout_storage.CREATORS_SHARE, diamonds),
                 Posting(payout_storage.PLATFORM_SHARE, coins - diamonds),
             ],

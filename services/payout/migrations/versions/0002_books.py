@@ -4,8 +4,8 @@ that operators' and the reconciler's reads use.
 
 Credits recorded before this revision booked only their diamonds. Each is given the coin side of its
 booking now, as a transfer of its own (`share:<credit id>`, kind gift_share, at the credit's time):
-its coins by origin, split into the creators' share and the platform's share, as a credit books them
-from now on (services/payout/domain.py). A correction is a new movement: nothing is rewritten.
+its coins, split into the creators' share and the platform's share, as a credit books them from now on
+(services/payout/domain.py). A correction is a new movement: nothing is rewritten.
 
 Revision ID: 0002
 Revises: 0001
@@ -29,15 +29,13 @@ depends_on = None
 PLATFORM_BALANCE_NOT_STORED = (
     "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
 )
-PURCHASED = "platform:gift_coins:purchased"
-PROMOTIONAL = "platform:gift_coins:promotional"
+GIFT_COINS = "platform:gift_coins"
 CREATORS_SHARE = "platform:gift_coins:creators_share"
 PLATFORM_SHARE = "platform:gift_coins:platform_share"
 
 # Each entry of a credit's coin side: account, amount, and when it is not zero.
 SHARE_ENTRIES = (
-    (PURCHASED, "-(coins - promotional_coins)", "coins - promotional_coins <> 0"),
-    (PROMOTIONAL, "-promotional_coins", "promotional_coins <> 0"),
+    (GIFT_COINS, "-coins", "coins <> 0"),
     (CREATORS_SHARE, "diamonds", "diamonds <> 0"),
     (PLATFORM_SHARE, "coins - diamonds", "coins - diamonds <> 0"),
 )
