@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeVar
 
 import grpc
@@ -58,7 +57,7 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.batching import Batcher
 from services.runtime.errors import DomainError, aborted, unavailable
 from services.runtime.idempotency import BatchItem, RequestIdStore
-from services.runtime.pagination import decode_position, encode_position, filters_key
+from services.runtime.pagination import Listing
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -364,24 +363,16 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         self, request: gifting_pb2.ListGiftTransfersRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.ListGiftTransfersResponse:
         v = Validator()
-        start, end, transfer_ids = v.selection(request, "transfer_ids")
         for i, state in enumerate(request.states):
             v.enum(state, set(_TRANSFER_STATES), f"states[{i}]")
         for i, step in enumerate(request.steps):
             v.enum(step, set(_STEPS), f"steps[{i}]")
-        v.page_size(request.page_size)
-        v.check()
+        kinds = (sorted(set(request.states)), sorted(set(request.steps)))
+        listing = Listing("gift_transfers", request, "transfer_ids", v, *kinds)
         states = tuple(sorted({_TRANSFER_STATES[s] for s in request.states}))
         steps = tuple(sorted({_STEPS[s] for s in request.steps}))
-        filters = filters_key(states, steps, start, end, sorted(transfer_ids))
-        after = decode_position(request.page_token, "gift_transfers", filters, (datetime, str))
-        position = None if after is None else (after[0], after[1])
-        query = TransferQuery(states, steps, start, end, transfer_ids, position)
-        size = clamp_page_size(request.page_size)
-        page, more = self.gifting.transfers(query, size)
-        token = ""
-        if more:
-            token = encode_position("gift_transfers", filters, [page[-1].created_at, page[-1].transfer_id])
+        page, more = self.gifting.transfers(TransferQuery(states, steps, listing.selection), listing.size)
+        token = listing.next_token(more, page[-1].created_at, page[-1].transfer_id) if page else ""
         return gifting_pb2.ListGiftTransfersResponse(
             transfers=[_transfer_record(t) for t in page], next_page_token=token
         )

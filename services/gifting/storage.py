@@ -14,7 +14,7 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,13 +46,14 @@ from sqlalchemy import (
 
 from services.runtime.audit import audit_table
 from services.runtime.db import (
-    after_keys,
+    Selection,
     insert_rows,
     insert_unless_conflict,
     keys_in,
     rows_bindparams,
     rows_params,
     rows_source,
+    selected,
     update_rows,
     upsert_rows,
 )
@@ -271,15 +272,11 @@ def revised(t: TransferRecord, **changes: Any) -> TransferRecord:
 
 @dataclass(frozen=True)
 class TransferQuery:
-    """Which transfers a listing reads: by state and step (any, when empty), in a window of create times
-    or given by id (not both), after a position."""
+    """Which transfers a listing reads: by state and step (any, when empty), and its selection."""
 
     states: tuple[str, ...] = ()
     steps: tuple[str, ...] = ()
-    start: datetime | None = None
-    end: datetime | None = None
-    transfer_ids: tuple[str, ...] = ()
-    after: tuple[datetime, str] | None = None  # the (created_at, transfer_id) of the last one already listed
+    selection: Selection = field(default_factory=Selection)
 
 
 @dataclass(frozen=True)
@@ -589,15 +586,8 @@ class TransferRepository:
             statement = statement.where(t.c.state.in_(query.states))
         if query.steps:
             statement = statement.where(t.c.step.in_(query.steps))
-        if query.transfer_ids:
-            statement = statement.where(t.c.transfer_id.in_(query.transfer_ids))
-        if query.start is not None:
-            statement = statement.where(t.c.created_at >= query.start)
-        if query.end is not None:
-            statement = statement.where(t.c.created_at < query.end)
-        if query.after is not None:
-            statement = statement.where(after_keys([t.c.created_at, t.c.transfer_id], query.after))
-        rows = self.conn.execute(statement.order_by(t.c.created_at, t.c.transfer_id).limit(limit))
+        statement = selected(statement, t.c.created_at, t.c.transfer_id, t.c.transfer_id, query.selection, limit)
+        rows = self.conn.execute(statement)
         return [_record(TransferRecord, r) for r in rows]
 
     def leaders(

@@ -51,7 +51,6 @@ from services.payout.storage import (
     REQUESTED,
     BookedCreditRecord,
     CreatorRecord,
-    CreditQuery,
     CreditRecord,
     DiamondEntry,
     PayoutRecord,
@@ -65,7 +64,7 @@ from services.payout.storage import (
     fee_revenue,
 )
 from services.runtime.clock import Clock
-from services.runtime.db import Database
+from services.runtime.db import Database, Selection
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
@@ -472,8 +471,8 @@ class Payouts:
         records = uow.payouts.by_states(states, after, page_size + 1)
         return Page([_payout(r) for r in records[:page_size]], len(records) > page_size)
 
-    def booked_credits(self, uow: UnitOfWork, query: CreditQuery, page_size: int) -> Page[BookedCreditRecord]:
-        records = uow.credits.booked(query, page_size + 1)
+    def booked_credits(self, uow: UnitOfWork, selection: Selection, page_size: int) -> Page[BookedCreditRecord]:
+        records = uow.credits.booked(selection, page_size + 1)
         return Page(records[:page_size], len(records) > page_size)
 
     def summary(self, uow: UnitOfWork, start: datetime, end: datetime) -> BooksSummary:

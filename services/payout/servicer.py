@@ -28,13 +28,14 @@ from services.payout.domain import (
     Quote,
 )
 from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
-from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, BookedCreditRecord, CreditQuery, UnitOfWork
+from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, BookedCreditRecord, UnitOfWork
 from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import (
+    Listing,
     decode_page_token,
     decode_position,
     encode_page_token,
@@ -330,19 +331,10 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     def ListDiamondCredits(
         self, request: payout_pb2.ListDiamondCreditsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.ListDiamondCreditsResponse:
-        v = Validator()
-        start, end, gift_ids = v.selection(request, "gift_ids")
-        v.page_size(request.page_size)
-        v.check()
-        filters = filters_key(start, end, sorted(gift_ids))
-        after = decode_position(request.page_token, "diamond_credits", filters, (datetime, str))
-        query = CreditQuery(start, end, gift_ids, None if after is None else (after[0], after[1]))
-        size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.booked_credits(uow, query, size))
-        token = ""
-        if page.has_more:
-            last = page.items[-1].credit
-            token = encode_position("diamond_credits", filters, [last.created_at, last.credit_id])
+        listing = Listing("diamond_credits", request, "gift_ids", Validator())
+        page = self._read(lambda uow: self.payouts.booked_credits(uow, listing.selection, listing.size))
+        last = page.items[-1].credit if page.items else None
+        token = listing.next_token(page.has_more, last.created_at, last.credit_id) if last else ""
         return payout_pb2.ListDiamondCreditsResponse(
             credits=[_booked_credit(c) for c in page.items], next_page_token=token
         )

@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 
 from services.runtime.audit import audit_table
-from services.runtime.db import after_keys, insert_rows, keys_in
+from services.runtime.db import Selection, after_keys, insert_rows, keys_in, selected
 from services.runtime.ledger import Ledger, ledger_tables
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
@@ -264,16 +264,6 @@ class BookedCreditRecord:
 
 
 @dataclass(frozen=True)
-class CreditQuery:
-    """Which credits a listing reads: a window of create times, or given gifts (not both), after a position."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-    gift_ids: tuple[str, ...] = ()
-    after: tuple[datetime, str] | None = None  # the (created_at, credit_id) of the last credit already listed
-
-
-@dataclass(frozen=True)
 class PayoutTotalsRow:
     state: str
     currency: str
@@ -358,19 +348,12 @@ class CreditRepository:
             lambda rows: {row.gift_id: _record(CreditRecord, row) for row in rows},
         )
 
-    def booked(self, query: CreditQuery, limit: int) -> list[BookedCreditRecord]:
-        """Credits by (created_at, credit_id), each with what the ledger booked for its gift."""
+    def booked(self, selection: Selection, limit: int) -> list[BookedCreditRecord]:
+        """Credits by (created_at, credit_id) (their gifts' ids selecting), each with what the ledger
+        booked for its gift."""
         c = diamond_credits
-        statement = select(c)
-        if query.gift_ids:
-            statement = statement.where(c.c.gift_id.in_(query.gift_ids))
-        if query.start is not None:
-            statement = statement.where(c.c.created_at >= query.start)
-        if query.end is not None:
-            statement = statement.where(c.c.created_at < query.end)
-        if query.after is not None:
-            statement = statement.where(after_keys([c.c.created_at, c.c.credit_id], query.after))
-        rows = self.conn.execute(statement.order_by(c.c.created_at, c.c.credit_id).limit(limit)).all()
+        statement = selected(select(c), c.c.created_at, c.c.credit_id, c.c.gift_id, selection, limit)
+        rows = self.conn.execute(statement).all()
         booked = self._booked([r.gift_id for r in rows])
         return [BookedCreditRecord(_record(CreditRecord, r), *booked.get(r.gift_id, (0, 0, 0))) for r in rows]
 

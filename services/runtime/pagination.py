@@ -9,7 +9,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import Message
+
+from services.runtime.db import Selection
 from services.runtime.errors import FieldViolation, invalid_argument
+from services.runtime.validation import Validator, clamp_page_size
 
 
 def encode_page_token(cursor: dict[str, Any]) -> str:
@@ -75,3 +79,26 @@ def _moment(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment is not None and moment.tzinfo is not None else None
+
+
+class Listing:
+    """A request's page of a listing in (create time, id) order: its `selection` (a window or ids, from
+    the request's start_time, end_time and `ids_field`, after its page token) and its page `size`; the
+    token of the next page is bound to the listing's name and all its filters (`filters` and these).
+
+    Validates the request with `v` (the caller's violations first), raising INVALID_ARGUMENT for all."""
+
+    def __init__(self, name: str, request: Message, ids_field: str, v: Validator, *filters: object) -> None:
+        start, end, ids = v.selection(request, ids_field)
+        page_size: int = getattr(request, "page_size")  # noqa: B009 (every listing has one)
+        v.page_size(page_size)
+        v.check()
+        self.name = name
+        self.size = clamp_page_size(page_size)
+        self.filters = filters_key(*filters, start, end, sorted(ids))
+        after = decode_position(getattr(request, "page_token"), name, self.filters, (datetime, str))  # noqa: B009
+        self.selection = Selection(start, end, ids, None if after is None else (after[0], after[1]))
+
+    def next_token(self, more: bool, created_at: datetime, key: str) -> str:
+        """The token of the page after the one that ended at (created_at, key); "" on the last page."""
+        return encode_position(self.name, self.filters, [created_at, key]) if more else ""

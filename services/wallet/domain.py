@@ -38,6 +38,7 @@ from typing import Protocol
 import grpc
 
 from services.runtime.clock import Clock
+from services.runtime.db import Selection
 from services.runtime.errors import (
     DomainError,
     FieldViolation,
@@ -57,7 +58,6 @@ from services.wallet.storage import (
     RELEASED,
     BookedHoldRecord,
     Duplicate,
-    HoldQuery,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
@@ -911,9 +911,11 @@ class WalletBook:
         left = uow.ledger.balances(promotion_budget_account(r.promotion_id) for r in page)
         return [Promotion(r, left[promotion_budget_account(r.promotion_id)]) for r in page], len(records) > page_size
 
-    def booked_holds(self, uow: WalletUnit, query: HoldQuery, page_size: int) -> tuple[list[BookedHoldRecord], bool]:
+    def booked_holds(
+        self, uow: WalletUnit, selection: Selection, page_size: int
+    ) -> tuple[list[BookedHoldRecord], bool]:
         """Holds in (create time, id) order, each with what its gift's captures spent; and whether more follow."""
-        records = uow.booked_holds(query, page_size + 1, CAPTURE, (SPENT_PURCHASED, SPENT_PROMOTIONAL))
+        records = uow.booked_holds(selection, page_size + 1, CAPTURE, (SPENT_PURCHASED, SPENT_PROMOTIONAL))
         return records[:page_size], len(records) > page_size
 
     def summary(self, uow: WalletUnit, start: datetime, end: datetime) -> BooksSummary:

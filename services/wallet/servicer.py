@@ -22,11 +22,11 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.pagination import (
+    Listing,
     decode_page_token,
     decode_position,
     encode_page_token,
     encode_position,
-    filters_key,
 )
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
@@ -39,7 +39,6 @@ from services.wallet.storage import (
     REFUND,
     RELEASED,
     BookedHoldRecord,
-    HoldQuery,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
@@ -314,16 +313,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def ListHolds(
         self, request: wallet_pb2.ListHoldsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ListHoldsResponse:
-        v = Validator()
-        start, end, gift_ids = v.selection(request, "gift_ids")
-        v.page_size(request.page_size)
-        v.check()
-        filters = filters_key(start, end, sorted(gift_ids))
-        after = decode_position(request.page_token, "holds", filters, (datetime, str))
-        query = HoldQuery(start, end, gift_ids, None if after is None else (after[0], after[1]))
-        size = clamp_page_size(request.page_size)
-        page, more = self.store.run(lambda uow: self.book.booked_holds(uow, query, size))
-        token = encode_position("holds", filters, [page[-1].hold.created_at, page[-1].hold.hold_id]) if more else ""
+        listing = Listing("holds", request, "gift_ids", Validator())
+        page, more = self.store.run(lambda uow: self.book.booked_holds(uow, listing.selection, listing.size))
+        token = listing.next_token(more, page[-1].hold.created_at, page[-1].hold.hold_id) if page else ""
         return wallet_pb2.ListHoldsResponse(holds=[_booked_hold(h) for h in page], next_page_token=token)
 
     def SummarizeBooks(

@@ -50,7 +50,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from services.runtime.audit import audit_table
-from services.runtime.db import Database, after_keys, insert_rows, is_unique_violation, keys_in, update_rows
+from services.runtime.db import (
+    Database,
+    Selection,
+    insert_rows,
+    is_unique_violation,
+    keys_in,
+    selected,
+    update_rows,
+)
 from services.runtime.ledger import Ledger, Movement, ledger_tables
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
@@ -284,16 +292,6 @@ class WindowTotals:
 
 
 @dataclass(frozen=True)
-class HoldQuery:
-    """Which holds a listing reads: a window of create times, or given gifts (not both), after a position."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-    gift_ids: tuple[str, ...] = ()
-    after: tuple[datetime, str] | None = None  # the (created_at, hold_id) of the last hold already listed
-
-
-@dataclass(frozen=True)
 class TransferRecord:
     seq: int
     transfer_id: str
@@ -510,21 +508,13 @@ class WalletUnit:
         return [PromotionRecord(**row._mapping) for row in rows]
 
     def booked_holds(
-        self, query: HoldQuery, limit: int, capture_kind: str, spent_accounts: tuple[str, str]
+        self, selection: Selection, limit: int, capture_kind: str, spent_accounts: tuple[str, str]
     ) -> list[BookedHoldRecord]:
-        """Holds by (created_at, hold_id), each with what the ledger's `capture_kind` transfers of its
-        gift moved into the spent accounts (purchased, promotional)."""
+        """Holds by (created_at, hold_id) (their gifts' ids selecting), each with what the ledger's
+        `capture_kind` transfers of its gift moved into the spent accounts (purchased, promotional)."""
         h = holds
-        statement = select(h)
-        if query.gift_ids:
-            statement = statement.where(h.c.gift_id.in_(query.gift_ids))
-        if query.start is not None:
-            statement = statement.where(h.c.created_at >= query.start)
-        if query.end is not None:
-            statement = statement.where(h.c.created_at < query.end)
-        if query.after is not None:
-            statement = statement.where(after_keys([h.c.created_at, h.c.hold_id], query.after))
-        rows = self.conn.execute(statement.order_by(h.c.created_at, h.c.hold_id).limit(limit)).all()
+        statement = selected(select(h), h.c.created_at, h.c.hold_id, h.c.gift_id, selection, limit)
+        rows = self.conn.execute(statement).all()
         booked = self._booked([r.gift_id for r in rows], capture_kind, spent_accounts)
         return [BookedHoldRecord(_hold(r), r.updated_at, *booked.get(r.gift_id, (0, 0, 0))) for r in rows]
 

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.payout import storage
-from services.runtime.db import Database, alembic_config
+from services.runtime.db import Database, Selection, alembic_config
 from services.runtime.ledger import Ledger, Posting, ledger_problems
 from tests.support import databases
 
@@ -164,7 +164,7 @@ def test_migration_0002_books_the_platforms_share_of_credits_recorded_before_it(
                 storage.CREATORS_SHARE: 50,
                 storage.GIFT_COINS: -(101 + 1),
             }
-            booked = storage.CreditRepository(conn).booked(storage.CreditQuery(), 10)
+            booked = storage.CreditRepository(conn).booked(Selection(), 10)
             assert [(b.credit.gift_id, b.booked_diamonds, b.booked_share, b.diamond_transfers) for b in booked] == [
                 ("g1", 50, 51, 1),
                 ("g2", 0, 1, 0),
