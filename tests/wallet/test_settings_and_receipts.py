@@ -6,7 +6,7 @@ import pytest
 
 from services.runtime.config import ConfigError, Env
 from services.wallet.app import payment_providers
-from services.wallet.domain import ReceiptRejected
+from services.wallet.domain import ReceiptRejected, account_token
 from services.wallet.receipts import SandboxProvider, main, mint_receipt
 from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, load_settings, parse_packages
 
@@ -62,7 +62,8 @@ def test_hold_ttl_limits_are_checked() -> None:
 def test_sandbox_receipts_verify_only_under_their_key() -> None:
     payload = mint_receipt("coins_700", "txn-1", user_id="alice")
     verified = SandboxProvider(DEV_SANDBOX_RECEIPT_KEY).verify(payload)
-    assert (verified.store_transaction_id, verified.package_id, verified.user_id) == ("txn-1", "coins_700", "alice")
+    assert (verified.store_transaction_id, verified.package_id) == ("txn-1", "coins_700")
+    assert verified.account_token == account_token("alice")
     assert (verified.amount_minor, verified.currency_code) == (999, "USD")
     with pytest.raises(ReceiptRejected):
         SandboxProvider("another-key").verify(payload)
