@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime.auth import Access, caller_from_metadata, reset_current_caller, set_current_caller
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, to_rpc_status
+from services.runtime.http import HttpEndpoint
 from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class ServiceApp:
     access: Mapping[str, Access]  # RPC name -> who may call it
     loops: list[BackgroundLoop] = field(default_factory=list)
     close: Callable[[], None] = lambda: None
+    # HTTP endpoints served beside the gRPC port (wallet's store notifications): started with it, and
+    # stopped first (their requests in flight finish).
+    http_endpoints: list[HttpEndpoint] = field(default_factory=list)
 
     @property
     def domain(self) -> str:
@@ -204,6 +208,8 @@ class RunningServer:
     def stop(self, grace: float | None = 5.0) -> None:
         """Graceful: NOT_SERVING first, then loops, then drain in-flight calls."""
         self.health.enter_graceful_shutdown()
+        for endpoint in self.app.http_endpoints:
+            endpoint.stop()
         for loop in self.app.loops:
             loop.stop()
         self.server.stop(grace).wait()
@@ -243,6 +249,8 @@ def create_server(app: ServiceApp, settings: ServiceSettings, address: str | Non
     health_server, health_port = _start_health_server(health_servicer, settings)
     for loop in app.loops:
         loop.start()
+    for endpoint in app.http_endpoints:
+        endpoint.start()
     for name in ("", app.full_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on port %d", app.full_name, port)

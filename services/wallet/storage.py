@@ -128,7 +128,7 @@ purchase_reinstatements = Table(
 )
 
 # Every store notification of a refund, chargeback or refund reversal, once (the store's own id of it:
-# App Store notificationUUID, Google Play "voided:<purchase token>"), with the store's time of the event
+# App Store notificationUUID, Google Play the voided purchase token), with the store's time of the event
 # and what it changed: applied, unchanged (the purchase was so already, or a later event of it arrived
 # first), or no_purchase (none credited here; a later purchase of that transaction is refused).
 store_notifications = Table(
