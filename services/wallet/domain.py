@@ -172,6 +172,12 @@ class CoinPackage:
 
 
 @dataclass(frozen=True)
+class VerifiedPurchase:
+    package: CoinPackage
+    receipt: VerifiedReceipt
+
+
+@dataclass(frozen=True)
 class PurchaseResult:
     purchase: PurchaseRecord
     wallet: Wallet
@@ -463,17 +469,17 @@ class WalletBook:
 
     # --- purchases and refunds ----------------------------------------------------------------
 
-    def purchase(
-        self, uow: WalletUnit, user_id: str, package_id: str, currency: str, store: str, payload: str
-    ) -> PurchaseResult:
-        """Credit a package for a verified store receipt; a receipt credits once, ever.
+    def verify_purchase(
+        self, wallet_store: WalletStore, user_id: str, package_id: str, currency: str, store: str, payload: str
+    ) -> VerifiedPurchase:
+        """What `purchase` credits: the package, and the store's word on the receipt.
 
-        Only adults buy: a minor's purchase is refused before any store is asked. The receipt is
-        verified inside the unit of work, so that a replayed request id returns the recorded outcome
-        without asking the store again.
+        Run once the request id is claimed and outside the purchase's transaction, so that a replayed
+        request never asks the store again and no transaction waits on a store. Only adults buy: a
+        minor's purchase is refused before any store is asked.
         """
         package = self.catalogue.package(package_id, currency)
-        buyer = self._wallet(uow, user_id, lock=False)
+        buyer = wallet_store.run(lambda uow: self._wallet(uow, user_id, lock=False))
         if age_on(buyer.date_of_birth, self.clock.now().date()) < ADULT_AGE:
             raise failed_precondition(
                 "PURCHASER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}: only adults buy coins", user_id=user_id
@@ -490,6 +496,11 @@ class WalletBook:
                 package_id=package.package_id,
                 currency_code=package.currency_code,
             )
+        return VerifiedPurchase(package, receipt)
+
+    def purchase(self, uow: WalletUnit, user_id: str, verified: VerifiedPurchase) -> PurchaseResult:
+        """Credit a verified purchase's package; a store transaction credits once, ever."""
+        package, receipt = verified.package, verified.receipt
         wallet = self._wallet(uow, user_id)
         now = self.clock.now()
         record = PurchaseRecord(

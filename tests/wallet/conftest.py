@@ -280,7 +280,8 @@ class Books:
 
     def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
         receipt = mint_receipt(package_id, user_id=user_id)
-        return self.store.run(lambda uow: self.book.purchase(uow, user_id, package_id, "", "sandbox", receipt))
+        verified = self.book.verify_purchase(self.store, user_id, package_id, "", "sandbox", receipt)
+        return self.store.run(lambda uow: self.book.purchase(uow, user_id, verified))
 
     def wallet(self, user_id: str) -> domain.Wallet:
         return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))

@@ -112,7 +112,9 @@ def test_a_purchased_token_credits_once_and_is_consumed_at_the_store(play: Googl
         700,
     )
     assert (first.purchase.price.amount_minor, first.purchase.price.currency_code) == (999, "USD")  # the catalogue's
+    play.api.down = True  # a replayed request is answered without asking Google
     assert play.wallet.stub.PurchaseCoins(request, metadata=ALICE) == first
+    play.api.down = False
     assert play.api.consumed == []  # consumed once committed, by the sync loop
     play.sync()
     assert play.api.consumed == [token]
