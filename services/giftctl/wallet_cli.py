@@ -138,7 +138,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     given.add_argument(
         "--receipt-file",
         type=_file_text,
-        default="",
+        default=None,
         metavar="FILE",
         help="the receipt payload from a file: an App Store signed transaction (JWS) or a Google Play purchase JSON",
     )
