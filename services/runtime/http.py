@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
+READ_TIMEOUT_SECONDS = 30
 HEALTH_PATH = "/healthz"
 
 
@@ -64,6 +65,8 @@ class HttpEndpoint:
         endpoint = self
 
         class _Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_SECONDS  # a client that sends nothing holds its thread no longer
+
             def do_GET(self) -> None:
                 endpoint._serve(self)
 

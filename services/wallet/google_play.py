@@ -56,6 +56,7 @@ CONSUMED = 1  # ProductPurchase.consumptionState
 TEST_PURCHASE = 0  # ProductPurchase.purchaseType (absent for a real purchase)
 VOIDED_REASON_CHARGEBACK = 7  # VoidedPurchase.voidedReason
 VOIDED_WINDOW = timedelta(days=30)  # how far back the Voided Purchases API keeps them
+VOIDED_OVERLAP = timedelta(days=1)
 
 
 class PlayApiError(Exception):
@@ -231,13 +232,22 @@ class GooglePlaySync:
         self._book = book
         self._store = store
         self._clock = clock
+        self._read_until: datetime | None = None  # the end of the last voided purchases read
 
     def step(self) -> None:
         self.consume_credited()
-        self.voided_since(self._clock.now() - VOIDED_WINDOW)
+        # The whole window on the first step, then from a day before the last read (a purchase shows in
+        # the list some time after Google voided it): each voided purchase applies once all the same.
+        now = self._clock.now()
+        start = now - VOIDED_WINDOW
+        if self._read_until is not None:
+            start = max(start, self._read_until - VOIDED_OVERLAP)
+        self.voided_since(start)
+        self._read_until = now
 
     def consume_credited(self) -> int:
-        """Consume every credited purchase not consumed yet; how many were."""
+        """Consume every credited purchase not consumed yet; how many were. A purchase Google refuses to
+        consume is logged and tried again next time; one it cancelled meanwhile has nothing to consume."""
         consumed = 0
         for purchase in self._store.run(lambda uow: self._book.purchases_to_consume(uow, GOOGLE_PLAY)):
             product_id = self._products.get(purchase.package_id)
@@ -249,16 +259,22 @@ class GooglePlaySync:
                 )
                 continue
             try:
-                self._api.consume(product_id, purchase.store_transaction_id)
+                self._consume(product_id, purchase.store_transaction_id)
             except PlayApiError as exc:
-                # Consumed already (by an earlier try whose mark did not commit), or no longer consumable.
-                state = self._api.product_purchase(product_id, purchase.store_transaction_id)
-                if state.get("consumptionState") != CONSUMED:
-                    log.error("Google Play refused to consume purchase %s: %s", purchase.purchase_id, exc)
-                    continue
+                log.error("Google Play refused to consume purchase %s: %s", purchase.purchase_id, exc)
+                continue
             self._store.run(lambda uow, p=purchase.purchase_id: self._book.consumed(uow, p))  # type: ignore[misc]
             consumed += 1
         return consumed
+
+    def _consume(self, product_id: str, token: str) -> None:
+        try:
+            self._api.consume(product_id, token)
+        except PlayApiError:
+            # Consumed already (by an earlier try whose mark did not commit), or cancelled meanwhile.
+            state = self._api.product_purchase(product_id, token)
+            if state.get("consumptionState") != CONSUMED and state.get("purchaseState") != CANCELLED:
+                raise
 
     def voided_since(self, start: datetime) -> list[NoticeResult]:
         """Apply every purchase voided since `start` (each once: its notification id is its purchase token)."""

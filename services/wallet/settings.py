@@ -178,9 +178,12 @@ def parse_products(name: str, raw: str) -> tuple[tuple[str, str], ...]:
 def _check_products(name: str, products: tuple[tuple[str, str], ...], package_ids: set[str]) -> None:
     if not products:
         raise ConfigError(f"{name} must map the store's product ids to coin packages")
-    unknown = sorted({package for _, package in products} - package_ids)
+    packages = [package for _, package in products]
+    unknown = sorted(set(packages) - package_ids)
     if unknown:
         raise ConfigError(f"{name} names packages that are not in the catalogue: {', '.join(unknown)}")
+    if len(set(packages)) != len(packages):
+        raise ConfigError(f"{name}: one product per package (the wallet consumes a purchase by its package's product)")
 
 
 def _paths(raw: str) -> tuple[str, ...]:

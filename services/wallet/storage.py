@@ -96,8 +96,9 @@ purchases = Table(
     # Google Play orderId (NULL where the store has none).
     Column("original_transaction_id", String(256), nullable=True),
     Column("order_id", String(256), nullable=True),
-    # Google Play: when the wallet consumed the purchase at the store (NULL until then: the store
-    # refunds a purchase left unacknowledged for three days). NULL for the other stores.
+    # Google Play: when the wallet consumed the purchase at the store, or found it cancelled there (NULL
+    # until then: the store refunds a purchase left unacknowledged for three days). Other stores: the
+    # purchase's time (nothing to consume).
     Column("consumed_at", UtcDateTime(), nullable=True),
     CheckConstraint("coins > 0", name="ck_purchases_coins_positive"),
     CheckConstraint("price_minor >= 0", name="ck_purchases_price_non_negative"),

@@ -46,6 +46,7 @@ class PlayApi:
     consumed: list[str] = field(default_factory=list)  # tokens, in the order consumed
     url: str = ""
     down: bool = False  # answer every call 503, as Google does in an outage
+    calls: list[str] = field(default_factory=list)  # "METHOD path" of every API call, in order
 
     def purchase(
         self,
@@ -115,6 +116,7 @@ class PlayApi:
             return 503, _error(503, "The service is currently unavailable.")
         if method == "POST" and path == "/token":
             return self._token(dict(urllib.parse.parse_qsl(body.decode())))
+        self.calls.append(f"{method} {path}")
         if headers.get("authorization", "").removeprefix("Bearer ") not in self.access_tokens:
             return 401, _error(401, "Request had invalid authentication credentials.")
         prefix = f"/androidpublisher/v3/applications/{PACKAGE_NAME}/purchases"

@@ -232,3 +232,17 @@ def test_pushes_without_the_token_or_for_another_app_change_nothing(play: Google
     }
     assert play.push(test_notification) == (200, {"outcome": "ignored"})
     assert play.wallet.get("alice").balance.total == 700
+
+
+def test_a_purchase_voided_before_it_was_consumed_is_refunded_and_left_alone(play: GooglePlay) -> None:
+    play.wallet.open_wallet("alice")
+    token = play.api.purchase(account_token("alice"))
+    play.buy(token)
+    play.wallet.clock.advance(minutes=10)
+    play.api.void(token, _millis(play, timedelta(minutes=-5)))
+    play.sync()  # consuming is refused (cancelled): nothing left to consume; the voided list refunds it
+    assert play.api.consumed == []
+    assert play.wallet.get("alice").balance.total == 0
+    consumes = [c for c in play.api.calls if c.endswith(":consume")]
+    play.sync()
+    assert [c for c in play.api.calls if c.endswith(":consume")] == consumes  # not tried again
