@@ -332,12 +332,7 @@ class StoreNotice:
     occurred_at: datetime  # the store's time of the event: a later event decides over an earlier one
 
 
-@dataclass(frozen=True)
-class NoticeResult:
-    outcome: str  # APPLIED | UNCHANGED | NO_PURCHASE, or DUPLICATE for a notification seen before
-    purchase: PurchaseRecord | None
-
-
+# What a store notification did: APPLIED, UNCHANGED, NO_PURCHASE (storage's names), or DUPLICATE.
 DUPLICATE = "duplicate"
 
 
@@ -501,6 +496,8 @@ class WalletBook:
     def purchase(self, uow: WalletUnit, user_id: str, verified: VerifiedPurchase) -> PurchaseResult:
         """Credit a verified purchase's package; a store transaction credits once, ever."""
         package, receipt = verified.package, verified.receipt
+        # The store's notifications of this transaction and its purchase are decided one at a time.
+        uow.lock_store_transaction(receipt.store, receipt.store_transaction_id)
         wallet = self._wallet(uow, user_id)
         now = self.clock.now()
         record = PurchaseRecord(
@@ -621,14 +618,16 @@ class WalletBook:
         )
         return RefundResult(replace(purchase, refund_kind=kind), reclaimed, debt_added, self._view(uow, wallet))
 
-    def apply_store_notice(self, uow: WalletUnit, notice: StoreNotice) -> NoticeResult:
+    def apply_store_notice(self, uow: WalletUnit, notice: StoreNotice) -> str:
         """A store's refund, chargeback or refund reversal, once per notification id, in any order.
 
         Refunds go through `refund` (coins taken back, spent coins owed as debt: the wallet freezes). Of
         a purchase's notifications the one the store dated last decides: a notification delivered again
         changes nothing, and one that arrives after a later one of the same purchase changes nothing.
         A refund of a purchase not credited here is kept: that transaction is refused if it comes later.
+        What it did: APPLIED, UNCHANGED or NO_PURCHASE.
         """
+        uow.lock_store_transaction(notice.store, notice.store_transaction_id)
         purchase = uow.purchase_by_store_transaction(notice.store, notice.store_transaction_id)
         if purchase is not None:
             self._wallet(uow, purchase.user_id)  # every change of the purchase's wallet takes this lock
@@ -652,7 +651,7 @@ class WalletBook:
             uow.insert_store_notification(record)
         except Duplicate:
             raise _NoticeSeen from None  # rolls back whatever this delivery did
-        return NoticeResult(outcome, uow.purchase_by_store_transaction(notice.store, notice.store_transaction_id))
+        return outcome
 
     def _apply_notice(self, uow: WalletUnit, purchase: PurchaseRecord, kind: str) -> str:
         if kind == REVERSAL:
@@ -1089,12 +1088,12 @@ class _NoticeSeen(Exception):
     """The store notification was applied before (raised inside the unit of work, so that it rolls back)."""
 
 
-def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice) -> NoticeResult:
+def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice) -> str:
     """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
     try:
         return store.run(lambda uow: book.apply_store_notice(uow, notice))
     except _NoticeSeen:
-        return NoticeResult(DUPLICATE, None)
+        return DUPLICATE
 
 
 def _refunded(notifications: Sequence[StoreNotificationRecord]) -> bool:

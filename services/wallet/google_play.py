@@ -35,7 +35,6 @@ import jwt
 
 from services.runtime.clock import Clock
 from services.wallet.domain import (
-    NoticeResult,
     ReceiptRejected,
     StoreNotice,
     StoreUnavailable,
@@ -276,8 +275,9 @@ class GooglePlaySync:
             if state.get("consumptionState") != CONSUMED and state.get("purchaseState") != CANCELLED:
                 raise
 
-    def voided_since(self, start: datetime) -> list[NoticeResult]:
-        """Apply every purchase voided since `start` (each once: its notification id is its purchase token)."""
+    def voided_since(self, start: datetime) -> list[str]:
+        """Apply every purchase voided since `start` (each once: its notification id is its purchase token);
+        what each did."""
         results = []
         for voided in self._api.voided_purchases(start, self._clock.now()):
             token, voided_ms = voided.get("purchaseToken"), str(voided.get("voidedTimeMillis", ""))

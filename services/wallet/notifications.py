@@ -76,9 +76,9 @@ class StoreNotifications:
             return _unavailable(exc)
         if notice is None:
             return HttpAnswer(HTTPStatus.OK, {"outcome": IGNORED})
-        result = apply_notice_once(self._book, self._store, notice)
-        log.info("App Store notification %s (%s): %s", notice.notification_id, notice.kind, result.outcome)
-        return HttpAnswer(HTTPStatus.OK, {"outcome": result.outcome, "notification_id": notice.notification_id})
+        outcome = apply_notice_once(self._book, self._store, notice)
+        log.info("App Store notification %s (%s): %s", notice.notification_id, notice.kind, outcome)
+        return HttpAnswer(HTTPStatus.OK, {"outcome": outcome, "notification_id": notice.notification_id})
 
     def google_play(self, request: HttpRequest) -> HttpAnswer:
         assert self._google_play is not None
@@ -102,11 +102,10 @@ class StoreNotifications:
             return _refused("INVALID_ARGUMENT", "the notification has no eventTimeMillis")
         since = datetime.fromtimestamp(int(event_ms) / 1000, UTC) - VOIDED_LOOKBACK
         try:
-            results = self._google_play.voided_since(since)
+            outcomes = self._google_play.voided_since(since)
         except StoreUnavailable as exc:
             return _unavailable(exc)
-        outcomes = sorted(r.outcome for r in results)
-        return HttpAnswer(HTTPStatus.OK, {"outcome": "voided_purchases_read", "outcomes": outcomes})
+        return HttpAnswer(HTTPStatus.OK, {"outcome": "voided_purchases_read", "outcomes": sorted(outcomes)})
 
 
 def _json(body: bytes) -> dict[str, object] | None:

@@ -46,6 +46,7 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -227,6 +228,7 @@ _WALLETS_HOLDING_LOCKED = (
     .with_for_update(of=wallets)
 )
 _HOLDS_BY_GIFTS = select(holds).where(keys_in(holds.c.gift_id, "hold_gift_ids"))
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_key, 0))")
 
 
 class Duplicate(Exception):
@@ -426,6 +428,13 @@ class WalletUnit:
             .where(and_(purchases.c.purchase_id == purchase_id, purchases.c.consumed_at.is_(None)))
             .values(consumed_at=now)
         )
+
+    def lock_store_transaction(self, store: str, store_transaction_id: str) -> None:
+        """Serialise, until the transaction ends, the units that decide over one store transaction (its
+        purchase, its notifications), which may have no row to lock yet: on PostgreSQL a transaction-level
+        advisory lock on its key; SQLite's BEGIN IMMEDIATE already serialises writers."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(_LOCK_KEY, {"lock_key": f"{store} {store_transaction_id}"})
 
     def insert_reinstatement(self, purchase_id: str, now: datetime) -> None:
         self._insert(purchase_reinstatements, {"purchase_id": purchase_id, "created_at": now})
