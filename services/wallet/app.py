@@ -1,4 +1,5 @@
-"""Wiring: the wallet's servicer, who may call what, and its background loops."""
+"""Wiring: the wallet's servicer, who may call what, its stores, background loops and the stores'
+notifications endpoint."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def build(
             lambda: requests.reap(settings.idempotency_retention_seconds),
         ),
     ]
-    app_store, play, play_sync = providers.get(APP_STORE), providers.get(GOOGLE_PLAY), None
+    app_store, play = providers.get(APP_STORE), providers.get(GOOGLE_PLAY)
+    play_sync = None
     if isinstance(play, GooglePlayProvider):
         play_sync = GooglePlaySync(play.api, play.products, book, store, clock)
         loops.append(BackgroundLoop(GOOGLE_PLAY_LOOP, play.settings.sync_interval_seconds, play_sync.step))
@@ -88,7 +90,7 @@ def build(
             store,
             app_store if isinstance(app_store, AppStoreProvider) else None,
             play_sync,
-            play.settings if isinstance(play, GooglePlayProvider) else None,
+            settings.google_play,
         )
         endpoints.append(
             HttpEndpoint(STORE_NOTIFICATIONS, settings.host, settings.store_notifications_port, notifications.routes())
