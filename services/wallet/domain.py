@@ -49,7 +49,7 @@ from services.runtime.errors import (
 )
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import VALUE_MOVED
+from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
@@ -1091,9 +1091,11 @@ class _NoticeSeen(Exception):
 def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice) -> str:
     """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
     try:
-        return store.run(lambda uow: book.apply_store_notice(uow, notice))
+        outcome = store.run(lambda uow: book.apply_store_notice(uow, notice))
     except _NoticeSeen:
-        return DUPLICATE
+        outcome = DUPLICATE
+    OUTCOMES.add(1, {"kind": "store_notification", "state": outcome, "store": notice.store})
+    return outcome
 
 
 def _refunded(notifications: Sequence[StoreNotificationRecord]) -> bool:
