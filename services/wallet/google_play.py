@@ -94,7 +94,11 @@ class ServiceAccountTokens:
             request = urllib.request.Request(
                 self._token_url, form, {"Content-Type": "application/x-www-form-urlencoded"}
             )
-            answer = _exchange(request, self._timeout)
+            try:
+                answer = _exchange(request, self._timeout)
+            except PlayApiError as exc:  # our credentials, not the caller's receipt
+                log.error("Google's token endpoint refused the service account: %s", exc)
+                raise StoreUnavailable("Google refused the wallet's service account") from None
             if not isinstance(answer.get("access_token"), str):
                 raise StoreUnavailable("the OAuth token endpoint gave no access token")
             self._token = answer["access_token"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from giftcoin.wallet.v1 import wallet_pb2
 
 from services.giftctl.suite import free_port
@@ -172,11 +173,17 @@ def test_a_store_that_does_not_answer_is_unavailable_and_retryable(play: GoogleP
     play.wallet.open_wallet("alice")
     token = play.api.purchase(account_token("alice"))
     request = play.request(token)
+    key = play.api.key
     play.api.down = True
     refused = rpc_error(lambda: play.wallet.stub.PurchaseCoins(request, metadata=ALICE))
     assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
     assert play.wallet.get("alice").balance.total == 0
-    play.api.down = False  # the same request again, once Google answers
+    play.api.down = False
+    play.api.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # the wallet's key revoked
+    refused = rpc_error(lambda: play.wallet.stub.PurchaseCoins(request, metadata=ALICE))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    play.api.key = key
+    # The same request again, once Google answers.
     assert play.wallet.stub.PurchaseCoins(request, metadata=ALICE).wallet.balance.total == 700
 
 
