@@ -11,6 +11,9 @@ ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352
 
 # ---- build: dependencies into a virtualenv; the contracts' Python code from protos/ ----
 FROM ${PYTHON_IMAGE} AS build
+# A CA bundle for pip behind a TLS-inspecting proxy (`make image` mounts the host's and names it
+# here); unset, pip uses its own.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build

@@ -18,6 +18,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import GIFTS_UNFINISHED, OLDEST_UNFINISHED_AGE, watch_all
 
 ACCESS: Mapping[str, auth.Access] = {
     "ListGifts": auth.ANYONE,
@@ -82,8 +83,13 @@ def assemble(
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)
     servicer = GiftingServicer(gifting, feed, requests, settings.send_batch_max, settings.send_batch_workers)
+    unwatch = watch_all(
+        (GIFTS_UNFINISHED, lambda: [(gifting.unfinished()[0], {})]),
+        (OLDEST_UNFINISHED_AGE, lambda: [(gifting.unfinished()[1], {})]),
+    )
 
     def close() -> None:
+        unwatch()
         servicer.close()
         for channel in channels:
             channel.close()

@@ -89,7 +89,7 @@ from services.runtime.errors import (
 )
 from services.runtime.pagination import decode_page_token, encode_page_token
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, SAGA_STEP_DURATION
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -786,7 +786,10 @@ class Gifting:
         attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
         if isinstance(gifts[0], TransferRecord):
             attributes["giftcoin.gift_id"] = gifts[0].transfer_id
-        with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
+        with (
+            _timed(step, batched=True),
+            self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span,
+        ):
             if span.is_recording():  # links cost a parse per gift: only when spans are kept
                 for gift in gifts[1:]:
                     linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
@@ -975,7 +978,7 @@ class Gifting:
 
         if not self._read(fail):
             raise _LeaseLost()
-        OUTCOMES.add(1, {"kind": "gift", "state": "failed", "reason": error.reason})
+        GIFT_OUTCOMES.add(1, {"giftcoin.gift.state": "failed", "error.type": error.reason})
         log.info("gift %s failed: %s", t.transfer_id, error.reason)
         return revised(t, **values)
 
@@ -1026,9 +1029,9 @@ class Gifting:
         results = [revised(t, **values) if t.transfer_id in advanced else self._load(t.transfer_id) for t in ts]
         done = [t for t in ts if t.transfer_id in advanced]
         if done:  # counted once per batch: an instrument's add costs about as much whatever it adds
-            OUTCOMES.add(len(done), {"kind": "gift", "state": "completed", "reason": ""})
-            VALUE_MOVED.add(sum(t.total_coins for t in done), {"unit": "coin", "kind": "gift"})
-            VALUE_MOVED.add(sum(t.total_diamonds for t in done), {"unit": "diamond", "kind": "gift"})
+            GIFT_OUTCOMES.add(len(done), {"giftcoin.gift.state": "completed"})
+            COINS_MOVED.add(sum(t.total_coins for t in done), {"giftcoin.movement.kind": "gift"})
+            DIAMONDS_MOVED.add(sum(t.total_diamonds for t in done), {"giftcoin.movement.kind": "gift"})
         for target_key in sorted({Target(t.target_kind, t.target_id).key for t in ts if t.transfer_id in advanced}):
             self.on_completed(target_key)
         return results
@@ -1042,11 +1045,16 @@ class Gifting:
         log.warning("gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delay, why)
         return self._load(t.transfer_id)
 
-    def _span(self, step: str, t: TransferRecord) -> Any:
+    @contextmanager
+    def _span(self, step: str, t: TransferRecord) -> Iterator[None]:
         """A span per saga step, named for it and carrying the gift's id."""
-        return self.tracer.start_as_current_span(
-            f"gifting.saga.{step}", attributes={"giftcoin.gift_id": t.transfer_id, "giftcoin.step": t.step}
-        )
+        with (
+            _timed(step, batched=False),
+            self.tracer.start_as_current_span(
+                f"gifting.saga.{step}", attributes={"giftcoin.gift_id": t.transfer_id, "giftcoin.step": t.step}
+            ),
+        ):
+            yield
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -1093,11 +1101,29 @@ class Gifting:
         """The sequence of the target's latest event (0 if none)."""
         return self._read(lambda uow: uow.feed.head(target.key))
 
+    def unfinished(self) -> tuple[int, float]:
+        """(gifts still pending, seconds since the oldest of them was recorded; 0 when none)."""
+        count, oldest = self._read(lambda uow: uow.transfers.unfinished_summary())
+        age = 0.0 if oldest is None else max(0.0, (self.clock.now() - oldest).total_seconds())
+        return count, age
+
     def feed_heads(self, target_keys: list[str]) -> dict[str, int]:
         return self._read(lambda uow: uow.feed.heads(target_keys))
 
     def feed_after(self, target: Target, after_sequence: int, limit: int = 100) -> list[FeedEventRecord]:
         return self._read(lambda uow: uow.feed.after(target.key, after_sequence, limit))
+
+
+@contextmanager
+def _timed(step: str, batched: bool) -> Iterator[None]:
+    """A saga step's duration (giftcoin.gifting.saga.step.duration), however it ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        SAGA_STEP_DURATION.record(
+            time.perf_counter() - started, {"giftcoin.saga.step": step, "giftcoin.saga.batched": batched}
+        )
 
 
 def current_trace_context() -> str:

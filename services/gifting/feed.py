@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from services.gifting.domain import Gifting, Target
 from services.gifting.storage import FeedEventRecord
 from services.runtime.server import BackgroundLoop
+from services.runtime.telemetry import FEED_LAG, FEED_VIEWERS
 
 # A waiting stream rechecks whether its client is still there at least this often.
 IDLE_CHECK_SECONDS = 1.0
@@ -65,7 +66,10 @@ class LiveFeed:
                 for event in events:
                     yield event
                     cursor = event.sequence
-                if not events:
+                if events:  # how far behind this stream is: its newest event's age, once per read
+                    completed_at = events[-1].transfer.completed_at or self.gifting.clock.now()
+                    FEED_LAG.record(max(0.0, (self.gifting.clock.now() - completed_at).total_seconds()))
+                else:
                     subscription.woken.wait(IDLE_CHECK_SECONDS)
         finally:
             self._unsubscribe(subscription)
@@ -108,9 +112,11 @@ class LiveFeed:
         subscription = Subscription(target_key)
         with self._lock:
             self._subscriptions.setdefault(target_key, set()).add(subscription)
+        FEED_VIEWERS.add(1)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
+        FEED_VIEWERS.add(-1)
         with self._lock:
             group = self._subscriptions.get(subscription.target_key)
             if group is not None:

@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from services.runtime.telemetry import BATCHER_QUEUE
+
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 (the conventional name of an item type)
 R = TypeVar("R")
@@ -89,6 +91,7 @@ class Batcher(Generic[I, R]):
         self._ready = threading.Condition()
         self._closed = False
         self._leading = 0  # batches in flight that have not made way
+        self._unwatch = BATCHER_QUEUE.watch(lambda: [(len(self._queue), {"giftcoin.batcher.name": name})])
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
         ]
@@ -106,6 +109,7 @@ class Batcher(Generic[I, R]):
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking items; the workers finish what is queued, then stop."""
+        self._unwatch()
         with self._ready:
             self._closed = True
             self._ready.notify_all()

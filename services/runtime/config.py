@@ -80,6 +80,10 @@ class ServiceSettings:
     # A second, plaintext port serving only grpc.health.v1 (0 = none): the kubelet's native gRPC
     # probes cannot present a client certificate, so they cannot use the mTLS service port.
     health_port: int = 0
+    # The service's Prometheus endpoint, http://<host>:<port>/metrics (0 = none: metrics go with the spans).
+    metrics_port: int = 0
+    # The longest one export to the trace collector may take, and the last one at shutdown.
+    telemetry_timeout_ms: int = 2000
 
     @property
     def address(self) -> str:
@@ -124,4 +128,6 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
         log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
         tls=tls,
         health_port=env.integer("GIFTCOIN_HEALTH_PORT", 0),
+        metrics_port=env.integer("GIFTCOIN_METRICS_PORT", 0),
+        telemetry_timeout_ms=env.integer("GIFTCOIN_TELEMETRY_TIMEOUT_MS", 2000),
     )

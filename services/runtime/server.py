@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime.auth import Access, caller_from_metadata, reset_current_caller, set_current_caller
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, to_rpc_status
-from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
+from services.runtime.telemetry import RPC_DURATION, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,25 @@ class _Guard(grpc.ServerInterceptor):
             span.set_status(Status(StatusCode.ERROR, error.reason))
             span.set_attribute("rpc.grpc.status_code", error.code.value[0])
             span.set_attribute("giftcoin.error.reason", error.reason)
-            RPC_ERRORS.add(
-                1, {"service": self.app.name, "method": method, "code": error.code.name, "reason": error.reason}
-            )
             context.abort_with_status(rpc_status.to_status(to_rpc_status(error, self.app.domain)))
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
         span.record_exception(error)
-        RPC_ERRORS.add(1, {"service": self.app.name, "method": method, "code": "INTERNAL", "reason": ""})
         log.error("unhandled error in %s", method, exc_info=error)
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _record(self, method: str, started: float) -> None:
-        RPC_DURATION.record((time.perf_counter() - started) * 1000, {"service": self.app.name, "method": method})
+    def _record(self, method: str, started: float, error: BaseException | None) -> None:
+        """The call's duration, status code and (failed) error type: rpc.server.call.duration."""
+        attributes = {"rpc.system.name": "grpc", "rpc.method": f"{self.app.full_name}/{method}"}
+        if error is None:
+            attributes["rpc.response.status_code"] = "OK"
+        elif isinstance(error, DomainError):
+            attributes["rpc.response.status_code"] = error.code.name
+            attributes["error.type"] = error.reason
+        else:
+            attributes["rpc.response.status_code"] = grpc.StatusCode.INTERNAL.name
+            attributes["error.type"] = type(error).__qualname__
+        RPC_DURATION.record(time.perf_counter() - started, attributes)
 
     def _span(self, context: grpc.ServicerContext, method: str) -> Any:
         """The call's server span, a child of the caller's span when its metadata carries one."""
@@ -160,34 +166,42 @@ class _Guard(grpc.ServerInterceptor):
     def _unary(self, behavior: Callable[..., Any], method: str, access: Access | None) -> Callable[..., Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
+            failure: Exception | None = None
             with self._span(context, method):
                 try:
                     token = self._authorize(context, access)
                 except Exception as error:
+                    self._record(method, started, error)
                     self._fail(context, method, error)
                 try:
                     return behavior(request, context)
                 except Exception as error:
+                    failure = error
                     self._fail(context, method, error)
                 finally:
                     reset_current_caller(token)
-                    self._record(method, started)
+                    self._record(method, started, failure)
 
         return handle
 
     def _stream(self, behavior: Callable[..., Iterator[Any]], method: str, access: Access | None) -> Callable[..., Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            failure: Exception | None = None
             with self._span(context, method):
                 try:
                     token = self._authorize(context, access)
                 except Exception as error:
+                    self._record(method, started, error)
                     self._fail(context, method, error)
                 try:
                     yield from behavior(request, context)
                 except Exception as error:
+                    failure = error
                     self._fail(context, method, error)
                 finally:
                     reset_current_caller(token)
+                    self._record(method, started, failure)
 
         return handle
 
@@ -224,7 +238,14 @@ def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
 
 def create_server(app: ServiceApp, settings: ServiceSettings, address: str | None = None) -> RunningServer:
     """Build and start a server for `app` on `address` (default: the configured one; port 0 = any)."""
-    provider = setup_tracing(settings.service, settings.trace_exporter, settings.trace_file)
+    provider = setup_tracing(
+        settings.service,
+        settings.trace_exporter,
+        settings.trace_file,
+        metrics_host=settings.host,
+        metrics_port=settings.metrics_port,
+        timeout_ms=settings.telemetry_timeout_ms,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"{app.name}-rpc"),
         interceptors=[_Guard(app, settings.jwt_secret, provider.get_tracer("giftcoin.rpc"))],

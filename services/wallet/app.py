@@ -11,6 +11,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import COINS_HELD, HOLDS_ACTIVE, watch_all
 from services.wallet import storage
 from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
 from services.wallet.receipts import SandboxProvider
@@ -71,6 +72,15 @@ def build(
             lambda: requests.reap(settings.idempotency_retention_seconds),
         ),
     ]
+    unwatch = watch_all(
+        (HOLDS_ACTIVE, lambda: [(store.run(lambda uow: uow.outstanding_holds())[0], {})]),
+        (COINS_HELD, lambda: [(store.run(lambda uow: uow.outstanding_holds())[1], {})]),
+    )
+
+    def close() -> None:
+        unwatch()
+        db.dispose()
+
     return ServiceApp(
         name="wallet",
         full_name=FULL_NAME,
@@ -78,5 +88,5 @@ def build(
         add_to_server=wallet_pb2_grpc.add_WalletServiceServicer_to_server,
         access=ACCESS,
         loops=loops,
-        close=db.dispose,
+        close=close,
     )

@@ -47,7 +47,7 @@ from services.runtime.errors import (
 )
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
@@ -894,7 +894,7 @@ class WalletBook:
         for _, movement in movements:
             moved[movement.kind] += sum(p.amount for p in movement.postings if p.amount > 0)
         for kind, amount in moved.items():
-            VALUE_MOVED.add(amount, {"unit": COIN, "kind": kind})
+            COINS_MOVED.add(amount, {"giftcoin.movement.kind": kind})
 
     def _spendable(
         self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False
