@@ -1,0 +1,80 @@
+"""The suite as three processes, each serving its Prometheus endpoint, after `make demo`'s story.
+
+Module-scoped, once per backend: the story takes seconds, and every test of the module reads the
+metrics it left (a test that adds traffic asserts on what it added).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from services.giftctl.demo import SUITE_ENV, Story, walk
+from services.giftctl.session import SERVICES
+from services.giftctl.suite import Suite, free_port
+from tests.conftest import BACKENDS
+from tests.support import databases
+
+
+@dataclass
+class Scraped:
+    """One scrape of a service's /metrics: every sample, by name."""
+
+    samples: list[Sample]
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples named `name` whose labels include `labels` (0 when none)."""
+        return sum(s.value for s in self.samples if s.name == name and labels.items() <= s.labels.items())
+
+    def labels(self, name: str, label: str) -> set[str]:
+        return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}
+
+
+@dataclass
+class StorySuite:
+    suite: Suite
+    metrics_ports: dict[str, int]
+    story_lines: list[str] = field(default_factory=list)
+
+    def scrape(self, service: str) -> Scraped:
+        url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return Scraped([s for family in text_string_to_metric_families(text) for s in family.samples])
+
+    def scrape_all(self) -> dict[str, Scraped]:
+        return {service: self.scrape(service) for service in SERVICES}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def story_suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorySuite]:
+    backend = str(request.param)
+    if backend == "postgres" and not databases.postgres_dsn():
+        pytest.skip(f"PostgreSQL not tested: set {databases.POSTGRES_ENV} to a DSN to run this on PostgreSQL")
+    data_dir = tmp_path_factory.mktemp(f"story-{backend}")
+    targets = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+    ports = {name: free_port() for name in SERVICES}
+    service_env = {
+        name: {
+            "GIFTCOIN_METRICS_PORT": str(ports[name]),
+            f"GIFTCOIN_{name.upper()}_DATABASE_URL": databases.fresh_database(backend, name, data_dir),
+        }
+        for name in SERVICES
+    }
+    running = StorySuite(Suite(data_dir, targets, SUITE_ENV, service_env), ports)
+    story = Story(targets, running.story_lines.append)
+    try:
+        running.suite.start()
+        walk(story, data_dir)
+        yield running
+    finally:
+        story.close()
+        running.suite.stop()
