@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.runtime.telemetry import EXPORTERS
+
 # The JWT key used only in dev mode, so that `make demo` runs with nothing configured.
 DEV_JWT_SECRET = "giftcoin-dev-secret-not-for-production-use"
 
@@ -95,6 +97,13 @@ class ServiceSettings:
         return self.trace_exporter != "none"
 
 
+def _trace_exporter(env: Env) -> str:
+    exporter = env.text("GIFTCOIN_TRACE_EXPORTER", "none")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"GIFTCOIN_TRACE_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    return exporter
+
+
 def load_service_settings(service: str, env: Env) -> ServiceSettings:
     upper = service.upper()
     dev_mode = env.flag("GIFTCOIN_DEV_MODE", False)
@@ -123,7 +132,7 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
         idempotency_retention_seconds=env.integer("GIFTCOIN_IDEMPOTENCY_RETENTION_SECONDS", 24 * 3600),
         shutdown_grace_seconds=env.integer("GIFTCOIN_SHUTDOWN_GRACE_SECONDS", 10),
         max_workers=env.integer("GIFTCOIN_MAX_WORKERS", 16),
-        trace_exporter=env.text("GIFTCOIN_TRACE_EXPORTER", "none"),
+        trace_exporter=_trace_exporter(env),
         trace_file=env.text("GIFTCOIN_TRACE_FILE", f".data/traces-{service}.jsonl"),
         log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
         tls=tls,
