@@ -60,6 +60,7 @@ COPY --from=build /build/gen /app/gen
 COPY --from=build /build/services /app/services
 
 USER 10001:10001
-# gRPC: wallet 50051, gifting 50052, payout 50053; plaintext health checks (GIFTCOIN_HEALTH_PORT) 8081.
-EXPOSE 50051 50052 50053 8081
+# gRPC: wallet 50051, gifting 50052, payout 50053; plaintext health checks (GIFTCOIN_HEALTH_PORT) 8081;
+# Prometheus metrics (GIFTCOIN_METRICS_PORT) 9464.
+EXPOSE 50051 50052 50053 8081 9464
 CMD ["python", "-m", "services.wallet", "serve"]

@@ -6,36 +6,17 @@ metrics it left (a test that adds traffic asserts on what it added).
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 from services.giftctl.demo import SUITE_ENV, Story, walk
 from services.giftctl.session import SERVICES
 from services.giftctl.suite import Suite, free_port
 from tests.conftest import BACKENDS
 from tests.support import databases
-
-
-@dataclass
-class Scraped:
-    """One scrape of a service's /metrics: every sample, by name."""
-
-    samples: list[Sample]
-
-    def names(self) -> set[str]:
-        return {s.name for s in self.samples}
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of the samples named `name` whose labels include `labels` (0 when none)."""
-        return sum(s.value for s in self.samples if s.name == name and labels.items() <= s.labels.items())
-
-    def labels(self, name: str, label: str) -> set[str]:
-        return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}
+from tests.support.metrics import Scraped, scrape
 
 
 @dataclass
@@ -45,10 +26,7 @@ class StorySuite:
     story_lines: list[str] = field(default_factory=list)
 
     def scrape(self, service: str) -> Scraped:
-        url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        return Scraped([s for family in text_string_to_metric_families(text) for s in family.samples])
+        return scrape(self.metrics_ports[service])
 
     def scrape_all(self) -> dict[str, Scraped]:
         return {service: self.scrape(service) for service in SERVICES}
