@@ -28,13 +28,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.giftctl.demo import SUITE_ENV, Story, walk
+from services.giftctl.demo import SUITE_ENV
 from services.giftctl.session import SERVICES
 from services.giftctl.suite import START_ORDER, free_port
 from tests.deploy import kube
 from tests.support import databases
 from tests.support.metrics import scrape
 from tests.support.processes import STOP_ALLOWANCE_SECONDS, wait_serving
+from tests.support.story import walk_story
 
 BUILD_TIMEOUT_SECONDS = 1200  # a first build makes the Debian base too
 TOOLS_MISSING = 3  # docker/build-image.sh: podman cannot be had here
@@ -202,7 +203,6 @@ def test_the_image_serves_the_story_as_its_non_root_user_on_a_read_only_root_and
     story_dir.mkdir()
     for name, service in services.items():
         (story_dir / f"traces-{name}.jsonl").symlink_to(service.host_path(f"/tmp/traces-{name}.jsonl"))
-    story = Story(targets, lambda line: None)
     try:
         for name in START_ORDER:
             services[name].migrate()
@@ -210,7 +210,7 @@ def test_the_image_serves_the_story_as_its_non_root_user_on_a_read_only_root_and
             wait_serving(targets[name], 60, services[name].proc)
         if not image.containers_run:
             assert {services[name].uid() for name in SERVICES} == {image.user.split(":")[0]}, "the image's user"
-        walk(story, story_dir)
+        walk_story(targets, story_dir)
         # The story's two gifts, on the endpoint Prometheus would scrape.
         completed = scrape(metrics["gifting"]).value(
             "giftcoin_gifting_saga_outcomes_total", giftcoin_gift_state="completed"
@@ -222,6 +222,5 @@ def test_the_image_serves_the_story_as_its_non_root_user_on_a_read_only_root_and
             assert status == 0, f"{name} exited with {status}: {services[name].log.read_text()[-3000:]}"
             assert took <= bound, f"{name} took {took:.1f}s to stop, over the documented {bound}s"
     finally:
-        story.close()
         for service in services.values():
             service.kill()

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.giftctl.demo import SUITE_ENV, Story, walk
+from services.giftctl.demo import SUITE_ENV
 from services.giftctl.session import SERVICES
 from services.giftctl.suite import Suite, free_port
 from tests.conftest import BACKENDS
 from tests.support import databases
 from tests.support.metrics import Scraped, scrape
+from tests.support.story import walk_story
 
 
 @dataclass
@@ -48,11 +49,9 @@ def story_suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         for name in SERVICES
     }
     running = StorySuite(Suite(data_dir, targets, SUITE_ENV, service_env), ports)
-    story = Story(targets, running.story_lines.append)
     try:
         running.suite.start()
-        walk(story, data_dir)
+        running.story_lines = walk_story(targets, data_dir)
         yield running
     finally:
-        story.close()
         running.suite.stop()
