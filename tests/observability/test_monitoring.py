@@ -19,6 +19,7 @@ from tests.observability.conftest import StorySuite
 
 MONITORING = kube.ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "prometheus" / "giftcoin-rules.yaml"
+RULE_TESTS = MONITORING / "prometheus" / "giftcoin-rules.test.yaml"
 DASHBOARDS = sorted((MONITORING / "grafana").glob("*.json"))
 # Exported by the reconciler (a CronJob of its own), not by the three services.
 RECONCILER_SERIES = {"giftcoin_reconcile_discrepancies"}
@@ -124,6 +125,16 @@ def test_the_rules_and_every_dashboard_query_are_valid_promql(tmp_path: Path) ->
     path.write_text(yaml.safe_dump(as_rules))
     checked = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_alerts_fire_on_what_they_watch_and_not_on_refusals() -> None:
+    """promtool's unit tests of the rules: a 2 % INTERNAL rate pages, INSUFFICIENT_FUNDS refusals do
+    not; a gift pending past 10 minutes pages after 5; a reconciliation discrepancy pages at once."""
+    tool = promtool()
+    tested = subprocess.run(
+        [tool, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent, capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 def test_the_alerts_cover_the_sendgift_slos_stuck_gifts_and_reconciliation() -> None:
