@@ -13,6 +13,7 @@ from services.runtime.db import Database
 from services.runtime.http import HttpEndpoint
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import COINS_HELD, HOLDS_ACTIVE, watch_all
 from services.wallet import storage
 from services.wallet.app_store import APP_STORE, AppStoreProvider
 from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
@@ -97,6 +98,15 @@ def build(
         endpoints.append(
             HttpEndpoint(STORE_NOTIFICATIONS, settings.host, settings.store_notifications_port, notifications.routes())
         )
+    unwatch = watch_all(
+        (HOLDS_ACTIVE, lambda: [(store.run(lambda uow: uow.outstanding_holds())[0], {})]),
+        (COINS_HELD, lambda: [(store.run(lambda uow: uow.outstanding_holds())[1], {})]),
+    )
+
+    def close() -> None:
+        unwatch()
+        db.dispose()
+
     return ServiceApp(
         name="wallet",
         full_name=FULL_NAME,
@@ -105,6 +115,6 @@ def build(
         access=ACCESS,
         executor=db.executor,
         loops=loops,
-        close=db.dispose,
+        close=close,
         http_endpoints=endpoints,
     )

@@ -49,7 +49,7 @@ from services.runtime.errors import (
 )
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED, STORE_NOTIFICATIONS
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
@@ -1068,7 +1068,7 @@ class WalletBook:
         for _, movement in movements:
             moved[movement.kind] += sum(p.amount for p in movement.postings if p.amount > 0)
         for kind, amount in moved.items():
-            VALUE_MOVED.add(amount, {"unit": COIN, "kind": kind})
+            COINS_MOVED.add(amount, {"giftcoin.movement.kind": kind})
 
     def _spendable(
         self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False
@@ -1094,7 +1094,7 @@ def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice)
         outcome = store.run(lambda uow: book.apply_store_notice(uow, notice))
     except _NoticeSeen:
         outcome = DUPLICATE
-    OUTCOMES.add(1, {"kind": "store_notification", "state": outcome, "store": notice.store})
+    STORE_NOTIFICATIONS.add(1, {"giftcoin.store": notice.store, "giftcoin.outcome": outcome})
     return outcome
 
 
