@@ -130,8 +130,9 @@ def _caller(subject: str) -> Caller:
     return arguments.identity(subject)
 
 
-def walk(story: Story, data_dir: Path, started: datetime) -> None:
+def walk(story: Story, data_dir: Path) -> None:
     run, step = story.run, story.step
+    started = datetime.now(UTC)  # the window the story ends by reconciling
 
     step("The catalogues: coin packages and gifts")
     run("wallet packages")
@@ -269,12 +270,11 @@ def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None]
     setup_tracing("giftctl", "file", str(data_dir / "traces-giftctl.jsonl"))
     story = Story(targets, say)
     started = time.monotonic()
-    began = datetime.now(UTC)
     try:
         say(f"giftcoin demo: starting wallet, payout and gifting (dev mode, SQLite in {data_dir}) ...")
         suite.start()
         say("up:\n" + describe(suite))
-        walk(story, data_dir, began)
+        walk(story, data_dir)
     except CliError as error:
         say(f"\ndemo failed: {error.message}")
         return 1

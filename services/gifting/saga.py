@@ -73,7 +73,7 @@ from services.gifting.storage import (
 from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, aborted, failed_precondition, unavailable
-from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, SAGA_STEP_DURATION
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -589,7 +589,7 @@ class Saga:
         if not await self._db(fail):
             drive.elsewhere.add(t.transfer_id)
             return
-        OUTCOMES.add(1, {"kind": "gift", "state": "failed", "reason": error.reason})
+        GIFT_OUTCOMES.add(1, {"giftcoin.gift.state": "failed", "error.type": error.reason})
         log.info("gift %s failed: %s", t.transfer_id, error.reason)
         drive.ended[t.transfer_id] = revised(t, **values)
 
@@ -639,9 +639,9 @@ class Saga:
         drive.elsewhere.update(t.transfer_id for t in ts if t.transfer_id not in advanced)
         drive.ended.update({t.transfer_id: revised(t, **values) for t in done})
         if done:  # counted once per batch: an instrument's add costs about as much whatever it adds
-            OUTCOMES.add(len(done), {"kind": "gift", "state": "completed", "reason": ""})
-            VALUE_MOVED.add(sum(t.total_coins for t in done), {"unit": "coin", "kind": "gift"})
-            VALUE_MOVED.add(sum(t.total_diamonds for t in done), {"unit": "diamond", "kind": "gift"})
+            GIFT_OUTCOMES.add(len(done), {"giftcoin.gift.state": "completed"})
+            COINS_MOVED.add(sum(t.total_coins for t in done), {"giftcoin.movement.kind": "gift"})
+            DIAMONDS_MOVED.add(sum(t.total_diamonds for t in done), {"giftcoin.movement.kind": "gift"})
         for target_key in sorted({_target_key(t) for t in done}):
             self.on_completed(target_key)
 
@@ -709,13 +709,26 @@ class Saga:
         attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
         if isinstance(gifts[0], TransferRecord):
             attributes["giftcoin.gift_id"] = gifts[0].transfer_id
-        with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
+        with (
+            _timed(step),
+            self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span,
+        ):
             if span.is_recording():  # links cost a parse per gift: only when spans are kept
                 for gift in gifts[1:]:
                     linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
                     link = {"giftcoin.gift_id": gift.transfer_id} if isinstance(gift, TransferRecord) else None
                     span.add_link(linked.get_span_context(), link)
             yield
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """A saga step's duration (giftcoin.gifting.saga.step.duration), however it ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        SAGA_STEP_DURATION.record(time.perf_counter() - started, {"giftcoin.saga.step": step})
 
 
 def _target_key(t: TransferRecord) -> str:

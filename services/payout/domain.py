@@ -68,7 +68,7 @@ from services.runtime.db import Database, Selection
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import OUTCOMES
+from services.runtime.telemetry import PAYOUT_OUTCOMES
 from services.runtime.validation import age_on
 
 log = logging.getLogger(__name__)
@@ -894,5 +894,5 @@ class PayoutProcessor:
         state = self.db.run(lambda conn: self.payouts.apply_result(UnitOfWork(conn), payout_id, result))
         if state in (PAID, FAILED):
             log.info("payout %s %s (provider reference %s)", payout_id, state, result.provider_reference)
-            OUTCOMES.add(1, {"kind": "payout", "state": state})
+            PAYOUT_OUTCOMES.add(1, {"giftcoin.payout.state": state})
         return state

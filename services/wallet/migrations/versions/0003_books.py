@@ -1,8 +1,8 @@
 """The books: platform accounts keep no stored balance (NULL: theirs is the sum of their entries), the
 audit trail of operator actions, and the indexes that operators' and the reconciler's reads use.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from services.runtime.tables import UtcDateTime
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
