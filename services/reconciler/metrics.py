@@ -1,6 +1,7 @@
-"""The reconciliation's metrics, exported like the services' (GIFTCOIN_TRACE_EXPORTER: otlp to the
-collector in deployment), so that an alert fires on any discrepancy, or when runs stop completing
-(deploy/monitoring/reconciliation-alerts.yaml). The job exports them once per run, as it ends."""
+"""The reconciliation's metrics. A run of the CronJob ends before any scrape could find it, so the job
+pushes them as it ends (GIFTCOIN_TRACE_EXPORTER=otlp: to the collector, which forwards them to
+Prometheus), where deploy/monitoring/prometheus/giftcoin-rules.yaml alerts on any discrepancy and on
+runs that stop completing (docs/observability.md)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,26 @@ from opentelemetry import metrics
 
 from services.reconciler.reconcile import ACTIONS, Report
 
-# The alert rules name these (as Prometheus spells them: `_` for `.`, `_seconds` for unit s).
-DISCREPANCIES_METRIC = "giftcoin.reconciliation.discrepancies"
-IN_FLIGHT_METRIC = "giftcoin.reconciliation.in_flight"
-LAST_COMPLETED_METRIC = "giftcoin.reconciliation.last_completed"  # unit s
+# The alert rules and dashboards name these as Prometheus spells them: `_` for `.`, `_seconds` for unit s
+# (giftcoin_reconcile_discrepancies, giftcoin_reconcile_last_completed_seconds).
+DISCREPANCIES_METRIC = "giftcoin.reconcile.discrepancies"
+IN_FLIGHT_METRIC = "giftcoin.reconcile.in_flight"
+LAST_COMPLETED_METRIC = "giftcoin.reconcile.last_completed"  # unit s
+PROMETHEUS_NAMES = (
+    "giftcoin_reconcile_discrepancies",
+    "giftcoin_reconcile_in_flight",
+    "giftcoin_reconcile_last_completed_seconds",
+)
 
 _meter = metrics.get_meter("giftcoin.reconciler")
 DISCREPANCIES = _meter.create_gauge(
-    DISCREPANCIES_METRIC, description="Discrepancies the last reconciliation found between the services' books, by kind"
+    DISCREPANCIES_METRIC,
+    unit="{discrepancy}",
+    description="Discrepancies the last reconciliation found between the services' books, by kind",
 )
-IN_FLIGHT = _meter.create_gauge(IN_FLIGHT_METRIC, description="Gifts of the last reconciliation's window in flight")
+IN_FLIGHT = _meter.create_gauge(
+    IN_FLIGHT_METRIC, unit="{gift}", description="Gifts of the last reconciliation's window in flight"
+)
 LAST_COMPLETED = _meter.create_gauge(
     LAST_COMPLETED_METRIC, unit="s", description="When the last reconciliation completed (Unix time)"
 )

@@ -309,7 +309,7 @@ def test_the_docs_exist_for_every_overlay() -> None:
         assert f"kubectl apply -k deploy/overlays/{overlay}" in docs
 
 
-def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> None:
+def test_the_collector_receives_the_services_traces_and_the_reconcilers_metrics(objects: list[kube.Obj]) -> None:
     (collector,) = [w for w in kube.workloads(objects) if w.name == "otel-collector"]
     (volume,) = [v for v in collector.pod_spec["volumes"] if "configMap" in v]
     config_map = kube.find(objects, "ConfigMap", volume["configMap"]["name"])
@@ -319,8 +319,9 @@ def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> 
     service = kube.find(objects, "Service", "otel-collector")
     assert service is not None and [p["port"] for p in service["spec"]["ports"]] == [4317]
     pipelines = config["service"]["pipelines"]
-    # Spans only: metrics are scraped from each replica (GIFTCOIN_METRICS_PORT), not pushed.
-    assert set(pipelines) == {"traces"}
+    # Spans; and the metrics the reconciliation job pushes (a CronJob's run ends before any scrape). The
+    # services' metrics are scraped from each replica (GIFTCOIN_METRICS_PORT), not pushed.
+    assert set(pipelines) == {"traces", "metrics"}
     for signal in pipelines:
         assert "otlp" in pipelines[signal]["receivers"], signal
         for kind in ("receivers", "processors", "exporters"):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from services.reconciler import metrics
 from services.runtime.clock import FakeClock
 from tests.gifting.harness import Suite, start_suite
 from tests.reconciler.conftest import capture_behind_wallets_back, story, targets
@@ -48,17 +49,29 @@ def run_job(where: dict[str, str], directory: Path) -> tuple[int, dict[str, Any]
     return done.returncode, report, done.stderr
 
 
-def discrepancy_metric(directory: Path) -> dict[str, int]:
-    """giftcoin.reconciliation.discrepancies as the job exported it, by kind."""
-    values: dict[str, int] = {}
+def exported(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """The metrics the job exported (the `file` exporter's lines): each name's data points."""
+    points: dict[str, list[dict[str, Any]]] = {}
     for line in (directory / "metrics-reconciler.jsonl").read_text().splitlines():
         for resource in json.loads(line)["resource_metrics"]:
             for scope in resource["scope_metrics"]:
                 for metric in scope["metrics"]:
-                    if metric["name"] == "giftcoin.reconciliation.discrepancies":
-                        for point in metric["data"]["data_points"]:
-                            values[point["attributes"]["kind"]] = point["value"]
-    return values
+                    points.setdefault(metric["name"], []).extend(metric["data"]["data_points"])
+    return points
+
+
+def discrepancy_metric(directory: Path) -> dict[str, int]:
+    """giftcoin.reconcile.discrepancies as the job exported it, by kind."""
+    return {p["attributes"]["kind"]: p["value"] for p in exported(directory)[metrics.DISCREPANCIES_METRIC]}
+
+
+def test_the_alert_rules_name_the_metrics_as_prometheus_spells_them() -> None:
+    """OpenTelemetry to Prometheus: dots become underscores, a gauge in seconds gains `_seconds`."""
+    assert (
+        metrics.DISCREPANCIES_METRIC.replace(".", "_"),
+        metrics.IN_FLIGHT_METRIC.replace(".", "_"),
+        metrics.LAST_COMPLETED_METRIC.replace(".", "_") + "_seconds",
+    ) == metrics.PROMETHEUS_NAMES
 
 
 def test_the_job_reports_exits_and_exports_its_discrepancy_count(live: Suite, tmp_path: Path) -> None:
@@ -72,6 +85,8 @@ def test_the_job_reports_exits_and_exports_its_discrepancy_count(live: Suite, tm
     assert (report["completed"], report["failed"]) == (3, 2)
     metric = discrepancy_metric(clean)
     assert metric["FAILED_BUT_CAPTURED"] == 0 and sum(metric.values()) == 0
+    [completed] = exported(clean)[metrics.LAST_COMPLETED_METRIC]
+    assert abs(completed["value"] - datetime.now(UTC).timestamp()) < 120
 
     hold_id = capture_behind_wallets_back(live, s.failed_after_hold)
     status, report, log = run_job(targets(live), broken)
