@@ -211,6 +211,9 @@ def wallet_books(r: wallet_pb2.SummarizeBooksResponse) -> str:
             f"{f.debt_added:,} owed"
         )
     lines += [
+        f"refunds reversed: {money(v.amount)} in {v.reversals:,}, {v.coins:,} coins given back" for v in r.reversals
+    ]
+    lines += [
         f"coins issued: {r.coins_purchased:,} purchased, {r.coins_granted:,} promotional",
         f"now ({when(r.as_of)}): {r.coins_outstanding:,} coins in wallets ({r.coins_outstanding_promotional:,} "
         f"promotional), {r.coins_held:,} held; {r.promotion_budgets_remaining:,} left in promotion budgets",
@@ -513,6 +516,10 @@ def reconciliation(report: Report) -> str:
         f"  {f.kind}s: {cash(f.amount_minor, f.currency)} in {f.refunds:,} ({f.coins_reclaimed:,} coins taken back, "
         f"{f.debt_added:,} owed)"
         for f in m.refunds
+    ]
+    lines += [
+        f"  refunds reversed: {cash(v.amount_minor, v.currency)} in {v.reversals:,} ({v.coins:,} coins given back)"
+        for v in m.reversals
     ]
     lines += [
         f"  coins issued: {m.coins_purchased:,} purchased, {m.coins_granted:,} promotional",

@@ -109,6 +109,14 @@ class Refunds:
 
 
 @dataclass(frozen=True)
+class Reversals:
+    currency: str
+    reversals: int
+    amount_minor: int
+    coins: int
+
+
+@dataclass(frozen=True)
 class PayoutTotals:
     state: str  # requested | processing | paid | failed
     currency: str
@@ -125,6 +133,7 @@ class WalletBooks:
 
     takings: list[Takings] = field(default_factory=list)
     refunds: list[Refunds] = field(default_factory=list)
+    reversals: list[Reversals] = field(default_factory=list)
     coins_purchased: int = 0
     coins_granted: int = 0
     coins_outstanding: int = 0
@@ -284,6 +293,9 @@ class RpcBooks:
                 )
                 for f in r.refunds
             ]
+            books.reversals += [
+                Reversals(v.amount.currency_code, v.reversals, v.amount.amount_minor, v.coins) for v in r.reversals
+            ]
             books.coins_purchased += r.coins_purchased
             books.coins_granted += r.coins_granted
             # The "now" figures: the last call's are the latest.
@@ -293,6 +305,7 @@ class RpcBooks:
             books.promotion_budgets_remaining = r.promotion_budgets_remaining
         books.takings = _merged(books.takings, lambda t: (t.store, t.currency))
         books.refunds = _merged(books.refunds, lambda f: (f.kind, f.currency))
+        books.reversals = _merged(books.reversals, lambda v: (v.currency, ""))
         return books
 
     # --- payout ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ each with what that service's ledger booked for it, and checks:
 - no hold and no credit exists without its gift.
 
 Anything else is a `Discrepancy`, with its ids, its age and what a person should do. The money
-summary puts the window's flows side by side: fiat taken and given back, coins issued, spent
+summary puts the window's flows side by side: fiat taken, given back (and reversed), coins issued, spent
 (captured for the window's completed gifts), diamonds credited for them and the platform's share,
 payouts, fees; and, as of the run, coins held and outstanding, diamonds outstanding.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from services.reconciler.books import Books, Credit, Gift, Hold, PayoutTotals, Refunds, Takings, Window
+from services.reconciler.books import Books, Credit, Gift, Hold, PayoutTotals, Refunds, Reversals, Takings, Window
 
 DEFAULT_IN_FLIGHT = timedelta(minutes=15)
 
@@ -107,6 +107,7 @@ class MoneySummary:
 
     takings: list[Takings] = field(default_factory=list)  # fiat in, by store and currency
     refunds: list[Refunds] = field(default_factory=list)  # fiat given back, by kind and currency
+    reversals: list[Reversals] = field(default_factory=list)  # refunds the stores took back, by currency
     coins_purchased: int = 0  # coins issued by purchases
     coins_granted: int = 0  # promotional coins issued by claims
     coins_spent: int = 0  # captured for the window's completed gifts
@@ -185,7 +186,7 @@ def reconcile(books: Books, window: Window, now: datetime, in_flight: timedelta 
             report.failed += 1
 
     wallet, payout = books.wallet_books(window), books.payout_books(window)
-    money.takings, money.refunds = wallet.takings, wallet.refunds
+    money.takings, money.refunds, money.reversals = wallet.takings, wallet.refunds, wallet.reversals
     money.coins_purchased, money.coins_granted = wallet.coins_purchased, wallet.coins_granted
     money.coins_held_now, money.coins_outstanding_now = wallet.coins_held, wallet.coins_outstanding
     money.coins_outstanding_promotional_now = wallet.coins_outstanding_promotional

@@ -69,6 +69,7 @@ from services.wallet.storage import (
     PromotionRecord,
     PurchaseRecord,
     RefundsRow,
+    ReversalsRow,
     StoreNotificationRecord,
     TakingsRow,
     WalletRecord,
@@ -273,6 +274,7 @@ class BooksSummary:
 
     takings: list[TakingsRow]  # purchases by store and currency
     refunds: list[RefundsRow]  # refunds and chargebacks by kind and currency
+    reversals: list[ReversalsRow]  # refunds the stores reversed, by currency
     coins_purchased: int
     coins_granted: int
     coins_outstanding: int
@@ -1109,6 +1111,7 @@ class WalletBook:
         return BooksSummary(
             takings=window.takings,
             refunds=window.refunds,
+            reversals=window.reversals,
             coins_purchased=sum(t.coins for t in window.takings),
             coins_granted=window.granted,
             coins_outstanding=on[PURCHASED_ACCOUNTS] + on[PROMOTIONAL_ACCOUNTS] + held,

@@ -344,6 +344,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 )
                 for r in s.refunds
             ],
+            reversals=[
+                wallet_pb2.RefundReversals(
+                    amount=_money(r.amount_minor, r.currency_code), reversals=r.reversals, coins=r.coins
+                )
+                for r in s.reversals
+            ],
             coins_purchased=s.coins_purchased,
             coins_granted=s.coins_granted,
             coins_outstanding=s.coins_outstanding,

@@ -142,6 +142,7 @@ purchase_reinstatements = Table(
     metadata,
     Column("purchase_id", String(64), ForeignKey("purchase_refunds.purchase_id"), primary_key=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_purchase_reinstatements_created_at", "created_at"),  # the books' summary of a window
 )
 
 # Every store notification of a refund, chargeback or refund reversal, once (the store's own id of it:
@@ -344,11 +345,20 @@ class RefundsRow:
 
 
 @dataclass(frozen=True)
+class ReversalsRow:
+    currency_code: str
+    reversals: int
+    amount_minor: int
+    coins: int
+
+
+@dataclass(frozen=True)
 class WindowTotals:
-    """Purchases, refunds and promotion claims of a time window."""
+    """Purchases, refunds, refund reversals and promotion claims of a time window."""
 
     takings: list[TakingsRow]
     refunds: list[RefundsRow]
+    reversals: list[ReversalsRow]
     granted: int
 
 
@@ -644,7 +654,8 @@ class WalletUnit:
 
     def window_totals(self, start: datetime, end: datetime) -> WindowTotals:
         """What the books' summary reads of a window: purchases by store and currency, refunds by kind
-        and currency (with what the purchases had cost), and the coins promotion claims granted."""
+        and currency and their reversals by currency (with what the purchases had cost), and the coins
+        promotion claims granted."""
         p, r, c = purchases, purchase_refunds, promotion_claims
         takings = self.conn.execute(
             select(
@@ -672,12 +683,26 @@ class WalletUnit:
             .group_by(r.c.kind, p.c.currency_code)
             .order_by(r.c.kind, p.c.currency_code)
         )
+        i = purchase_reinstatements
+        reversals = self.conn.execute(
+            select(
+                p.c.currency_code,
+                func.count().label("reversals"),
+                func.sum(p.c.price_minor).label("amount_minor"),
+                func.sum(p.c.coins).label("coins"),
+            )
+            .select_from(i.join(p, p.c.purchase_id == i.c.purchase_id))
+            .where(and_(i.c.created_at >= start, i.c.created_at < end))
+            .group_by(p.c.currency_code)
+            .order_by(p.c.currency_code)
+        )
         granted = self.conn.execute(
             select(func.coalesce(func.sum(c.c.coins), 0)).where(and_(c.c.created_at >= start, c.c.created_at < end))
         ).scalar_one()
         return WindowTotals(
             [TakingsRow(**_integers(row._mapping)) for row in takings],
             [RefundsRow(**_integers(row._mapping)) for row in refunds],
+            [ReversalsRow(**_integers(row._mapping)) for row in reversals],
             int(granted),
         )
 

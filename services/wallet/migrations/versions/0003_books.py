@@ -45,9 +45,11 @@ def upgrade() -> None:
     op.create_index("ix_purchases_created_at", "purchases", ["created_at"])
     op.create_index("ix_purchase_refunds_created_at", "purchase_refunds", ["created_at"])
     op.create_index("ix_promotion_claims_created_at", "promotion_claims", ["created_at"])
+    op.create_index("ix_purchase_reinstatements_created_at", "purchase_reinstatements", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_purchase_reinstatements_created_at", table_name="purchase_reinstatements")
     op.drop_index("ix_promotion_claims_created_at", table_name="promotion_claims")
     op.drop_index("ix_purchase_refunds_created_at", table_name="purchase_refunds")
     op.drop_index("ix_purchases_created_at", table_name="purchases")
