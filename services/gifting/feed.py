@@ -35,7 +35,7 @@ from services.gifting.domain import Gifting, Target
 from services.gifting.storage import FeedEventRecord
 from services.runtime.errors import DomainError, unavailable
 from services.runtime.server import BackgroundLoop
-from services.runtime.telemetry import FEED_LAG, FEED_VIEWERS
+from services.runtime.telemetry import FEED_LAG, FEED_VIEWERS, untraced
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,12 @@ class LiveFeed:
         return max(self.flush_seconds, self._viewers / self.writes_per_second)
 
     async def _read(self, feed: _TargetFeed) -> None:
+        """Read a target's new events into its window and wake its viewers (untraced: plumbing that a
+        completing gift's trace would otherwise be filled with)."""
+        with untraced():
+            await self._read_untraced(feed)
+
+    async def _read_untraced(self, feed: _TargetFeed) -> None:
         try:
             while True:
                 feed.read_again = False

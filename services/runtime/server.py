@@ -50,7 +50,7 @@ from services.runtime.auth import (
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, malformed_request, to_rpc_status
 from services.runtime.http import HttpEndpoint
-from services.runtime.telemetry import RPC_DURATION, setup_tracing, shutdown_tracing
+from services.runtime.telemetry import RPC_DURATION, setup_tracing, shutdown_tracing, untraced
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("giftcoin.access")
@@ -60,7 +60,8 @@ class BackgroundLoop:
     """A task on the event loop running `step` every `interval` seconds until stopped.
 
     A plain `step` runs on the service's database threads, a coroutine on the loop; a failing step
-    is logged and tried again at the next tick.
+    is logged and tried again at the next tick. A step is untraced: a tick that finds nothing to do
+    emits no span, and what it finds it traces itself (`telemetry.traced`).
     """
 
     def __init__(self, name: str, interval: float, step: Callable[[], object]) -> None:
@@ -78,10 +79,11 @@ class BackgroundLoop:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                if asynchronous:
-                    await self.step()  # type: ignore[misc]
-                else:
-                    await loop.run_in_executor(executor, contextvars.copy_context().run, self.step)
+                with untraced():
+                    if asynchronous:
+                        await self.step()  # type: ignore[misc]
+                    else:
+                        await loop.run_in_executor(executor, contextvars.copy_context().run, self.step)
             except Exception:
                 log.exception("background loop %s failed; retrying next tick", self.name)
 

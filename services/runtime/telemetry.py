@@ -17,11 +17,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -221,6 +224,33 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
     if _meter_provider is not None:
         _meter_provider.shutdown(timeout_millis=_timeout_ms)
+
+
+# --- background work: traced only when there is some ------------------------------------------------
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """No spans from what runs here (a background loop's look for work, a feed's reads): an idle
+    service emits none, and a gift's trace is not filled with another's plumbing."""
+    with suppress_instrumentation():
+        yield
+
+
+@contextmanager
+def traced() -> Iterator[None]:
+    """Spans again, inside `untraced`: for the work a background loop found (each piece its own trace,
+    or the trace of the gift it continues)."""
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def instrumented() -> bool:
+    """Whether spans are wanted here (not inside `untraced`)."""
+    return is_instrumentation_enabled()
 
 
 # --- the instruments every service records, named by OpenTelemetry's semantic conventions where they

@@ -4,6 +4,7 @@ notifications endpoint."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
@@ -46,6 +47,9 @@ ACCESS: Mapping[str, auth.Access] = {
     "SummarizeBooks": auth.RECONCILER,
 }
 
+# Purchases verified at once (each may wait on a store's servers); more queue for a thread.
+STORE_THREADS = 8
+
 HOLD_EXPIRY_LOOP = "wallet-hold-expiry"
 REAPER_LOOP = "wallet-request-id-reaper"
 GOOGLE_PLAY_LOOP = "wallet-google-play-sync"
@@ -80,7 +84,9 @@ def build(
     store.run(book.open_platform_accounts)
     requests = RequestIdStore(db, storage.request_ids, clock)
     audit = AuditLog(db, storage.audit_records, clock)
-    servicer = WalletServicer(book, store, requests, audit, settings.hold_ttl_max_seconds)
+    # Purchases wait on the stores: threads of their own (a bulkhead), never the database's.
+    store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="stores")
+    servicer = WalletServicer(book, store, requests, audit, settings.hold_ttl_max_seconds, store_threads)
     loops = [
         BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
         BackgroundLoop(
@@ -113,6 +119,7 @@ def build(
 
     def close() -> None:
         unwatch()
+        store_threads.shutdown(wait=True)
         db.dispose()
 
     return ServiceApp(

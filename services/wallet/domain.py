@@ -37,6 +37,7 @@ from functools import partial
 from typing import Protocol
 
 import grpc
+from opentelemetry import trace
 
 from services.runtime.clock import Clock
 from services.runtime.db import Selection
@@ -50,7 +51,7 @@ from services.runtime.errors import (
 )
 from services.runtime.ledger import Movement, Overdraft, Posting, new_id
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import COINS_MOVED, STORE_NOTIFICATIONS
+from services.runtime.telemetry import COINS_MOVED, STORE_NOTIFICATIONS, traced
 from services.runtime.validation import age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
@@ -78,6 +79,7 @@ from services.wallet.storage import (
 )
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 COIN = "coin"
 ADULT_AGE = 18
@@ -1010,7 +1012,11 @@ class WalletBook:
         while True:
             due = store.run(lambda uow: uow.due_holds(self.clock.now(), batch))
             for gift_id in due:
-                expired += store.run(partial(self.expire, gift_id=gift_id))
+                with (
+                    traced(),
+                    tracer.start_as_current_span("wallet.expire_hold", attributes={"giftcoin.gift_id": gift_id}),
+                ):
+                    expired += store.run(partial(self.expire, gift_id=gift_id))
             if len(due) < batch:
                 if expired:
                     log.info("released %d lapsed holds", expired)
