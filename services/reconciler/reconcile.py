@@ -17,8 +17,8 @@ summary puts the window's flows side by side: fiat taken, given back (and revers
 (captured for the window's completed gifts), diamonds credited for them and the platform's share,
 payouts, fees; and, as of the run, coins held and outstanding, diamonds outstanding.
 
-Plain Python over `Books`: the CLI (`giftctl reconcile`), the CronJob (`python -m
-services.reconciler`) and the benchmark all call `reconcile`.
+Plain Python over `Books`: the CLI (`giftctl reconcile`) and the CronJob (`python -m
+services.reconciler`) call it through `services.reconciler.check`; so can the benchmark.
 """
 
 from __future__ import annotations
