@@ -4,7 +4,7 @@ their query, bounded id lists, bounded summaries; and who may call them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -17,21 +17,11 @@ from giftcoin.wallet.v1 import wallet_pb2
 
 from services.runtime.auth import Caller
 from services.runtime.timestamps import to_timestamp
-from tests.gifting.harness import Suite, new_id, refused, start_suite
+from tests.gifting.harness import Suite, new_id, refused
 from tests.support.identity import as_caller, operator, service, user
 
 RECONCILER = service("reconciler")
 OPS = operator("ops")
-
-
-@pytest.fixture
-def suite(make_database: Callable[[str], str]) -> Iterator[Suite]:
-    running = start_suite(make_database)
-    try:
-        yield running
-        assert running.problems() == []
-    finally:
-        running.close()
 
 
 def gifts_a_second_apart(suite: Suite, n: int) -> list[gifting_pb2.GiftTransfer]:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.giftctl.test_rpc_commands import Giftctl
 from tests.gifting.harness import Suite
-from tests.reconciler.conftest import books, capture_behind_wallets_back, story, targets  # noqa: F401 (a fixture)
+from tests.reconciler.conftest import capture_behind_wallets_back, story, targets
 
 OPS = ("--as", "operator:ops")
 
@@ -26,7 +26,7 @@ def window(suite: Suite) -> tuple[str, ...]:
 
 
 def test_operators_read_any_wallet_the_promotions_creators_gifts_and_payouts_by_state(
-    books: Suite,  # noqa: F811
+    books: Suite,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = story(books)
@@ -86,7 +86,7 @@ def test_operators_read_any_wallet_the_promotions_creators_gifts_and_payouts_by_
 
 
 def test_every_operator_action_leaves_one_audit_record_readable_by_operators(
-    books: Suite,  # noqa: F811
+    books: Suite,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     story(books)  # an operator created a promotion, verified cara and refunded dan's purchase
@@ -123,7 +123,7 @@ def test_every_operator_action_leaves_one_audit_record_readable_by_operators(
 
 
 def test_reconcile_prints_the_report_and_exits_non_zero_on_discrepancies(
-    books: Suite,  # noqa: F811
+    books: Suite,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = story(books)
