@@ -1,8 +1,8 @@
 """The reconciler: proves, through their RPCs, that wallet, gifting and payout agree (reconcile.py).
 
-`check(...)` is the one call: the CLI (`giftctl reconcile`), the CronJob (`python -m
-services.reconciler`, which also exports the report's metrics) and the benchmark use it. It reads the
-three services as `caller` (an operator, or `service:reconciler`) and returns the `Report`.
+`check(...)` is the one call: the CLI (`giftctl reconcile`) and the CronJob (`python -m
+services.reconciler`, which also exports the report's metrics) use it, and so can a benchmark. It reads
+the three services as `caller` (an operator, or `service:reconciler`) and returns the `Report`.
 """
 
 from __future__ import annotations
