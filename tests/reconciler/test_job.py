@@ -85,6 +85,8 @@ def test_the_job_reports_exits_and_exports_its_discrepancy_count(live: Suite, tm
     assert (report["completed"], report["failed"]) == (3, 2)
     metric = discrepancy_metric(clean)
     assert metric["FAILED_BUT_CAPTURED"] == 0 and sum(metric.values()) == 0
+    names = {metrics.DISCREPANCIES_METRIC, metrics.IN_FLIGHT_METRIC, metrics.LAST_COMPLETED_METRIC}
+    assert names <= set(exported(clean))
     [completed] = exported(clean)[metrics.LAST_COMPLETED_METRIC]
     assert abs(completed["value"] - datetime.now(UTC).timestamp()) < 120
 
