@@ -104,7 +104,10 @@ async def main(target: str, plan: str, per_response: int, channels: int) -> None
     for part in plan.split(","):
         stream, _, count = part.rpartition(":")
         watching.viewers += [Viewer(stream) for _ in range(int(count))]
-    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    # Connections of their own (by default channels to one target share one): a viewer's app has its own.
+    opened = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
+    ]
     stubs = [gifting_pb2_grpc.GiftingServiceStub(channel) for channel in opened]
     lives = [asyncio.Event() for _ in watching.viewers]
     tasks = [

@@ -368,6 +368,9 @@ def _server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials:
     )
 
 
+MAX_PENDING_CALLS = 32_768
+
+
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     """Connections that behave in a cluster (README "Connections"): clients may ping every
     `min_client_ping_seconds` or more without being cut off, the server pings idle connections to
@@ -384,6 +387,12 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         # The least time between a client's pings that the server accepts (MIN_RECV_PING_INTERVAL_WITHOUT_DATA).
         ("grpc.http2.min_ping_interval_without_data_ms", c.min_client_ping_seconds * 1000),
+        # Calls that arrived but that the event loop has not picked up yet: past gRPC's defaults (about a
+        # thousand, then three), a burst (thousands of viewers reconnecting after a replica stopped) had
+        # calls cancelled at random, CANCELLED with no reason. Viewers are capped with a reason instead
+        # (GIFTCOIN_GIFTING_FEED_MAX_VIEWERS).
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ("grpc.max_connection_age_ms", c.max_connection_age_seconds * 1000),
         ("grpc.max_connection_age_grace_ms", c.max_connection_age_grace_seconds * 1000),
     ]

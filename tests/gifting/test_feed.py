@@ -389,3 +389,49 @@ def test_a_viewer_that_vanished_without_closing_is_found_by_the_servers_pings(tm
         viewer.kill()
         viewer.wait(10)
         running.close()
+
+
+BURST_SCRIPT = """
+import asyncio, sys, grpc
+from giftcoin.gifting.v1 import gifting_pb2
+async def main(target, count, connections, authorization):
+    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    request = gifting_pb2.WatchGiftsRequest(
+        target=gifting_pb2.Target(kind=gifting_pb2.TARGET_KIND_LIVE_STREAM, id=sys.argv[4])
+    ).SerializeToString()
+    calls = [channels[i % connections].unary_stream("/giftcoin.gifting.v1.GiftingService/WatchGifts")(
+        request, metadata=[("authorization", authorization)]) for i in range(count)]
+    await asyncio.gather(*(call.initial_metadata() for call in calls))
+    print(sum(not call.done() for call in calls), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]))
+"""
+
+
+def test_thousands_of_viewers_arriving_at_once_are_all_held(sqlite_suite: Suite) -> None:
+    # gRPC's defaults cancelled at random the calls of a burst the event loop had not picked up yet.
+    ((_, authorization),) = as_caller(user("viewer"))
+    burst = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BURST_SCRIPT,
+            sqlite_suite.clients.gifting_target,
+            "2500",
+            "25",
+            STREAM.id,
+            authorization,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert burst.stdout is not None and burst.stdout.readline().strip() == "2500"  # every call still open
+        wait_for(lambda: sqlite_suite.components.feed.viewers(STREAM_KEY) == 2500, what="2500 viewers held")
+    finally:
+        burst.kill()
+        burst.wait(10)
+    wait_for(lambda: sqlite_suite.components.feed.viewers() == 0, what="every viewer gone")
