@@ -281,13 +281,20 @@ def _trace(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     from services.reconciler import to_json
 
-    report = reconciliation(args)
+    _setup_tracing()
+    try:
+        report = reconciliation(args)
+    finally:
+        from services.runtime.telemetry import shutdown_tracing
+
+        shutdown_tracing()
     print(json.dumps(to_json(report), sort_keys=True) if args.json else render.reconciliation(report))
     return 0 if report.ok else DISCREPANCIES_EXIT
 
 
 def reconciliation(args: argparse.Namespace) -> Report:
-    """`giftctl reconcile`'s report (the demo's too); CliError when a service cannot be read."""
+    """`giftctl reconcile`'s report (the demo's too, under the demo's tracing); CliError when a service
+    cannot be read."""
     from services.reconciler import RECONCILER, ReadFailed, Window, check
 
     caller = args.identity or RECONCILER
@@ -297,15 +304,10 @@ def reconciliation(args: argparse.Namespace) -> Report:
     window = Window(args.since or now - timedelta(hours=24), args.until or now)
     if window.end <= window.start:
         raise CliError("reconcile: --until must come after --since", exit_status=2)
-    _setup_tracing()
     try:
         return check(_targets(args), window, now, jwt_secret(), caller, in_flight=timedelta(seconds=args.in_flight))
     except ReadFailed as failed:
         raise CliError(describe_rpc_error(failed.service, _targets(args)[failed.service], failed.error)) from None
-    finally:
-        from services.runtime.telemetry import shutdown_tracing
-
-        shutdown_tracing()
 
 
 def _demo(args: argparse.Namespace) -> int:
