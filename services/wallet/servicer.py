@@ -18,9 +18,9 @@ from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
+from services.runtime.errors import DomainError, item_results
 from services.runtime.idempotency import RequestIdStore
-from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
@@ -169,17 +169,15 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        cursor = decode_page_token(request.page_token)
-        before = None
-        if cursor is not None:
-            before = cursor.get("before")
-            if not isinstance(before, int) or isinstance(before, bool):
-                raise invalid_argument([FieldViolation("page_token", "not a page token from a previous response")])
+        cursor = decode_page_token(request.page_token, "transactions", {"before": CursorValue.POSITION})
+        before = None if cursor is None else cursor["before"]
         size = clamp_page_size(request.page_size)
         page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
         return wallet_pb2.ListTransactionsResponse(
             transactions=[_transaction(t) for t in page.transactions],
-            next_page_token="" if page.next_cursor is None else encode_page_token({"before": page.next_cursor}),
+            next_page_token=""
+            if page.next_cursor is None
+            else encode_page_token("transactions", {"before": page.next_cursor}),
         )
 
     # --- anyone -------------------------------------------------------------------------------
