@@ -411,6 +411,7 @@ _NOT_CREDITED = {
     "CREATOR_NOT_ELIGIBLE",
     "INVALID_ARGUMENT",
     "CREDIT_DEADLINE_PASSED",
+    "BALANCE_LIMIT_EXCEEDED",
 }
 # Release refusals that mean the coins are already back (or were never held).
 _NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}

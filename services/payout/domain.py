@@ -48,7 +48,7 @@ from services.payout.storage import (
 from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
-from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.ledger import MAX_BALANCE, Movement, Overdraft, Posting, balance_limit_exceeded, new_id
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import OUTCOMES
 from services.runtime.validation import age_on
@@ -161,6 +161,7 @@ class CreditReads:
 
     creators: Later[dict[str, CreatorRecord]]
     credits: Later[dict[str, CreditRecord]]  # by gift id: the gifts credited already
+    diamonds: Later[dict[str, int]]  # by creator: diamonds on the balance and in payouts (not locked)
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,14 @@ class Payouts:
     def read_credits(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> CreditReads:
         """What deciding these credits reads, queued in the transaction's pipeline: their creators and
         the gifts' credits (one round trip, with whatever else is queued)."""
+        creator_ids = {r.creator_id for r in requests}
+        accounts = {c: (creator_diamonds(c), creator_diamonds_in_payout(c)) for c in creator_ids}
         return CreditReads(
-            uow.creators.get_many({r.creator_id for r in requests}), uow.credits.by_gifts({r.gift_id for r in requests})
+            uow.creators.get_many(creator_ids),
+            uow.credits.by_gifts({r.gift_id for r in requests}),
+            uow.ledger.balances_later([code for pair in accounts.values() for code in pair]).then(
+                lambda b: {c: b[held] + b[paying] for c, (held, paying) in accounts.items()}
+            ),
         )
 
     def credit_many(
@@ -313,7 +320,9 @@ class Payouts:
         """
         now = self.clock.now()
         reads = reads or self.read_credits(uow, requests)
-        outcomes, new = self._decide_credits(requests, reads.credits.get(), reads.creators.get(), now)
+        outcomes, new = self._decide_credits(
+            requests, reads.credits.get(), reads.creators.get(), reads.diamonds.get(), now
+        )
         uow.credits.add_new(new)
         # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) is recorded, so the
         # gift is known and its recipient checked, but moves no value and so has no ledger transfer.
@@ -340,11 +349,13 @@ class Payouts:
         requests: Sequence[CreditRequest],
         credited: Mapping[str, CreditRecord],
         creators: Mapping[str, CreatorRecord],
+        diamonds: Mapping[str, int],
         now: datetime,
     ) -> tuple[list[Credit | DomainError], list[CreditRecord]]:
         """Each request's outcome, in order, and the credits to record for them (`credited`: the gifts
-        credited before)."""
+        credited before; `diamonds`: each creator's diamonds, which no credit may take past MAX_BALANCE)."""
         known = dict(credited)
+        held = dict(diamonds)
         outcomes: list[Credit | DomainError] = []
         new: list[CreditRecord] = []
         for r in requests:
@@ -374,6 +385,10 @@ class Payouts:
                     )
                 )
                 continue
+            if held[r.creator_id] + r.diamonds > MAX_BALANCE:
+                outcomes.append(balance_limit_exceeded(r.creator_id, DIAMOND, held[r.creator_id], r.diamonds))
+                continue
+            held[r.creator_id] += r.diamonds
             record = _new_credit(r, now)
             known[r.gift_id] = record
             new.append(record)
@@ -419,11 +434,11 @@ class Payouts:
         return Page([_transaction(e) for e in entries[:page_size]], len(entries) > page_size)
 
     def get_payout(self, uow: UnitOfWork, creator_id: str, payout_id: str) -> Payout:
+        """One of the creator's payouts. Any other id, another creator's or none at all, is refused the
+        same way (PERMISSION_DENIED, checked before NOT_FOUND as AIP-211 asks), so ids reveal nothing."""
         record = uow.payouts.get(payout_id)
-        if record is None:
-            raise not_found("PAYOUT_NOT_FOUND", f"no payout {payout_id}", payout_id=payout_id)
-        if record.creator_id != creator_id:
-            raise permission_denied(f"payout {payout_id} is not {creator_id}'s", payout_id=payout_id)
+        if record is None or record.creator_id != creator_id:
+            raise permission_denied(f"payout {payout_id} is not one of {creator_id}'s payouts", payout_id=payout_id)
         return _payout(record)
 
     def list_payouts(

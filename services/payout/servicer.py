@@ -32,6 +32,7 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
+from services.runtime.ledger import MAX_AMOUNT, MAX_BALANCE
 from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.timestamps import from_timestamp, to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
@@ -42,9 +43,6 @@ R = TypeVar("R", bound=Message)
 P = TypeVar("P")  # what a batch reads
 
 FULL_NAME = "giftcoin.payout.v1.PayoutService"
-# Far above any real amount, far below int64 overflow when multiplied by a rate.
-MAX_DIAMONDS = 10**15
-MAX_COINS = 10**15
 MAX_REFERENCE_LENGTH = 256
 
 _KYC = {
@@ -219,7 +217,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     ) -> payout_pb2.QuotePayoutResponse:
         creator_id = calling_user_id()
         v = Validator()
-        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
         quote = self._read(lambda uow: self.payouts.quote(uow, creator_id, request.diamonds))
         return payout_pb2.QuotePayoutResponse(quote=_quote(quote))
@@ -230,7 +228,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         creator_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
-        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
         return self._mutate(
             "RequestPayout",
@@ -327,9 +325,9 @@ def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefi
     v.request_id(request.request_id, f"{prefix}request_id")
     v.identifier(request.gift_id, f"{prefix}gift_id")
     v.identifier(request.creator_id, f"{prefix}creator_id")
-    v.non_negative(request.diamonds, f"{prefix}diamonds", MAX_DIAMONDS)
-    v.non_negative(request.coins, f"{prefix}coins", MAX_COINS)
-    v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_COINS)
+    v.non_negative(request.diamonds, f"{prefix}diamonds", MAX_AMOUNT)
+    v.non_negative(request.coins, f"{prefix}coins", MAX_AMOUNT)
+    v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_AMOUNT)
     if request.promotional_coins > request.coins >= 0:
         v.fail(f"{prefix}promotional_coins", "at most coins (the promotional part of the coins spent)")
     if request.HasField("credit_deadline"):

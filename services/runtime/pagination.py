@@ -18,8 +18,8 @@ from enum import Enum
 from typing import Any
 
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument
+from services.runtime.validation import INT64_MAX
 
-INT64_MAX = 2**63 - 1
 # Far longer than any token this code makes (a list name, a time and an id), short enough to parse cheaply.
 MAX_PAGE_TOKEN_LENGTH = 512
 MAX_CURSOR_ID_LENGTH = 64  # transfer and payout ids (their columns: String(64))

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.timestamps import EPOCH
 
+INT64_MAX = 2**63 - 1
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 256
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")

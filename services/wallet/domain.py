@@ -45,10 +45,18 @@ from services.runtime.errors import (
     failed_precondition,
     not_found,
 )
-from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.ledger import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
+    Movement,
+    Overdraft,
+    Posting,
+    balance_limit_exceeded,
+    new_id,
+)
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import VALUE_MOVED
-from services.runtime.validation import age_on
+from services.runtime.validation import Validator, age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
     CAPTURED,
@@ -67,6 +75,7 @@ from services.wallet.storage import (
 log = logging.getLogger(__name__)
 
 COIN = "coin"
+MAX_STORE_TRANSACTION_ID_LENGTH = 256  # purchases.store_transaction_id's column
 ADULT_AGE = 18
 DEFAULT_CURRENCY = "USD"
 
@@ -424,6 +433,7 @@ class WalletBook:
                 currency_code=package.currency_code,
             )
         wallet = self._wallet(uow, user_id)
+        self._check_room(uow, user_id, package.coins)
         now = self.clock.now()
         record = PurchaseRecord(
             purchase_id=new_id("pur"),
@@ -476,7 +486,24 @@ class WalletBook:
             raise _bad_field(
                 "RECEIPT_INVALID", "receipt.payload", "the receipt was issued to another account", store=store
             )
+        # What a store vouches for is still stored: held to the columns' rules like a client's text.
+        v = Validator()
+        v.text(receipt.store_transaction_id, "receipt.payload", max_length=MAX_STORE_TRANSACTION_ID_LENGTH)
+        v.non_negative(receipt.amount_minor, "receipt.payload", maximum=MAX_AMOUNT)
+        if v.violations:
+            raise _bad_field(
+                "RECEIPT_INVALID",
+                "receipt.payload",
+                f"the receipt's transaction id or amount is out of range: {v.violations[0].description}",
+                store=store,
+            )
         return receipt
+
+    def _check_room(self, uow: WalletUnit, user_id: str, coins: int) -> None:
+        """Refuse coins that would take a (locked) wallet's total past MAX_BALANCE."""
+        total = sum(uow.ledger.balances(WalletAccounts(user_id).coins).values())
+        if total + coins > MAX_BALANCE:
+            raise balance_limit_exceeded(f"user {user_id}", COIN, total, coins)
 
     def refund(self, uow: WalletUnit, store: str, store_transaction_id: str, kind: str) -> RefundResult:
         """Take a refunded (or charged back) purchase's coins back; what was spent becomes debt."""
@@ -570,6 +597,7 @@ class WalletBook:
                 end_time=promotion.end_time.isoformat(),
             )
         coins = promotion.coins_per_claim
+        self._check_room(uow, user_id, coins)
         try:
             uow.insert_claim(promotion_id, user_id, coins, now)
         except Duplicate:

@@ -20,10 +20,12 @@ from sqlalchemy import Connection
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import DomainError, item_results
 from services.runtime.idempotency import RequestIdStore
+from services.runtime.ledger import MAX_AMOUNT
 from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
+from services.wallet.domain import MAX_STORE_TRANSACTION_ID_LENGTH
 from services.wallet.storage import (
     CAPTURED,
     CHARGEBACK,
@@ -39,9 +41,7 @@ from services.wallet.storage import (
 )
 
 FULL_NAME = "giftcoin.wallet.v1.WalletService"
-MAX_COINS = 10**12  # far above any real amount, far below int64: sums of many amounts cannot overflow
 MAX_RECEIPT_LENGTH = 16_384
-MAX_STORE_TRANSACTION_ID_LENGTH = 256
 
 
 M = TypeVar("M", bound=Message)
@@ -230,8 +230,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.promotion_id, "promotion_id")
         v.text(request.name, "name")
-        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_COINS)
-        v.positive(request.budget, "budget", maximum=MAX_COINS)
+        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_AMOUNT)
+        v.positive(request.budget, "budget", maximum=MAX_AMOUNT)
         if 0 < request.budget < request.coins_per_claim:
             v.fail("budget", "must be at least coins_per_claim")
         start = _timestamp(v, request, "start_time")
@@ -287,7 +287,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
         v.identifier(request.user_id, "user_id")
-        v.positive(request.amount, "amount", maximum=MAX_COINS)
+        v.positive(request.amount, "amount", maximum=MAX_AMOUNT)
         v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
         return v
 
