@@ -33,7 +33,7 @@ gift's trace across the services (trace), and walk the whole story (demo)."""
 
 EPILOG = f"""\
 identity: --as user:<id> or --as operator:<id> (default ${IDENTITY_ENV}); giftctl signs a short-lived
-dev token with $GIFTCOIN_JWT_SECRET, or the services' dev-mode key when it is unset.
+token with the private JWK in $GIFTCOIN_JWT_SIGNING_KEY_FILE, or the services' dev-mode key when unset.
 targets: --wallet/--gifting/--payout HOST:PORT (default ${target_env_name("wallet")} etc., else
 127.0.0.1:50051/50052/50053). Mutating calls get a fresh UUID4 request id unless --request-id
 is given (the same id and request replays the first answer).

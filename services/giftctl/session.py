@@ -16,9 +16,9 @@ from giftcoin.gifting.v1 import gifting_pb2_grpc
 from giftcoin.payout.v1 import payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
-from services.runtime.auth import Caller, CallerKind
+from services.runtime.auth import ISSUER, Caller, CallerKind, TokenSource
 from services.runtime.clients import open_channel
-from services.runtime.config import DEFAULT_PORTS, DEV_JWT_SECRET
+from services.runtime.config import DEFAULT_PORTS, ConfigError, IdentitySettings
 from services.runtime.errors import from_rpc_error
 
 SERVICES = ("wallet", "gifting", "payout")
@@ -48,9 +48,21 @@ def default_target(service: str) -> str:
     return os.environ.get(target_env_name(service), f"127.0.0.1:{DEFAULT_PORTS[service]}")
 
 
-def jwt_secret() -> str:
-    """The key dev tokens are signed with: GIFTCOIN_JWT_SECRET, else the dev-mode key the services use."""
-    return os.environ.get("GIFTCOIN_JWT_SECRET") or DEV_JWT_SECRET
+def token_source(caller: Caller) -> TokenSource:
+    """The tokens giftctl sends as `caller`: signed with the private JWK in $GIFTCOIN_JWT_SIGNING_KEY_FILE
+    (an issuer's key) when set, else with the services' dev-mode keys; with $GIFTCOIN_JWT_ISSUER and
+    $GIFTCOIN_JWT_AUDIENCE as the services expect them."""
+    env = os.environ
+    identity = IdentitySettings(
+        dev_mode=True,
+        issuer=env.get("GIFTCOIN_JWT_ISSUER") or ISSUER,
+        audience=env.get("GIFTCOIN_JWT_AUDIENCE", ""),
+        signing_key_file=env.get("GIFTCOIN_JWT_SIGNING_KEY_FILE", ""),
+    )
+    try:
+        return TokenSource.for_settings(identity, caller)
+    except ConfigError as exc:
+        raise CliError(f"cannot sign a token for {caller.subject}: {exc}") from None
 
 
 def describe_rpc_error(service: str, target: str, err: grpc.RpcError) -> str:
@@ -77,7 +89,6 @@ class Session:
     caller: Caller
     targets: dict[str, str]
     fixed_request_id: str = ""
-    secret: str = field(default_factory=jwt_secret)
     _channels: dict[tuple[str, Caller], grpc.Channel] = field(default_factory=dict)
 
     def request_id(self) -> str:
@@ -88,7 +99,7 @@ class Session:
         who = caller or self.caller
         key = (service, who)
         if key not in self._channels:
-            self._channels[key] = open_channel(self.targets[service], FULL_NAMES[service], who, self.secret)
+            self._channels[key] = open_channel(self.targets[service], FULL_NAMES[service], token_source(who))
         return self._channels[key]
 
     def wallet(self, caller: Caller | None = None) -> wallet_pb2_grpc.WalletServiceStub:

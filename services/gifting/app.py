@@ -9,7 +9,14 @@ from giftcoin.gifting.v1 import gifting_pb2_grpc
 
 from services.gifting.domain import Failpoint, Gifting, PayoutPort, SagaPolicy, WalletPort
 from services.gifting.feed import FeedLoop, LiveFeed
-from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
+from services.gifting.peers import (
+    PAYOUT_SERVICE,
+    WALLET_SERVICE,
+    PayoutClient,
+    WalletClient,
+    gifting_token,
+    peer_channel,
+)
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
 from services.gifting.storage import request_ids
@@ -70,12 +77,14 @@ def assemble(
     db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
     deadline = settings.step_deadline_ms / 1000
     channels = []
-    if wallet is None:
-        channels.append(peer_channel(settings.wallet_target, WALLET_SERVICE, settings.jwt_secret, settings.tls))
-        wallet = WalletClient(channels[-1], deadline)
-    if payout is None:
-        channels.append(peer_channel(settings.payout_target, PAYOUT_SERVICE, settings.jwt_secret, settings.tls))
-        payout = PayoutClient(channels[-1], deadline)
+    if wallet is None or payout is None:
+        token = gifting_token(settings.identity)
+        if wallet is None:
+            channels.append(peer_channel(settings.wallet_target, WALLET_SERVICE, token, settings.tls))
+            wallet = WalletClient(channels[-1], deadline)
+        if payout is None:
+            channels.append(peer_channel(settings.payout_target, PAYOUT_SERVICE, token, settings.tls))
+            payout = PayoutClient(channels[-1], deadline)
     gifting = Gifting(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint))
     feed = LiveFeed(gifting)
     gifting.on_completed = feed.notify

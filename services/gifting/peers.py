@@ -18,8 +18,9 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifting.domain import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, StepUncertain
 from services.runtime import auth
+from services.runtime.auth import TokenSource
 from services.runtime.clients import open_channel
-from services.runtime.config import TlsSettings
+from services.runtime.config import IdentitySettings, TlsSettings
 from services.runtime.errors import from_item_error, from_rpc_error
 from services.runtime.timestamps import from_timestamp, to_timestamp
 
@@ -58,7 +59,11 @@ def _ask(peer: str, method: str, call: Callable[[], R]) -> R:
         if code in _DEFINITE and refusal is not None:
             raise Refused(refusal) from None
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            log.error("%s refused gifting's identity on %s: check GIFTCOIN_JWT_SECRET / mTLS", peer, method)
+            log.error(
+                "%s refused gifting's identity on %s: check gifting's signing key and the peer's JWKS / mTLS",
+                peer,
+                method,
+            )
         raise StepUncertain(f"{peer}.{method}: {code.name} {err.details()}") from None
 
 
@@ -165,6 +170,12 @@ def _credit_request(o: CreditOrder) -> payout_pb2.CreditDiamondsRequest:
     return request
 
 
-def peer_channel(target: str, service_full_name: str, jwt_secret: str, tls: TlsSettings) -> grpc.Channel:
-    """A channel to a peer, calling as service:gifting (token, tracing, retries: runtime.clients)."""
-    return open_channel(target, service_full_name, GIFTING, jwt_secret, tls)
+def peer_channel(target: str, service_full_name: str, token: Callable[[], str], tls: TlsSettings) -> grpc.Channel:
+    """A channel to a peer, sending `token()` (service:gifting's, signed with gifting's own key: see
+    `gifting_token`) with tracing and retries (runtime.clients)."""
+    return open_channel(target, service_full_name, token, tls)
+
+
+def gifting_token(identity: IdentitySettings) -> TokenSource:
+    """The service:gifting tokens gifting sends its peers: signed with its own key (or, in dev mode, its dev key)."""
+    return TokenSource.for_settings(identity, GIFTING)

@@ -11,8 +11,7 @@ instrumentation-grpc's client interceptor cost more CPU per call than the call i
 from __future__ import annotations
 
 import json
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime.auth import Caller, mint_token
 from services.runtime.config import TlsSettings
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -48,24 +46,13 @@ def retry_service_config(service_full_name: str, attempts: int = 4) -> str:
 
 
 class _Outbound(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` for a fixed caller (re-minted before expiry), a default
-    deadline, and the trace context; a unary call is a CLIENT span named for its method."""
+    """Adds `authorization: Bearer <token>` (from the channel's token source, which mints it again
+    before it expires), a default deadline, and the trace context; a unary call is a CLIENT span named
+    for its method."""
 
-    def __init__(self, caller: Caller, secret: str, ttl_seconds: int = 600) -> None:
-        self.caller = caller
-        self.secret = secret
-        self.ttl = ttl_seconds
-        self._lock = threading.Lock()
-        self._token = ""
-        self._expires = 0.0
+    def __init__(self, token: Callable[[], str]) -> None:
+        self.token = token
         self.tracer = trace.get_tracer("giftcoin.rpc")  # the global provider, resolved when spans start
-
-    def token(self) -> str:
-        with self._lock:
-            if time.monotonic() > self._expires:
-                self._token = mint_token(self.caller, self.secret, self.ttl)
-                self._expires = time.monotonic() + self.ttl / 2
-            return self._token
 
     def _details(self, details: Any, timeout: float | None) -> Any:
         carrier: dict[str, str] = {}
@@ -124,11 +111,11 @@ class _Details(grpc.ClientCallDetails):
 def open_channel(
     target: str,
     service_full_name: str,
-    caller: Caller,
-    jwt_secret: str,
+    token: Callable[[], str],
     tls: TlsSettings | None = None,
 ) -> grpc.Channel:
-    """A channel to `target` calling as `caller`, traced, with retries for `service_full_name`."""
+    """A channel to `target` sending `token()` as its identity (runtime.auth.TokenSource), traced, with
+    retries for `service_full_name`."""
     options = [
         ("grpc.service_config", retry_service_config(service_full_name)),
         ("grpc.enable_retries", 1),
@@ -154,4 +141,4 @@ def open_channel(
         channel = grpc.insecure_channel(target, options=options)
     # The tracer resolves the global tracer provider lazily, so a channel opened before telemetry is
     # set up still joins the caller's trace.
-    return grpc.intercept_channel(channel, _Outbound(caller, jwt_secret))
+    return grpc.intercept_channel(channel, _Outbound(token))

@@ -27,7 +27,13 @@ from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime.auth import Access, caller_from_metadata, reset_current_caller, set_current_caller
+from services.runtime.auth import (
+    Access,
+    TokenVerifier,
+    caller_from_metadata,
+    reset_current_caller,
+    set_current_caller,
+)
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, to_rpc_status
 from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
@@ -91,9 +97,9 @@ class _Guard(grpc.ServerInterceptor):
     span is the same: named for the method, kind SERVER, the caller's context its parent.
     """
 
-    def __init__(self, app: ServiceApp, jwt_secret: str, tracer: trace.Tracer) -> None:
+    def __init__(self, app: ServiceApp, verifier: TokenVerifier, tracer: trace.Tracer) -> None:
         self.app = app
-        self.secret = jwt_secret
+        self.verifier = verifier
         self.prefix = f"/{app.full_name}/"
         self.tracer = tracer
 
@@ -119,7 +125,7 @@ class _Guard(grpc.ServerInterceptor):
         return handler
 
     def _authorize(self, context: grpc.ServicerContext, access: Access | None) -> Any:
-        caller = caller_from_metadata(context.invocation_metadata(), self.secret)
+        caller = caller_from_metadata(context.invocation_metadata(), self.verifier)
         if access is None:  # an RPC without a declared policy is closed, not open
             raise RuntimeError("RPC has no access policy")
         access.check(caller)
@@ -227,7 +233,7 @@ def create_server(app: ServiceApp, settings: ServiceSettings, address: str | Non
     provider = setup_tracing(settings.service, settings.trace_exporter, settings.trace_file)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"{app.name}-rpc"),
-        interceptors=[_Guard(app, settings.jwt_secret, provider.get_tracer("giftcoin.rpc"))],
+        interceptors=[_Guard(app, TokenVerifier.from_settings(settings.identity), provider.get_tracer("giftcoin.rpc"))],
         options=[("grpc.so_reuseport", 0)],
     )
     app.add_to_server(app.servicer, server)

@@ -29,6 +29,12 @@ REQUEST_ID_RULE = "a UUID in canonical form: lower-case hex, hyphenated 8-4-4-4-
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
+def is_identifier(value: str) -> bool:
+    """An id of a user, gift, package or target: 1 to MAX_ID_LENGTH letters, digits and . _ : -, starting
+    with a letter or digit."""
+    return 0 < len(value) <= MAX_ID_LENGTH and _ID_PATTERN.fullmatch(value) is not None
+
+
 class Validator:
     """Collects field violations; `check()` raises INVALID_ARGUMENT naming them all."""
 

@@ -15,9 +15,16 @@ from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifting.domain import Refused
-from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
+from services.gifting.peers import (
+    PAYOUT_SERVICE,
+    WALLET_SERVICE,
+    PayoutClient,
+    WalletClient,
+    gifting_token,
+    peer_channel,
+)
 from services.runtime.clock import FakeClock
-from services.runtime.config import DEV_JWT_SECRET, TlsSettings
+from services.runtime.config import IdentitySettings, TlsSettings
 from services.runtime.server import RunningServer
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet
@@ -41,7 +48,9 @@ def clock() -> FakeClock:
 def _peer(server: RunningServer, service_name: str) -> Peer:
     target = f"127.0.0.1:{server.port}"
     return Peer(
-        server, peer_channel(target, service_name, DEV_JWT_SECRET, TlsSettings()), grpc.insecure_channel(target)
+        server,
+        peer_channel(target, service_name, gifting_token(IdentitySettings(dev_mode=True)), TlsSettings()),
+        grpc.insecure_channel(target),
     )
 
 
