@@ -247,7 +247,5 @@ def test_bad_input_is_invalid_argument_naming_the_field(wallet: WalletHarness) -
 def test_a_user_id_that_cannot_be_an_account_is_refused(wallet: WalletHarness) -> None:
     # A subject whose id no account could have is not a valid token (and never reaches a column).
     for odd in (user("has spaces/and slashes"), user("nul\0"), user("x" * 129), operator("line\n")):
-        refused = rpc_error(
-            lambda odd=odd: wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(), metadata=as_caller(odd))
-        )
+        refused = rpc_error(partial(wallet.stub.GetWallet, wallet_pb2.GetWalletRequest(), metadata=as_caller(odd)))
         assert (refused.code, refused.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
