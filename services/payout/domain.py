@@ -47,7 +47,14 @@ from services.payout.storage import (
 )
 from services.runtime.clock import Clock
 from services.runtime.db import Database
-from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
+from services.runtime.errors import (
+    DomainError,
+    already_exists,
+    bad_field,
+    failed_precondition,
+    not_found,
+    permission_denied,
+)
 from services.runtime.ledger import MAX_BALANCE, Movement, Overdraft, Posting, balance_limit_exceeded, new_id
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import OUTCOMES
@@ -265,8 +272,9 @@ class Payouts:
     def set_destination(self, uow: UnitOfWork, creator_id: str, destination: Destination) -> Creator:
         self._existing_creator(uow, creator_id)
         if destination.currency != self.terms.currency:
-            raise failed_precondition(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
+                "destination.currency_code",
                 f"payouts are paid in {self.terms.currency}, not {destination.currency}",
                 currency_code=destination.currency,
                 supported=self.terms.currency,
@@ -498,10 +506,12 @@ class Payouts:
             raise failed_precondition(
                 "PAYOUT_DESTINATION_MISSING", f"{creator_id} has no payout destination", creator_id=creator_id
             )
-        if destination.currency != self.terms.currency:
+        if destination.currency != self.terms.currency:  # set before the payout currency changed
             raise failed_precondition(
-                "CURRENCY_NOT_SUPPORTED",
-                f"payouts are paid in {self.terms.currency}, the destination takes {destination.currency}",
+                "PAYOUT_DESTINATION_UNSUPPORTED",
+                f"payouts are paid in {self.terms.currency}, the destination on file takes {destination.currency}: "
+                "set the destination again",
+                creator_id=creator_id,
                 currency_code=destination.currency,
                 supported=self.terms.currency,
             )

@@ -35,13 +35,11 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
-import grpc
-
 from services.runtime.clock import Clock
 from services.runtime.errors import (
     DomainError,
-    FieldViolation,
     already_exists,
+    bad_field,
     failed_precondition,
     not_found,
 )
@@ -286,17 +284,6 @@ class PaymentProvider(Protocol):
 # --- the catalogue -----------------------------------------------------------------------------
 
 
-def _bad_field(reason: str, field: str, message: str, **metadata: object) -> DomainError:
-    """INVALID_ARGUMENT with a specific reason and the field in google.rpc.BadRequest."""
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        reason,
-        message,
-        {k: str(v) for k, v in metadata.items()},
-        (FieldViolation(field, message),),
-    )
-
-
 class Catalogue:
     """The coin packages on sale, from configuration."""
 
@@ -309,7 +296,7 @@ class Catalogue:
         """Packages priced in `currency`, smallest first."""
         currency = currency or DEFAULT_CURRENCY
         if currency not in self.currencies:
-            raise _bad_field(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
                 "currency_code",
                 f"no coin packages are sold in {currency}",
@@ -325,12 +312,10 @@ class Catalogue:
         currency = currency or DEFAULT_CURRENCY
         config = self._by_id.get(package_id)
         if config is None:
-            raise _bad_field(
-                "PACKAGE_NOT_FOUND", "package_id", f"no coin package {package_id!r}", package_id=package_id
-            )
+            raise bad_field("PACKAGE_NOT_FOUND", "package_id", f"no coin package {package_id!r}", package_id=package_id)
         price = dict(config.prices).get(currency)
         if price is None:
-            raise _bad_field(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
                 "currency_code",
                 f"package {package_id} is not sold in {currency}",
@@ -422,7 +407,7 @@ class WalletBook:
         package = self.catalogue.package(package_id, currency)
         receipt = self._verify(store, payload, user_id)
         if receipt.package_id != package.package_id or receipt.currency_code != package.currency_code:
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_PACKAGE_MISMATCH",
                 "package_id",
                 f"the receipt is for {receipt.package_id} in {receipt.currency_code}, "
@@ -470,7 +455,7 @@ class WalletBook:
     def _verify(self, store: str, payload: str, user_id: str) -> VerifiedReceipt:
         provider = self.providers.get(store)
         if provider is None:
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_INVALID",
                 "receipt.store",
                 f"receipts of store {store!r} are not accepted here",
@@ -479,11 +464,11 @@ class WalletBook:
         try:
             receipt = provider.verify(payload)
         except ReceiptRejected as exc:
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_INVALID", "receipt.payload", f"the receipt does not verify: {exc}", store=store
             ) from None
         if receipt.user_id and receipt.user_id != user_id:
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_INVALID", "receipt.payload", "the receipt was issued to another account", store=store
             )
         # What a store vouches for is still stored: held to the columns' rules like a client's text.
@@ -491,7 +476,7 @@ class WalletBook:
         v.text(receipt.store_transaction_id, "receipt.payload", max_length=MAX_STORE_TRANSACTION_ID_LENGTH)
         v.non_negative(receipt.amount_minor, "receipt.payload", maximum=MAX_AMOUNT)
         if v.violations:
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_INVALID",
                 "receipt.payload",
                 f"the receipt's transaction id or amount is out of range: {v.violations[0].description}",
