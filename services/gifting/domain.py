@@ -146,6 +146,7 @@ class Gift:
     diamonds: int  # for one gift sent alone
     version: int
     state: str
+    share_bps: int  # the default share a send earns of its whole price; 0: `diamonds` set explicitly
 
 
 @dataclass(frozen=True)
@@ -523,7 +524,8 @@ class Gifting:
     @staticmethod
     def _gift(r: GiftRecord) -> Gift:
         per_gift = r.diamonds if r.diamonds is not None else creator_diamonds(r.coin_price, r.share_bps)
-        return Gift(r.gift_id, r.name, r.coin_price, per_gift, r.version, r.state)
+        share = r.share_bps if r.diamonds is None else 0
+        return Gift(r.gift_id, r.name, r.coin_price, per_gift, r.version, r.state, share)
 
     # --- sending ---------------------------------------------------------------------------------
 
