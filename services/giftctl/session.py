@@ -6,6 +6,7 @@ a signed dev token for the `--as` identity, retries on UNAVAILABLE, a deadline o
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -32,12 +33,22 @@ ANONYMOUS = Caller(CallerKind.USER, "anonymous")
 
 
 class CliError(Exception):
-    """A failure reported as one line on stderr, with an exit status (never a traceback)."""
+    """A failure reported as one line on stderr, with an exit status (never a traceback).
 
-    def __init__(self, message: str, exit_status: int = 1) -> None:
+    `line` is the whole line ("giftctl: " and the message, unless given); `details` what --json prints
+    of it (a refusal's code, reason, metadata and field violations)."""
+
+    def __init__(
+        self, message: str, exit_status: int = 1, line: str = "", details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.exit_status = exit_status
+        self.line = line or f"giftctl: {message}"
+        self.details = details or {"message": message}
+
+    def as_json(self) -> str:
+        return json.dumps({"error": {**self.details, "exit_status": self.exit_status}}, sort_keys=True)
 
 
 def target_env_name(service: str) -> str:
@@ -70,8 +81,11 @@ def describe_rpc_error(service: str, target: str, err: grpc.RpcError) -> str:
     error = from_rpc_error(err)
     if error is not None:
         line = f"{service} refused: {error.code.name} {error.reason}: {error.message}"
-        if error.violations:
-            line += " (" + "; ".join(f"{v.field}: {v.description}" for v in error.violations) + ")"
+        if error.violations:  # each field, and what is wrong with it unless the message said it already
+            named = [
+                v.field if v.description == error.message else f"{v.field}: {v.description}" for v in error.violations
+            ]
+            line += " (" + "; ".join(named) + ")"
         return line
     code = err.code() if isinstance(err, grpc.Call) else None
     if code is grpc.StatusCode.UNAVAILABLE:
@@ -112,7 +126,19 @@ class Session:
         return payout_pb2_grpc.PayoutServiceStub(self.channel("payout", caller))
 
     def failure(self, service: str, err: grpc.RpcError) -> CliError:
-        return CliError(describe_rpc_error(service, self.targets[service], err))
+        message = describe_rpc_error(service, self.targets[service], err)
+        error = from_rpc_error(err)
+        if error is None:
+            return CliError(message, details={"service": service, "message": message})
+        details = {
+            "service": service,
+            "code": error.code.name,
+            "reason": error.reason,
+            "message": error.message,
+            "metadata": dict(error.metadata),
+            "field_violations": [{"field": v.field, "description": v.description} for v in error.violations],
+        }
+        return CliError(message, details=details)
 
     def close(self) -> None:
         for channel in self._channels.values():

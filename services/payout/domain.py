@@ -56,6 +56,7 @@ from services.runtime.errors import (
     permission_denied,
 )
 from services.runtime.ledger import MAX_BALANCE, Movement, Overdraft, Posting, balance_limit_exceeded, new_id
+from services.runtime.money import format_money
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import OUTCOMES
 from services.runtime.validation import age_on
@@ -520,7 +521,8 @@ class Payouts:
         if not quote.meets_minimum:
             raise failed_precondition(
                 "BELOW_PAYOUT_THRESHOLD",
-                f"net {amounts.net} is below the minimum payout of {quote.minimum} {quote.currency}",
+                f"net {format_money(amounts.net, quote.currency)} is below the minimum payout of "
+                f"{format_money(quote.minimum, quote.currency)}",
                 net=amounts.net,
                 minimum=quote.minimum,
                 currency_code=quote.currency,
@@ -528,7 +530,8 @@ class Payouts:
         if not quote.within_daily_limit:
             raise failed_precondition(
                 "DAILY_PAYOUT_LIMIT_EXCEEDED",
-                f"net {amounts.net} exceeds the {quote.daily_remaining} {quote.currency} still payable today",
+                f"net {format_money(amounts.net, quote.currency)} exceeds the "
+                f"{format_money(quote.daily_remaining, quote.currency)} still payable today",
                 net=amounts.net,
                 daily_remaining=quote.daily_remaining,
                 daily_maximum=self.terms.daily_maximum,
