@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 POSTGRES_ENV = "GIFTCOIN_TEST_POSTGRES"
-PHASES = ("transport", "storage", "spread", "hot", "half")
+PHASES = ("transport", "storage", "spread", "hot", "half", "feed", "idle")
 # The storage ceiling's clients (pgbench's, the Python variant's threads) at most: PostgreSQL's default
 # of 100 connections is the limit, and more clients than 32 only queue on its two CPUs and hot rows
 # (measured here: pgbench 1981 transactions/s with 32 clients, 1343 with 64).
@@ -27,11 +27,13 @@ class Options:
     quantity: int
     packs: int  # coins_17500 packages each viewer buys before the run
     phases: tuple[str, ...]
-    max_workers: int  # each service's gRPC worker threads (GIFTCOIN_MAX_WORKERS)
     json_path: str
     keep: bool
     profile_dir: str  # py-spy profiles of each service during the spread phase go here
     half_rate: float  # the half phase's gifts/s; 0: half the spread phase's throughput
+    hot_viewers: int  # the feed phase's viewers of the hot stream
+    quiet_viewers: int  # the feed phase's viewers of the other creators' streams
+    idle_viewers: int  # the idle phase's viewers, of streams without gifts
 
     @property
     def storage_clients(self) -> int:
@@ -83,14 +85,19 @@ def parse(argv: list[str] | None = None) -> Options:
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated, in this order: {','.join(PHASES)} (default all); "
-        "half runs at half the spread phase's throughput and needs spread",
+        "half and feed run at half the spread phase's throughput and need spread (or --half-rate)",
     )
     parser.add_argument(
-        "--max-workers",
+        "--hot-viewers", type=int, default=2000, help="feed phase: viewers of the hot stream (default 2000)"
+    )
+    parser.add_argument(
+        "--quiet-viewers",
         type=int,
-        default=0,
-        help="gRPC worker threads per service (default --concurrency + 32: every SendGift in flight waits on "
-        "a thread while its batch is driven, so fewer threads than --concurrency cap the batches)",
+        default=1000,
+        help="feed phase: viewers spread over the other creators' streams (default 1000)",
+    )
+    parser.add_argument(
+        "--idle-viewers", type=int, default=10_000, help="idle phase: viewers of streams without gifts (default 10000)"
     )
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs (printed at the end)")
@@ -113,13 +120,14 @@ def parse(argv: list[str] | None = None) -> Options:
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
-    if "half" in phases and "spread" not in phases and not args.half_rate:
-        parser.error("the half phase runs at half the spread phase's throughput: add spread")
+    for needs_rate in ("half", "feed"):
+        if needs_rate in phases and "spread" not in phases and not args.half_rate:
+            parser.error(f"the {needs_rate} phase runs at half the spread phase's throughput: add spread")
     for name in ("duration", "concurrency", "viewers", "creators", "quantity", "packs"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.max_workers < 0:
-        parser.error("--max-workers must not be negative (0: --concurrency + 32)")
+    if min(args.hot_viewers, args.quiet_viewers, args.idle_viewers) < 0:
+        parser.error("--hot-viewers, --quiet-viewers and --idle-viewers must not be negative")
     if args.warmup < 0 or not 0 <= args.hot_share <= 100:
         parser.error("--warmup must not be negative and --hot-share must be 0..100")
     if args.creators < 2 and "hot" in phases:
@@ -136,9 +144,11 @@ def parse(argv: list[str] | None = None) -> Options:
         quantity=args.quantity,
         packs=args.packs,
         phases=tuple(p for p in PHASES if p in phases),
-        max_workers=args.max_workers if args.max_workers > 0 else args.concurrency + 32,
         json_path=args.json,
         keep=args.keep,
         profile_dir=args.profile,
         half_rate=args.half_rate,
+        hot_viewers=args.hot_viewers,
+        quiet_viewers=args.quiet_viewers,
+        idle_viewers=args.idle_viewers,
     )

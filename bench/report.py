@@ -18,6 +18,36 @@ TRANSPORT_RATIO_TARGET = 0.15
 TRANSPORT_RATIO_GOAL = 0.25
 P99_AT_HALF_TARGET_MS = 50.0
 HOT_DROP_LIMIT = 0.20
+# Issue 17's feed targets.
+IDLE_KIB_PER_VIEWER_GOAL = 30.0
+FEED_LAG_P99_TARGET_MS = 1000.0
+FEED_P99_GROWTH_LIMIT = 0.20  # SendGift p99 with the viewers, over the same phase without
+
+
+@dataclass
+class FeedFigures:
+    """The feed phase: the hot-creator load with thousands of viewers connected."""
+
+    viewers: int  # held, every one live
+    hot_viewers: int
+    events_per_second: float  # delivered to viewers, all of them together
+    lag_p50_ms: float  # a completed gift's complete_time to its receipt by a viewer
+    lag_p99_ms: float
+    missed: int  # checked per viewer by sequence
+    repeated: int
+    kib_per_thousand_viewers: float  # gifting's resident memory grown by connecting them
+    p99_without_ms: float  # SendGift, the same phase without viewers
+    p99_with_ms: float
+
+    @property
+    def p99_growth(self) -> float:
+        return self.p99_with_ms / self.p99_without_ms - 1 if self.p99_without_ms else 0.0
+
+
+@dataclass
+class IdleFigures:
+    viewers: int
+    kib_per_viewer: float
 
 
 @dataclass
@@ -75,6 +105,8 @@ class Report:
         self.conservation: Conservation | None = None
         self.autovacuum = ""  # how the suite's databases were kept analyzed, when the server does not
         self.commits: CommitLatency | None = None  # the disk's commit latency beside the half phase
+        self.feed: FeedFigures | None = None
+        self.idle: IdleFigures | None = None
         self.elapsed = 0.0
 
     def status(self, text: str) -> None:
@@ -113,7 +145,7 @@ class Report:
             f"{o.duration:g} s per phase (+{o.warmup:g} s warm-up), concurrency {o.concurrency}"
             + (f" (storage ceiling: {o.storage_clients} clients), " if "storage" in o.phases else ", ")
             + f"{o.viewers} viewers, {o.creators} creators, gift {o.gift_id} x{o.quantity}, "
-            f"{o.max_workers} gRPC workers per service; load generator on the same machine",
+            "services on their default settings; load generator on the same machine",
             "",
         ]
         header = f"{'phase':<40} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'done':>8}  errors"
@@ -160,6 +192,7 @@ class Report:
             )
         if self.commits is not None:
             lines.append(f"{'commits on the disk, half phase':<40} {self.commits.describe()}")
+        lines += self._feed_lines()
         if self.memory_kib:
             memory = ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in self.memory_kib.items())
             lines.append(f"{'peak memory (VmHWM)':<40} {memory}")
@@ -182,6 +215,38 @@ class Report:
         lines.append(f"{'whole run':<40} {self.elapsed:.0f} s")
         return "\n".join(lines)
 
+    def _feed_lines(self) -> list[str]:
+        lines = []
+        f = self.feed
+        if f is not None:
+            sound = f.missed == 0 and f.repeated == 0
+            lag = "under" if f.lag_p99_ms < FEED_LAG_P99_TARGET_MS else "OVER"
+            growth = "within" if f.p99_growth <= FEED_P99_GROWTH_LIMIT else "BEYOND"
+            lines += [
+                f"{'feed: viewers held':<40} {f.viewers} ({f.hot_viewers} on the hot stream)",
+                f"{'feed: events delivered':<40} {f.events_per_second:>8.0f} /s, all viewers together",
+                f"{'feed: fan-out lag':<40} p50 {f.lag_p50_ms:.0f} ms, p99 {f.lag_p99_ms:.0f} ms "
+                f"({lag} the {FEED_LAG_P99_TARGET_MS:.0f} ms target)",
+                f"{'feed: events missed / repeated':<40} {f.missed} / {f.repeated} "
+                f"({'PASS' if sound else 'FAIL'}: checked per viewer by sequence)",
+                f"{'feed: gifting memory per 1000 viewers':<40} {f.kib_per_thousand_viewers / 1024:.1f} MiB",
+                f"{'feed: SendGift p99 without / with':<40} {f.p99_without_ms:.1f} / {f.p99_with_ms:.1f} ms "
+                f"({f.p99_growth * 100:+.0f}%: {growth} the {FEED_P99_GROWTH_LIMIT * 100:.0f}% limit)",
+            ]
+        if self.idle is not None:
+            i = self.idle
+            verdict = "within" if i.kib_per_viewer <= IDLE_KIB_PER_VIEWER_GOAL else "OVER"
+            lines.append(
+                f"{'idle viewers held by one replica':<40} {i.viewers}, {i.kib_per_viewer:.1f} KiB each "
+                f"({verdict} the {IDLE_KIB_PER_VIEWER_GOAL:.0f} KiB goal)"
+            )
+        return lines
+
+    @property
+    def feed_sound(self) -> bool:
+        """No viewer missed or saw twice any event (True when the feed phase did not run)."""
+        return self.feed is None or (self.feed.missed == 0 and self.feed.repeated == 0)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "started": self.started.isoformat(),
@@ -194,5 +259,7 @@ class Report:
             "conservation": asdict(self.conservation) if self.conservation else None,
             "autovacuum": self.autovacuum,
             "commit_latency": asdict(self.commits) if self.commits else None,
+            "feed": asdict(self.feed) if self.feed else None,
+            "idle": asdict(self.idle) if self.idle else None,
             "elapsed_seconds": self.elapsed,
         }

@@ -6,6 +6,8 @@ Phases (each `--warmup` unmeasured seconds, then `--duration` measured ones, at 
   spread     SendGift from random viewers to random creators, closed loop (the most it completes)
   hot        the same, with --hot-share % of gifts to one creator on one live stream
   half       SendGift at half the spread phase's throughput (fixed rate): latency under normal load
+  feed       the hot phase at that rate without viewers, then with thousands connected (bench/feed.py)
+  idle       thousands of viewers of streams without gifts: held by one replica, at what memory
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from pathlib import Path
 import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 
-from bench import conservation, echo, storage_ceiling
+from bench import conservation, echo, feed, storage_ceiling
 from bench.autovacuum import Autovacuum, server_autovacuums
 from bench.commit_probe import CommitProbe
 from bench.databases import Databases
 from bench.load import OK, PENDING, LoadResult, drive
 from bench.options import Options, parse
-from bench.report import Report, Row
+from bench.report import FeedFigures, IdleFigures, Report, Row
 from bench.suite import Population, Suite, cpu_seconds, free_port, metadata_for, populate, start_process
 from services.runtime.errors import from_rpc_error
 
@@ -41,7 +43,7 @@ CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
 # The set-up (wallets, purchases, creators) is not measured: a few calls at a time keep each service
 # within a handful of database connections.
 SETUP_CONCURRENCY = 16
-SUITE_PHASES = {"spread", "hot", "half"}
+SUITE_PHASES = {"spread", "hot", "half", "feed", "idle"}
 
 
 def error_key(err: grpc.RpcError) -> str:
@@ -55,7 +57,7 @@ def error_key(err: grpc.RpcError) -> str:
 
 def transport_ceiling(options: Options, logdir: Path) -> LoadResult:
     port = free_port()
-    proc = start_process("echo", "bench.echo", [str(port), str(options.max_workers)], {}, logdir / "echo.log")
+    proc = start_process("echo", "bench.echo", [str(port)], {}, logdir / "echo.log")
     request = gifting_pb2.SendGiftRequest(
         request_id=str(uuid.uuid4()),
         gift_id=options.gift_id,
@@ -252,7 +254,7 @@ def run(options: Options) -> int:
             return _finish(report, options, workdir, databases, started)
         report.status("starting wallet, payout, gifting and adding viewers and creators ...")
         urls = {name: databases.new(name) for name in ("wallet", "payout", "gifting")}
-        suite = Suite(urls, logdir, options.max_workers, {})
+        suite = Suite(urls, logdir, {})
         suite.start()
         population = asyncio.run(populate(suite, options.viewers, options.creators, options.packs, SETUP_CONCURRENCY))
         if options.warmup:
@@ -292,6 +294,12 @@ def run(options: Options) -> int:
                 if probe is not None:
                     report.commits = probe.stop()
             report.rows.append(Row.of(f"suite: SendGift at {rate:.0f}/s ({label})", half, suite=True, rate=rate))
+        if "feed" in options.phases and (options.half_rate or spread is not None):
+            rate = options.half_rate or (spread.per_second / 2 if spread else 1.0)
+            report.feed = feed_phase(options, suite, population, max(1.0, rate), report, logdir)
+        if "idle" in options.phases and options.idle_viewers:
+            report.status(f"suite: {options.idle_viewers} idle viewers ...")
+            report.idle = idle_phase(options, suite, logdir)
         report.status("conservation check ...")
         report.memory_kib = suite.peak_memory_kib()
         report.alive = suite.alive()
@@ -311,6 +319,68 @@ def run(options: Options) -> int:
     return _finish(report, options, workdir, databases, started)
 
 
+def feed_phase(
+    options: Options, suite: Suite, population: Population, rate: float, report: Report, logdir: Path
+) -> FeedFigures:
+    """The hot phase at `rate` without viewers, then with the viewers connected."""
+    report.status(f"suite: SendGift hot at {rate:.0f}/s, no viewers ...")
+    alone = suite_phase(options, suite, population, hot=True, rate=rate)
+    report.rows.append(Row.of(f"suite: SendGift hot at {rate:.0f}/s (no viewers)", alone, suite=True, rate=rate))
+    quiet_streams = [f"live-{creator}" for creator in population.creators[1:]]
+    plan = [(feed.HOT_STREAM, options.hot_viewers)]
+    plan += [
+        (s, options.quiet_viewers // len(quiet_streams) + (i < options.quiet_viewers % len(quiet_streams)))
+        for i, s in enumerate(quiet_streams)
+    ]
+    viewers = sum(count for _, count in plan)
+    report.status(f"suite: connecting {viewers} viewers ...")
+    gifting_pid = suite.processes["gifting"].proc.pid
+    before = feed.resident_kib(gifting_pid)
+    audience = feed.connect(suite, [(s, n) for s, n in plan if n], logdir)
+    try:
+        grown = feed.resident_kib(gifting_pid) - before
+        report.status(f"suite: SendGift hot at {rate:.0f}/s, {audience.held} viewers ...")
+        window_start = time.time() + options.warmup
+        watched = suite_phase(options, suite, population, hot=True, rate=rate)
+        window = (window_start, window_start + options.duration)
+        report.rows.append(
+            Row.of(f"suite: SendGift hot at {rate:.0f}/s ({audience.held} viewers)", watched, suite=True, rate=rate)
+        )
+        feed.wait_for_quiet()
+        feed.collect(audience, feed.feed_heads(suite.urls["gifting"], [s for s, _ in plan]), window)
+    finally:
+        feed.disconnect(audience)
+    return FeedFigures(
+        viewers=audience.held,
+        hot_viewers=options.hot_viewers,
+        events_per_second=audience.events_in_window / options.duration,
+        lag_p50_ms=audience.lag_percentile(50),
+        lag_p99_ms=audience.lag_percentile(99),
+        missed=audience.missed,
+        repeated=audience.repeated,
+        kib_per_thousand_viewers=grown * 1000 / max(1, audience.held),
+        p99_without_ms=alone.percentile(99),
+        p99_with_ms=watched.percentile(99),
+    )
+
+
+def idle_phase(options: Options, suite: Suite, logdir: Path) -> IdleFigures:
+    """Viewers of streams that get no gifts, a hundred to a stream: how many one replica holds, at what memory."""
+    gifting_pid = suite.processes["gifting"].proc.pid
+    before = feed.resident_kib(gifting_pid)
+    streams = max(1, options.idle_viewers // 100)
+    plan = [
+        (f"live-idle-{i:04d}", options.idle_viewers // streams + (i < options.idle_viewers % streams))
+        for i in range(streams)
+    ]
+    audience = feed.connect(suite, plan, logdir)
+    try:
+        grown = feed.resident_kib(gifting_pid) - before
+    finally:
+        feed.disconnect(audience)
+    return IdleFigures(viewers=audience.held, kib_per_viewer=grown / max(1, audience.held))
+
+
 def _finish(report: Report, options: Options, workdir: Path, databases: Databases, started: float) -> int:
     """Print the table (and the JSON), clean up; 0 unless conservation failed or a service died."""
     report.elapsed = time.monotonic() - started
@@ -322,7 +392,7 @@ def _finish(report: Report, options: Options, workdir: Path, databases: Database
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     broken = report.conservation is not None and not report.conservation.ok
-    return 1 if broken or not all(report.alive.values()) else 0
+    return 1 if broken or not report.feed_sound or not all(report.alive.values()) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,12 +143,12 @@ def wait_serving(target: str, proc: subprocess.Popen[bytes], timeout: float = 60
 
 
 class Suite:
-    """The three services as processes, each on its own database."""
+    """The three services as processes, each on its own database, on their default settings (but
+    where they listen and what they call)."""
 
-    def __init__(self, urls: dict[str, str], logdir: Path, max_workers: int, extra_env: dict[str, str]) -> None:
+    def __init__(self, urls: dict[str, str], logdir: Path, extra_env: dict[str, str]) -> None:
         self.urls = urls
         self.logdir = logdir
-        self.max_workers = max_workers
         self.extra_env = extra_env
         self.processes: dict[str, Process] = {}
 
@@ -160,7 +160,6 @@ class Suite:
                 "GIFTCOIN_DEV_MODE": "true",
                 f"GIFTCOIN_{upper}_PORT": str(ports[name]),
                 f"GIFTCOIN_{upper}_DATABASE_URL": self.urls[name],
-                "GIFTCOIN_MAX_WORKERS": str(self.max_workers),
                 "GIFTCOIN_SHUTDOWN_GRACE_SECONDS": "5",
                 "GIFTCOIN_GIFTING_WALLET_TARGET": f"127.0.0.1:{ports['wallet']}",
                 "GIFTCOIN_GIFTING_PAYOUT_TARGET": f"127.0.0.1:{ports['payout']}",

@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import grpc
 from giftcoin.gifting.v1 import gifting_pb2_grpc
 
-from services.gifting.domain import Failpoint, Gifting, PayoutPort, SagaPolicy, WalletPort
+from services.gifting.domain import Gifting, SagaPolicy
 from services.gifting.feed import FeedLoop, LiveFeed
-from services.gifting.peers import (
-    PAYOUT_SERVICE,
-    WALLET_SERVICE,
-    PayoutClient,
-    WalletClient,
-    gifting_token,
-    peer_channel,
-)
+from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
+from services.gifting.saga import Failpoint, PayoutPort, Saga, WalletPort
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
 from services.gifting.storage import request_ids
-from services.runtime import auth
+from services.runtime import auth, eventloop
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
@@ -48,7 +43,7 @@ def policy(settings: GiftingSettings) -> SagaPolicy:
         daily_spend_limit_coins=settings.daily_spend_limit_coins,
         hold_ttl_seconds=settings.hold_ttl_seconds,
         hold_safety_margin_seconds=settings.hold_safety_margin_seconds,
-        step_attempts=settings.step_attempts,
+        step_deadline_seconds=settings.step_deadline_ms / 1000,
         lease_seconds=settings.lease_seconds,
         retry_base_seconds=settings.recovery_interval_ms / 1000,
         retry_max_seconds=settings.retry_max_seconds,
@@ -57,11 +52,12 @@ def policy(settings: GiftingSettings) -> SagaPolicy:
 
 @dataclass
 class GiftingComponents:
-    """The assembled service; tests reach the domain (recover_once, ...) through it."""
+    """The assembled service; tests reach the domain and the saga (recover_once, ...) through it."""
 
     settings: GiftingSettings
     db: Database
     gifting: Gifting
+    saga: Saga
     feed: LiveFeed
     app: ServiceApp
 
@@ -72,30 +68,35 @@ def assemble(
     wallet: WalletPort | None = None,
     payout: PayoutPort | None = None,
 ) -> GiftingComponents:
-    """Build everything; `wallet` and `payout` default to gRPC clients of the configured targets."""
+    """Build everything (on the event loop); `wallet` and `payout` default to gRPC clients of the
+    configured targets."""
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
-    deadline = settings.step_deadline_ms / 1000
-    channels = []
-    if wallet is None or payout is None:
-        token = gifting_token(settings.identity)
-        if wallet is None:
-            channels.append(peer_channel(settings.wallet_target, WALLET_SERVICE, token, settings.tls))
-            wallet = WalletClient(channels[-1], deadline)
-        if payout is None:
-            channels.append(peer_channel(settings.payout_target, PAYOUT_SERVICE, token, settings.tls))
-            payout = PayoutClient(channels[-1], deadline)
-    gifting = Gifting(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint))
-    feed = LiveFeed(gifting)
-    gifting.on_completed = feed.notify
+    db = Database.from_url(
+        settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
+    )
+    channels: list[grpc.aio.Channel] = []
+    if wallet is None:
+        channels.append(eventloop.run(peer_channel(settings.wallet_target, WALLET_SERVICE, settings)))
+        wallet = WalletClient(channels[-1])
+    if payout is None:
+        channels.append(eventloop.run(peer_channel(settings.payout_target, PAYOUT_SERVICE, settings)))
+        payout = PayoutClient(channels[-1])
+    gifting = Gifting(db, clock, policy(settings))
+    feed = LiveFeed(gifting, settings.feed_flush_ms / 1000, settings.feed_max_viewers)
+    saga = Saga(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)
-    servicer = GiftingServicer(gifting, feed, requests, settings.send_batch_max, settings.send_batch_workers)
+    servicer = GiftingServicer(
+        gifting, saga, feed, requests, settings.send_batch_max, settings.send_batch_stall_ms / 1000
+    )
 
-    def close() -> None:
-        servicer.close()
+    async def stop_sending() -> None:
+        await servicer.close()
         for channel in channels:
-            channel.close()
+            await channel.close()
+
+    def close() -> None:  # after the server has drained
+        eventloop.run(stop_sending())
         db.dispose()
 
     app = ServiceApp(
@@ -104,9 +105,10 @@ def assemble(
         servicer=servicer,
         add_to_server=gifting_pb2_grpc.add_GiftingServiceServicer_to_server,
         access=ACCESS,
+        executor=db.executor,
         loops=[
             # Also what finishes, soon after start-up, the gifts a crashed replica left unfinished.
-            BackgroundLoop(RECOVERY_LOOP, settings.recovery_interval_ms / 1000, gifting.recover_once),
+            BackgroundLoop(RECOVERY_LOOP, settings.recovery_interval_ms / 1000, saga.recover_once),
             FeedLoop(feed, settings.feed_poll_ms / 1000),
             BackgroundLoop(
                 REAPER_LOOP,
@@ -116,7 +118,7 @@ def assemble(
         ],
         close=close,
     )
-    return GiftingComponents(settings, db, gifting, feed, app)
+    return GiftingComponents(settings, db, gifting, saga, feed, app)
 
 
 def build(settings: GiftingSettings, clock: Clock | None = None) -> ServiceApp:

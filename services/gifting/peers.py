@@ -1,26 +1,28 @@
-"""Gifting's calls to wallet and payout: the domain's ports spoken over gRPC, as `service:gifting`.
+"""Gifting's calls to wallet and payout: the saga's ports spoken over gRPC, as `service:gifting`.
 
 Protobuf <-> domain translation and the reading of the peers' errors, nothing else. A peer's answer is
 either a result, a definite refusal (`Refused`, carrying the peer's code, reason and metadata), or no
 definite answer (`StepUncertain`): down, timed out, busy, or an error that says nothing certain about
-whether the step happened. Channels retry UNAVAILABLE and ABORTED themselves (runtime.clients).
+whether the step happened. Calls are asynchronous (a gift waiting on a peer holds no thread), each
+with the deadline the saga gives it; channels retry UNAVAILABLE and ABORTED themselves within it
+(runtime.clients).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.domain import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, StepUncertain
+from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import auth
+from services.runtime.clients import open_async_channel
 from services.runtime.auth import TokenSource
-from services.runtime.clients import open_channel
-from services.runtime.config import IdentitySettings, TlsSettings
+from services.runtime.config import IdentitySettings, ServiceSettings
 from services.runtime.errors import from_item_error, from_rpc_error
 from services.runtime.timestamps import from_timestamp, to_timestamp
 
@@ -50,29 +52,25 @@ _HOLD_STATES = {
 }
 
 
-def _ask(peer: str, method: str, call: Callable[[], R]) -> R:
+async def _ask(peer: str, method: str, call: Awaitable[R]) -> R:
     try:
-        return call()
+        return await call
     except grpc.RpcError as err:
         code = err.code()
         refusal = from_rpc_error(err)
         if code in _DEFINITE and refusal is not None:
             raise Refused(refusal) from None
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            log.error(
-                "%s refused gifting's identity on %s: check gifting's signing key and the peer's JWKS / mTLS",
-                peer,
-                method,
-            )
+            log.error("%s refused gifting's identity on %s: check its signing key, the peer's JWKS, mTLS", peer, method)
         raise StepUncertain(f"{peer}.{method}: {code.name} {err.details()}") from None
 
 
-def _ask_batch(peer: str, method: str, call: Callable[[], R]) -> R:
+async def _ask_batch(peer: str, method: str, call: Awaitable[R]) -> R:
     """A batch call: a refusal of the whole call (a malformed batch: a bug) says nothing certain about
     any one item, so it counts as no answer: the batch is asked again, then its gifts are left to
-    recovery, which asks for each alone."""
+    recovery."""
     try:
-        return _ask(peer, method, call)
+        return await _ask(peer, method, call)
     except Refused as refusal:
         log.error("%s refused a whole %s: %s", peer, method, refusal)
         raise StepUncertain(f"{peer}.{method}: {refusal}") from None
@@ -101,53 +99,39 @@ def _hold(hold: wallet_pb2.Hold) -> Hold:
 class WalletClient:
     """WalletPort over gRPC."""
 
-    def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = wallet_pb2_grpc.WalletServiceStub(channel)
-        self.deadline = deadline_seconds
 
-    def hold_coins(self, order: HoldOrder) -> Hold:
-        request = _hold_request(order)
-        return _hold(_ask("wallet", "HoldCoins", lambda: self.stub.HoldCoins(request, timeout=self.deadline)).hold)
-
-    def hold_many(self, orders: Sequence[HoldOrder]) -> list[Hold | Refused | StepUncertain]:
+    async def hold_many(self, orders: Sequence[HoldOrder], timeout: float) -> list[Hold | Refused | StepUncertain]:
         request = wallet_pb2.BatchHoldCoinsRequest(requests=[_hold_request(o) for o in orders])
-        reply = _ask_batch("wallet", "BatchHoldCoins", lambda: self.stub.BatchHoldCoins(request, timeout=self.deadline))
+        reply = await _ask_batch("wallet", "BatchHoldCoins", self.stub.BatchHoldCoins(request, timeout=timeout))
         return [_item("wallet", "HoldCoins", r) or _hold(r.response.hold) for r in reply.results]
 
-    def capture_many(self, orders: Sequence[CaptureOrder]) -> list[Hold | Refused | StepUncertain]:
+    async def capture_many(
+        self, orders: Sequence[CaptureOrder], timeout: float
+    ) -> list[Hold | Refused | StepUncertain]:
         request = wallet_pb2.BatchCaptureHoldsRequest(
             requests=[wallet_pb2.CaptureHoldRequest(request_id=o.request_id, gift_id=o.gift_id) for o in orders]
         )
-        reply = _ask_batch(
-            "wallet", "BatchCaptureHolds", lambda: self.stub.BatchCaptureHolds(request, timeout=self.deadline)
-        )
+        reply = await _ask_batch("wallet", "BatchCaptureHolds", self.stub.BatchCaptureHolds(request, timeout=timeout))
         return [_item("wallet", "CaptureHold", r) or _hold(r.response.hold) for r in reply.results]
 
-    def capture_hold(self, order: CaptureOrder) -> Hold:
-        request = wallet_pb2.CaptureHoldRequest(request_id=order.request_id, gift_id=order.gift_id)
-        return _hold(_ask("wallet", "CaptureHold", lambda: self.stub.CaptureHold(request, timeout=self.deadline)).hold)
-
-    def release_hold(self, *, request_id: str, gift_id: str) -> Hold:
-        request = wallet_pb2.ReleaseHoldRequest(request_id=request_id, gift_id=gift_id)
-        return _hold(_ask("wallet", "ReleaseHold", lambda: self.stub.ReleaseHold(request, timeout=self.deadline)).hold)
+    async def release(self, order: ReleaseOrder, timeout: float) -> Hold:
+        request = wallet_pb2.ReleaseHoldRequest(request_id=order.request_id, gift_id=order.gift_id)
+        return _hold((await _ask("wallet", "ReleaseHold", self.stub.ReleaseHold(request, timeout=timeout))).hold)
 
 
 class PayoutClient:
     """PayoutPort over gRPC."""
 
-    def __init__(self, channel: grpc.Channel, deadline_seconds: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = payout_pb2_grpc.PayoutServiceStub(channel)
-        self.deadline = deadline_seconds
 
-    def credit_many(self, orders: Sequence[CreditOrder]) -> list[Refused | StepUncertain | None]:
+    async def credit_many(self, orders: Sequence[CreditOrder], timeout: float) -> list[Refused | StepUncertain | None]:
         request = payout_pb2.BatchCreditDiamondsRequest(requests=[_credit_request(o) for o in orders])
-        call = lambda: self.stub.BatchCreditDiamonds(request, timeout=self.deadline)  # noqa: E731
-        reply = _ask_batch("payout", "BatchCreditDiamonds", call)
+        call = self.stub.BatchCreditDiamonds(request, timeout=timeout)
+        reply = await _ask_batch("payout", "BatchCreditDiamonds", call)
         return [_item("payout", "CreditDiamonds", r) for r in reply.results]
-
-    def credit_diamonds(self, order: CreditOrder) -> None:
-        request = _credit_request(order)
-        _ask("payout", "CreditDiamonds", lambda: self.stub.CreditDiamonds(request, timeout=self.deadline))
 
 
 def _hold_request(o: HoldOrder) -> wallet_pb2.HoldCoinsRequest:
@@ -170,12 +154,12 @@ def _credit_request(o: CreditOrder) -> payout_pb2.CreditDiamondsRequest:
     return request
 
 
-def peer_channel(target: str, service_full_name: str, token: Callable[[], str], tls: TlsSettings) -> grpc.Channel:
-    """A channel to a peer, sending `token()` (service:gifting's, signed with gifting's own key: see
-    `gifting_token`) with tracing and retries (runtime.clients)."""
-    return open_channel(target, service_full_name, token, tls)
+async def peer_channel(target: str, service_full_name: str, settings: ServiceSettings) -> grpc.aio.Channel:
+    """A channel to a peer, calling as service:gifting (token, tracing, retries: runtime.clients),
+    opened on the event loop it is used on."""
+    return open_async_channel(target, service_full_name, gifting_token(settings.identity), settings.tls)
 
 
 def gifting_token(identity: IdentitySettings) -> TokenSource:
-    """The service:gifting tokens gifting sends its peers: signed with its own key (or, in dev mode, its dev key)."""
+    """The service:gifting tokens gifting sends its peers, signed with its own key (dev mode: its dev key)."""
     return TokenSource.for_settings(identity, GIFTING)

@@ -5,14 +5,16 @@ RPC runs through the request-id store (AIP-155). SendGift records the gift under
 (the store replays that record, or the refusal), then drives the saga: a replay therefore answers
 with the gift as it stands now — completed, failed (the same error again), or still being sent.
 
-SendGift calls that arrive together are served together: each is queued on a `Batcher`, whose
-workers record a batch of them in one transaction (each under its own request id) and drive them
-through the saga together (domain: `record_sends`, `settle_recorded`).
+SendGift calls that arrive together are served together: each is queued on a `Batcher`, which
+records a batch of them in one transaction (each under its own request id) and has the saga drive
+them together (domain: `record_sends`; saga: `settle_sends`). SendGift and WatchGifts are coroutines
+(they wait for a batch, for the next gift); the other RPCs do database work only, on its threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,17 +34,18 @@ from services.gifting.domain import (
     SendReads,
     Target,
     current_trace_context,
-    new_lease_owner,
 )
 from services.gifting.feed import LiveFeed
-from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, TransferRecord
+from services.gifting.saga import Saga, new_lease_owner
+from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, FeedEventRecord, TransferRecord
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.batching import Batcher
-from services.runtime.errors import DomainError, aborted
+from services.runtime.errors import DomainError, aborted, unavailable
 from services.runtime.idempotency import BatchItem, RequestIdStore
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 FULL_NAME = gifting_pb2.DESCRIPTOR.services_by_name["GiftingService"].full_name
@@ -66,6 +69,7 @@ _TRANSFER_STATES_PB = {
 
 # A time_remaining() beyond this means the call has no deadline (waiting that long overflows).
 _NO_DEADLINE = 10**6
+MAX_EVENTS_PER_RESPONSE = 500
 
 
 @dataclass(frozen=True)
@@ -78,21 +82,23 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def __init__(
         self,
         gifting: Gifting,
+        saga: Saga,
         feed: LiveFeed,
         requests: RequestIdStore,
         send_batch_max: int = 64,
-        send_batch_workers: int = 2,
+        send_batch_stall_seconds: float = 0.25,
     ) -> None:
         self.gifting = gifting
+        self.saga = saga
         self.feed = feed
         self.requests = requests
         self.sends: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
-            "gifting-send", self._send_batch, max_batch=send_batch_max, workers=send_batch_workers
+            "gifting-send", self._send_batch, max_batch=send_batch_max, stall_seconds=send_batch_stall_seconds
         )
 
-    def close(self) -> None:
-        """After the server has drained: the send workers finish what is queued (nothing, by then)."""
-        self.sends.close()
+    async def close(self) -> None:
+        """After the server has drained: the batches queued and in flight finish (none, by then)."""
+        await self.sends.close()
 
     # --- catalogue -------------------------------------------------------------------------------
 
@@ -140,8 +146,8 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
 
     # --- sending -----------------------------------------------------------------------------------
 
-    def SendGift(
-        self, request: gifting_pb2.SendGiftRequest, context: grpc.ServicerContext
+    async def SendGift(
+        self, request: gifting_pb2.SendGiftRequest, context: grpc.aio.ServicerContext
     ) -> gifting_pb2.SendGiftResponse:
         sender_id = calling_user_id()
         v = Validator()
@@ -155,10 +161,12 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         send = Send(request.gift_id, request.quantity, request.recipient_id, target)
         item = BatchItem(current_caller().subject, _method("SendGift"), request, request.request_id)
         ask = SendAsk(sender_id, request.request_id, item.fingerprint, send, current_trace_context())
-        answer = self.sends.submit(_QueuedSend(item, ask))
-        remaining = context.time_remaining()  # without a deadline: a huge number, not None
+        remaining = context.time_remaining()  # without a deadline: a huge number, or None
         try:
-            return answer.result(timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None)
+            return await self.sends.submit(
+                _QueuedSend(item, ask),
+                timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None,
+            )
         except TimeoutError:  # the caller's deadline: the gift goes on, and a retry finds it
             raise aborted(
                 "REQUEST_IN_FLIGHT",
@@ -166,12 +174,12 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
                 request_id=request.request_id,
             ) from None
 
-    def _send_batch(
+    async def _send_batch(
         self, queued: Sequence[_QueuedSend], make_way: Callable[[], None]
     ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
-        """Record the sends in one transaction, each under its request id, then drive the new ones
-        together (the next batch may start once they are credited); a replayed send is answered with
-        its gift as it stands now, driven on if idle."""
+        """Record the sends in one transaction, each under its request id, then have the saga drive
+        them, and the idle gifts the replays name, together (the next batch may start once they are
+        credited). Every send is answered: its gift as it stands, or its refusal."""
         owner = new_lease_owner()
         recorded: dict[int, TransferRecord] = {}
 
@@ -191,32 +199,36 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             return answers
 
         items = [q.item for q in queued]
-        with self.gifting.batch_span("record", [q.ask for q in queued]):
-            answers = self.requests.execute_batch(
-                items,
-                gifting_pb2.SendGiftResponse,
-                record,
-                lambda conn: self.gifting.read_sends(conn, [q.ask for q in queued]),
-            )
+        asks = [q.ask for q in queued]
+        try:
+            with self.saga.batch_span("record", asks):
+                answers = await self.gifting.db.call_async(
+                    lambda: self.requests.execute_batch(
+                        items, gifting_pb2.SendGiftResponse, record, lambda conn: self.gifting.read_sends(conn, asks)
+                    )
+                )
+        except Exception:
+            make_way()
+            log.exception("recording a batch of %d send(s) failed", len(queued))
+            return [_not_recorded(q.ask.request_id) for q in queued]
         # The transfers this call recorded: a transaction decided again (a concurrent duplicate committed
         # first) answers some sends as replays, and what its first attempt recorded for them is gone.
         fresh = [
             t for i, t in sorted(recorded.items()) if t.lease_owner == owner and _made(answers[i]) == t.transfer_id
         ]
-        settled = {t.transfer_id: t for t in self.gifting.settle_recorded(fresh, owner, make_way)}
+        fresh_ids = {t.transfer_id for t in fresh}
+        replayed = [_made(a) for a in answers if not isinstance(a, DomainError) and _made(a) not in fresh_ids]
+        settled = await self.saga.settle_sends(fresh, replayed, owner, make_way)
         results: list[gifting_pb2.SendGiftResponse | DomainError] = []
         for answer in answers:
             if isinstance(answer, DomainError):
                 results.append(answer)
                 continue
-            transfer_id = answer.transfer.transfer_id
-            try:
-                t = settled.get(transfer_id) or self.gifting.settle(transfer_id, new_lease_owner())
-            except DomainError as error:
-                results.append(error)
-                continue
+            outcome = settled[answer.transfer.transfer_id]
             results.append(
-                self.gifting.failure(t) if t.state == FAILED else gifting_pb2.SendGiftResponse(transfer=_transfer(t))
+                outcome
+                if isinstance(outcome, DomainError)
+                else gifting_pb2.SendGiftResponse(transfer=_transfer(outcome))
             )
         return results
 
@@ -257,27 +269,27 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             transfers=[_transfer(t) for t in page.transfers], next_page_token=page.next_page_token
         )
 
-    def WatchGifts(
-        self, request: gifting_pb2.WatchGiftsRequest, context: grpc.ServicerContext
-    ) -> Iterator[gifting_pb2.WatchGiftsResponse]:
+    async def WatchGifts(  # type: ignore[override]  # responses encoded once, shared by many viewers
+        self, request: gifting_pb2.WatchGiftsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         v = Validator()
         target = _target(v, request, "target")
         v.non_negative(request.after_sequence, "after_sequence")
+        if request.from_start and request.after_sequence:
+            v.fail("from_start", "from_start reads from the first event: after_sequence must be 0")
+        if not 0 <= request.max_events_per_response <= MAX_EVENTS_PER_RESPONSE:
+            v.fail("max_events_per_response", f"0 to {MAX_EVENTS_PER_RESPONSE}")
         v.check()
         assert target is not None
-        # The response headers go out once the subscription is live, so a client that waits for them
-        # (call.initial_metadata()) knows that every gift completed from then on will reach it.
-        live = self.feed.watch(
-            target,
-            request.after_sequence,
-            context.is_active,
-            on_cancel=context.add_callback,
-            on_live=lambda: context.send_initial_metadata(()),
-        )
-        for event in live:
-            yield gifting_pb2.WatchGiftsResponse(
-                sequence=event.sequence, transfer=_transfer(event.transfer), combo_count=event.combo_count
-            )
+
+        async def live() -> None:
+            # The response headers go out once the viewer is in place, so a client that waits for them
+            # (call.initial_metadata()) knows that every gift completed from then on will reach it.
+            await context.send_initial_metadata(())
+
+        after = 0 if request.from_start else (request.after_sequence or None)
+        async for response in self.feed.watch(target, after, request.max_events_per_response, _feed_responses, live):
+            yield response
 
     def GetLeaderboard(
         self, request: gifting_pb2.GetLeaderboardRequest, context: grpc.ServicerContext
@@ -309,6 +321,34 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         return self.requests.execute(
             current_caller().subject, _method(method), request, request_id, response_type, work
         )
+
+
+def _not_recorded(request_id: str) -> DomainError:
+    return unavailable(
+        "DEPENDENCY_UNAVAILABLE",
+        f"request {request_id} could not be recorded now; retry with the same request id",
+        request_id=request_id,
+    )
+
+
+def _feed_responses(events: Sequence[FeedEventRecord], per_response: int) -> list[bytes]:
+    """A feed's events as the responses a viewer asked for: one event each, or up to `per_response`."""
+    if per_response <= 1:
+        return [
+            gifting_pb2.WatchGiftsResponse(
+                sequence=e.sequence, transfer=_transfer(e.transfer), combo_count=e.combo_count
+            ).SerializeToString()
+            for e in events
+        ]
+    return [
+        gifting_pb2.WatchGiftsResponse(
+            events=[
+                gifting_pb2.GiftEvent(sequence=e.sequence, transfer=_transfer(e.transfer), combo_count=e.combo_count)
+                for e in events[start : start + per_response]
+            ]
+        ).SerializeToString()
+        for start in range(0, len(events), per_response)
+    ]
 
 
 def _made(answer: gifting_pb2.SendGiftResponse | DomainError) -> str:

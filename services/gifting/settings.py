@@ -23,20 +23,22 @@ class GiftingSettings(ServiceSettings):
     # How long wallet keeps a gift's hold; diamonds are never credited with less life left than the margin.
     hold_ttl_seconds: int = 300
     hold_safety_margin_seconds: int = 60
-    # Each saga step's deadline, and how often a send retries an unanswered step before leaving it to recovery.
+    # The longest a gift waits on one step of a peer, retries included, before it is left to recovery.
     step_deadline_ms: int = 5000
-    step_attempts: int = 3
     # How long a replica owns a gift it drives; a crashed replica's gifts are taken over after this.
     lease_seconds: int = 30
     # Recovery: how often it looks for unfinished gifts, and the longest it waits between tries of one.
     recovery_interval_ms: int = 1000
     retry_max_seconds: int = 60
-    # SendGift calls that arrive together are served together: at most this many in one batch, and
-    # this many batches in flight at once (each a thread driving its batch through the saga).
+    # SendGift calls that arrive together are served together: at most this many in one batch. The
+    # next batch starts once the one in flight is credited, or after this long (a slow peer).
     send_batch_max: int = 64
-    send_batch_workers: int = 2
-    # How often the live feed looks for gifts completed by other replicas.
+    send_batch_stall_ms: int = 250
+    # How often the live feed looks for gifts completed by other replicas; how often at most a watched
+    # target's new events are read and sent to its viewers; how many viewers a replica serves (0: no limit).
     feed_poll_ms: int = 100
+    feed_flush_ms: int = 100
+    feed_max_viewers: int = 20_000
     # How often expired request ids are reaped.
     reaper_interval_seconds: int = 600
     # TEST HOOK, off by default: exit the process abruptly at this saga point (one of FAILPOINTS).
@@ -54,13 +56,14 @@ def load_settings(env: Env) -> GiftingSettings:
         hold_ttl_seconds=env.integer("GIFTCOIN_GIFTING_HOLD_TTL_SECONDS", 300),
         hold_safety_margin_seconds=env.integer("GIFTCOIN_GIFTING_HOLD_SAFETY_MARGIN_SECONDS", 60),
         step_deadline_ms=env.integer("GIFTCOIN_GIFTING_STEP_DEADLINE_MS", 5000),
-        step_attempts=env.integer("GIFTCOIN_GIFTING_STEP_ATTEMPTS", 3),
         lease_seconds=env.integer("GIFTCOIN_GIFTING_LEASE_SECONDS", 30),
         recovery_interval_ms=env.integer("GIFTCOIN_GIFTING_RECOVERY_INTERVAL_MS", 1000),
         retry_max_seconds=env.integer("GIFTCOIN_GIFTING_RETRY_MAX_SECONDS", 60),
         send_batch_max=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_MAX", 64),
-        send_batch_workers=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_WORKERS", 2),
+        send_batch_stall_ms=env.integer("GIFTCOIN_GIFTING_SEND_BATCH_STALL_MS", 250),
         feed_poll_ms=env.integer("GIFTCOIN_GIFTING_FEED_POLL_MS", 100),
+        feed_flush_ms=env.integer("GIFTCOIN_GIFTING_FEED_FLUSH_MS", 100),
+        feed_max_viewers=env.integer("GIFTCOIN_GIFTING_FEED_MAX_VIEWERS", 20_000),
         reaper_interval_seconds=env.integer("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS", 600),
         failpoint=env.text("GIFTCOIN_GIFTING_FAILPOINT", ""),
     )
@@ -79,18 +82,20 @@ def _check(s: GiftingSettings) -> None:
         raise ConfigError(
             "GIFTCOIN_GIFTING_HOLD_SAFETY_MARGIN_SECONDS must be positive and below GIFTCOIN_GIFTING_HOLD_TTL_SECONDS"
         )
-    if s.step_deadline_ms <= 0 or s.step_attempts <= 0:
-        raise ConfigError("GIFTCOIN_GIFTING_STEP_DEADLINE_MS and GIFTCOIN_GIFTING_STEP_ATTEMPTS must be positive")
+    if s.step_deadline_ms <= 0:
+        raise ConfigError("GIFTCOIN_GIFTING_STEP_DEADLINE_MS must be positive")
     # A lease must outlive one step's call, or a second replica could take a gift over mid-step.
     if s.lease_seconds * 1000 <= 2 * s.step_deadline_ms:
         raise ConfigError("GIFTCOIN_GIFTING_LEASE_SECONDS must exceed twice GIFTCOIN_GIFTING_STEP_DEADLINE_MS")
-    if not 1 <= s.send_batch_max <= 500 or s.send_batch_workers <= 0:
+    if not 1 <= s.send_batch_max <= 500 or s.send_batch_stall_ms <= 0:
         raise ConfigError(
             "GIFTCOIN_GIFTING_SEND_BATCH_MAX must be between 1 and 500 (the peers' batch limit) and "
-            "GIFTCOIN_GIFTING_SEND_BATCH_WORKERS positive"
+            "GIFTCOIN_GIFTING_SEND_BATCH_STALL_MS positive"
         )
-    if s.recovery_interval_ms <= 0 or s.retry_max_seconds <= 0 or s.feed_poll_ms <= 0:
+    if s.recovery_interval_ms <= 0 or s.retry_max_seconds <= 0 or s.feed_poll_ms <= 0 or s.feed_flush_ms <= 0:
         raise ConfigError("the gifting recovery, retry and feed intervals must be positive")
+    if s.feed_max_viewers < 0:
+        raise ConfigError("GIFTCOIN_GIFTING_FEED_MAX_VIEWERS must not be negative (0: no limit)")
     if s.reaper_interval_seconds <= 0:
         raise ConfigError("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS must be positive")
     if s.failpoint and s.failpoint not in FAILPOINTS:

@@ -63,7 +63,9 @@ def assemble(
     settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None
 ) -> PayoutComponents:
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
+    db = Database.from_url(
+        settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
+    )
     provider = provider or SandboxProvider(db, clock)
     payouts = Payouts(terms(settings), clock)
     db.run(lambda conn: payouts.open_platform_accounts(storage.UnitOfWork(conn)))
@@ -75,6 +77,7 @@ def assemble(
         servicer=PayoutServicer(db, request_ids, payouts),
         add_to_server=payout_pb2_grpc.add_PayoutServiceServicer_to_server,
         access=ACCESS,
+        executor=db.executor,
         loops=[
             BackgroundLoop(PROCESSOR_LOOP, settings.processor_interval_ms / 1000, processor.process_due),
             BackgroundLoop(

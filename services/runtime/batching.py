@@ -1,27 +1,30 @@
-"""Micro-batching: calls that arrive together are served together.
+"""Micro-batching: calls that arrive together are served together, on the event loop.
 
-A `Batcher` queues the items its callers submit; each of its worker threads takes everything waiting
-(up to `max_batch`) and hands it to `process` at once, which answers each item. Nothing waits for a
-batch to fill: a lone item goes at once, and the items that arrive while the workers are busy form
-the next batches, so batches grow with the load (as TigerBeetle batches the transfers that queue
-while its previous batch commits).
+A `Batcher` queues the items its callers submit, and hands everything waiting (up to `max_batch`) to
+`process` at once, which answers each item. Nothing waits for a batch to fill: a lone item goes at
+once, and the items that arrive while a batch leads form the next batch, so batches grow with the
+load (as TigerBeetle batches the transfers that queue while its previous batch commits).
 
-With several workers, a further worker starts a batch beside one in flight once that one has made
-way (`process` calls the `make_way` it is given when what is left of its batch may run beside the
-next: gifting's, once its gifts are credited) or once a full batch (`max_batch`) waits. Under a
+A batch leads until it makes way (`process` calls the `make_way` it is given when what is left of
+its batch may run beside the next: gifting's, once its gifts are credited). The next batch starts
+once no batch leads, or once a full batch waits, or once every leading batch has led for longer than
+`stall_seconds` (its peer is slow or silent: what queued behind it must not wait for it). Under a
 moderate load the items that arrive meanwhile wait only for the head of the batch in flight, then go
-together, so batches stay few and large (most of a small batch's cost is fixed) and the next starts
-while the last finishes in other processes (holding coins in wallet while the last is captured);
-under a heavy load full batches go beside each other.
+together, so batches stay few and large (most of a small batch's cost is fixed); under a heavy load
+full batches go beside each other; and a batch stuck on a peer holds up nothing but its own items.
+
+A caller waits for its item's answer without holding a thread; a caller that gives up (its deadline)
+leaves its item in the batch, which still answers it (nobody listens).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 (the conventional name of an item type)
@@ -32,129 +35,118 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new items."""
 
 
-class Answer(Generic[R]):
-    """An item's outcome, once its batch is processed: `result` waits for it.
-
-    A lock held until the outcome is set, rather than concurrent.futures.Future: a Future's
-    Condition (an RLock and a new lock per waiter, in Python) cost a SendGift more than its batch's
-    share of the work.
-    """
-
-    __slots__ = ("_error", "_set", "_value")
-
-    def __init__(self) -> None:
-        self._set = threading.Lock()
-        self._set.acquire()
-        self._value: R | None = None
-        self._error: BaseException | None = None
-
-    def _answer(self, outcome: R | BaseException) -> None:
-        if isinstance(outcome, BaseException):
-            self._error = outcome
-        else:
-            self._value = outcome
-        self._set.release()
-
-    def _wait(self, timeout: float | None) -> None:
-        if not self._set.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError("no answer yet")
-        self._set.release()  # answered: any later wait returns at once
-
-    def result(self, timeout: float | None = None) -> R:
-        """The item's result, or the exception its batch answered it with raised; TimeoutError if none came."""
-        self._wait(timeout)
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
-        return self._error
-
-
 class Batcher(Generic[I, R]):
     def __init__(
         self,
         name: str,
-        process: Callable[[list[I], Callable[[], None]], Sequence[R | BaseException]],
+        process: Callable[[list[I], Callable[[], None]], Awaitable[Sequence[R | BaseException]]],
         max_batch: int = 64,
-        workers: int = 4,
+        stall_seconds: float = 0.25,
     ) -> None:
         """`process(items, make_way)` answers every item, in order, with a result or the exception to
-        raise for it; it may call `make_way()` once the rest of its work may go beside the next batch."""
+        raise for it; it may call `make_way()` once the rest of its work may go beside the next batch.
+        Created, used and closed on the event loop."""
         self.name = name
         self.process = process
         self.max_batch = max_batch
-        self._queue: deque[tuple[I, Answer[R]]] = deque()
-        self._ready = threading.Condition()
+        self.stall_seconds = stall_seconds
+        self._queue: deque[tuple[I, asyncio.Future[R]]] = deque()
+        self._leading: dict[int, float] = {}  # batches in flight that have not made way: when each started
+        self._batches: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
         self._closed = False
-        self._leading = 0  # batches in flight that have not made way
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # wakes the dispatcher when the leaders stall
+        self._next_id = 0
 
-    def submit(self, item: I) -> Answer[R]:
-        answer: Answer[R] = Answer()
-        with self._ready:
-            if self._closed:
-                raise BatcherClosed(f"{self.name} is shutting down")
-            self._queue.append((item, answer))
-            self._ready.notify()
-        return answer
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return len(self._queue)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop taking items; the workers finish what is queued, then stop."""
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
+    async def submit(self, item: I, timeout: float | None = None) -> R:
+        """The item's result, or the exception its batch answered it with, raised; TimeoutError if
+        none came within `timeout` (the item stays in its batch)."""
+        if self._closed:
+            raise BatcherClosed(f"{self.name} is shutting down")
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name=self.name)
+        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(_retrieved)  # a refusal nobody waits for any more is not an error to log
+        self._queue.append((item, answer))
+        self._wake.set()
+        # shield: the caller's deadline or cancellation never cancels the item's answer.
+        return await asyncio.wait_for(asyncio.shield(answer), timeout)
 
-    def _take(self) -> list[tuple[I, Answer[R]]] | None:
-        with self._ready:
-            while not (self._queue and (self._leading == 0 or len(self._queue) >= self.max_batch)):
-                if self._closed and not self._queue:
-                    return None
-                self._ready.wait()
-            batch: list[tuple[I, Answer[R]]] = []
-            while self._queue and len(batch) < self.max_batch:
-                batch.append(self._queue.popleft())
-            self._leading += 1
-            return batch
+    async def close(self) -> None:
+        """Stop taking items; the batches queued and in flight finish."""
+        self._closed = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            await self._dispatcher
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
 
-    def _lead_ended(self) -> None:
-        with self._ready:
-            self._leading -= 1
-            self._ready.notify()  # what waited for the batch in flight may go now, with another worker
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                wait = self._may_start_in()
+                if wait > 0:
+                    self._wake_in(wait)
+                    break
+                self._start()
+            if self._closed and not self._queue:
+                return
 
-    def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            answers = [answer for _, answer in batch]
-            way = _Way(self._lead_ended)
-            try:
-                outcomes = self.process([item for item, _ in batch], way.make)
-                if len(outcomes) != len(batch):
-                    raise AssertionError(f"{self.name}: {len(outcomes)} answers for {len(batch)} items")
-            except BaseException as error:  # the whole batch failed: each of its callers hears it
-                log.exception("%s: a batch of %d failed", self.name, len(batch))
-                outcomes = [error] * len(batch)
-            way.make()  # done (if it had not made way before)
-            for answer, outcome in zip(answers, outcomes, strict=True):
-                answer._answer(outcome)
+    def _wake_in(self, wait: float) -> None:
+        """Wake the dispatcher in `wait` seconds (or sooner, if a wake-up is due sooner already)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + wait
+        if self._timer is not None:
+            if loop.time() <= self._timer.when() <= at:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._wake.set)
+
+    def _may_start_in(self) -> float:
+        """0 if a batch may start now; else how long until every leading batch counts as stalled."""
+        if not self._leading or len(self._queue) >= self.max_batch or self._closed:
+            return 0.0
+        return max(max(self._leading.values()) + self.stall_seconds - time.monotonic(), 0.0)
+
+    def _start(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        batch_id = self._next_id
+        self._next_id += 1
+        self._leading[batch_id] = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._run(batch_id, batch), name=f"{self.name}-{batch_id}")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _made_way(self, batch_id: int) -> None:
+        if self._leading.pop(batch_id, None) is not None:
+            self._wake.set()  # what waited for the batch in flight may go now
+
+    async def _run(self, batch_id: int, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        try:
+            outcomes = await self.process([item for item, _ in batch], lambda: self._made_way(batch_id))
+            if len(outcomes) != len(batch):
+                raise AssertionError(f"{self.name}: {len(outcomes)} answers for {len(batch)} items")
+        except Exception as error:  # the whole batch failed: each of its callers hears it
+            log.exception("%s: a batch of %d failed", self.name, len(batch))
+            outcomes = [error] * len(batch)
+        finally:
+            self._made_way(batch_id)  # done (if it had not made way before)
+        for (_, answer), outcome in zip(batch, outcomes, strict=True):
+            if answer.done():
+                continue
+            if isinstance(outcome, BaseException):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
 
 
-class _Way:
-    """A batch's `make_way`: the first call lets the next batch start beside it; later calls do nothing."""
-
-    __slots__ = ("_end_lead", "_made")
-
-    def __init__(self, end_lead: Callable[[], None]) -> None:
-        self._end_lead = end_lead
-        self._made = False
-
-    def make(self) -> None:
-        if not self._made:
-            self._made = True
-            self._end_lead()
+def _retrieved(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()

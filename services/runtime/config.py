@@ -96,6 +96,25 @@ def load_identity_settings(env: Env, dev_mode: bool) -> IdentitySettings:
 
 
 @dataclass(frozen=True)
+class ConnectionSettings:
+    """How the server treats its clients' connections (README "Connections").
+
+    Streams (live feeds) stay open for hours behind client-side round robin: clients may ping an idle
+    connection every `min_client_ping_seconds` or more; the server pings every connection idle for
+    `keepalive_time_seconds` and closes it when no answer comes within `keepalive_timeout_seconds`
+    (a viewer that vanished without closing); a connection older than `max_connection_age_seconds`
+    is asked to go away (its client reconnects, perhaps to another replica), the calls in flight on
+    it having `max_connection_age_grace_seconds` to finish.
+    """
+
+    keepalive_time_seconds: int = 30
+    keepalive_timeout_seconds: int = 10
+    min_client_ping_seconds: int = 5
+    max_connection_age_seconds: int = 1800
+    max_connection_age_grace_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """What every service needs; a service's own settings extend this."""
 
@@ -107,7 +126,7 @@ class ServiceSettings:
     identity: IdentitySettings
     idempotency_retention_seconds: int
     shutdown_grace_seconds: int
-    max_workers: int
+    database_pool_size: int  # connections to the service's database, and the threads that use them
     trace_exporter: str  # none | console | file | otlp | memory
     trace_file: str
     log_level: str
@@ -115,6 +134,7 @@ class ServiceSettings:
     # A second, plaintext port serving only grpc.health.v1 (0 = none): the kubelet's native gRPC
     # probes cannot present a client certificate, so they cannot use the mTLS service port.
     health_port: int = 0
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
 
     @property
     def address(self) -> str:
@@ -149,10 +169,30 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
         identity=identity,
         idempotency_retention_seconds=env.integer("GIFTCOIN_IDEMPOTENCY_RETENTION_SECONDS", 24 * 3600),
         shutdown_grace_seconds=env.integer("GIFTCOIN_SHUTDOWN_GRACE_SECONDS", 10),
-        max_workers=env.integer("GIFTCOIN_MAX_WORKERS", 16),
+        database_pool_size=env.integer("GIFTCOIN_DATABASE_POOL_SIZE", 16),
         trace_exporter=env.text("GIFTCOIN_TRACE_EXPORTER", "none"),
         trace_file=env.text("GIFTCOIN_TRACE_FILE", f".data/traces-{service}.jsonl"),
         log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
         tls=tls,
         health_port=env.integer("GIFTCOIN_HEALTH_PORT", 0),
+        connections=_connection_settings(env),
     )
+
+
+def _connection_settings(env: Env) -> ConnectionSettings:
+    d = ConnectionSettings()
+    settings = ConnectionSettings(
+        keepalive_time_seconds=env.integer("GIFTCOIN_KEEPALIVE_TIME_SECONDS", d.keepalive_time_seconds),
+        keepalive_timeout_seconds=env.integer("GIFTCOIN_KEEPALIVE_TIMEOUT_SECONDS", d.keepalive_timeout_seconds),
+        min_client_ping_seconds=env.integer("GIFTCOIN_MIN_CLIENT_PING_SECONDS", d.min_client_ping_seconds),
+        max_connection_age_seconds=env.integer("GIFTCOIN_MAX_CONNECTION_AGE_SECONDS", d.max_connection_age_seconds),
+        max_connection_age_grace_seconds=env.integer(
+            "GIFTCOIN_MAX_CONNECTION_AGE_GRACE_SECONDS", d.max_connection_age_grace_seconds
+        ),
+    )
+    if min(vars(settings).values()) <= 0:
+        raise ConfigError(
+            "GIFTCOIN_KEEPALIVE_TIME_SECONDS, GIFTCOIN_KEEPALIVE_TIMEOUT_SECONDS, GIFTCOIN_MIN_CLIENT_PING_SECONDS, "
+            "GIFTCOIN_MAX_CONNECTION_AGE_SECONDS and GIFTCOIN_MAX_CONNECTION_AGE_GRACE_SECONDS must be positive"
+        )
+    return settings

@@ -6,12 +6,16 @@ Each service owns its database and its tables (SQLAlchemy Core); repositories re
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -492,11 +496,17 @@ def _retryable(error: exc.DBAPIError) -> bool:
 
 
 class Database:
-    """One service's database: transactions, retried when the database says they may be."""
+    """One service's database: transactions, retried when the database says they may be.
 
-    def __init__(self, engine: Engine, attempts: int = 5) -> None:
+    Its transactions block, so the event loop hands them to the database's own threads
+    (`run_async`), as many as the pool has connections: a thread never waits for a connection,
+    and what waits for a thread is the work queued beyond what the database can take at once.
+    """
+
+    def __init__(self, engine: Engine, attempts: int = 5, threads: int = 10) -> None:
         self.engine = engine
         self.attempts = attempts
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
         # SQLite runs one transaction at a time (BEGIN IMMEDIATE takes its write lock), and a thread
         # that finds it taken polls with growing sleeps (busy_timeout). Queueing this process's
         # transactions on a lock hands the database over as soon as it is free instead.
@@ -514,7 +524,7 @@ class Database:
         if traced:
             SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
             mark_traced(engine)
-        return cls(engine)
+        return cls(engine, threads=pool_size)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -551,7 +561,18 @@ class Database:
                 time.sleep(0.005 * 2**attempt)
         raise AssertionError("unreachable")
 
+    async def run_async(self, work: Callable[[Connection], T]) -> T:
+        """`run(work)` on one of the database's threads, awaited: the event loop goes on meanwhile."""
+        return await self.call_async(functools.partial(self.run, work))
+
+    async def call_async(self, call: Callable[[], T]) -> T:
+        """A blocking call that uses this database (a servicer method, a loop's step) on its threads,
+        awaited; the caller's context (its identity, its span) goes with it."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, context.run, call)
+
     def dispose(self) -> None:
+        self.executor.shutdown(wait=True)
         self.engine.dispose()
 
 

@@ -127,6 +127,16 @@ def aborted(reason: str, message: str, **metadata: object) -> DomainError:
     return _error(grpc.StatusCode.ABORTED, reason, message, **metadata)
 
 
+def malformed_request(method: str, error: Exception) -> DomainError:
+    """Bytes that are not the method's request message (truncated, mistyped, invalid UTF-8 in a string)."""
+    return DomainError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        f"the request is not a valid {method} request message: {error}",
+        {"method": method},
+    )
+
+
 def unavailable(reason: str, message: str, **metadata: object) -> DomainError:
     return _error(grpc.StatusCode.UNAVAILABLE, reason, message, **metadata)
 

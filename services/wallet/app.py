@@ -52,7 +52,9 @@ def build(
     providers: Mapping[str, PaymentProvider] | None = None,
 ) -> ServiceApp:
     clock = clock or SystemClock()
-    db = Database.from_url(settings.database_url, pool_size=settings.max_workers, traced=settings.traces_exported)
+    db = Database.from_url(
+        settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
+    )
     store = storage.WalletStore(db)
     book = WalletBook(
         Catalogue(settings.packages),
@@ -77,6 +79,7 @@ def build(
         servicer=servicer,
         add_to_server=wallet_pb2_grpc.add_WalletServiceServicer_to_server,
         access=ACCESS,
+        executor=db.executor,
         loops=loops,
         close=db.dispose,
     )

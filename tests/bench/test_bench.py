@@ -69,7 +69,8 @@ def test_the_load_generator_counts_every_outcome_in_the_window() -> None:
 
 def test_a_short_run_prints_the_table_with_both_ratios_and_passes_conservation(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    args = ["--sqlite", "--duration", "1", "--warmup", "0", "--concurrency", "4", "--viewers", "6", "--creators", "3"]
+    args = ["--sqlite", "--duration", "1", "--warmup", "0", "--concurrency", "4", "--viewers", "6", "--creators", "3",
+            "--hot-viewers", "20", "--quiet-viewers", "4", "--idle-viewers", "30"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out)],
         cwd=ROOT,
@@ -82,11 +83,15 @@ def test_a_short_run_prints_the_table_with_both_ratios_and_passes_conservation(t
     table = done.stdout
     for line in ("transport ceiling (gRPC echo)", "storage ceiling (python)", "suite: SendGift spread",
                  "suite: SendGift hot creator", "suite / transport ceiling", "suite / storage ceiling",
-                 "peak memory (VmHWM)", "conservation                             PASS"):  # fmt: skip
+                 "peak memory (VmHWM)", "conservation                             PASS",
+                 "feed: viewers held                       24 (20 on the hot stream)",
+                 "feed: events missed / repeated           0 / 0 (PASS",
+                 "idle viewers held by one replica         30,"):  # fmt: skip
         assert line in table, table
     report = json.loads(out.read_text())
     assert {"transport", "storage", "hot_drop", "p99_at_half_ms"} <= report["ratios"].keys()
     assert report["conservation"]["problems"] == []
+    assert report["feed"]["viewers"] == 24 and report["feed"]["events_per_second"] > 0
     assert all(kib > 0 for kib in report["peak_memory_kib"].values())
 
 
@@ -95,7 +100,7 @@ def running_suite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
     if request.param == "postgres" and not postgres_dsn():
         pytest.skip("PostgreSQL not tested: GIFTCOIN_TEST_POSTGRES is not set")
     databases = Databases(postgres_dsn() if request.param == "postgres" else "", tmp_path)
-    suite = Suite({name: databases.new(name) for name in ("wallet", "payout", "gifting")}, tmp_path, 4, {})
+    suite = Suite({name: databases.new(name) for name in ("wallet", "payout", "gifting")}, tmp_path, {})
     try:
         suite.start()
         population = asyncio.run(populate(suite, viewers=3, creators=2, packs=1, concurrency=4))

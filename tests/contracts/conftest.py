@@ -1,30 +1,27 @@
 """Gifting's consumer contracts, checked against the REAL wallet and payout servers.
 
 The calls go through gifting's own clients (services/gifting/peers.py), as service:gifting, so what is
-checked is exactly what the saga relies on: the messages, the codes and the reasons it reads.
+checked is exactly what the saga relies on: the messages, the codes and the reasons it reads. The saga
+asks in batches; these tests ask for one order at a time and read its item's answer as the saga does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.domain import Refused
-from services.gifting.peers import (
-    PAYOUT_SERVICE,
-    WALLET_SERVICE,
-    PayoutClient,
-    WalletClient,
-    gifting_token,
-    peer_channel,
-)
+from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, gifting_token
+from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
+from services.runtime import eventloop
+from services.runtime.clients import open_async_channel
 from services.runtime.clock import FakeClock
-from services.runtime.config import IdentitySettings, TlsSettings
+from services.runtime.config import IdentitySettings
 from services.runtime.server import RunningServer
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet
@@ -36,8 +33,13 @@ class Peer:
     """A running peer, gifting's channel to it, and a plain channel for its users' set-up calls."""
 
     server: RunningServer
-    channel: grpc.Channel
+    channel: grpc.aio.Channel
     plain: grpc.Channel
+
+    def close(self) -> None:
+        eventloop.run(self.channel.close())
+        self.plain.close()
+        self.server.stop(None)
 
 
 @pytest.fixture
@@ -45,41 +47,74 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+TIMEOUT = 5.0  # each call's deadline
+
+
 def _peer(server: RunningServer, service_name: str) -> Peer:
     target = f"127.0.0.1:{server.port}"
-    return Peer(
-        server,
-        peer_channel(target, service_name, gifting_token(IdentitySettings(dev_mode=True)), TlsSettings()),
-        grpc.insecure_channel(target),
-    )
+
+    async def channel() -> grpc.aio.Channel:  # opened on the loop it is used on
+        return open_async_channel(target, service_name, gifting_token(IdentitySettings(dev_mode=True)))
+
+    return Peer(server, eventloop.run(channel()), grpc.insecure_channel(target))
 
 
 @pytest.fixture
 def wallet_peer(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Peer]:
     peer = _peer(start_wallet(make_database("wallet"), clock), WALLET_SERVICE)
     yield peer
-    peer.channel.close()
-    peer.plain.close()
-    peer.server.stop(None)
+    peer.close()
 
 
 @pytest.fixture
 def payout_peer(make_database: Callable[[str], str], clock: FakeClock) -> Iterator[Peer]:
     peer = _peer(start_payout(make_database("payout"), clock), PAYOUT_SERVICE)
     yield peer
-    peer.channel.close()
-    peer.plain.close()
-    peer.server.stop(None)
+    peer.close()
+
+
+def _one(answers: list[Any]) -> Any:
+    """The one order's answer, raised when it is a refusal or no answer."""
+    (answer,) = answers
+    if isinstance(answer, (Refused, StepUncertain)):
+        raise answer
+    return answer
+
+
+class OneAtATimeWallet:
+    """Gifting's wallet client, asked for one order at a time."""
+
+    def __init__(self, client: WalletClient) -> None:
+        self.client = client
+
+    def hold_coins(self, order: HoldOrder) -> Hold:
+        return _one(eventloop.run(self.client.hold_many([order], TIMEOUT)))
+
+    def capture_hold(self, order: CaptureOrder) -> Hold:
+        return _one(eventloop.run(self.client.capture_many([order], TIMEOUT)))
+
+    def release_hold(self, *, request_id: str, gift_id: str) -> Hold:
+        return eventloop.run(self.client.release(ReleaseOrder(request_id, gift_id), TIMEOUT))
+
+
+class OneAtATimePayout:
+    """Gifting's payout client, asked for one credit at a time."""
+
+    def __init__(self, client: PayoutClient) -> None:
+        self.client = client
+
+    def credit_diamonds(self, order: CreditOrder) -> None:
+        _one(eventloop.run(self.client.credit_many([order], TIMEOUT)))
 
 
 @pytest.fixture
-def wallet(wallet_peer: Peer) -> WalletClient:
-    return WalletClient(wallet_peer.channel, deadline_seconds=5)
+def wallet(wallet_peer: Peer) -> OneAtATimeWallet:
+    return OneAtATimeWallet(WalletClient(wallet_peer.channel))
 
 
 @pytest.fixture
-def payout(payout_peer: Peer) -> PayoutClient:
-    return PayoutClient(payout_peer.channel, deadline_seconds=5)
+def payout(payout_peer: Peer) -> OneAtATimePayout:
+    return OneAtATimePayout(PayoutClient(payout_peer.channel))
 
 
 def open_wallet(peer: Peer, user_id: str, package_id: str = "coins_70", adult: bool = True) -> None:

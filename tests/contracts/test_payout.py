@@ -9,16 +9,21 @@ import grpc
 import pytest
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 
-from services.gifting.domain import CreditOrder, StepUncertain
-from services.gifting.peers import PayoutClient
+from services.gifting.saga import CreditOrder, StepUncertain
 from services.runtime.clock import FakeClock
-from tests.contracts.conftest import Peer, diamond_balance, refusal, register_creator
+from tests.contracts.conftest import (
+    OneAtATimePayout,
+    Peer,
+    diamond_balance,
+    refusal,
+    register_creator,
+)
 from tests.gifting.harness import new_id, refused
 from tests.support.identity import as_caller, user
 
 
 def credit(
-    payout: PayoutClient,
+    payout: OneAtATimePayout,
     gift_id: str,
     diamonds: int,
     creator_id: str = "carol",
@@ -31,7 +36,7 @@ def credit(
 
 
 def test_diamonds_are_credited_once_per_gift_whoever_asks_and_however_often(
-    payout: PayoutClient, payout_peer: Peer
+    payout: OneAtATimePayout, payout_peer: Peer
 ) -> None:
     register_creator(payout_peer, "carol")
     gift, request_id = new_id(), new_id()
@@ -47,7 +52,7 @@ def test_diamonds_are_credited_once_per_gift_whoever_asks_and_however_often(
 
 
 def test_a_recipient_that_cannot_receive_is_refused_with_nothing_credited(
-    payout: PayoutClient, payout_peer: Peer
+    payout: OneAtATimePayout, payout_peer: Peer
 ) -> None:
     register_creator(payout_peer, "kid", adult=False)
     for creator_id in ("kid", "not_a_creator"):
@@ -56,7 +61,7 @@ def test_a_recipient_that_cannot_receive_is_refused_with_nothing_credited(
     assert diamond_balance(payout_peer, "kid") == 0
 
 
-def test_a_zero_credit_still_checks_the_recipient(payout: PayoutClient, payout_peer: Peer) -> None:
+def test_a_zero_credit_still_checks_the_recipient(payout: OneAtATimePayout, payout_peer: Peer) -> None:
     """A send whose share floors to nothing (one Rose) still asks payout: the recipient is checked."""
     register_creator(payout_peer, "carol")
     gift = new_id()
@@ -67,11 +72,11 @@ def test_a_zero_credit_still_checks_the_recipient(payout: PayoutClient, payout_p
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RECIPIENT_CANNOT_RECEIVE")
     negative = refusal(lambda: credit(payout, new_id(), -1)).error
     assert negative.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in negative.violations] == ["diamonds", "coins"]
+    assert [v.field for v in negative.violations] == ["requests[0].diamonds", "requests[0].coins"]
 
 
 def test_a_credit_asked_after_its_deadline_credits_nothing_and_says_so_every_time(
-    payout: PayoutClient, payout_peer: Peer, clock: FakeClock
+    payout: OneAtATimePayout, payout_peer: Peer, clock: FakeClock
 ) -> None:
     """Once a gift's deadline has passed, asking for its credit again tells for certain whether it was
     credited: gifting fails the gift (and releases its hold) only on this refusal."""
@@ -94,7 +99,7 @@ def test_a_credit_asked_after_its_deadline_credits_nothing_and_says_so_every_tim
 
 
 def test_only_gifting_may_credit_and_a_payout_that_is_down_is_no_answer(
-    payout: PayoutClient, payout_peer: Peer
+    payout: OneAtATimePayout, payout_peer: Peer
 ) -> None:
     stub = payout_pb2_grpc.PayoutServiceStub(payout_peer.plain)
     request = payout_pb2.CreditDiamondsRequest(request_id=new_id(), gift_id=new_id(), creator_id="carol", diamonds=1)

@@ -8,27 +8,26 @@ import grpc
 import pytest
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.domain import CaptureOrder, Hold, HoldOrder, StepUncertain
-from services.gifting.peers import WalletClient
+from services.gifting.saga import CaptureOrder, Hold, HoldOrder, StepUncertain
 from services.runtime.clock import FakeClock
 from services.wallet.app import HOLD_EXPIRY_LOOP
-from tests.contracts.conftest import Peer, open_wallet, refusal, wallet_balance
+from tests.contracts.conftest import OneAtATimeWallet, Peer, open_wallet, refusal, wallet_balance
 from tests.gifting.harness import new_id, refused
 from tests.support.identity import as_caller, user
 
 
 def hold(
-    wallet: WalletClient, gift_id: str, amount: int, user_id: str = "vince", request_id: str = "", ttl: int = 300
+    wallet: OneAtATimeWallet, gift_id: str, amount: int, user_id: str = "vince", request_id: str = "", ttl: int = 300
 ) -> Hold:
     return wallet.hold_coins(HoldOrder(request_id or new_id(), gift_id, user_id, amount, ttl))
 
 
-def capture(wallet: WalletClient, gift_id: str) -> Hold:
+def capture(wallet: OneAtATimeWallet, gift_id: str) -> Hold:
     return wallet.capture_hold(CaptureOrder(new_id(), gift_id))
 
 
 def test_a_hold_reserves_the_amount_until_its_expiry_and_is_one_per_gift(
-    wallet: WalletClient, wallet_peer: Peer, clock: FakeClock
+    wallet: OneAtATimeWallet, wallet_peer: Peer, clock: FakeClock
 ) -> None:
     open_wallet(wallet_peer, "vince")
     gift, request_id = new_id(), new_id()
@@ -45,7 +44,9 @@ def test_a_hold_reserves_the_amount_until_its_expiry_and_is_one_per_gift(
     assert (mismatch.code, mismatch.reason) == (grpc.StatusCode.ALREADY_EXISTS, "HOLD_MISMATCH")
 
 
-def test_holds_the_wallet_refuses_carry_the_reasons_gifting_passes_on(wallet: WalletClient, wallet_peer: Peer) -> None:
+def test_holds_the_wallet_refuses_carry_the_reasons_gifting_passes_on(
+    wallet: OneAtATimeWallet, wallet_peer: Peer
+) -> None:
     open_wallet(wallet_peer, "vince")
     open_wallet(wallet_peer, "young", adult=False)
     poor = refusal(lambda: hold(wallet, new_id(), 71)).error
@@ -58,7 +59,9 @@ def test_holds_the_wallet_refuses_carry_the_reasons_gifting_passes_on(wallet: Wa
     assert wallet_balance(wallet_peer, "vince").held == 0
 
 
-def test_capture_spends_once_and_a_captured_hold_cannot_be_released(wallet: WalletClient, wallet_peer: Peer) -> None:
+def test_capture_spends_once_and_a_captured_hold_cannot_be_released(
+    wallet: OneAtATimeWallet, wallet_peer: Peer
+) -> None:
     open_wallet(wallet_peer, "vince")
     gift = new_id()
     hold(wallet, gift, 30)
@@ -70,7 +73,7 @@ def test_capture_spends_once_and_a_captured_hold_cannot_be_released(wallet: Wall
     assert (wallet_balance(wallet_peer, "vince").total, wallet_balance(wallet_peer, "vince").held) == (40, 0)
 
 
-def test_a_released_hold_returns_the_coins_and_cannot_be_captured(wallet: WalletClient, wallet_peer: Peer) -> None:
+def test_a_released_hold_returns_the_coins_and_cannot_be_captured(wallet: OneAtATimeWallet, wallet_peer: Peer) -> None:
     open_wallet(wallet_peer, "vince")
     gift = new_id()
     hold(wallet, gift, 30)
@@ -87,7 +90,7 @@ def test_a_released_hold_returns_the_coins_and_cannot_be_captured(wallet: Wallet
 
 
 def test_the_expiring_hold_a_lapsed_hold_is_still_captured_from_the_balance(
-    wallet: WalletClient, wallet_peer: Peer, clock: FakeClock
+    wallet: OneAtATimeWallet, wallet_peer: Peer, clock: FakeClock
 ) -> None:
     open_wallet(wallet_peer, "vince")
     lapsed, released_late = new_id(), new_id()
@@ -104,7 +107,9 @@ def test_the_expiring_hold_a_lapsed_hold_is_still_captured_from_the_balance(
     assert wallet.release_hold(request_id=new_id(), gift_id=released_late).state == "expired"
 
 
-def test_only_gifting_may_hold_and_a_wallet_that_is_down_is_no_answer(wallet: WalletClient, wallet_peer: Peer) -> None:
+def test_only_gifting_may_hold_and_a_wallet_that_is_down_is_no_answer(
+    wallet: OneAtATimeWallet, wallet_peer: Peer
+) -> None:
     stub = wallet_pb2_grpc.WalletServiceStub(wallet_peer.plain)
     request = wallet_pb2.HoldCoinsRequest(request_id=new_id(), gift_id=new_id(), user_id="vince", amount=1)
     as_user = refused(lambda: stub.HoldCoins(request, metadata=as_caller(user("vince"))))

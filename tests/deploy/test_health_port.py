@@ -7,12 +7,14 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.runtime import eventloop
 from services.runtime.auth import keygen
 from services.runtime.config import Env, load_service_settings
 from services.runtime.server import RunningServer, ServiceApp, create_server
@@ -63,7 +65,12 @@ def running(certificates: Path, tmp_path: Path) -> Iterator[RunningServer]:
     )
     settings = load_service_settings("wallet", env)
     app = ServiceApp(
-        name="wallet", full_name=FULL_NAME, servicer=object(), add_to_server=lambda _s, _srv: None, access={}
+        name="wallet",
+        full_name=FULL_NAME,
+        servicer=object(),
+        add_to_server=lambda _s, _srv: None,
+        access={},
+        executor=ThreadPoolExecutor(1),
     )
     server = create_server(app, settings, "127.0.0.1:0")
     yield server
@@ -108,6 +115,6 @@ def test_the_health_port_only_serves_health(running: RunningServer) -> None:
 
 def test_the_health_port_reports_not_serving_once_shutdown_begins(running: RunningServer) -> None:
     # What `stop()` does first: readiness fails (the pod leaves the endpoints) while calls drain.
-    running.health.enter_graceful_shutdown()
+    eventloop.run(running.health.enter_graceful_shutdown())
     with grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as probe:
         assert _check(probe, FULL_NAME) == NOT_SERVING

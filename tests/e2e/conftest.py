@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gifting.domain import FAILPOINT_EXIT_CODE
+from services.gifting.saga import FAILPOINT_EXIT_CODE
 from tests.gifting.harness import Clients, value_problems
 from tests.support.processes import ServiceProcess, free_port
 
@@ -17,7 +17,6 @@ from tests.support.processes import ServiceProcess, free_port
 FAST_GIFTING = {
     "GIFTCOIN_GIFTING_LEASE_SECONDS": "1",
     "GIFTCOIN_GIFTING_STEP_DEADLINE_MS": "450",
-    "GIFTCOIN_GIFTING_STEP_ATTEMPTS": "1",
     "GIFTCOIN_GIFTING_RECOVERY_INTERVAL_MS": "200",
     "GIFTCOIN_GIFTING_RETRY_MAX_SECONDS": "1",
 }

@@ -24,11 +24,14 @@ from sqlalchemy import select
 
 from services.gifting import storage as gifting_storage
 from services.gifting.app import GiftingComponents, assemble
+from services.gifting.domain import Gifting
+from services.gifting.saga import Saga
 from services.gifting.settings import GiftingSettings
 from services.gifting.settings import load_settings as load_gifting_settings
 from services.payout import storage as payout_storage
 from services.payout.app import build as build_payout
 from services.payout.settings import load_settings as load_payout_settings
+from services.runtime import eventloop
 from services.runtime.auth import Caller
 from services.runtime.clock import FakeClock
 from services.runtime.config import Env
@@ -73,7 +76,6 @@ def gifting_env(database_url: str, wallet_target: str, payout_target: str, **env
         "GIFTCOIN_GIFTING_WALLET_TARGET": wallet_target,
         "GIFTCOIN_GIFTING_PAYOUT_TARGET": payout_target,
         "GIFTCOIN_GIFTING_STEP_DEADLINE_MS": "2000",
-        "GIFTCOIN_GIFTING_STEP_ATTEMPTS": "1",
         "GIFTCOIN_GIFTING_LEASE_SECONDS": "10",
         "GIFTCOIN_GIFTING_RECOVERY_INTERVAL_MS": HOUR_MS,
         "GIFTCOIN_GIFTING_RETRY_MAX_SECONDS": "5",
@@ -280,12 +282,16 @@ class Suite:
     gifting_env: dict[str, str]
 
     @property
-    def gifting(self) -> Any:
+    def gifting(self) -> Gifting:
         return self.components.gifting
+
+    @property
+    def saga(self) -> Saga:
+        return self.components.saga
 
     def recover(self) -> int:
         """One pass of the recovery loop."""
-        return int(self.components.gifting.recover_once())
+        return eventloop.run(self.components.saga.recover_once())
 
     def stop_payout(self) -> None:
         self.payout_server.stop(None)

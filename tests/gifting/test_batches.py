@@ -13,9 +13,12 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
+from sqlalchemy import update
 
-from services.gifting.domain import Send, SendAsk, Target, new_lease_owner
-from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork
+from services.gifting.domain import Send, SendAsk, Target
+from services.gifting.saga import new_lease_owner
+from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork, gift_transfers
+from services.runtime import eventloop
 from services.runtime.errors import DomainError
 from tests.gifting.harness import STREAM, Suite, new_id, start_suite
 from tests.gifting.test_recovery import recover_until_finished
@@ -31,12 +34,8 @@ class Crash(Exception):
 
 @pytest.fixture
 def tight(make_database: Callable[[str], str]) -> Iterator[Suite]:
-    """The suite with a daily limit of 100 coins and one send worker (sends queue into batches)."""
-    running = start_suite(
-        make_database,
-        GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS="100",
-        GIFTCOIN_GIFTING_SEND_BATCH_WORKERS="1",
-    )
+    """The suite with a daily limit of 100 coins."""
+    running = start_suite(make_database, GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS="100")
     try:
         yield running
         assert running.problems() == []
@@ -53,8 +52,9 @@ def record_and_settle(suite: Suite, asks: list[SendAsk]) -> list[TransferRecord 
     """What the SendGift batcher does with a batch, minus the request-id store and protobuf."""
     gifting, owner = suite.gifting, new_lease_owner()
     recorded = gifting.db.run(lambda conn: gifting.record_sends(conn, asks, owner))
-    settled = iter(gifting.settle_recorded([r for r in recorded if isinstance(r, TransferRecord)], owner))
-    return [r if isinstance(r, DomainError) else next(settled) for r in recorded]
+    fresh = [r for r in recorded if isinstance(r, TransferRecord)]
+    settled = eventloop.run(suite.saga.drive(fresh, owner))
+    return [r if isinstance(r, DomainError) else settled[r.transfer_id] for r in recorded]
 
 
 def test_each_send_of_a_batch_ends_as_it_would_alone(tight: Suite) -> None:
@@ -117,11 +117,11 @@ def test_a_crash_mid_batch_leaves_every_gift_of_it_to_recovery_which_moves_value
         if point == "after_credit":
             raise Crash(point)
 
-    tight.gifting.failpoint = crash
+    tight.saga.failpoint = crash
     asks = [ask("vince"), ask("wendy", quantity=3), ask("xena", "rose")]
     with pytest.raises(Crash):
         record_and_settle(tight, asks)
-    tight.gifting.failpoint = lambda _point: None
+    tight.saga.failpoint = lambda _point: None
     sent = sent_transfers(tight, asks)
     assert [t.state for t in sent] == [PENDING] * 3
     assert tight.recover() == 0  # the dead batch's lease still holds
@@ -211,3 +211,46 @@ def test_a_peer_down_mid_batch_leaves_every_gift_of_it_pending_and_recovery_fini
     assert [tight.gifting.get_transfer(t.sender_id, t.transfer_id).state for t in gifts] == [COMPLETED] * 4
     assert (c.balance("vince").total, c.balance("wendy").total) == (700 - 30 - 60, 700 - 1 - 30)
     assert c.diamonds("carol") == 15 + 0 + 30 + 15
+
+
+def test_a_batch_that_loses_its_lease_answers_every_client_with_its_gift_as_it_stands(tight: Suite) -> None:
+    c = tight.clients
+    senders = ("vince", "wendy", "xena")
+    for viewer in senders:
+        c.viewer(viewer)
+    c.creator("carol")
+
+    def taken_over(point: str) -> None:  # another replica takes the batch's gifts over mid-saga
+        if point == "after_hold":
+            pending = gift_transfers.c.state == "pending"
+            tight.gifting.db.run(
+                lambda conn: conn.execute(update(gift_transfers).where(pending).values(lease_owner="b"))
+            )
+
+    tight.saga.failpoint = taken_over
+    answers: dict[str, gifting_pb2.GiftTransfer | grpc.RpcError] = {}
+    start = threading.Barrier(len(senders))
+
+    def send(sender: str) -> None:
+        start.wait()
+        try:
+            answers[sender] = c.send(sender, gift_id="doughnut", recipient_id="carol")
+        except grpc.RpcError as error:
+            answers[sender] = error
+
+    threads = [threading.Thread(target=send, args=(sender,)) for sender in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tight.saga.failpoint = lambda _point: None
+    # Each client hears of its gift, as it stands (the other replica drives it): never INTERNAL.
+    assert {sender: getattr(a, "state", a) for sender, a in answers.items()} == {
+        sender: gifting_pb2.GIFT_TRANSFER_STATE_PENDING for sender in senders
+    }
+    tight.clock.advance(seconds=LEASE + 1)  # the other replica died: recovery takes the gifts over
+    recover_until_finished(tight, expected=3)
+    assert {c.transfer(s, answers[s].transfer_id).state for s in senders} == {  # type: ignore[union-attr]
+        gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
+    }
+    assert c.diamonds("carol") == 3 * 15

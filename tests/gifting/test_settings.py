@@ -43,7 +43,10 @@ def test_every_setting_is_read_from_its_variable() -> None:
         {"GIFTCOIN_GIFTING_LEASE_SECONDS": "5", "GIFTCOIN_GIFTING_STEP_DEADLINE_MS": "5000"},
         {"GIFTCOIN_GIFTING_FAILPOINT": "after_lunch"},
         {"GIFTCOIN_GIFTING_WALLET_TARGET": ""},
-        {"GIFTCOIN_GIFTING_STEP_ATTEMPTS": "many"},
+        {"GIFTCOIN_GIFTING_STEP_DEADLINE_MS": "many"},
+        {"GIFTCOIN_GIFTING_SEND_BATCH_STALL_MS": "0"},
+        {"GIFTCOIN_GIFTING_FEED_MAX_VIEWERS": "-1"},
+        {"GIFTCOIN_KEEPALIVE_TIME_SECONDS": "0"},
     ],
 )
 def test_settings_that_cannot_work_are_refused(values: dict[str, str]) -> None:

@@ -3,8 +3,7 @@ batched movements, the multi-row statements and the Batcher."""
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from giftcoin.wallet.v1 import wallet_pb2
 from sqlalchemy import Connection, event, func, select, text
 
-from services.runtime.batching import Answer, Batcher, BatcherClosed
+from services.runtime.batching import Batcher, BatcherClosed
 from services.runtime.clock import FakeClock
 from services.runtime.db import insert_rows, update_rows
 from services.runtime.errors import DomainError, failed_precondition, unavailable
@@ -290,99 +289,150 @@ def test_rows_of_any_number_travel_in_one_statement_text_and_read_back_as_writte
 
 
 # --- the Batcher ------------------------------------------------------------------------------------
+# The Batcher lives on an event loop: each test runs its scenario on one of its own.
 
 
 def test_items_submitted_together_are_processed_together_each_with_its_own_outcome() -> None:
-    batches: list[list[int]] = []
-    gate = threading.Event()
+    async def scenario() -> None:
+        batches: list[list[int]] = []
+        gate = asyncio.Event()
 
-    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
-        gate.wait(5)  # the first batch holds the worker while the others queue up
-        batches.append(items)
-        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            batches.append(items)
+            await gate.wait()  # the first batch leads while the others queue up
+            return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
-    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=1)
-    futures: list[Answer[int]] = [batcher.submit(0)]
-    time.sleep(0.05)  # the worker has taken item 0 alone
-    futures += [batcher.submit(i) for i in range(1, 7)]
-    gate.set()
-    assert [f.result(5) if i % 2 == 0 else str(f.exception(5)) for i, f in enumerate(futures)] == [
-        0,
-        "odd 1",
-        20,
-        "odd 3",
-        40,
-        "odd 5",
-        60,
-    ]
-    assert batches == [[0], [1, 2, 3, 4], [5, 6]]
-    batcher.close()
-    with pytest.raises(BatcherClosed):
-        batcher.submit(7)
+        batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, stall_seconds=60)
+        calls = [asyncio.ensure_future(batcher.submit(0))]
+        await asyncio.sleep(0.05)  # item 0 went alone
+        calls += [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert [o if isinstance(o, int) else str(o) for o in outcomes] == [0, "odd 1", 20, "odd 3", 40, "odd 5", 60]
+        # A full batch waited behind the first: it went beside it; the rest waited for one to make way.
+        assert batches == [[0], [1, 2, 3, 4], [5, 6]]
+        await batcher.close()
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(7)
+
+    asyncio.run(scenario())
 
 
 def test_a_second_batch_starts_beside_one_in_flight_only_once_a_full_batch_waits() -> None:
-    started: list[list[int]] = []
-    began = threading.Semaphore(0)
-    gate = threading.Event()
+    async def scenario() -> None:
+        started: list[list[int]] = []
+        gate = asyncio.Event()
 
-    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
-        started.append(items)
-        began.release()
-        gate.wait(5)
-        return list[int | BaseException](items)
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            started.append(items)
+            await gate.wait()
+            return list[int | BaseException](items)
 
-    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=2)
-    answers = [batcher.submit(0)]
-    assert began.acquire(timeout=5)
-    answers += [batcher.submit(i) for i in range(1, 4)]
-    assert not began.acquire(timeout=0.2)  # three wait for the batch in flight, the second worker idle
-    answers += [batcher.submit(i) for i in range(4, 6)]
-    assert began.acquire(timeout=5)
-    assert started == [[0], [1, 2, 3, 4]]  # a full batch waited: it went beside the first
-    gate.set()
-    assert [a.result(5) for a in answers] == list(range(6))
-    assert started == [[0], [1, 2, 3, 4], [5]]
-    batcher.close()
+        batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, stall_seconds=60)
+        answers = [asyncio.ensure_future(batcher.submit(0))]
+        await asyncio.sleep(0.05)
+        answers += [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 4)]
+        await asyncio.sleep(0.2)
+        assert started == [[0]]  # three wait for the batch in flight
+        answers += [asyncio.ensure_future(batcher.submit(i)) for i in range(4, 6)]
+        await asyncio.sleep(0.05)
+        assert started == [[0], [1, 2, 3, 4]]  # a full batch waited: it went beside the first
+        gate.set()
+        assert await asyncio.gather(*answers) == list(range(6))
+        assert started == [[0], [1, 2, 3, 4], [5]]
+        await batcher.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_batch_that_made_way_lets_the_next_start_beside_it() -> None:
-    started: list[list[int]] = []
-    began = threading.Semaphore(0)
-    head_done = threading.Event()  # the first batch's head (gifting's: record, holds, credits)
-    gate = threading.Event()
+    async def scenario() -> None:
+        started: list[list[int]] = []
+        head_done = asyncio.Event()  # the first batch's head (gifting's: record, holds, credits)
+        gate = asyncio.Event()
 
-    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
-        started.append(items)
-        began.release()
-        if items[0] == 0:
-            head_done.wait(5)
-            make_way()
-            make_way()  # only the first call counts
-        gate.wait(5)
-        return list[int | BaseException](items)
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            started.append(items)
+            if items[0] == 0:
+                await head_done.wait()
+                make_way()
+                make_way()  # only the first call counts
+            await gate.wait()
+            return list[int | BaseException](items)
 
-    batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, workers=2)
-    answers = [batcher.submit(0)]
-    assert began.acquire(timeout=5)
-    answers += [batcher.submit(i) for i in range(1, 3)]
-    assert not began.acquire(timeout=0.2)  # two wait: the batch in flight has not made way
-    head_done.set()
-    assert began.acquire(timeout=5)
-    assert started == [[0], [1, 2]]  # beside the first, whose tail still runs
-    answers += [batcher.submit(3)]
-    assert not began.acquire(timeout=0.2)  # the second leads now: the third waits for it
-    gate.set()
-    assert [a.result(5) for a in answers] == list(range(4))
-    assert started == [[0], [1, 2], [3]]
-    batcher.close()
+        batcher: Batcher[int, int] = Batcher("test", process, max_batch=4, stall_seconds=60)
+        answers = [asyncio.ensure_future(batcher.submit(0))]
+        await asyncio.sleep(0.05)
+        answers += [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 3)]
+        await asyncio.sleep(0.2)
+        assert started == [[0]]  # two wait: the batch in flight has not made way
+        head_done.set()
+        await asyncio.sleep(0.05)
+        assert started == [[0], [1, 2]]  # beside the first, whose tail still runs
+        answers += [asyncio.ensure_future(batcher.submit(3))]
+        await asyncio.sleep(0.2)
+        assert started == [[0], [1, 2]]  # the second leads now: the third waits for it
+        gate.set()
+        assert await asyncio.gather(*answers) == list(range(4))
+        assert started == [[0], [1, 2], [3]]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_stalled_on_a_peer_lets_the_next_start_once_it_has_led_too_long() -> None:
+    async def scenario() -> None:
+        started: list[list[int]] = []
+        peer_answers = asyncio.Event()  # the first batch's peer is silent until the end
+
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            started.append(items)
+            if items[0] == 0:
+                await peer_answers.wait()
+            return list[int | BaseException](items)
+
+        batcher: Batcher[int, int] = Batcher("test", process, max_batch=64, stall_seconds=0.2)
+        stuck = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        # An item that needs no peer waits at most the stall limit, not for the silent peer.
+        assert await asyncio.wait_for(batcher.submit(1), timeout=5) == 1
+        assert started == [[0], [1]] and not stuck.done()
+        peer_answers.set()
+        assert await stuck == 0
+        await batcher.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_batch_that_fails_whole_fails_each_of_its_callers() -> None:
-    def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
-        raise RuntimeError("the database went away")
+    async def scenario() -> None:
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            raise RuntimeError("the database went away")
 
-    batcher: Batcher[int, int] = Batcher("test", process, workers=2)
-    futures = [batcher.submit(i) for i in range(3)]
-    assert [str(f.exception(5)) for f in futures] == ["the database went away"] * 3
-    batcher.close()
+        batcher: Batcher[int, int] = Batcher("test", process)
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        assert [str(o) for o in outcomes] == ["the database went away"] * 3
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_leaves_its_item_in_the_batch() -> None:
+    async def scenario() -> None:
+        done: list[int] = []
+        gate = asyncio.Event()
+
+        async def process(items: list[int], make_way: Callable[[], None]) -> list[int | BaseException]:
+            await gate.wait()
+            done.extend(items)
+            return list[int | BaseException](items)
+
+        batcher: Batcher[int, int] = Batcher("test", process)
+        with pytest.raises(TimeoutError):
+            await batcher.submit(0, timeout=0.05)
+        gate.set()
+        await batcher.close()
+        assert done == [0]
+
+    asyncio.run(scenario())

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from services.wallet.servicer import FULL_NAME
 from tests.support.identity import as_caller, user
@@ -22,9 +22,14 @@ from tests.wallet.conftest import ADULT_BIRTH, new_id, purchase_request, rpc_err
 ALICE = as_caller(user("alice"))
 
 
-def listed_services(channel: grpc.Channel) -> set[str]:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+def listed_services(channel: grpc.Channel, version: str = "v1alpha") -> set[str]:
+    """The services reflection lists, asked through grpc.reflection.<version> (v1's messages are v1alpha's)."""
+    info = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    replies = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     return {s.name for reply in replies for s in reply.list_services_response.service}
 
 
@@ -37,6 +42,7 @@ def test_replays_survive_a_restart_and_sigterm_exits_cleanly(wallet_url: str, tm
                 status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
                 assert status == health_pb2.HealthCheckResponse.SERVING
             assert FULL_NAME in listed_services(channel)
+            assert FULL_NAME in listed_services(channel, "v1")
 
             stub = wallet_pb2_grpc.WalletServiceStub(channel)
             opened = wallet_pb2.OpenWalletRequest(request_id=new_id(), date_of_birth=ADULT_BIRTH, country_code="US")

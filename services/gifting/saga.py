@@ -1,0 +1,724 @@
+"""The send saga (SPEC §4): the one state machine that moves a gift's value, for one gift or many.
+
+Persisted on the transfer row, so that any replica can resume it:
+
+    recorded -> completed                      hold, credit (before the gift's credit deadline), capture
+    recorded -> failed                         wallet refused the hold: nothing held
+    recorded -> failing -> failed              payout credited nothing (it refused the recipient, or the
+                                               credit deadline had passed): the hold released
+
+`Saga.drive` takes gifts leased to one owner, wherever each stands, and moves them on together: one
+batch call per step for all the gifts at that step (BatchHoldCoins, BatchCreditDiamonds,
+BatchCaptureHolds; releases, which are rare, one call each, side by side), one transaction to
+complete them. A gift sent alone, the gifts of a SendGift batch, a client's retry and recovery all
+run this same code: a gift alone is a batch of one.
+
+Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
+retried step never moves value twice, and nothing is written between the record and the outcome: a
+gift found at `recorded` (after a crash, an outage, a lost lease) is driven again from the start, each
+step answered again by its peer as it first answered it (a replay), or done now.
+
+A peer that does not answer costs the gifts that need it one step deadline, retries included
+(`SagaPolicy.step_deadline_seconds`); they are then postponed (PENDING, left to recovery) while the
+others go on. Calls are awaited on the event loop: a gift waiting on a peer holds no thread.
+
+The expiring hold. Once diamonds are credited the gift must complete, so no credit may land that its
+hold might not back: every credit carries the gift's credit deadline (recorded with the gift: the
+hold's life less the safety margin), and payout refuses a credit asked after it (CREDIT_DEADLINE_PASSED)
+unless the gift was credited already. That refusal is recorded under the credit's request id and
+re-decided the same way for any late copy, so once the deadline has passed, asking payout again tells
+for certain whether the gift was credited: a gift whose credit got no answer (payout down, a crash)
+is never stuck between the two. A hold made when the gift was recorded outlives the deadline by the
+margin; and once credited, a gift only moves forward: the capture is asked until it succeeds (wallet
+captures even a lapsed hold, from the balance).
+
+Rows written by earlier versions may stand at the steps those wrote: `held` (driven as `recorded`),
+and `crediting` / `credited` (credited without a deadline: its credit is asked again as it was, then
+captured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from opentelemetry import propagate, trace
+
+from services.gifting.domain import SagaPolicy, SendAsk, Target, credit_deadline
+from services.gifting.storage import (
+    COMPLETED,
+    CREDITED,
+    CREDITING,
+    FAILED,
+    FAILING,
+    HELD,
+    PENDING,
+    RECORDED,
+    TransferRecord,
+    UnitOfWork,
+    revised,
+)
+from services.runtime.clock import Clock
+from services.runtime.db import Database
+from services.runtime.errors import DomainError, aborted, failed_precondition, unavailable
+from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+# --- the peers ---------------------------------------------------------------------------------------
+
+
+class StepUncertain(Exception):
+    """A peer gave no definite answer (down, timed out, busy): the step may or may not have happened.
+
+    Every step is idempotent, so the answer is always to ask again, with the same request id.
+    """
+
+
+class Refused(Exception):
+    """A peer's definite refusal (its code, reason and metadata in `error`): the step did not happen."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A wallet hold as gifting sees it."""
+
+    amount: int
+    promotional_amount: int
+    state: str  # held | captured | released | expired
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class HoldOrder:
+    request_id: str
+    gift_id: str
+    user_id: str
+    amount: int
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class CaptureOrder:
+    request_id: str
+    gift_id: str
+
+
+@dataclass(frozen=True)
+class ReleaseOrder:
+    request_id: str
+    gift_id: str
+
+
+@dataclass(frozen=True)
+class CreditOrder:
+    request_id: str
+    gift_id: str
+    creator_id: str
+    diamonds: int
+    coins: int
+    promotional_coins: int
+    deadline: datetime | None  # payout credits nothing asked after this (None: rows of earlier versions)
+
+
+class WalletPort(Protocol):
+    """Wallet's holds. Each order is answered (a Hold, or the Refused / StepUncertain it met); a call
+    that got no answer at all raises StepUncertain. `timeout`: the longest the call may take."""
+
+    async def hold_many(self, orders: Sequence[HoldOrder], timeout: float) -> list[Hold | Refused | StepUncertain]: ...
+
+    async def capture_many(
+        self, orders: Sequence[CaptureOrder], timeout: float
+    ) -> list[Hold | Refused | StepUncertain]: ...
+
+    async def release(self, order: ReleaseOrder, timeout: float) -> Hold:
+        """Raises Refused or StepUncertain."""
+        ...
+
+
+class PayoutPort(Protocol):
+    """Payout's diamond credits: each order answered (None once credited, or the Refused /
+    StepUncertain it met); a call that got no answer at all raises StepUncertain."""
+
+    async def credit_many(
+        self, orders: Sequence[CreditOrder], timeout: float
+    ) -> list[Refused | StepUncertain | None]: ...
+
+
+def step_request_id(transfer_id: str, step: str) -> str:
+    """The request id of a saga step: the same on every retry, by any replica, after any restart.
+
+    uuid5(transfer id, "giftcoin.gifting.<step>") (RFC 4122: SHA-1 of the namespace and the name,
+    version 5, the RFC's variant), formatted without building a uuid.UUID for the result (three per
+    gift, on the send path); a test holds it to uuid.uuid5.
+    """
+    digest = bytearray(hashlib.sha1(uuid.UUID(transfer_id).bytes + _STEP_NAMES[step]).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # variant RFC 4122
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+_STEP_NAMES = {step: f"giftcoin.gifting.{step}".encode() for step in ("hold", "credit", "capture", "release")}
+
+
+# --- test hooks ----------------------------------------------------------------------------------------
+
+FAILPOINT_EXIT_CODE = 86
+
+
+class Failpoint:
+    """TEST HOOK (GIFTCOIN_GIFTING_FAILPOINT): die at one saga point, like a SIGKILL, to test recovery."""
+
+    def __init__(self, armed: str = "") -> None:
+        self.armed = armed
+
+    def __call__(self, point: str) -> None:
+        if point == self.armed:
+            log.warning("failpoint %s: exiting abruptly (test hook)", point)
+            os._exit(FAILPOINT_EXIT_CODE)
+
+
+NO_FAILPOINT = Failpoint()
+
+
+def new_lease_owner() -> str:
+    return secrets.token_hex(8)
+
+
+# --- outcomes ----------------------------------------------------------------------------------------
+
+
+def _with_transfer(error: DomainError, transfer_id: str) -> DomainError:
+    """A peer's refusal, passed through with its code and reason, naming the gift it failed."""
+    return DomainError(error.code, error.reason, error.message, {**error.metadata, "transfer_id": transfer_id})
+
+
+def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
+    """Gifting's own refusal, in a sender's terms (payout's says gift_id for the transfer, creator_id for
+    the recipient): the recipient and the transfer, and payout's reason as `cause` when it is another."""
+    cause = {} if refusal.reason == "RECIPIENT_CANNOT_RECEIVE" else {"cause": refusal.reason}
+    return failed_precondition(
+        "RECIPIENT_CANNOT_RECEIVE",
+        f"{t.recipient_id} cannot receive gifts ({cause.get('cause') or refusal.message}); the coins were not spent",
+        recipient_id=t.recipient_id,
+        transfer_id=t.transfer_id,
+        **cause,
+    )
+
+
+def _gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
+    return failed_precondition(
+        "GIFT_FAILED", f"gift {t.transfer_id} failed: {why}; nothing was spent", transfer_id=t.transfer_id, cause=cause
+    )
+
+
+def _not_credited(refusal: DomainError, t: TransferRecord) -> DomainError:
+    """What a gift fails with when payout says for certain that it credited nothing."""
+    if refusal.reason == "CREDIT_DEADLINE_PASSED":
+        return _gift_failed(t, "EXPIRED", "it waited too long")
+    return _cannot_receive(refusal, t)
+
+
+def _held(t: TransferRecord, hold: Hold) -> TransferRecord:
+    """The transfer as its hold left it: how many of its coins are promotional, when the hold lapses."""
+    return revised(t, promotional_coins=hold.promotional_amount, hold_expire_at=hold.expire_time)
+
+
+def _captured(answer: Hold | Refused) -> bool:
+    """Whether a capture's answer says the hold is captured (now, or by an earlier call)."""
+    return isinstance(answer, Hold) or answer.error.reason == "HOLD_ALREADY_CAPTURED"
+
+
+def failure(t: TransferRecord) -> DomainError:
+    """The error a failed send ends with (the same on every replay)."""
+    assert t.failure_error is not None
+    return DomainError.from_json(t.failure_error)
+
+
+def _unread(transfer_id: str) -> DomainError:
+    return unavailable(
+        "DEPENDENCY_UNAVAILABLE",
+        f"gift {transfer_id} could not be read now; retry with the same request id",
+        transfer_id=transfer_id,
+    )
+
+
+def in_flight(transfer_id: str) -> DomainError:
+    return aborted(
+        "REQUEST_IN_FLIGHT",
+        f"gift {transfer_id} is being sent; retry with the same request id",
+        transfer_id=transfer_id,
+    )
+
+
+# Payout's refusals after which it has certainly credited nothing for the gift. Not every
+# FAILED_PRECONDITION qualifies: CREDIT_MISMATCH says the gift WAS credited (differently).
+_NOT_CREDITED = {
+    "RECIPIENT_CANNOT_RECEIVE",
+    "CREATOR_NOT_FOUND",
+    "CREATOR_NOT_ELIGIBLE",
+    "INVALID_ARGUMENT",
+    "CREDIT_DEADLINE_PASSED",
+    "BALANCE_LIMIT_EXCEEDED",
+}
+# Release refusals that mean the coins are already back (or were never held).
+_NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}
+
+
+# --- the saga ------------------------------------------------------------------------------------------
+
+
+class _Drive:
+    """One drive's bookkeeping: where each gift stands when the drive is over."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, TransferRecord] = {}  # as the drive left it (completed, failed, postponed)
+        self.elsewhere: set[str] = set()  # its lease was lost: read back as it stands
+
+
+class Saga:
+    """Drives gifts through the saga over one database and the two peers."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        wallet: WalletPort,
+        payout: PayoutPort,
+        policy: SagaPolicy,
+        failpoint: Callable[[str], None] = NO_FAILPOINT,
+        on_completed: Callable[[str], None] = lambda _target_key: None,
+        tracer: trace.Tracer = tracer,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.wallet = wallet
+        self.payout = payout
+        self.policy = policy
+        self.failpoint = failpoint
+        self.on_completed = on_completed
+        self.tracer = tracer  # tests may give one of their own provider
+
+    async def _db(self, work: Callable[[UnitOfWork], T]) -> T:
+        return await self.db.run_async(lambda conn: work(UnitOfWork(conn)))
+
+    # --- entry points ----------------------------------------------------------------------------------
+
+    async def settle_sends(
+        self,
+        recorded: Sequence[TransferRecord],
+        replayed: Sequence[str],
+        owner: str,
+        make_way: Callable[[], None] = lambda: None,
+    ) -> dict[str, TransferRecord | DomainError]:
+        """The answers of a SendGift batch, by transfer id: the gifts it just `recorded` (leased to
+        `owner`) and the ones its replays name, driven together as far as they go now.
+
+        A replayed gift that no one drives is taken over and driven with the others; one another call
+        or replica drives is ABORTED REQUEST_IN_FLIGHT. Each answer is the transfer COMPLETED or PENDING
+        (a peer without an answer: recovery finishes it), or the error it FAILED with — never an
+        exception: whatever goes wrong inside, each gift is answered as it was last known.
+        """
+        answers: dict[str, TransferRecord | DomainError] = {tid: _unread(tid) for tid in replayed}
+        answers.update({t.transfer_id: t for t in recorded})
+        try:
+            if recorded:
+                self.failpoint("after_record")
+            taken, others = await self._take_over(sorted(set(replayed)), owner)
+            for t in others:
+                answers[t.transfer_id] = in_flight(t.transfer_id) if t.state == PENDING else t
+            driving = [*recorded, *taken]
+            answers.update({t.transfer_id: t for t in taken})
+            answers.update(await self.drive(driving, owner, make_way))
+        except Exception:
+            log.exception("a send batch of %d gift(s) stopped short; each is answered as it stands", len(answers))
+        finally:
+            make_way()
+        return {
+            tid: failure(a) if isinstance(a, TransferRecord) and a.state == FAILED else a for tid, a in answers.items()
+        }
+
+    async def recover_once(self) -> int:
+        """Drive every unfinished gift no one is driving to COMPLETED or FAILED; returns how many ended.
+
+        The gifts are taken with a lease first, so replicas running this at once never drive one gift
+        together; a gift whose peer still does not answer is put back with a growing delay.
+        """
+        now = self.clock.now()
+        ids = await self._db(lambda uow: uow.transfers.unfinished(now, self.policy.recovery_batch))
+        if not ids:
+            return 0
+        owner = new_lease_owner()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+
+        def claim(uow: UnitOfWork) -> list[TransferRecord]:
+            claimed = [tid for tid in ids if uow.transfers.claim(tid, owner, now, until, take_idle=False)]
+            return [t for tid in claimed if (t := uow.transfers.get(tid)) is not None]
+
+        taken = await self._db(claim)
+        # Each gift's trace goes on: the recovery's span is in the first one's, linked to the others'.
+        with self.batch_span("recover", taken):
+            outcomes = await self.drive(taken, owner)
+        return sum(t.state != PENDING for t in outcomes.values())
+
+    async def drive(
+        self, ts: Sequence[TransferRecord], owner: str, make_way: Callable[[], None] = lambda: None
+    ) -> dict[str, TransferRecord]:
+        """Drive gifts leased to `owner` as far as they go now, each from the step it stands at;
+        each as it stands after, by transfer id: COMPLETED, FAILED, or PENDING (postponed: recovery
+        finishes it; or driven by another replica that took it over). `make_way` is called once the
+        credits are answered: what is left (captures, completions) may go beside the next batch."""
+        drive = _Drive()
+        holding = [t for t in ts if t.step in (RECORDED, HELD)]
+        crediting = [t for t in ts if t.step == CREDITING]
+        capturing = [t for t in ts if t.step == CREDITED]
+        releasing = [t for t in ts if t.step == FAILING]
+
+        with self.batch_span("hold", holding):
+            holds: list[tuple[TransferRecord, Hold | Refused]] = await self._ask(drive, holding, owner, self._hold_many)
+        if holds:
+            self.failpoint("after_hold")
+        for t, hold in holds:
+            if isinstance(hold, Refused):  # no hold was made: nothing to give back
+                await self._finish_failed(drive, t, owner, _with_transfer(hold.error, t.transfer_id))
+            elif hold.state == "released":  # given back already: this gift cannot be credited any more
+                failing = await self._start_failing(
+                    drive, t, owner, _gift_failed(t, "HOLD_LAPSED", "its hold was released")
+                )
+                releasing += failing
+            else:
+                crediting.append(_held(t, hold))
+
+        with self.batch_span("credit", crediting):
+            credits = await self._ask(drive, crediting, owner, self._credit_many)
+        if credits:
+            self.failpoint("after_credit")
+        make_way()
+        for t, credit in credits:
+            if credit is None:
+                capturing.append(t)
+            elif credit.error.reason in _NOT_CREDITED:
+                releasing += await self._start_failing(drive, t, owner, _not_credited(credit.error, t))
+            else:
+                log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, credit)
+                await self._postpone(drive, [t], owner, str(credit))
+
+        with self.batch_span("capture", capturing):
+            captures: list[tuple[TransferRecord, Hold | Refused]] = await self._ask(
+                drive, capturing, owner, self._capture_many
+            )
+        if captures:
+            self.failpoint("after_capture")
+        completing = []
+        for t, capture in captures:
+            if _captured(capture):
+                completing.append(t)
+            else:  # diamonds were credited: this gift may only complete. Keep trying, loudly.
+                log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, capture)
+                await self._postpone(drive, [t], owner, str(capture))
+        await self._complete_many(drive, completing, owner)
+
+        if releasing:
+            with self.batch_span("release", releasing):
+                await asyncio.gather(*(self._release(drive, t, owner) for t in releasing))
+
+        return await self._as_they_stand(drive, ts)
+
+    # --- the steps -----------------------------------------------------------------------------------
+
+    async def _hold_many(self, ts: Sequence[TransferRecord], timeout: float) -> list[Hold | Refused | StepUncertain]:
+        ttl = self.policy.hold_ttl_seconds
+        orders = [
+            HoldOrder(step_request_id(t.transfer_id, "hold"), t.transfer_id, t.sender_id, t.total_coins, ttl)
+            for t in ts
+        ]
+        return await self.wallet.hold_many(orders, timeout)
+
+    async def _credit_many(self, ts: Sequence[TransferRecord], timeout: float) -> list[Refused | StepUncertain | None]:
+        """The credit of each gift (held: its promotional coins known); with its deadline, except for a
+        gift an earlier version decided to credit without one (asked again exactly as it was asked)."""
+        orders = [
+            CreditOrder(
+                step_request_id(t.transfer_id, "credit"),
+                t.transfer_id,
+                t.recipient_id,
+                t.total_diamonds,
+                t.total_coins,
+                t.promotional_coins or 0,
+                None
+                if t.step in (CREDITING, CREDITED)
+                else (t.credit_deadline or credit_deadline(t.created_at, self.policy)),
+            )
+            for t in ts
+        ]
+        return await self.payout.credit_many(orders, timeout)
+
+    async def _capture_many(self, ts: Sequence[TransferRecord], timeout: float) -> list[Hold | Refused | StepUncertain]:
+        orders = [CaptureOrder(step_request_id(t.transfer_id, "capture"), t.transfer_id) for t in ts]
+        return await self.wallet.capture_many(orders, timeout)
+
+    async def _release(self, drive: _Drive, t: TransferRecord, owner: str) -> None:
+        """Give a failing gift's coins back (a replay, if given back before), then fail it."""
+        order = ReleaseOrder(step_request_id(t.transfer_id, "release"), t.transfer_id)
+
+        async def release(ts: Sequence[TransferRecord], timeout: float) -> list[Hold | Refused | StepUncertain]:
+            try:
+                return [await self.wallet.release(order, timeout)]
+            except (Refused, StepUncertain) as answer:
+                return [answer]
+
+        for t_now, released in await self._ask(drive, [t], owner, release):
+            if isinstance(released, Refused) and released.error.reason not in _NOTHING_HELD:
+                log.error("gift %s: wallet refused to release its hold: %s", t.transfer_id, released)
+                await self._postpone(drive, [t_now], owner, str(released))
+                continue
+            self.failpoint("after_release")
+            await self._finish_failed(drive, t_now, owner, failure(t_now))
+
+    async def _ask(
+        self,
+        drive: _Drive,
+        ts: Sequence[TransferRecord],
+        owner: str,
+        call: Callable[[Sequence[TransferRecord], float], Awaitable[Sequence[A | StepUncertain]]],
+    ) -> list[tuple[TransferRecord, A]]:
+        """One step for the gifts `ts`, each with its definite answer (a result or a refusal).
+
+        The gifts without one (the call, or their item, got no definite answer) are asked again, with
+        the same request ids and their leases extended, for as long as the step's deadline allows
+        from the first call; then they are postponed. A gift whose lease was lost is left out.
+        """
+        answered: list[tuple[TransferRecord, A]] = []
+        ends = time.monotonic() + self.policy.step_deadline_seconds
+        delay = self.policy.retry_backoff_seconds
+        waiting = list(ts)
+        why = ""
+        while waiting:
+            try:
+                replies: Sequence[A | StepUncertain] = await call(waiting, max(ends - time.monotonic(), 0.001))
+            except StepUncertain as uncertain:
+                replies = [uncertain] * len(waiting)
+            retry = []
+            for t, reply in zip(waiting, replies, strict=True):
+                if isinstance(reply, StepUncertain):
+                    retry.append(t)
+                    why = str(reply)
+                else:
+                    answered.append((t, reply))
+            if retry:
+                steps = sorted({t.step for t in retry})
+                log.warning("%d gift(s) at %s without an answer: %s", len(retry), steps, why)
+            if not retry or time.monotonic() + delay >= ends:
+                waiting = retry
+                break
+            await asyncio.sleep(delay)
+            delay *= 2
+            waiting = await self._renew(drive, retry, owner)
+        if waiting:
+            await self._postpone(drive, waiting, owner, why)
+        return answered
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def _renew(self, drive: _Drive, ts: list[TransferRecord], owner: str) -> list[TransferRecord]:
+        """Extend the leases of gifts asked again; the ones whose lease another replica took are left out."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+        ids = [t.transfer_id for t in ts]
+        kept = await self._db(lambda uow: uow.transfers.renew(ids, owner, now, until))
+        drive.elsewhere.update(t.transfer_id for t in ts if t.transfer_id not in kept)
+        return [t for t in ts if t.transfer_id in kept]
+
+    async def _advance(self, drive: _Drive, t: TransferRecord, owner: str, **values: Any) -> TransferRecord | None:
+        """Write the gift's next step, extending the lease for it; None if another replica has the gift."""
+        now = self.clock.now()
+        values["updated_at"] = now
+        values["lease_until"] = now + timedelta(seconds=self.policy.lease_seconds)
+        if not await self._db(lambda uow: uow.transfers.advance(t.transfer_id, owner, t.step, **values)):
+            drive.elsewhere.add(t.transfer_id)
+            return None
+        return revised(t, **values)
+
+    async def _start_failing(
+        self, drive: _Drive, t: TransferRecord, owner: str, error: DomainError
+    ) -> list[TransferRecord]:
+        """FAILING, with the error it will fail with once its hold is released ([] if the lease was lost)."""
+        failing = await self._advance(
+            drive, t, owner, step=FAILING, failure_reason=error.reason, failure_error=error.to_json()
+        )
+        return [] if failing is None else [failing]
+
+    async def _finish_failed(self, drive: _Drive, t: TransferRecord, owner: str, error: DomainError) -> None:
+        """FAILED, and the coins counted against the daily limit given back, in one transaction."""
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "state": FAILED,
+            "step": FAILED,
+            "failure_reason": error.reason,
+            "failure_error": error.to_json(),
+            "lease_owner": "",
+            "lease_until": None,
+            "updated_at": now,
+        }
+
+        def fail(uow: UnitOfWork) -> bool:
+            if not uow.transfers.advance(t.transfer_id, owner, t.step, **values):
+                return False
+            uow.spending.give_back(t.sender_id, t.spend_day, t.total_coins)
+            return True
+
+        if not await self._db(fail):
+            drive.elsewhere.add(t.transfer_id)
+            return
+        OUTCOMES.add(1, {"kind": "gift", "state": "failed", "reason": error.reason})
+        log.info("gift %s failed: %s", t.transfer_id, error.reason)
+        drive.ended[t.transfer_id] = revised(t, **values)
+
+    async def _complete_many(self, drive: _Drive, ts: list[TransferRecord], owner: str) -> None:
+        """COMPLETED and their live-feed events, one transaction per step they stand at (the outbox)."""
+        by_step: dict[str, list[TransferRecord]] = defaultdict(list)
+        for t in ts:
+            by_step[t.step].append(t)
+        for from_step, group in by_step.items():
+            with self.batch_span("complete", group):
+                await self._complete_from(drive, group, owner, from_step)
+
+    async def _complete_from(self, drive: _Drive, ts: list[TransferRecord], owner: str, from_step: str) -> None:
+        now = self.clock.now()
+        values: dict[str, Any] = {
+            "state": COMPLETED,
+            "step": COMPLETED,
+            "completed_at": now,
+            "lease_owner": "",
+            "lease_until": None,
+            "updated_at": now,
+        }
+
+        def complete(uow: UnitOfWork) -> set[str]:
+            # With what the hold said (kept for the record: payout's credit was asked with them).
+            rows = [
+                {
+                    "transfer_id": t.transfer_id,
+                    "promotional_coins": t.promotional_coins,
+                    "hold_expire_at": t.hold_expire_at,
+                }
+                for t in ts
+            ]
+            counts = Counter(_target_key(t) for t in ts)
+            advancing = uow.transfers.advance_many(owner, from_step, rows, **values)
+            numbering = uow.feed.number(counts)  # for every gift: another replica taking one over is rare
+            advanced, numbers = advancing.get(), numbering.get()  # one round trip
+            lost = Counter(_target_key(t) for t in ts if t.transfer_id not in advanced)
+            if lost:  # their events are not this transaction's to write: give their numbers back
+                uow.feed.renumber({key: numbers[key].first + counts[key] - lost[key] - 1 for key in lost})
+            events = [(_target_key(t), t) for t in ts if t.transfer_id in advanced]
+            uow.feed.append(events, numbers, now)
+            return advanced
+
+        advanced = await self._db(complete)
+        done = [t for t in ts if t.transfer_id in advanced]
+        drive.elsewhere.update(t.transfer_id for t in ts if t.transfer_id not in advanced)
+        drive.ended.update({t.transfer_id: revised(t, **values) for t in done})
+        if done:  # counted once per batch: an instrument's add costs about as much whatever it adds
+            OUTCOMES.add(len(done), {"kind": "gift", "state": "completed", "reason": ""})
+            VALUE_MOVED.add(sum(t.total_coins for t in done), {"unit": "coin", "kind": "gift"})
+            VALUE_MOVED.add(sum(t.total_diamonds for t in done), {"unit": "diamond", "kind": "gift"})
+        for target_key in sorted({_target_key(t) for t in done}):
+            self.on_completed(target_key)
+
+    async def _postpone(self, drive: _Drive, ts: list[TransferRecord], owner: str, why: str) -> None:
+        """Leave the gifts for recovery, each not before a delay that doubles with its postponements."""
+        now = self.clock.now()
+        delays = {
+            t.transfer_id: min(self.policy.retry_max_seconds, self.policy.retry_base_seconds * 2 ** min(t.attempts, 20))
+            for t in ts
+        }
+
+        def postpone(uow: UnitOfWork) -> None:
+            for t in ts:
+                uow.transfers.postpone(t.transfer_id, owner, now, now + timedelta(seconds=delays[t.transfer_id]))
+
+        await self._db(postpone)
+        for t in ts:
+            log.warning("gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delays[t.transfer_id], why)
+        drive.elsewhere.update(t.transfer_id for t in ts)  # read back: as it now stands
+
+    async def _take_over(
+        self, transfer_ids: Sequence[str], owner: str
+    ) -> tuple[list[TransferRecord], list[TransferRecord]]:
+        """Claim the pending gifts no one drives (a client's retry may take an idle one at once); the
+        ones taken, and the others as they stand."""
+        if not transfer_ids:
+            return [], []
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+
+        def take(uow: UnitOfWork) -> tuple[list[TransferRecord], list[TransferRecord]]:
+            taken: list[TransferRecord] = []
+            others: list[TransferRecord] = []
+            for transfer_id in transfer_ids:
+                claimed = uow.transfers.claim(transfer_id, owner, now, until, take_idle=True)
+                t = uow.transfers.get(transfer_id)
+                if t is None:
+                    raise RuntimeError(f"transfer {transfer_id} vanished")
+                (taken if claimed else others).append(t)
+            return taken, others
+
+        return await self._db(take)
+
+    async def _as_they_stand(self, drive: _Drive, ts: Sequence[TransferRecord]) -> dict[str, TransferRecord]:
+        """Each gift of a drive as it stands now: as the drive left it, or read back."""
+        unread = [t.transfer_id for t in ts if t.transfer_id not in drive.ended or t.transfer_id in drive.elsewhere]
+        read: dict[str, TransferRecord] = {}
+        if unread:
+
+            def load(uow: UnitOfWork) -> dict[str, TransferRecord]:
+                return {tid: t for tid in unread if (t := uow.transfers.get(tid)) is not None}
+
+            read = await self._db(load)
+        return {t.transfer_id: read.get(t.transfer_id) or drive.ended.get(t.transfer_id) or t for t in ts}
+
+    # --- traces --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch_span(self, step: str, gifts: Sequence[TransferRecord | SendAsk]) -> Iterator[None]:
+        """A step's span, in the first gift's trace, linked to the traces of the others."""
+        if not gifts:
+            yield
+            return
+        parent = propagate.extract(json.loads(gifts[0].trace_context or "{}"))
+        attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
+        if isinstance(gifts[0], TransferRecord):
+            attributes["giftcoin.gift_id"] = gifts[0].transfer_id
+        with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
+            if span.is_recording():  # links cost a parse per gift: only when spans are kept
+                for gift in gifts[1:]:
+                    linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
+                    link = {"giftcoin.gift_id": gift.transfer_id} if isinstance(gift, TransferRecord) else None
+                    span.add_link(linked.get_span_context(), link)
+            yield
+
+
+def _target_key(t: TransferRecord) -> str:
+    return Target(t.target_kind, t.target_id).key
