@@ -20,8 +20,8 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import auth
-from services.runtime.clients import open_async_channel
 from services.runtime.auth import TokenSource
+from services.runtime.clients import open_async_channel
 from services.runtime.config import IdentitySettings, ServiceSettings
 from services.runtime.errors import from_item_error, from_rpc_error
 from services.runtime.timestamps import from_timestamp, to_timestamp

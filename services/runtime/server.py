@@ -365,9 +365,7 @@ def create_server(app: ServiceApp, settings: ServiceSettings, address: str | Non
 async def start_server(app: ServiceApp, settings: ServiceSettings, address: str | None = None) -> RunningServer:
     provider = setup_tracing(settings.service, settings.trace_exporter, settings.trace_file)
     server = grpc.aio.server(
-        interceptors=[
-            _Guard(app, TokenVerifier.from_settings(settings.identity), provider.get_tracer("giftcoin.rpc"))
-        ],
+        interceptors=[_Guard(app, TokenVerifier.from_settings(settings.identity), provider.get_tracer("giftcoin.rpc"))],
         options=server_options(settings),
     )
     app.add_to_server(app.servicer, server)
