@@ -34,12 +34,11 @@ from services.payout import storage as payout_storage
 from services.runtime.auth import Access, Caller, CallerKind, operator, service, user
 from services.runtime.db import Database
 from services.runtime.errors import from_rpc_error
-from services.runtime.ledger import ledger_problems
 from services.runtime.pagination import encode_page_token
 from services.wallet import app as wallet_app
 from services.wallet import storage as wallet_storage
 from services.wallet.receipts import mint_receipt
-from tests.gifting.harness import OPERATOR, Suite, new_id, start_suite
+from tests.gifting.harness import OPERATOR, Suite, ledgers_problems, new_id, start_suite
 from tests.support.identity import as_caller
 
 EXAMPLES_PER_RPC = 25  # about 300 per service (11 to 13 RPCs each)
@@ -295,16 +294,6 @@ def _populate(s: Suite) -> None:
     c.send("bob", gift_id="money_gun", quantity=10, recipient_id="alice")
 
 
-def _ledgers_sound(s: Suite) -> None:
-    for url, tables in ((s.wallet_url, wallet_storage.ledger), (s.payout_url, payout_storage.ledger)):
-        db = Database.from_url(url, pool_size=1)
-        try:
-            with db.transaction() as conn:
-                assert ledger_problems(tables, conn) == []
-        finally:
-            db.dispose()
-
-
 def _call(s: Suite, service_name: str, method: str, request: Message, caller: Caller) -> grpc.RpcError | None:
     stub: Any = {"wallet": s.clients.wallet, "gifting": s.clients.gifting, "payout": s.clients.payout}[service_name]
     try:
@@ -334,7 +323,7 @@ def test_no_request_makes_a_service_fail_or_a_refusal_change_anything(
         if service_name == "gifting":  # gifts moved value through the saga: conserved across the services
             assert suite.problems() == []
         else:  # holds and credits made directly, for no gift of gifting's: each ledger still sound
-            _ledgers_sound(suite)
+            assert ledgers_problems(suite.wallet_url, suite.payout_url) == []
     finally:
         db.dispose()
         suite.close()
