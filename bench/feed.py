@@ -23,13 +23,14 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.suite import ROOT, Suite
+from bench.suite import ROOT, Suite, cpu_seconds
 from services.runtime.db import Database, make_engine
 
 VIEWERS_PER_PROCESS = 1000
 CHANNELS_PER_PROCESS = 10
-EVENTS_PER_RESPONSE = 200
+EVENTS_PER_RESPONSE = 500
 HOT_STREAM = "live-hot"
+FEED_PHASE = "feed: SendGift hot"
 
 
 def resident_kib(pid: int) -> int:
@@ -54,6 +55,10 @@ class Audience:
     missed: int = 0
     repeated: int = 0
     lags_ms: dict[int, int] = field(default_factory=dict)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds the viewer processes used so far (a counter of the phase they watch)."""
+        return {"cpu viewers": sum(cpu_seconds(p.pid) for p in self.processes)}
 
     def lag_percentile(self, p: float) -> float:
         total = sum(self.lags_ms.values())

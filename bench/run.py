@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,8 +153,14 @@ def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> l
 
 
 def suite_phase(
-    options: Options, suite: Suite, population: Population, hot: bool = False, rate: float = 0.0
+    options: Options,
+    suite: Suite,
+    population: Population,
+    hot: bool = False,
+    rate: float = 0.0,
+    also_count: Callable[[], dict[str, float]] = dict,
 ) -> LoadResult:
+    """SendGift from the population's viewers; `also_count` adds counters of other processes (viewers)."""
     rng = random.Random(7 if hot else 3)
     viewers = [metadata_for(v) for v in population.viewers]
     hot_creator = population.creators[0]
@@ -187,7 +194,10 @@ def suite_phase(
                     return error_key(err)
                 return OK if reply.transfer.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED else PENDING
 
-            return await drive(one, options.concurrency, options.duration, options.warmup, rate, suite.counters)
+            def counters() -> dict[str, float]:
+                return {**suite.counters(), **also_count()}
+
+            return await drive(one, options.concurrency, options.duration, options.warmup, rate, counters)
 
     return asyncio.run(measure())
 
@@ -325,7 +335,7 @@ def feed_phase(
     """The hot phase at `rate` without viewers, then with the viewers connected."""
     report.status(f"suite: SendGift hot at {rate:.0f}/s, no viewers ...")
     alone = suite_phase(options, suite, population, hot=True, rate=rate)
-    report.rows.append(Row.of(f"suite: SendGift hot at {rate:.0f}/s (no viewers)", alone, suite=True, rate=rate))
+    report.rows.append(Row.of(f"{feed.FEED_PHASE} {rate:.0f}/s, no viewers", alone, suite=True, rate=rate))
     quiet_streams = [f"live-{creator}" for creator in population.creators[1:]]
     plan = [(feed.HOT_STREAM, options.hot_viewers)]
     plan += [
@@ -341,10 +351,10 @@ def feed_phase(
         grown = feed.resident_kib(gifting_pid) - before
         report.status(f"suite: SendGift hot at {rate:.0f}/s, {audience.held} viewers ...")
         window_start = time.time() + options.warmup
-        watched = suite_phase(options, suite, population, hot=True, rate=rate)
+        watched = suite_phase(options, suite, population, hot=True, rate=rate, also_count=audience.cpu)
         window = (window_start, window_start + options.duration)
         report.rows.append(
-            Row.of(f"suite: SendGift hot at {rate:.0f}/s ({audience.held} viewers)", watched, suite=True, rate=rate)
+            Row.of(f"{feed.FEED_PHASE} {rate:.0f}/s, {audience.held} viewers", watched, suite=True, rate=rate)
         )
         feed.wait_for_quiet()
         feed.collect(audience, feed.feed_heads(suite.urls["gifting"], [s for s, _ in plan]), window)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from giftcoin.wallet.v1 import wallet_pb2
@@ -12,7 +17,8 @@ from google.protobuf import timestamp_pb2
 
 from services.giftctl import arguments
 from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
-from services.giftctl.session import Session
+from services.giftctl.session import CliError, Session
+from services.runtime.auth import CallerKind
 
 SANDBOX_STORE = "sandbox"
 REFUND_KINDS = arguments.Choice(
@@ -58,8 +64,8 @@ def packages(session: Session, args: argparse.Namespace) -> wallet_pb2.ListCoinP
 
 
 def buy(session: Session, args: argparse.Namespace) -> wallet_pb2.PurchaseCoinsResponse:
-    if args.receipt:
-        receipt = wallet_pb2.Receipt(store=args.store, payload=args.receipt)
+    if args.receipt or args.receipt_file:
+        receipt = wallet_pb2.Receipt(store=args.store, payload=args.receipt or args.receipt_file)
     else:
         # Under --request-id, the receipt is made from it: the same command replays (the same receipt, so
         # the same request), rather than being refused as a new receipt under a used id.
@@ -130,8 +136,20 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--package", required=True, help="a package id from `giftctl wallet packages`, e.g. coins_700")
     p.add_argument("--currency", type=arguments.currency, default=None, help="the currency charged (default USD)")
-    p.add_argument("--receipt", default="", help="a store receipt payload, verbatim (default: mint a sandbox one)")
-    p.add_argument("--store", default=SANDBOX_STORE, help="the store that issued --receipt (default sandbox)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--receipt", default="", help="a store receipt payload, verbatim (default: mint a sandbox one)")
+    given.add_argument(
+        "--receipt-file",
+        type=_file_text,
+        default=None,
+        metavar="FILE",
+        help="the receipt payload from a file: an App Store signed transaction (JWS) or a Google Play purchase JSON",
+    )
+    p.add_argument(
+        "--store",
+        default=SANDBOX_STORE,
+        help="the store that issued the receipt: app_store, google_play or sandbox (default sandbox)",
+    )
     p.add_argument(
         "--transaction-id",
         default="",
@@ -157,6 +175,34 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--store", default=SANDBOX_STORE, help="default sandbox")
     p.add_argument("--kind", type=REFUND_KINDS, default=wallet_pb2.REFUND_KIND_REFUND, metavar=REFUND_KINDS.names)
 
+    p = commands.add_parser(
+        "account-token",
+        parents=parents,
+        help="the account token your store purchases must carry",
+        description="Print the account token of the --as user: the UUID an app passes to the App Store "
+        "(appAccountToken) or Google Play (obfuscatedAccountId), so that the purchase credits only this user. "
+        "Computed here; calls nothing.",
+    )
+    p.set_defaults(handler=_account_token, prog=p.prog)
+
+    p = commands.add_parser(
+        "notify",
+        parents=parents,
+        help="replay a store notification file at the wallet's notifications endpoint",
+        description="POST a file, as the store would, to the wallet's store-notifications endpoint "
+        "(GIFTCOIN_WALLET_STORE_NOTIFICATIONS_PORT): an App Store Server Notification v2 body "
+        '({"signedPayload": ...}) or a Google Play RTDN Pub/Sub push. Prints the wallet\'s answer.',
+    )
+    p.add_argument("file", type=_file_bytes, metavar="FILE", help="the request body, as the store sent it")
+    p.add_argument("--store", required=True, choices=sorted(NOTIFICATION_PATHS), help="which store sent it")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("GIFTCOIN_WALLET_NOTIFICATIONS_URL", "http://127.0.0.1:50061"),
+        help="the endpoint's root (default $GIFTCOIN_WALLET_NOTIFICATIONS_URL, else http://127.0.0.1:50061)",
+    )
+    p.add_argument("--push-token", default="", help="Google Play: the push subscription's token")
+    p.set_defaults(handler=_notify)
+
     promotion = commands.add_parser("promotion", help="[operator] promotions", description="[operator] promotions")
     promotion_commands = promotion.add_subparsers(metavar="COMMAND", required=True)
     p = promotion_commands.add_parser(
@@ -173,3 +219,43 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--starts", type=arguments.timestamp, help="ISO 8601 (default now)")
     p.add_argument("--ends", type=arguments.timestamp, help="ISO 8601 (default: --days after the start)")
     p.add_argument("--days", type=arguments.integer(1), default=7, help="length when --ends is not given (default 7)")
+
+
+NOTIFICATION_PATHS = {"app_store": "/app-store/notifications", "google_play": "/google-play/notifications"}
+
+
+def _file_text(path: str) -> str:
+    return _file_bytes(path).decode(errors="replace").strip()
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _account_token(args: argparse.Namespace) -> int:
+    from services.wallet.domain import account_token  # the wallet's own rule: one definition
+
+    if args.identity is None or args.identity.kind is not CallerKind.USER:
+        raise CliError(f"{args.prog}: acts for a user: pass --as user:<id>", exit_status=2)
+    print(account_token(args.identity.id))
+    return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + NOTIFICATION_PATHS[args.store]
+    if args.push_token:
+        url += "?" + urllib.parse.urlencode({"token": args.push_token})
+    request = urllib.request.Request(url, args.file, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode(errors="replace"))
+            return 0
+    except urllib.error.HTTPError as err:
+        raise CliError(
+            f"the wallet refused the notification: HTTP {err.code} {err.read().decode(errors='replace')}"
+        ) from None
+    except OSError as exc:
+        raise CliError(f"no wallet notifications endpoint at {args.url}: {exc}") from None

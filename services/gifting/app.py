@@ -82,7 +82,7 @@ def assemble(
         channels.append(eventloop.run(peer_channel(settings.payout_target, PAYOUT_SERVICE, settings)))
         payout = PayoutClient(channels[-1])
     gifting = Gifting(db, clock, policy(settings))
-    feed = LiveFeed(gifting, settings.feed_flush_ms / 1000, settings.feed_max_viewers)
+    feed = LiveFeed(gifting, settings.feed_flush_ms / 1000, settings.feed_max_viewers, settings.feed_writes_per_second)
     saga = Saga(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)

@@ -7,8 +7,10 @@ Each replica reads a watched target's new events once, whatever its number of vi
 window of recent events (a `_TargetFeed`), and every local viewer of the target is sent them from
 there, in order, each once. New events are read when a gift completes on this replica, and when the
 poller (one query a tick for every watched target) sees a head moved by another replica; reads of a
-target are at most one per `flush_seconds`, so a busy stream's events reach its viewers a few at a
-time, several to a response when the viewer asked for that.
+target are at most one per `flush_interval()`, so a busy stream's events reach its viewers a few at a
+time, several to a response when the viewer asked for that. The interval grows with the replica's
+viewers, so that the responses written to all of them stay within a budget per second: no number
+of viewers takes more than that from sending gifts (their lag grows instead).
 
 Viewers are coroutines, woken a slice at a time so that a stream with thousands of viewers never
 holds the event loop (SendGift's callbacks run between the slices). A viewer writes its responses
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 # Encodes events as the responses a viewer is sent: up to `per_response` events each.
 Encode = Callable[[Sequence[FeedEventRecord], int], list[bytes]]
 
-WINDOW_EVENTS = 1024  # recent events a replica keeps per watched target (at least)
+# Recent events a replica keeps per watched target (at least): a viewer that falls further behind
+# reads the outbox itself, so the window covers a busy stream's events of many seconds.
+WINDOW_EVENTS = 8192
 READ_PAGE = 500  # events read from the outbox at a time
 WAKE_SLICE = 64  # viewers woken at a time before the event loop runs what else is ready
 
@@ -112,10 +116,16 @@ class LiveFeed:
     """The viewers this replica serves, and what wakes them."""
 
     def __init__(
-        self, gifting: Gifting, flush_seconds: float = 0.1, max_viewers: int = 0, window_events: int = WINDOW_EVENTS
+        self,
+        gifting: Gifting,
+        flush_seconds: float = 0.1,
+        max_viewers: int = 0,
+        writes_per_second: int = 5000,
+        window_events: int = WINDOW_EVENTS,
     ) -> None:
         self.gifting = gifting
         self.flush_seconds = flush_seconds
+        self.writes_per_second = writes_per_second
         self.max_viewers = max_viewers  # 0: no limit
         self.window_events = window_events
         self.catch_ups = 0  # outbox reads by viewers behind the window
@@ -216,11 +226,18 @@ class LiveFeed:
             return
         feed.reading = asyncio.get_running_loop().create_task(self._read(feed), name=f"feed-{target_key}")
 
+    def flush_interval(self) -> float:
+        """How long at least between two reads of a target: its viewers are each written to once a
+        read, so the more viewers the replica serves, the less often, keeping the responses written
+        to all of them under `writes_per_second` (what the replica spends on its viewers is bounded,
+        whatever their number; past it, the fan-out lag grows instead)."""
+        return max(self.flush_seconds, self._viewers / self.writes_per_second)
+
     async def _read(self, feed: _TargetFeed) -> None:
         try:
             while True:
                 feed.read_again = False
-                pause = feed.last_read + self.flush_seconds - time.monotonic()
+                pause = feed.last_read + self.flush_interval() - time.monotonic()
                 if pause > 0:
                     await asyncio.sleep(pause)
                 feed.last_read = time.monotonic()

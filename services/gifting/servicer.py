@@ -342,13 +342,25 @@ def _feed_responses(events: Sequence[FeedEventRecord], per_response: int) -> lis
         ]
     return [
         gifting_pb2.WatchGiftsResponse(
-            events=[
-                gifting_pb2.GiftEvent(sequence=e.sequence, transfer=_transfer(e.transfer), combo_count=e.combo_count)
-                for e in events[start : start + per_response]
-            ]
+            events=[_event(e) for e in events[start : start + per_response]]
         ).SerializeToString()
         for start in range(0, len(events), per_response)
     ]
+
+
+def _event(e: FeedEventRecord) -> gifting_pb2.GiftEvent:
+    t = e.transfer
+    event = gifting_pb2.GiftEvent(
+        sequence=e.sequence,
+        transfer_id=t.transfer_id,
+        sender_id=t.sender_id,
+        gift_id=t.gift_id,
+        quantity=t.quantity,
+        combo_count=e.combo_count,
+    )
+    if t.completed_at is not None:
+        event.complete_time.CopyFrom(to_timestamp(t.completed_at))
+    return event
 
 
 def _made(answer: gifting_pb2.SendGiftResponse | DomainError) -> str:

@@ -39,6 +39,9 @@ class GiftingSettings(ServiceSettings):
     feed_poll_ms: int = 100
     feed_flush_ms: int = 100
     feed_max_viewers: int = 20_000
+    # The responses per second a replica writes to all its viewers together, at most: the more viewers,
+    # the less often each target's new events are sent (lag), never more of the replica's time.
+    feed_writes_per_second: int = 5000
     # How often expired request ids are reaped.
     reaper_interval_seconds: int = 600
     # TEST HOOK, off by default: exit the process abruptly at this saga point (one of FAILPOINTS).
@@ -64,6 +67,7 @@ def load_settings(env: Env) -> GiftingSettings:
         feed_poll_ms=env.integer("GIFTCOIN_GIFTING_FEED_POLL_MS", 100),
         feed_flush_ms=env.integer("GIFTCOIN_GIFTING_FEED_FLUSH_MS", 100),
         feed_max_viewers=env.integer("GIFTCOIN_GIFTING_FEED_MAX_VIEWERS", 20_000),
+        feed_writes_per_second=env.integer("GIFTCOIN_GIFTING_FEED_WRITES_PER_SECOND", 5000),
         reaper_interval_seconds=env.integer("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS", 600),
         failpoint=env.text("GIFTCOIN_GIFTING_FAILPOINT", ""),
     )
@@ -94,8 +98,11 @@ def _check(s: GiftingSettings) -> None:
         )
     if s.recovery_interval_ms <= 0 or s.retry_max_seconds <= 0 or s.feed_poll_ms <= 0 or s.feed_flush_ms <= 0:
         raise ConfigError("the gifting recovery, retry and feed intervals must be positive")
-    if s.feed_max_viewers < 0:
-        raise ConfigError("GIFTCOIN_GIFTING_FEED_MAX_VIEWERS must not be negative (0: no limit)")
+    if s.feed_max_viewers < 0 or s.feed_writes_per_second <= 0:
+        raise ConfigError(
+            "GIFTCOIN_GIFTING_FEED_MAX_VIEWERS must not be negative (0: no limit) and "
+            "GIFTCOIN_GIFTING_FEED_WRITES_PER_SECOND must be positive"
+        )
     if s.reaper_interval_seconds <= 0:
         raise ConfigError("GIFTCOIN_GIFTING_REAPER_INTERVAL_SECONDS must be positive")
     if s.failpoint and s.failpoint not in FAILPOINTS:

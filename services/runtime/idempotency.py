@@ -142,17 +142,36 @@ class RequestIdStore:
         work: Callable[[Connection], M],
     ) -> M:
         """Run `work` at most once for (caller, request_id); replay its outcome afterwards."""
+        return self.execute_prepared(
+            caller, method, request, request_id, response_type, lambda: None, lambda conn, _: work(conn)
+        )
+
+    def execute_prepared(
+        self,
+        caller: str,
+        method: str,
+        request: Message,
+        request_id: str,
+        response_type: type[M],
+        prepare: Callable[[], T],
+        work: Callable[[Connection, T], M],
+    ) -> M:
+        """`execute`, with `prepare()` run first, once the request id is claimed and outside the work's
+        transaction (asking another system: a store verifying a receipt), and its result given to
+        `work`. A replay runs neither; a DomainError of `prepare` is recorded as the work's would be."""
         claim_or_replay = self._claim(caller, request_id, method, fingerprint(method, request))
         if isinstance(claim_or_replay, bytes):
             return response_type.FromString(claim_or_replay)
         claim = claim_or_replay
 
-        def work_and_record(conn: Connection) -> M:
-            response = work(conn)
-            self._record_success(conn, claim, response.SerializeToString(deterministic=True))
-            return response
-
         try:
+            prepared = prepare()
+
+            def work_and_record(conn: Connection) -> M:
+                response = work(conn, prepared)
+                self._record_success(conn, claim, response.SerializeToString(deterministic=True))
+                return response
+
             return self._run_deciding_again(work_and_record)
         except DomainError as error:
             if error.code in _RECORDED_FAILURES:

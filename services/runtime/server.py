@@ -49,6 +49,7 @@ from services.runtime.auth import (
 )
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, malformed_request, to_rpc_status
+from services.runtime.http import HttpEndpoint
 from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class ServiceApp:
     executor: Executor  # the database's threads: plain servicer methods and blocking loop steps run here
     loops: list[BackgroundLoop] = field(default_factory=list)
     close: Callable[[], None] = lambda: None
+    # HTTP endpoints served beside the gRPC port (wallet's store notifications): started with it, and
+    # stopped first (their requests in flight finish).
+    http_endpoints: list[HttpEndpoint] = field(default_factory=list)
 
     @property
     def domain(self) -> str:
@@ -300,6 +304,8 @@ class RunningServer:
 
     async def stop_async(self, grace: float | None = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        for endpoint in self.app.http_endpoints:
+            await asyncio.get_running_loop().run_in_executor(None, endpoint.stop)
         for loop in self.app.loops:
             await loop.stop()
         await self.server.stop(grace)
@@ -381,6 +387,8 @@ async def start_server(app: ServiceApp, settings: ServiceSettings, address: str 
     health_server, health_port = await _start_health_server(health_servicer, settings)
     for loop in app.loops:
         loop.start(app.executor)
+    for endpoint in app.http_endpoints:
+        endpoint.start()
     for name in ("", app.full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on port %d", app.full_name, port)

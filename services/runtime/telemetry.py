@@ -184,5 +184,5 @@ VALUE_MOVED = _meter.create_counter(
     "giftcoin.value.moved", description="Coins, diamonds and cash moved, by unit and movement kind"
 )
 OUTCOMES = _meter.create_counter(
-    "giftcoin.outcomes", description="Gifts and payouts reaching a state, by kind and state"
+    "giftcoin.outcomes", description="Gifts, payouts and store notifications reaching a state, by kind and state"
 )

@@ -1,4 +1,5 @@
-"""Wiring: the wallet's servicer, who may call what, and its background loops."""
+"""Wiring: the wallet's servicer, who may call what, its stores, background loops and the stores'
+notifications endpoint."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from giftcoin.wallet.v1 import wallet_pb2_grpc
 from services.runtime import auth
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.http import HttpEndpoint
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
 from services.wallet import storage
+from services.wallet.app_store import APP_STORE, AppStoreProvider
 from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
-from services.wallet.receipts import SandboxProvider
+from services.wallet.google_play import GOOGLE_PLAY, GooglePlayProvider, GooglePlaySync
+from services.wallet.notifications import StoreNotifications
+from services.wallet.receipts import SANDBOX_STORE, SandboxProvider
 from services.wallet.servicer import FULL_NAME, WalletServicer
 from services.wallet.settings import WalletSettings
 
@@ -35,14 +40,20 @@ ACCESS: Mapping[str, auth.Access] = {
 
 HOLD_EXPIRY_LOOP = "wallet-hold-expiry"
 REAPER_LOOP = "wallet-request-id-reaper"
+GOOGLE_PLAY_LOOP = "wallet-google-play-sync"
+STORE_NOTIFICATIONS = "wallet-store-notifications"
 
 
 def payment_providers(settings: WalletSettings) -> dict[str, PaymentProvider]:
-    """The stores whose receipts this wallet accepts: the sandbox store when it has a key."""
+    """The stores whose receipts this wallet accepts: the sandbox store when it has a key, the App
+    Store and Google Play when configured."""
     providers: dict[str, PaymentProvider] = {}
     if settings.sandbox_receipt_key:
-        sandbox = SandboxProvider(settings.sandbox_receipt_key)
-        providers[sandbox.store] = sandbox
+        providers[SANDBOX_STORE] = SandboxProvider(settings.sandbox_receipt_key)
+    if settings.app_store is not None:
+        providers[APP_STORE] = AppStoreProvider(settings.app_store)
+    if settings.google_play is not None:
+        providers[GOOGLE_PLAY] = GooglePlayProvider.from_settings(settings.google_play)
     return providers
 
 
@@ -56,12 +67,8 @@ def build(
         settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
     )
     store = storage.WalletStore(db)
-    book = WalletBook(
-        Catalogue(settings.packages),
-        payment_providers(settings) if providers is None else providers,
-        clock,
-        settings.hold_ttl_seconds,
-    )
+    providers = payment_providers(settings) if providers is None else providers
+    book = WalletBook(Catalogue(settings.packages), providers, clock, settings.hold_ttl_seconds)
     store.run(book.open_platform_accounts)
     requests = RequestIdStore(db, storage.request_ids, clock)
     servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds)
@@ -73,6 +80,23 @@ def build(
             lambda: requests.reap(settings.idempotency_retention_seconds),
         ),
     ]
+    app_store, play = providers.get(APP_STORE), providers.get(GOOGLE_PLAY)
+    play_sync = None
+    if isinstance(play, GooglePlayProvider):
+        play_sync = GooglePlaySync(play.api, play.products, book, store, clock)
+        loops.append(BackgroundLoop(GOOGLE_PLAY_LOOP, play.settings.sync_interval_seconds, play_sync.step))
+    endpoints = []
+    if settings.store_notifications_port:
+        notifications = StoreNotifications(
+            book,
+            store,
+            app_store if isinstance(app_store, AppStoreProvider) else None,
+            play_sync,
+            settings.google_play,
+        )
+        endpoints.append(
+            HttpEndpoint(STORE_NOTIFICATIONS, settings.host, settings.store_notifications_port, notifications.routes())
+        )
     return ServiceApp(
         name="wallet",
         full_name=FULL_NAME,
@@ -82,4 +106,5 @@ def build(
         executor=db.executor,
         loops=loops,
         close=db.dispose,
+        http_endpoints=endpoints,
     )

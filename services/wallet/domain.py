@@ -27,6 +27,7 @@ purchased coins, and no balance is ever negative.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ from services.runtime.errors import (
     bad_field,
     failed_precondition,
     not_found,
+    unavailable,
 )
 from services.runtime.ledger import (
     MAX_AMOUNT,
@@ -53,18 +55,24 @@ from services.runtime.ledger import (
     new_id,
 )
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import VALUE_MOVED
+from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
 from services.runtime.validation import Validator, age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
+    APPLIED,
     CAPTURED,
+    CHARGEBACK,
     EXPIRED,
     HELD,
+    NO_PURCHASE,
     RELEASED,
+    REVERSAL,
+    UNCHANGED,
     Duplicate,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
+    StoreNotificationRecord,
     WalletRecord,
     WalletStore,
     WalletUnit,
@@ -85,7 +93,7 @@ REFUNDED = "platform:coins:refunded"
 PLATFORM_ACCOUNTS = (ISSUED_BY_PURCHASE, ISSUED_BY_PROMOTION, SPENT_PURCHASED, SPENT_PROMOTIONAL, REFUNDED)
 
 # Ledger transfer kinds that appear in a wallet's history.
-PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT = (
+PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT, REINSTATEMENT = (
     "purchase",
     "promotion",
     "hold",
@@ -94,6 +102,7 @@ PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT = (
     "expiry",
     "refund",
     "debt_settlement",
+    "reinstatement",
 )
 PROMOTION_FUNDING = "promotion_funding"
 
@@ -167,6 +176,12 @@ class CoinPackage:
     coins: int
     price_minor: int
     currency_code: str
+
+
+@dataclass(frozen=True)
+class VerifiedPurchase:
+    package: CoinPackage
+    receipt: VerifiedReceipt
 
 
 @dataclass(frozen=True)
@@ -262,23 +277,70 @@ class VerifiedReceipt:
     store: str
     store_transaction_id: str
     package_id: str
-    amount_minor: int
-    currency_code: str
-    user_id: str = ""  # the account the store bound the purchase to, if any
+    # What the store charged; None where the store does not say (Google Play's purchase endpoint):
+    # the catalogue's price in the requested currency is recorded then.
+    amount_minor: int | None
+    currency_code: str | None
+    # The account token the store bound the purchase to (`account_token`); "" = not bound (only the
+    # sandbox store issues unbound receipts: the real stores' providers refuse them).
+    account_token: str = ""
+    original_transaction_id: str | None = None  # App Store originalTransactionId
+    order_id: str | None = None  # Google Play orderId
+    # The store says the purchase was consumed already (Google Play): only a replay of one credited here.
+    consumed: bool = False
+    needs_consuming: bool = False  # the wallet must consume it at the store once credited (Google Play)
 
 
 class ReceiptRejected(Exception):
-    """The store does not vouch for this receipt."""
+    """The store does not vouch for this receipt: `reason` (an ErrorReason name) says why."""
+
+    def __init__(self, message: str, reason: str = "RECEIPT_INVALID", **metadata: object) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = {k: str(v) for k, v in metadata.items()}
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (or refused our credentials): nothing was decided, try again."""
 
 
 class PaymentProvider(Protocol):
-    """A store that verifies its receipts (the sandbox store; App Store, Google Play in deployment)."""
+    """A store that verifies its receipts (the sandbox store, the App Store, Google Play)."""
 
     store: str
 
     def verify(self, payload: str) -> VerifiedReceipt:
-        """The verified purchase; raises ReceiptRejected when the receipt is not genuine."""
+        """The verified purchase; raises ReceiptRejected when the receipt is not genuine or credits
+        nothing, StoreUnavailable when the store cannot tell now."""
         ...
+
+
+# A store's refusal that is about the purchase's state at the store, not the receipt's form.
+_STORE_STATE_REASONS = frozenset({"RECEIPT_REVOKED", "RECEIPT_PENDING", "RECEIPT_ALREADY_CONSUMED"})
+
+# The namespace of account tokens (a constant: the apps compute the same tokens).
+ACCOUNT_TOKEN_NAMESPACE = uuid.UUID("6f0d4c2e-8a57-4c1b-9d0e-3b9a2f6c7e41")
+
+
+def account_token(user_id: str) -> str:
+    """The UUID an app binds a store purchase to for `user_id` (App Store appAccountToken, Google Play
+    obfuscatedAccountId): a receipt bound to another token credits nobody else's wallet."""
+    return str(uuid.uuid5(ACCOUNT_TOKEN_NAMESPACE, user_id))
+
+
+@dataclass(frozen=True)
+class StoreNotice:
+    """A store's word that a purchase was refunded, charged back, or its refund reversed."""
+
+    store: str
+    notification_id: str  # the store's id of the notification: it applies once
+    kind: str  # REFUND | CHARGEBACK | REVERSAL (storage's names)
+    store_transaction_id: str
+    occurred_at: datetime  # the store's time of the event: a later event decides over an earlier one
+
+
+# What a store notification did: APPLIED, UNCHANGED, NO_PURCHASE (storage's names), or DUPLICATE.
+DUPLICATE = "duplicate"
 
 
 # --- the catalogue -----------------------------------------------------------------------------
@@ -396,17 +458,23 @@ class WalletBook:
 
     # --- purchases and refunds ----------------------------------------------------------------
 
-    def purchase(
-        self, uow: WalletUnit, user_id: str, package_id: str, currency: str, store: str, payload: str
-    ) -> PurchaseResult:
-        """Credit a package for a verified store receipt; a receipt credits once, ever.
+    def verify_purchase(
+        self, wallet_store: WalletStore, user_id: str, package_id: str, currency: str, store: str, payload: str
+    ) -> VerifiedPurchase:
+        """What `purchase` credits: the package, and the store's word on the receipt.
 
-        The receipt is verified inside the unit of work, so that a replayed request id returns the
-        recorded outcome without asking the store again.
+        Run once the request id is claimed and outside the purchase's transaction, so that a replayed
+        request never asks the store again and no transaction waits on a store. Only adults buy: a
+        minor's purchase is refused before any store is asked.
         """
         package = self.catalogue.package(package_id, currency)
+        buyer = wallet_store.run(lambda uow: self._wallet(uow, user_id, lock=False))
+        if age_on(buyer.date_of_birth, self.clock.now().date()) < ADULT_AGE:
+            raise failed_precondition(
+                "PURCHASER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}: only adults buy coins", user_id=user_id
+            )
         receipt = self._verify(store, payload, user_id)
-        if receipt.package_id != package.package_id or receipt.currency_code != package.currency_code:
+        if receipt.package_id != package.package_id or receipt.currency_code not in (None, package.currency_code):
             raise bad_field(
                 "RECEIPT_PACKAGE_MISMATCH",
                 "package_id",
@@ -417,6 +485,13 @@ class WalletBook:
                 package_id=package.package_id,
                 currency_code=package.currency_code,
             )
+        return VerifiedPurchase(package, receipt)
+
+    def purchase(self, uow: WalletUnit, user_id: str, verified: VerifiedPurchase) -> PurchaseResult:
+        """Credit a verified purchase's package; a store transaction credits once, ever."""
+        package, receipt = verified.package, verified.receipt
+        # The store's notifications of this transaction and its purchase are decided one at a time.
+        uow.lock_store_transaction(receipt.store, receipt.store_transaction_id)
         wallet = self._wallet(uow, user_id)
         self._check_room(uow, user_id, package.coins)
         now = self.clock.now()
@@ -425,11 +500,15 @@ class WalletBook:
             user_id=user_id,
             package_id=package.package_id,
             coins=package.coins,
-            price_minor=receipt.amount_minor,  # what the store charged
-            currency_code=receipt.currency_code,
+            # What the store charged, where it says.
+            price_minor=package.price_minor if receipt.amount_minor is None else receipt.amount_minor,
+            currency_code=receipt.currency_code or package.currency_code,
             store=receipt.store,
             store_transaction_id=receipt.store_transaction_id,
             created_at=now,
+            original_transaction_id=receipt.original_transaction_id,
+            order_id=receipt.order_id,
+            consumed_at=None if receipt.needs_consuming else now,
         )
         try:
             uow.insert_purchase(record)
@@ -440,6 +519,21 @@ class WalletBook:
                 store=receipt.store,
                 store_transaction_id=receipt.store_transaction_id,
             ) from None
+        if receipt.consumed:
+            raise failed_precondition(
+                "RECEIPT_ALREADY_CONSUMED",
+                f"store {receipt.store} says its purchase {receipt.store_transaction_id} was consumed already",
+                store=receipt.store,
+                store_transaction_id=receipt.store_transaction_id,
+            )
+        if _refunded(uow.store_notifications_of(receipt.store, receipt.store_transaction_id)):
+            # The store's refund arrived before the purchase did (a receipt kept from before the refund).
+            raise failed_precondition(
+                "RECEIPT_REVOKED",
+                f"store {receipt.store} refunded its transaction {receipt.store_transaction_id}",
+                store=receipt.store,
+                store_transaction_id=receipt.store_transaction_id,
+            )
         accounts = WalletAccounts(user_id)
         self._post(
             uow,
@@ -456,7 +550,7 @@ class WalletBook:
         provider = self.providers.get(store)
         if provider is None:
             raise bad_field(
-                "RECEIPT_INVALID",
+                "STORE_NOT_SUPPORTED",
                 "receipt.store",
                 f"receipts of store {store!r} are not accepted here",
                 store=store,
@@ -464,17 +558,27 @@ class WalletBook:
         try:
             receipt = provider.verify(payload)
         except ReceiptRejected as exc:
-            raise bad_field(
-                "RECEIPT_INVALID", "receipt.payload", f"the receipt does not verify: {exc}", store=store
+            message = f"the {store} receipt does not verify: {exc}"
+            if exc.reason in _STORE_STATE_REASONS:
+                raise failed_precondition(exc.reason, message, store=store, **exc.metadata) from None
+            raise bad_field(exc.reason, "receipt.payload", message, store=store, **exc.metadata) from None
+        except StoreUnavailable as exc:
+            raise unavailable(
+                "DEPENDENCY_UNAVAILABLE", f"store {store} cannot verify the receipt now: {exc}", store=store
             ) from None
-        if receipt.user_id and receipt.user_id != user_id:
+        if receipt.account_token and receipt.account_token != account_token(user_id):
             raise bad_field(
-                "RECEIPT_INVALID", "receipt.payload", "the receipt was issued to another account", store=store
+                "RECEIPT_ACCOUNT_MISMATCH",
+                "receipt.payload",
+                "the receipt was bought for another account",
+                store=store,
+                account_token=receipt.account_token,
             )
         # What a store vouches for is still stored: held to the columns' rules like a client's text.
         v = Validator()
         v.text(receipt.store_transaction_id, "receipt.payload", max_length=MAX_STORE_TRANSACTION_ID_LENGTH)
-        v.non_negative(receipt.amount_minor, "receipt.payload", maximum=MAX_AMOUNT)
+        if receipt.amount_minor is not None:
+            v.non_negative(receipt.amount_minor, "receipt.payload", maximum=MAX_AMOUNT)
         if v.violations:
             raise bad_field(
                 "RECEIPT_INVALID",
@@ -526,6 +630,77 @@ class WalletBook:
             now,
         )
         return RefundResult(replace(purchase, refund_kind=kind), reclaimed, debt_added, self._view(uow, wallet))
+
+    def apply_store_notice(self, uow: WalletUnit, notice: StoreNotice) -> str:
+        """A store's refund, chargeback or refund reversal, once per notification id, in any order.
+
+        Refunds go through `refund` (coins taken back, spent coins owed as debt: the wallet freezes). Of
+        a purchase's notifications the one the store dated last decides: a notification delivered again
+        changes nothing, and one that arrives after a later one of the same purchase changes nothing.
+        A refund of a purchase not credited here is kept: that transaction is refused if it comes later.
+        What it did: APPLIED, UNCHANGED or NO_PURCHASE.
+        """
+        uow.lock_store_transaction(notice.store, notice.store_transaction_id)
+        purchase = uow.purchase_by_store_transaction(notice.store, notice.store_transaction_id)
+        if purchase is not None:
+            self._wallet(uow, purchase.user_id)  # every change of the purchase's wallet takes this lock
+        earlier = uow.store_notifications_of(notice.store, notice.store_transaction_id)
+        if purchase is None:
+            outcome = NO_PURCHASE
+        elif any(n.occurred_at > notice.occurred_at for n in earlier):
+            outcome = UNCHANGED  # the store said something later already
+        else:
+            outcome = self._apply_notice(uow, purchase, notice.kind)
+        record = StoreNotificationRecord(
+            store=notice.store,
+            notification_id=notice.notification_id,
+            kind=notice.kind,
+            store_transaction_id=notice.store_transaction_id,
+            occurred_at=notice.occurred_at,
+            outcome=outcome,
+            received_at=self.clock.now(),
+        )
+        try:
+            uow.insert_store_notification(record)
+        except Duplicate:
+            raise _NoticeSeen from None  # rolls back whatever this delivery did
+        return outcome
+
+    def _apply_notice(self, uow: WalletUnit, purchase: PurchaseRecord, kind: str) -> str:
+        if kind == REVERSAL:
+            if not purchase.refund_kind:
+                return UNCHANGED
+            self._reinstate(uow, purchase)
+            return APPLIED
+        if purchase.refund_kind:
+            return UNCHANGED
+        if purchase.reinstated:
+            # One refund per purchase: a refund after a reversed refund needs an operator.
+            log.warning("store refunded purchase %s again after reversing its refund", purchase.purchase_id)
+            return UNCHANGED
+        self.refund(uow, purchase.store, purchase.store_transaction_id, kind)
+        return APPLIED
+
+    def _reinstate(self, uow: WalletUnit, purchase: PurchaseRecord) -> None:
+        """The store reversed a refund: the coins come back (paying off debt first)."""
+        now = self.clock.now()
+        uow.insert_reinstatement(purchase.purchase_id, now)
+        accounts = WalletAccounts(purchase.user_id)
+        self._post(
+            uow,
+            purchase.user_id,
+            REINSTATEMENT,
+            purchase.purchase_id,
+            [Posting(REFUNDED, -purchase.coins), Posting(accounts.purchased, purchase.coins)],
+            now,
+        )
+        self._settle_debt(uow, accounts, purchase.purchase_id, now)
+
+    def purchases_to_consume(self, uow: WalletUnit, store: str, limit: int = 100) -> list[PurchaseRecord]:
+        return uow.purchases_to_consume(store, limit)
+
+    def consumed(self, uow: WalletUnit, purchase_id: str) -> None:
+        uow.mark_consumed(purchase_id, self.clock.now())
 
     def _settle_debt(self, uow: WalletUnit, accounts: WalletAccounts, reference: str, now: datetime) -> None:
         """Available purchased coins pay off debt first."""
@@ -921,6 +1096,27 @@ class WalletBook:
                 for a in accounts
             }
         )
+
+
+class _NoticeSeen(Exception):
+    """The store notification was applied before (raised inside the unit of work, so that it rolls back)."""
+
+
+def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice) -> str:
+    """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
+    try:
+        outcome = store.run(lambda uow: book.apply_store_notice(uow, notice))
+    except _NoticeSeen:
+        outcome = DUPLICATE
+    OUTCOMES.add(1, {"kind": "store_notification", "state": outcome, "store": notice.store})
+    return outcome
+
+
+def _refunded(notifications: Sequence[StoreNotificationRecord]) -> bool:
+    """Whether the store's last word on a transaction is a refund or chargeback."""
+    if not notifications:
+        return False
+    return max(notifications, key=lambda n: n.occurred_at).kind in (REFUND, CHARGEBACK)
 
 
 def _one(outcomes: list[HoldRecord | DomainError]) -> HoldRecord:

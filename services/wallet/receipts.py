@@ -24,7 +24,7 @@ import sys
 import uuid
 
 from services.runtime.config import ConfigError, Env
-from services.wallet.domain import ReceiptRejected, VerifiedReceipt
+from services.wallet.domain import ReceiptRejected, VerifiedReceipt, account_token
 from services.wallet.settings import DEV_SANDBOX_RECEIPT_KEY, load_packages
 
 SANDBOX_STORE = "sandbox"
@@ -111,7 +111,7 @@ class SandboxProvider:
             package_id=claims["package_id"],
             amount_minor=amount,
             currency_code=claims["currency_code"],
-            user_id=claims["user_id"],
+            account_token=account_token(claims["user_id"]) if claims["user_id"] else "",
         )
 
 

@@ -75,6 +75,7 @@ _TRANSACTION_KIND = {
     domain.EXPIRY: wallet_pb2.TRANSACTION_KIND_EXPIRY,
     domain.REFUND: wallet_pb2.TRANSACTION_KIND_REFUND,
     domain.DEBT_SETTLEMENT: wallet_pb2.TRANSACTION_KIND_DEBT_SETTLEMENT,
+    domain.REINSTATEMENT: wallet_pb2.TRANSACTION_KIND_REINSTATEMENT,
 }
 
 
@@ -134,18 +135,21 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             v.text(request.receipt.payload, "receipt.payload", max_length=MAX_RECEIPT_LENGTH)
         v.check()
 
-        def work(conn: Connection) -> wallet_pb2.PurchaseCoinsResponse:
-            result = self.book.purchase(
-                WalletUnit(conn),
+        def verify() -> domain.VerifiedPurchase:
+            return self.book.verify_purchase(
+                self.store,
                 user_id,
                 request.package_id,
                 request.currency_code,
                 request.receipt.store,
                 request.receipt.payload,
             )
+
+        def work(conn: Connection, verified: domain.VerifiedPurchase) -> wallet_pb2.PurchaseCoinsResponse:
+            result = self.book.purchase(WalletUnit(conn), user_id, verified)
             return wallet_pb2.PurchaseCoinsResponse(purchase=_purchase(result.purchase), wallet=_wallet(result.wallet))
 
-        return self._mutate("PurchaseCoins", request, wallet_pb2.PurchaseCoinsResponse, work)
+        return self._mutate_prepared("PurchaseCoins", request, wallet_pb2.PurchaseCoinsResponse, verify, work)
 
     def ClaimPromotion(
         self, request: wallet_pb2.ClaimPromotionRequest, context: grpc.ServicerContext
@@ -337,6 +341,20 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
         return self.requests.execute(
             current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, work
+        )
+
+    def _mutate_prepared(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        prepare: Callable[[], P],
+        work: Callable[[Connection, P], M],
+    ) -> M:
+        """`_mutate`, with `prepare` run outside the work's transaction (RequestIdStore.execute_prepared)."""
+        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
+        return self.requests.execute_prepared(
+            current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, prepare, work
         )
 
     def _batch(

@@ -33,10 +33,46 @@ DEFAULT_PACKAGES = tuple(
 
 
 @dataclass(frozen=True)
+class AppStoreSettings:
+    """Apple's App Store (GIFTCOIN_WALLET_APP_STORE_*): on when a bundle id is configured."""
+
+    bundle_id: str
+    app_apple_id: int | None  # required in Production (Apple's library checks notifications against it)
+    environment: str  # Production | Sandbox
+    accept_sandbox: bool  # in Production, accept Sandbox transactions too (App Review buys in the sandbox)
+    root_certificate_files: tuple[str, ...]  # DER or PEM: Apple Root CA - G3 in deployment
+    online_checks: bool  # OCSP revocation checks of the chain: needs Apple's OCSP responder reachable
+    products: tuple[tuple[str, str], ...]  # (App Store product id, package id)
+
+
+@dataclass(frozen=True)
+class GooglePlaySettings:
+    """Google Play (GIFTCOIN_WALLET_GOOGLE_PLAY_*): on when a package name is configured."""
+
+    package_name: str
+    products: tuple[tuple[str, str], ...]  # (Play product id, package id)
+    service_account_file: str  # the service account's JSON key (client_email, private_key, token_uri)
+    api_url: str  # the Play Developer API's root
+    token_url: str  # OAuth token endpoint; empty: the key file's token_uri
+    accept_test_purchases: bool  # license testers' purchases (purchaseType 0) credit coins too
+    timeout_ms: int
+    push_token: str  # the secret the RTDN push subscription's URL carries (?token=); empty: none asked
+    sync_interval_seconds: int  # how often purchases are consumed and voided purchases read
+
+
+APP_STORE_ENVIRONMENTS = ("Production", "Sandbox")
+GOOGLE_PLAY_API_URL = "https://androidpublisher.googleapis.com"
+
+
+@dataclass(frozen=True)
 class WalletSettings(ServiceSettings):
     packages: tuple[PackageConfig, ...] = DEFAULT_PACKAGES
     # Empty: the sandbox store is off (outside dev mode, unless a key is configured).
     sandbox_receipt_key: str = ""
+    app_store: AppStoreSettings | None = None
+    google_play: GooglePlaySettings | None = None
+    # The HTTP port the stores' notifications arrive on (0: none).
+    store_notifications_port: int = 0
     hold_ttl_seconds: int = 600
     hold_ttl_max_seconds: int = 3600
     # How often lapsed holds are released, and expired request ids reaped.
@@ -47,10 +83,15 @@ class WalletSettings(ServiceSettings):
 def load_settings(env: Env) -> WalletSettings:
     base = load_service_settings("wallet", env)
     key = env.text("GIFTCOIN_WALLET_SANDBOX_RECEIPT_KEY", "")
+    packages = load_packages(env)
+    package_ids = {p.package_id for p in packages}
     settings = WalletSettings(
         **{f.name: getattr(base, f.name) for f in fields(ServiceSettings)},
-        packages=load_packages(env),
+        packages=packages,
         sandbox_receipt_key=key or (DEV_SANDBOX_RECEIPT_KEY if base.dev_mode else ""),
+        app_store=_load_app_store(env, package_ids),
+        google_play=_load_google_play(env, package_ids),
+        store_notifications_port=env.integer("GIFTCOIN_WALLET_STORE_NOTIFICATIONS_PORT", 0),
         hold_ttl_seconds=env.integer("GIFTCOIN_WALLET_HOLD_TTL_SECONDS", 600),
         hold_ttl_max_seconds=env.integer("GIFTCOIN_WALLET_HOLD_TTL_MAX_SECONDS", 3600),
         hold_expiry_interval_seconds=env.integer("GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS", 5),
@@ -65,6 +106,89 @@ def load_settings(env: Env) -> WalletSettings:
             "GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS and GIFTCOIN_WALLET_REAPER_INTERVAL_SECONDS must be positive"
         )
     return settings
+
+
+def _load_app_store(env: Env, package_ids: set[str]) -> AppStoreSettings | None:
+    """Every variable is read whether the store is on or not, so that all their names are recorded."""
+    bundle_id = env.text("GIFTCOIN_WALLET_APP_STORE_BUNDLE_ID", "").strip()
+    apple_id = env.text("GIFTCOIN_WALLET_APP_STORE_APP_APPLE_ID", "").strip()
+    environment = env.text("GIFTCOIN_WALLET_APP_STORE_ENVIRONMENT", "Production").strip()
+    accept_sandbox = env.flag("GIFTCOIN_WALLET_APP_STORE_ACCEPT_SANDBOX", False)
+    roots = _paths(env.text("GIFTCOIN_WALLET_APP_STORE_ROOT_CERTIFICATES", ""))
+    online_checks = env.flag("GIFTCOIN_WALLET_APP_STORE_ONLINE_CHECKS", False)
+    products = parse_products("GIFTCOIN_WALLET_APP_STORE_PRODUCTS", env.text("GIFTCOIN_WALLET_APP_STORE_PRODUCTS", ""))
+    if not bundle_id:
+        return None
+    if environment not in APP_STORE_ENVIRONMENTS:
+        raise ConfigError(f"GIFTCOIN_WALLET_APP_STORE_ENVIRONMENT must be Production or Sandbox, not {environment!r}")
+    if apple_id and not apple_id.isdigit():
+        raise ConfigError(f"GIFTCOIN_WALLET_APP_STORE_APP_APPLE_ID must be the app's numeric id, not {apple_id!r}")
+    if environment == "Production" and not apple_id:
+        raise ConfigError("GIFTCOIN_WALLET_APP_STORE_APP_APPLE_ID is required in the Production environment")
+    if not roots:
+        raise ConfigError("GIFTCOIN_WALLET_APP_STORE_ROOT_CERTIFICATES must name the root certificate files")
+    _check_products("GIFTCOIN_WALLET_APP_STORE_PRODUCTS", products, package_ids)
+    return AppStoreSettings(
+        bundle_id=bundle_id,
+        app_apple_id=int(apple_id) if apple_id else None,
+        environment=environment,
+        accept_sandbox=accept_sandbox,
+        root_certificate_files=roots,
+        online_checks=online_checks,
+        products=products,
+    )
+
+
+def _load_google_play(env: Env, package_ids: set[str]) -> GooglePlaySettings | None:
+    """Every variable is read whether the store is on or not, so that all their names are recorded."""
+    name = "GIFTCOIN_WALLET_GOOGLE_PLAY_PRODUCTS"
+    settings = GooglePlaySettings(
+        package_name=env.text("GIFTCOIN_WALLET_GOOGLE_PLAY_PACKAGE_NAME", "").strip(),
+        products=parse_products(name, env.text(name, "")),
+        service_account_file=env.text("GIFTCOIN_WALLET_GOOGLE_PLAY_SERVICE_ACCOUNT_FILE", "").strip(),
+        api_url=env.text("GIFTCOIN_WALLET_GOOGLE_PLAY_API_URL", GOOGLE_PLAY_API_URL).strip().rstrip("/"),
+        token_url=env.text("GIFTCOIN_WALLET_GOOGLE_PLAY_TOKEN_URL", "").strip(),
+        accept_test_purchases=env.flag("GIFTCOIN_WALLET_GOOGLE_PLAY_ACCEPT_TEST_PURCHASES", False),
+        timeout_ms=env.integer("GIFTCOIN_WALLET_GOOGLE_PLAY_TIMEOUT_MS", 5000),
+        push_token=env.text("GIFTCOIN_WALLET_GOOGLE_PLAY_PUSH_TOKEN", ""),
+        sync_interval_seconds=env.integer("GIFTCOIN_WALLET_GOOGLE_PLAY_SYNC_INTERVAL_SECONDS", 60),
+    )
+    if not settings.package_name:
+        return None
+    if not settings.service_account_file:
+        raise ConfigError("GIFTCOIN_WALLET_GOOGLE_PLAY_SERVICE_ACCOUNT_FILE is required when Google Play is on")
+    if settings.timeout_ms <= 0 or settings.sync_interval_seconds <= 0:
+        raise ConfigError("GIFTCOIN_WALLET_GOOGLE_PLAY_TIMEOUT_MS and _SYNC_INTERVAL_SECONDS must be positive")
+    _check_products(name, settings.products, package_ids)
+    return settings
+
+
+def parse_products(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """A store's product ids and the coin package each sells: JSON `{"<product id>": "<package id>", ...}`."""
+    if not raw.strip():
+        return ()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ConfigError(f"{name} must map product ids to package ids, as a JSON object of strings")
+    return tuple(sorted(data.items()))
+
+
+def _check_products(name: str, products: tuple[tuple[str, str], ...], package_ids: set[str]) -> None:
+    if not products:
+        raise ConfigError(f"{name} must map the store's product ids to coin packages")
+    packages = [package for _, package in products]
+    unknown = sorted(set(packages) - package_ids)
+    if unknown:
+        raise ConfigError(f"{name} names packages that are not in the catalogue: {', '.join(unknown)}")
+    if len(set(packages)) != len(packages):
+        raise ConfigError(f"{name}: one product per package (the wallet consumes a purchase by its package's product)")
+
+
+def _paths(raw: str) -> tuple[str, ...]:
+    return tuple(path.strip() for path in raw.split(",") if path.strip())
 
 
 def load_packages(env: Env) -> tuple[PackageConfig, ...]:

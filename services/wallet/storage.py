@@ -2,8 +2,12 @@
 
 Uniqueness that money depends on is a constraint here, not a read before a write:
 - one wallet per user: wallets' primary key;
-- a receipt credits once, ever: UNIQUE(purchases.store, purchases.store_transaction_id);
-- a purchase is refunded once: purchase_refunds' primary key is the purchase id;
+- a receipt credits once, ever: UNIQUE(purchases.store, purchases.store_transaction_id), and the
+  store's other ids of a purchase once each too: UNIQUE(store, original_transaction_id) (App Store),
+  UNIQUE(store, order_id) (Google Play);
+- a purchase is refunded once: purchase_refunds' primary key is the purchase id, and a refund is
+  reversed once: purchase_reinstatements' primary key;
+- a store notification applies once: store_notifications' primary key (store, notification id);
 - a promotion is claimed once per user: promotion_claims' primary key (promotion_id, user_id);
 - one hold per gift, ever: UNIQUE(holds.gift_id).
 
@@ -42,6 +46,7 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -57,8 +62,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Hold states as stored.
 HELD, CAPTURED, RELEASED, EXPIRED = "held", "captured", "released", "expired"
-# Refund kinds as stored.
+# Refund kinds as stored; a store notification is one of these or a refund's reversal.
 REFUND, CHARGEBACK = "refund", "chargeback"
+REVERSAL = "reversal"
+# What a store notification changed.
+APPLIED, UNCHANGED, NO_PURCHASE = "applied", "unchanged", "no_purchase"
 
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
@@ -85,10 +93,20 @@ purchases = Table(
     Column("store", String(64), nullable=False),
     Column("store_transaction_id", String(256), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # The store's other ids of the purchase, each credited once too: App Store originalTransactionId,
+    # Google Play orderId (NULL where the store has none).
+    Column("original_transaction_id", String(256), nullable=True),
+    Column("order_id", String(256), nullable=True),
+    # Google Play: when the wallet consumed the purchase at the store, or found it cancelled there (NULL
+    # until then: the store refunds a purchase left unacknowledged for three days). Other stores: the
+    # purchase's time (nothing to consume).
+    Column("consumed_at", UtcDateTime(), nullable=True),
     CheckConstraint("coins > 0", name="ck_purchases_coins_positive"),
     CheckConstraint("price_minor >= 0", name="ck_purchases_price_non_negative"),
     UniqueConstraint("store", "store_transaction_id", name="uq_purchases_store_transaction"),
     Index("ix_purchases_user_id", "user_id"),
+    Index("uq_purchases_original_transaction", "store", "original_transaction_id", unique=True),
+    Index("uq_purchases_order", "store", "order_id", unique=True),
 )
 
 purchase_refunds = Table(
@@ -101,6 +119,33 @@ purchase_refunds = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     CheckConstraint("kind IN ('refund', 'chargeback')", name="ck_purchase_refunds_kind"),
     CheckConstraint("coins_reclaimed >= 0 AND debt_added >= 0", name="ck_purchase_refunds_non_negative"),
+)
+
+# A refunded purchase whose refund the store reversed (App Store REFUND_REVERSED): its coins came back.
+purchase_reinstatements = Table(
+    "purchase_reinstatements",
+    metadata,
+    Column("purchase_id", String(64), ForeignKey("purchase_refunds.purchase_id"), primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# Every store notification of a refund, chargeback or refund reversal, once (the store's own id of it:
+# App Store notificationUUID, Google Play the voided purchase token), with the store's time of the event
+# and what it changed: applied, unchanged (the purchase was so already, or a later event of it arrived
+# first), or no_purchase (none credited here; a later purchase of that transaction is refused).
+store_notifications = Table(
+    "store_notifications",
+    metadata,
+    Column("store", String(64), primary_key=True),
+    Column("notification_id", String(256), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("store_transaction_id", String(256), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    CheckConstraint("kind IN ('refund', 'chargeback', 'reversal')", name="ck_store_notifications_kind"),
+    CheckConstraint("outcome IN ('applied', 'unchanged', 'no_purchase')", name="ck_store_notifications_outcome"),
+    Index("ix_store_notifications_transaction", "store", "store_transaction_id"),
 )
 
 promotions = Table(
@@ -183,6 +228,7 @@ _WALLETS_HOLDING_LOCKED = (
     .with_for_update(of=wallets)
 )
 _HOLDS_BY_GIFTS = select(holds).where(keys_in(holds.c.gift_id, "hold_gift_ids"))
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_key, 0))")
 
 
 class Duplicate(Exception):
@@ -208,7 +254,22 @@ class PurchaseRecord:
     store: str
     store_transaction_id: str
     created_at: datetime
-    refund_kind: str = ""  # "", refund or chargeback
+    original_transaction_id: str | None = None
+    order_id: str | None = None
+    consumed_at: datetime | None = None
+    refund_kind: str = ""  # "", refund or chargeback ("" again once the store reversed the refund)
+    reinstated: bool = False  # refunded, and the refund reversed
+
+
+@dataclass(frozen=True)
+class StoreNotificationRecord:
+    store: str
+    notification_id: str
+    kind: str  # refund | chargeback | reversal
+    store_transaction_id: str
+    occurred_at: datetime  # the store's time of the event
+    outcome: str  # applied | unchanged | no_purchase
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -333,21 +394,64 @@ class WalletUnit:
 
     def insert_purchase(self, record: PurchaseRecord) -> None:
         values = vars(record).copy()
-        del values["refund_kind"]
+        del values["refund_kind"], values["reinstated"]
         self._insert(purchases, values)
 
     def purchase_by_store_transaction(self, store: str, store_transaction_id: str) -> PurchaseRecord | None:
-        p, r = purchases, purchase_refunds
+        p, r, s = purchases, purchase_refunds, purchase_reinstatements
         row = self.conn.execute(
-            select(p, r.c.kind.label("refund_kind"))
+            select(p, r.c.kind.label("refund_kind"), s.c.purchase_id.label("reinstated"))
             .outerjoin(r, r.c.purchase_id == p.c.purchase_id)
+            .outerjoin(s, s.c.purchase_id == p.c.purchase_id)
             .where(and_(p.c.store == store, p.c.store_transaction_id == store_transaction_id))
         ).one_or_none()
         if row is None:
             return None
         values = dict(row._mapping)
-        values["refund_kind"] = values["refund_kind"] or ""
+        values["reinstated"] = values["reinstated"] is not None
+        values["refund_kind"] = "" if values["reinstated"] else values["refund_kind"] or ""
         return PurchaseRecord(**values)
+
+    def purchases_to_consume(self, store: str, limit: int) -> list[PurchaseRecord]:
+        """The store's purchases not yet consumed at the store, oldest first."""
+        rows = self.conn.execute(
+            select(purchases)
+            .where(and_(purchases.c.store == store, purchases.c.consumed_at.is_(None)))
+            .order_by(purchases.c.created_at)
+            .limit(limit)
+        )
+        return [PurchaseRecord(**row._mapping) for row in rows]
+
+    def mark_consumed(self, purchase_id: str, now: datetime) -> None:
+        self.conn.execute(
+            update(purchases)
+            .where(and_(purchases.c.purchase_id == purchase_id, purchases.c.consumed_at.is_(None)))
+            .values(consumed_at=now)
+        )
+
+    def lock_store_transaction(self, store: str, store_transaction_id: str) -> None:
+        """Serialise, until the transaction ends, the units that decide over one store transaction (its
+        purchase, its notifications), which may have no row to lock yet: on PostgreSQL a transaction-level
+        advisory lock on its key; SQLite's BEGIN IMMEDIATE already serialises writers."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(_LOCK_KEY, {"lock_key": f"{store} {store_transaction_id}"})
+
+    def insert_reinstatement(self, purchase_id: str, now: datetime) -> None:
+        self._insert(purchase_reinstatements, {"purchase_id": purchase_id, "created_at": now})
+
+    def insert_store_notification(self, record: StoreNotificationRecord) -> None:
+        """Raises Duplicate when the store's notification was recorded before."""
+        self._insert(store_notifications, vars(record))
+
+    def store_notifications_of(self, store: str, store_transaction_id: str) -> list[StoreNotificationRecord]:
+        """The notifications recorded for a store transaction, in the order they arrived."""
+        n = store_notifications
+        rows = self.conn.execute(
+            select(n)
+            .where(and_(n.c.store == store, n.c.store_transaction_id == store_transaction_id))
+            .order_by(n.c.received_at)
+        )
+        return [StoreNotificationRecord(**row._mapping) for row in rows]
 
     def insert_refund(self, purchase_id: str, kind: str, coins_reclaimed: int, debt_added: int, now: datetime) -> None:
         self._insert(

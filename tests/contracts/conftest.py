@@ -118,12 +118,15 @@ def payout(payout_peer: Peer) -> OneAtATimePayout:
 
 
 def open_wallet(peer: Peer, user_id: str, package_id: str = "coins_70", adult: bool = True) -> None:
-    """A viewer's wallet with one package of coins, set up through the wallet's public API."""
+    """A viewer's wallet with one package of coins (none for a minor: minors buy no coins), set up
+    through the wallet's public API."""
     stub, me = wallet_pb2_grpc.WalletServiceStub(peer.plain), as_caller(user(user_id))
     born = ADULT if adult else MINOR
     stub.OpenWallet(
         wallet_pb2.OpenWalletRequest(request_id=new_id(), date_of_birth=born, country_code="US"), metadata=me
     )
+    if not adult:
+        return
     receipt = wallet_pb2.Receipt(store="sandbox", payload=mint_receipt(package_id))
     stub.PurchaseCoins(
         wallet_pb2.PurchaseCoinsRequest(request_id=new_id(), package_id=package_id, receipt=receipt), metadata=me

@@ -55,6 +55,8 @@ def _design(endpoints: list[Endpoint], overlay: str) -> set[Call]:
         calls.add((svc, database, 5432, "TCP"))  # each service its own database...
         calls.add((f"{svc}-migrate", database, 5432, "TCP"))  # ...and its migration Job
     calls.add(("gifting", "wallet", 50051, "TCP"))  # the saga: hold, capture, release
+    calls.add(("edge", "wallet", 8080, "TCP"))  # the stores' notifications, relayed by the edge
+    calls.add(("wallet", "internet", 443, "TCP"))  # the stores' APIs (Google Play, Apple's OCSP)
     calls.add(("gifting", "payout", 50053, "TCP"))  # the saga: credit diamonds
     if overlay == "prod":
         calls.add(("otel-collector", "trace-backend", 4317, "TCP"))

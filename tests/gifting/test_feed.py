@@ -46,6 +46,7 @@ class Watcher:
     per_response: int = 0
     from_start: bool = False
     events: list[gifting_pb2.GiftEvent] = field(default_factory=list)
+    transfers: list[gifting_pb2.GiftTransfer] = field(default_factory=list)  # one event per response: each's
     responses: int = 0
     ended: threading.Event = field(default_factory=threading.Event)
     reading: threading.Event = field(default_factory=threading.Event)
@@ -72,11 +73,19 @@ class Watcher:
                 if self.per_response > 1:
                     assert not response.HasField("transfer") and response.sequence == 0
                     self.events.extend(response.events)
-                else:
+                else:  # one event per response, with its whole transfer
                     assert not response.events
+                    t = response.transfer
+                    self.transfers.append(t)
                     self.events.append(
                         gifting_pb2.GiftEvent(
-                            sequence=response.sequence, transfer=response.transfer, combo_count=response.combo_count
+                            sequence=response.sequence,
+                            transfer_id=t.transfer_id,
+                            sender_id=t.sender_id,
+                            gift_id=t.gift_id,
+                            quantity=t.quantity,
+                            combo_count=response.combo_count,
+                            complete_time=t.complete_time,
                         )
                     )
         except grpc.RpcError as error:
@@ -122,9 +131,9 @@ def test_each_completed_gift_arrives_once_in_order_with_its_combo_count(story: S
     assert refused(lambda: send(story, "vince", "lion")).reason == "INSUFFICIENT_FUNDS"  # failed: not shown
     events = watcher.wait_for(6)
     assert [e.sequence for e in events] == [1, 2, 3, 4, 5, 6]
-    assert [e.transfer.transfer_id for e in events] == [s.transfer_id for s in sends]
+    assert [e.transfer_id for e in events] == [s.transfer_id for s in sends]
     assert [e.combo_count for e in events] == [1, 2, 3, 1, 1, 1]
-    assert events[0].transfer == sends[0]  # the whole transfer: who sent what, how many
+    assert watcher.transfers[0] == sends[0]  # the whole transfer: who sent what, how many
     watcher.cancel()
     assert len(watcher.events) == 6
 
@@ -133,16 +142,16 @@ def test_zero_starts_from_now_and_a_reconnecting_viewer_resumes_after_its_last_e
     before = send(story, "vince", "rose")
     watcher = Watcher(story.clients.gifting)
     first = send(story, "vince", "doughnut")
-    assert [e.transfer.transfer_id for e in watcher.wait_for(1)] == [first.transfer_id]
+    assert [e.transfer_id for e in watcher.wait_for(1)] == [first.transfer_id]
     assert watcher.events[0].sequence == 2 and before.transfer_id != first.transfer_id
     watcher.cancel()
     # Gifts completed while the viewer was away are delivered on resuming; none twice, none missed.
     missed = [send(story, "wendy", "doughnut"), send(story, "wendy", "doughnut")]
     resumed = Watcher(story.clients.gifting, after_sequence=watcher.events[-1].sequence)
-    assert [e.transfer.transfer_id for e in resumed.wait_for(2)] == [m.transfer_id for m in missed]
+    assert [e.transfer_id for e in resumed.wait_for(2)] == [m.transfer_id for m in missed]
     assert [e.combo_count for e in resumed.events] == [1, 2]
     later = send(story, "vince", "rose")
-    assert resumed.wait_for(3)[-1].transfer.transfer_id == later.transfer_id
+    assert resumed.wait_for(3)[-1].transfer_id == later.transfer_id
     resumed.cancel()
 
 
@@ -165,7 +174,7 @@ def test_a_stopping_server_tells_its_viewers_to_watch_again_and_they_resume_with
     missed = send(story, "wendy", "rose")  # while the viewer was away
     resumed = Watcher(story.clients.gifting, after_sequence=watcher.events[-1].sequence)
     later = send(story, "vince", "rose")
-    got = [e.transfer.transfer_id for e in resumed.wait_for(2)]
+    got = [e.transfer_id for e in resumed.wait_for(2)]
     assert [first.transfer_id, *got] == [first.transfer_id, missed.transfer_id, later.transfer_id]
     resumed.cancel()
 
@@ -178,7 +187,7 @@ def test_a_gift_sent_through_one_replica_reaches_a_viewer_of_another(story: Suit
         with grpc.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
             watcher = Watcher(gifting_pb2_grpc.GiftingServiceStub(channel))
             gifts = [send(story, "vince", "rose"), send(story, "wendy", "rose")]  # through the first replica
-            assert [e.transfer.transfer_id for e in watcher.wait_for(2)] == [g.transfer_id for g in gifts]
+            assert [e.transfer_id for e in watcher.wait_for(2)] == [g.transfer_id for g in gifts]
             watcher.cancel()
     finally:
         replica.stop(None)
@@ -229,7 +238,7 @@ def test_two_hundred_viewers_of_one_replica_each_see_every_gift_once_in_order_an
     for watcher in watchers:
         events = watcher.wait_for(12)
         assert [e.sequence for e in events] == list(range(1, 13))
-        assert [e.transfer.transfer_id for e in events] == order
+        assert [e.transfer_id for e in events] == order
     assert sum(w.responses for w in watchers[::2]) < sum(w.responses for w in watchers[1::2])  # several per response
     for watcher in watchers:
         watcher.cancel()
@@ -244,11 +253,11 @@ def test_a_viewer_that_stops_reading_delays_no_one_and_later_resumes_without_a_g
     slow.reading.clear()  # the slow viewer's client stops reading
     sent = [first.transfer_id, *send_together(story, 30)]
     order = in_feed_order(story, 31)
-    assert [e.transfer.transfer_id for e in brisk.wait_for(31)] == order  # not held up
+    assert [e.transfer_id for e in brisk.wait_for(31)] == order  # not held up
     slow.reading.set()
     events = slow.wait_for(31)
     assert [e.sequence for e in events] == list(range(1, 32))
-    assert [e.transfer.transfer_id for e in events] == order and sorted(order) == sorted(sent)
+    assert [e.transfer_id for e in events] == order and sorted(order) == sorted(sent)
     slow.cancel()
     brisk.cancel()
 
@@ -292,7 +301,7 @@ def test_a_viewer_behind_the_window_reads_the_outbox_from_its_last_sequence(stor
 def test_from_start_reads_a_targets_feed_from_its_first_event(story: Suite) -> None:
     early = [send(story, "vince", "rose").transfer_id for _ in range(3)]
     watcher = Watcher(story.clients.gifting, from_start=True, per_response=2)
-    assert [e.transfer.transfer_id for e in watcher.wait_for(3)] == early
+    assert [e.transfer_id for e in watcher.wait_for(3)] == early
     assert [e.sequence for e in watcher.events] == [1, 2, 3]
     watcher.cancel()
 
@@ -315,7 +324,7 @@ def test_a_replica_at_its_viewer_limit_refuses_one_more_with_a_reason_and_still_
         gift = send(running, "vince", "rose")
         assert gift.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
         for watcher in watchers:
-            assert watcher.wait_for(1)[0].transfer.transfer_id == gift.transfer_id
+            assert watcher.wait_for(1)[0].transfer_id == gift.transfer_id
             watcher.cancel()
         assert running.problems() == []
     finally:
@@ -341,7 +350,7 @@ def test_a_client_pinging_every_ten_seconds_keeps_its_idle_stream_for_a_minute(s
         sqlite_suite.clients.viewer("vince")
         sqlite_suite.clients.creator("carol")
         gift = send(sqlite_suite, "vince", "rose")
-        assert watcher.wait_for(1)[0].transfer.transfer_id == gift.transfer_id
+        assert watcher.wait_for(1)[0].transfer_id == gift.transfer_id
         watcher.cancel()
 
 

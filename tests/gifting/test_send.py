@@ -139,7 +139,7 @@ def test_a_refused_send_fails_with_the_wallets_reason_costs_nothing_and_replays_
 def test_every_refusal_has_its_code_and_reason(suite: Suite) -> None:
     c = suite.clients
     c.viewer("vince")
-    c.viewer("young", born=MINOR)
+    c.viewer("young", born=MINOR, package_id="")  # minors buy no coins
     c.creator("carol")
     c.creator("kid", born=MINOR)
     c.viewer("nobody_creator")

@@ -237,9 +237,10 @@ def wallet_url(make_database: Callable[[str], str]) -> str:
 
 
 @contextmanager
-def running_wallet(url: str, clock: FakeClock) -> Iterator[WalletHarness]:
-    """A wallet served on 127.0.0.1 over the database at `url`; its books are checked when it stops."""
-    settings = wallet_settings(url)
+def running_wallet(url: str, clock: FakeClock, **env: str) -> Iterator[WalletHarness]:
+    """A wallet served on 127.0.0.1 over the database at `url` (settings: dev mode's, then `env`); its
+    books are checked when it stops."""
+    settings = wallet_settings(url, **env)
     running = create_server(wallet_app.build(settings, clock), settings, "127.0.0.1:0")
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
@@ -279,7 +280,8 @@ class Books:
 
     def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
         receipt = mint_receipt(package_id, user_id=user_id)
-        return self.store.run(lambda uow: self.book.purchase(uow, user_id, package_id, "", "sandbox", receipt))
+        verified = self.book.verify_purchase(self.store, user_id, package_id, "", "sandbox", receipt)
+        return self.store.run(lambda uow: self.book.purchase(uow, user_id, verified))
 
     def wallet(self, user_id: str) -> domain.Wallet:
         return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))

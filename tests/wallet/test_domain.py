@@ -80,14 +80,16 @@ def test_refund_of_a_fully_spent_purchase_is_all_debt(books: Books) -> None:
     assert frozen.reason == "WALLET_FROZEN" and frozen.metadata["debt"] == "350"
 
 
-def test_underage_wallets_open_but_cannot_spend(books: Books) -> None:
+def test_underage_wallets_open_but_can_neither_buy_nor_spend(books: Books) -> None:
     today = books.clock.now().date()
     teen = books.open("teen", today.replace(year=today.year - 18) + timedelta(days=1))
     assert teen.adult is False
-    books.buy("teen", "coins_70")
+    bought = refused(lambda: books.buy("teen", "coins_70"))
+    assert (bought.code, bought.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PURCHASER_UNDERAGE")
     assert refused(lambda: books.do(books.book.hold, "gift-1", "teen", 1, 0)).reason == "SENDER_UNDERAGE"
     books.clock.advance(days=1)  # the eighteenth birthday
     assert books.wallet("teen").adult is True
+    books.buy("teen", "coins_70")
     assert books.do(books.book.hold, "gift-1", "teen", 1, 0).amount == 1
 
 

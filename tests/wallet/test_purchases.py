@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import grpc
+from giftcoin.common.v1 import common_pb2
 from giftcoin.wallet.v1 import wallet_pb2
 
 from services.wallet.app import REAPER_LOOP
@@ -81,18 +82,18 @@ def test_an_unverifiable_receipt_is_refused_and_credits_nothing(wallet: WalletHa
     tampered = mint_receipt("coins_70", "txn-tampered")
     tampered = tampered[:-2] + ("AA" if not tampered.endswith("AA") else "BB")
     bound_to_bob = mint_receipt("coins_70", "txn-bob", user_id="bob")
-    for store, payload, field in [
-        ("sandbox", forged, "receipt.payload"),
-        ("sandbox", tampered, "receipt.payload"),
-        ("sandbox", "garbage", "receipt.payload"),
-        ("sandbox", bound_to_bob, "receipt.payload"),
-        ("appstore", mint_receipt("coins_70"), "receipt.store"),
+    for store, payload, field, reason in [
+        ("sandbox", forged, "receipt.payload", "RECEIPT_INVALID"),
+        ("sandbox", tampered, "receipt.payload", "RECEIPT_INVALID"),
+        ("sandbox", "garbage", "receipt.payload", "RECEIPT_INVALID"),
+        ("sandbox", bound_to_bob, "receipt.payload", "RECEIPT_ACCOUNT_MISMATCH"),
+        ("appstore", mint_receipt("coins_70"), "receipt.store", "STORE_NOT_SUPPORTED"),
     ]:
         request = wallet_pb2.PurchaseCoinsRequest(
             request_id=new_id(), package_id="coins_70", receipt=wallet_pb2.Receipt(store=store, payload=payload)
         )
         refused = rpc_error(partial(wallet.stub.PurchaseCoins, request, metadata=ALICE))
-        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "RECEIPT_INVALID"), payload
+        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), payload
         assert [v.field for v in refused.violations] == [field]
     assert wallet.get("alice").balance.total == 0
     assert wallet.history("alice").transactions == []
@@ -114,6 +115,19 @@ def test_purchase_needs_a_wallet_and_a_known_package(wallet: WalletHarness) -> N
     unknown = rpc_error(lambda: wallet.buy("alice", "coins_1"))
     assert (unknown.code, unknown.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PACKAGE_NOT_FOUND")
     assert [v.field for v in unknown.violations] == ["package_id"]
+
+
+def test_a_minor_is_refused_before_any_store_is_asked(wallet: WalletHarness) -> None:
+    born = common_pb2.Date(year=wallet.clock.now().year - 15, month=1, day=1)
+    wallet.open_wallet("teen", born=born)
+    # Garbage for a receipt: the store would refuse it, but no store is asked.
+    request = wallet_pb2.PurchaseCoinsRequest(
+        request_id=new_id(), package_id="coins_70", receipt=wallet_pb2.Receipt(store="sandbox", payload="garbage")
+    )
+    refused = rpc_error(lambda: wallet.stub.PurchaseCoins(request, metadata=as_caller(user("teen"))))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PURCHASER_UNDERAGE")
+    assert refused.metadata["user_id"] == "teen"
+    assert wallet.get("teen").balance.total == 0
 
 
 def test_refund_takes_coins_back_spent_coins_become_debt_and_purchases_settle_it(wallet: WalletHarness) -> None:
