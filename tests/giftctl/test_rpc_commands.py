@@ -136,7 +136,7 @@ def test_a_viewer_buys_coins_and_replays_are_answered_by_the_wallet(
     # A bad receipt: its message once, the field named after it.
     status, _, err = giftctl("--as", "user:ana", "wallet", "buy", "--package", "coins_70", "--receipt", "forged.sig")
     assert status == 1
-    message = "the receipt does not verify: signature does not verify"
+    message = "the sandbox receipt does not verify: signature does not verify"
     assert err == f"giftctl: wallet refused: INVALID_ARGUMENT RECEIPT_INVALID: {message} (receipt.payload)\n"
     assert err in DOCS
 
