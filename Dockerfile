@@ -2,15 +2,20 @@
 #
 # One image for the three giftcoin services; the command chooses one (deploy/ sets it):
 #   python -m services.wallet  [serve|migrate]     (also services.gifting, services.payout)
-# Build:  docker build -t giftcoin:dev .
+# Build:  make image (podman; docker/build-image.sh), or docker build -t giftcoin:dev .
 #
 # The base image is pinned by digest (the multi-platform index of python:3.11-slim), so a build
 # is repeatable and a re-pushed tag cannot change it. To move to a newer base, see docs/deploy.md:
 #   docker buildx imagetools inspect python:3.11-slim     (or: crane digest python:3.11-slim)
+# `make image` passes PYTHON_IMAGE=localhost/giftcoin-base:bookworm instead: Debian bookworm's own
+# Python 3.11, made with debootstrap where no registry serves this base.
 ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # ---- build: dependencies into a virtualenv; the contracts' Python code from protos/ ----
 FROM ${PYTHON_IMAGE} AS build
+# A CA bundle for pip behind a TLS-inspecting proxy (`make image` mounts the host's and names it
+# here); unset, pip uses its own.
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
@@ -57,6 +62,7 @@ COPY --from=build /build/gen /app/gen
 COPY --from=build /build/services /app/services
 
 USER 10001:10001
-# gRPC: wallet 50051, gifting 50052, payout 50053; plaintext health checks (GIFTCOIN_HEALTH_PORT) 8081.
-EXPOSE 50051 50052 50053 8081
+# gRPC: wallet 50051, gifting 50052, payout 50053; plaintext health checks (GIFTCOIN_HEALTH_PORT) 8081;
+# Prometheus metrics (GIFTCOIN_METRICS_PORT) 9464.
+EXPOSE 50051 50052 50053 8081 9464
 CMD ["python", "-m", "services.wallet", "serve"]

@@ -8,7 +8,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 export GIFTCOIN_DEV_MODE ?= true
 
-.PHONY: all install gen lint-protos breaking baseline lint typecheck pytest test demo bench run-wallet run-gifting run-payout clean
+.PHONY: all install gen lint-protos breaking baseline lint typecheck host-tools pytest test demo bench image run-wallet run-gifting run-payout clean
 
 all: test
 
@@ -55,7 +55,19 @@ typecheck: $(GEN_STAMP)
 pytest: $(GEN_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint-protos breaking lint typecheck pytest
+# podman, debootstrap and promtool for the image and monitoring tests: installed from Debian's
+# packages when missing (as root with apt-get); otherwise those tests skip, saying why.
+host-tools:
+	@bash docker/host-tools.sh
+
+test: lint-protos breaking lint typecheck host-tools pytest
+
+# The container image, built with podman (IMAGE_BASE=pinned: from the Dockerfile's pinned base,
+# which needs its registry; by default from a Debian base made here). tests/deploy/test_image_runs.py
+# builds it too and runs the suite from it.
+IMAGE ?= localhost/giftcoin:dev
+image:
+	bash docker/build-image.sh $(IMAGE)
 
 demo: $(GEN_STAMP)
 	$(BIN)/giftctl demo

@@ -50,7 +50,7 @@ class Watching:
         self.per_response = per_response
         self.lags = [0] * LAG_BUCKETS
         self.viewers: list[Viewer] = []
-        self.received: Counter[int] = Counter()  # events received in each wall-clock second
+        self.received: Counter[int] = Counter()  # events received in each tenth of a wall-clock second
         self.heads: dict[str, int] = {}
         self.caught_up = asyncio.Event()
 
@@ -71,7 +71,7 @@ class Watching:
             viewer.first = first
         viewer.last = max(viewer.last, last)
         viewer.events += count
-        self.received[int(now)] += count
+        self.received[int(now * 10)] += count
         done = events[0].complete_time
         lag_ms = int((now - done.seconds - done.nanos / 1e9) * 1000)
         self.lags[min(max(lag_ms, 0), LAG_BUCKETS - 1)] += count
@@ -124,7 +124,7 @@ async def main(target: str, plan: str, per_response: int, channels: int) -> None
     summary = {
         "viewers": len(watching.viewers),
         "events": sum(v.events for v in watching.viewers),
-        "events_in_window": sum(n for second, n in watching.received.items() if start <= second < end),
+        "events_in_window": sum(n for tenth, n in watching.received.items() if start * 10 <= tenth < end * 10),
         "missed": sum(v.missed + max(0, watching.heads.get(v.stream, 0) - v.last) for v in watching.viewers),
         "repeated": sum(v.repeated for v in watching.viewers),
         "lags_ms": {str(ms): n for ms, n in enumerate(watching.lags) if n},

@@ -90,10 +90,18 @@ class ServiceProcess:
 class Suite:
     """wallet, payout and gifting as child processes sharing one data directory."""
 
-    def __init__(self, data_dir: Path, targets: dict[str, str], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        targets: dict[str, str],
+        extra_env: dict[str, str] | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """`extra_env` is every service's, `service_env[name]` one service's (applied last)."""
         self.data_dir = data_dir.resolve()
         self.targets = targets
         self.extra_env = extra_env or {}
+        self.service_env = service_env or {}
         self.services = {
             name: ServiceProcess(
                 name,
@@ -126,6 +134,7 @@ class Suite:
         for peer in ("wallet", "payout"):
             env[f"GIFTCOIN_GIFTING_{peer.upper()}_TARGET"] = self.targets[peer]
         env.update(self.extra_env)
+        env.update(self.service_env.get(name, {}))
         return env
 
     def start(self, timeout: float = 60.0, stopping: threading.Event | None = None) -> None:

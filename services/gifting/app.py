@@ -20,6 +20,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import GIFTS_UNFINISHED, OLDEST_UNFINISHED_AGE, watch_all
 
 ACCESS: Mapping[str, auth.Access] = {
     "ListGifts": auth.ANYONE,
@@ -89,6 +90,10 @@ def assemble(
     servicer = GiftingServicer(
         gifting, saga, feed, requests, settings.send_batch_max, settings.send_batch_stall_ms / 1000
     )
+    unwatch = watch_all(
+        (GIFTS_UNFINISHED, lambda: [(gifting.unfinished()[0], {})]),
+        (OLDEST_UNFINISHED_AGE, lambda: [(gifting.unfinished()[1], {})]),
+    )
 
     async def stop_sending() -> None:
         await servicer.close()
@@ -96,6 +101,7 @@ def assemble(
             await channel.close()
 
     def close() -> None:  # after the server has drained
+        unwatch()
         eventloop.run(stop_sending())
         db.dispose()
 

@@ -444,6 +444,12 @@ class Gifting:
         """The sequence of the target's latest event (0 if none)."""
         return self._read(lambda uow: uow.feed.head(target.key))
 
+    def unfinished(self) -> tuple[int, float]:
+        """(gifts still pending, seconds since the oldest of them was recorded; 0 when none)."""
+        count, oldest = self._read(lambda uow: uow.transfers.unfinished_summary())
+        age = 0.0 if oldest is None else max(0.0, (self.clock.now() - oldest).total_seconds())
+        return count, age
+
     def feed_heads(self, target_keys: list[str]) -> dict[str, int]:
         return self._read(lambda uow: uow.feed.heads(target_keys))
 

@@ -35,6 +35,7 @@ from services.gifting.domain import Gifting, Target
 from services.gifting.storage import FeedEventRecord
 from services.runtime.errors import DomainError, unavailable
 from services.runtime.server import BackgroundLoop
+from services.runtime.telemetry import FEED_LAG, FEED_VIEWERS, untraced
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class LiveFeed:
         if self.max_viewers and self._viewers >= self.max_viewers:
             raise too_many_viewers(self.max_viewers)
         self._viewers += 1
+        FEED_VIEWERS.add(1)
         try:
             feed = await self._join(target.key)
             try:
@@ -191,6 +193,7 @@ class LiveFeed:
                     del self._targets[feed.key]
         finally:
             self._viewers -= 1
+            FEED_VIEWERS.add(-1)
 
     async def _read_outbox(self, target: Target, after: int) -> list[FeedEventRecord]:
         return await self.gifting.db.call_async(functools.partial(self.gifting.feed_after, target, after, READ_PAGE))
@@ -234,6 +237,12 @@ class LiveFeed:
         return max(self.flush_seconds, self._viewers / self.writes_per_second)
 
     async def _read(self, feed: _TargetFeed) -> None:
+        """Read a target's new events into its window and wake its viewers (untraced: plumbing that a
+        completing gift's trace would otherwise be filled with)."""
+        with untraced():
+            await self._read_untraced(feed)
+
+    async def _read_untraced(self, feed: _TargetFeed) -> None:
         try:
             while True:
                 feed.read_again = False
@@ -257,7 +266,8 @@ class LiveFeed:
             feed.reading = None
 
     async def _wake(self, feed: _TargetFeed) -> None:
-        """Wake the target's waiting viewers, a slice at a time."""
+        """Wake the target's waiting viewers, a slice at a time; the lag: how old its newest event is
+        once every viewer is woken with it."""
         waiting, feed.waiting = feed.waiting, []
         for start in range(0, len(waiting), WAKE_SLICE):
             for waiter in waiting[start : start + WAKE_SLICE]:
@@ -265,6 +275,9 @@ class LiveFeed:
                     waiter.set_result(None)
             if start + WAKE_SLICE < len(waiting):
                 await asyncio.sleep(0)
+        newest = feed.chunks[-1].events[-1].transfer.completed_at if feed.chunks else None
+        if waiting and newest is not None:
+            FEED_LAG.record(max(0.0, (self.gifting.clock.now() - newest).total_seconds()))
 
     async def poll(self) -> None:
         """Read the heads of the watched targets (one query): those another replica moved are read."""

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from services.gifting.domain import SagaPolicy, SendAsk, Target, credit_deadline
@@ -73,7 +74,7 @@ from services.gifting.storage import (
 from services.runtime.clock import Clock
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, aborted, failed_precondition, unavailable
-from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, SAGA_STEP_DURATION, traced
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -376,10 +377,12 @@ class Saga:
             claimed = [tid for tid in ids if uow.transfers.claim(tid, owner, now, until, take_idle=False)]
             return [t for tid in claimed if (t := uow.transfers.get(tid)) is not None]
 
-        taken = await self._db(claim)
-        # Each gift's trace goes on: the recovery's span is in the first one's, linked to the others'.
-        with self.batch_span("recover", taken):
-            outcomes = await self.drive(taken, owner)
+        # The recovery loop looks for work untraced; what it found, it traces: each gift's trace goes on
+        # (the recovery's span is in the first one's, linked to the others').
+        with traced():
+            taken = await self._db(claim)
+            with self.batch_span("recover", taken):
+                outcomes = await self.drive(taken, owner)
         return sum(t.state != PENDING for t in outcomes.values())
 
     async def drive(
@@ -421,7 +424,8 @@ class Saga:
             elif credit.error.reason in _NOT_CREDITED:
                 releasing += await self._start_failing(drive, t, owner, _not_credited(credit.error, t))
             else:
-                log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, credit)
+                with in_trace(t):
+                    log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, credit)
                 await self._postpone(drive, [t], owner, str(credit))
 
         with self.batch_span("capture", capturing):
@@ -435,7 +439,8 @@ class Saga:
             if _captured(capture):
                 completing.append(t)
             else:  # diamonds were credited: this gift may only complete. Keep trying, loudly.
-                log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, capture)
+                with in_trace(t):
+                    log.error("gift %s: wallet refused to capture a credited gift: %s", t.transfer_id, capture)
                 await self._postpone(drive, [t], owner, str(capture))
         await self._complete_many(drive, completing, owner)
 
@@ -490,7 +495,8 @@ class Saga:
 
         for t_now, released in await self._ask(drive, [t], owner, release):
             if isinstance(released, Refused) and released.error.reason not in _NOTHING_HELD:
-                log.error("gift %s: wallet refused to release its hold: %s", t.transfer_id, released)
+                with in_trace(t):
+                    log.error("gift %s: wallet refused to release its hold: %s", t.transfer_id, released)
                 await self._postpone(drive, [t_now], owner, str(released))
                 continue
             self.failpoint("after_release")
@@ -528,7 +534,8 @@ class Saga:
                     answered.append((t, reply))
             if retry:
                 steps = sorted({t.step for t in retry})
-                log.warning("%d gift(s) at %s without an answer: %s", len(retry), steps, why)
+                with in_trace(retry[0]):  # the step's span is in the first gift's trace, linked to the others'
+                    log.warning("%d gift(s) at %s without an answer: %s", len(retry), steps, why)
             if not retry or time.monotonic() + delay >= ends:
                 waiting = retry
                 break
@@ -591,8 +598,9 @@ class Saga:
         if not await self._db(fail):
             drive.elsewhere.add(t.transfer_id)
             return
-        OUTCOMES.add(1, {"kind": "gift", "state": "failed", "reason": error.reason})
-        log.info("gift %s failed: %s", t.transfer_id, error.reason)
+        GIFT_OUTCOMES.add(1, {"giftcoin.gift.state": "failed", "error.type": error.reason})
+        with in_trace(t):
+            log.info("gift %s failed: %s", t.transfer_id, error.reason)
         drive.ended[t.transfer_id] = revised(t, **values)
 
     async def _complete_many(self, drive: _Drive, ts: list[TransferRecord], owner: str) -> None:
@@ -641,9 +649,9 @@ class Saga:
         drive.elsewhere.update(t.transfer_id for t in ts if t.transfer_id not in advanced)
         drive.ended.update({t.transfer_id: revised(t, **values) for t in done})
         if done:  # counted once per batch: an instrument's add costs about as much whatever it adds
-            OUTCOMES.add(len(done), {"kind": "gift", "state": "completed", "reason": ""})
-            VALUE_MOVED.add(sum(t.total_coins for t in done), {"unit": "coin", "kind": "gift"})
-            VALUE_MOVED.add(sum(t.total_diamonds for t in done), {"unit": "diamond", "kind": "gift"})
+            GIFT_OUTCOMES.add(len(done), {"giftcoin.gift.state": "completed"})
+            COINS_MOVED.add(sum(t.total_coins for t in done), {"giftcoin.movement.kind": "gift"})
+            DIAMONDS_MOVED.add(sum(t.total_diamonds for t in done), {"giftcoin.movement.kind": "gift"})
         for target_key in sorted({_target_key(t) for t in done}):
             self.on_completed(target_key)
 
@@ -661,7 +669,10 @@ class Saga:
 
         await self._db(postpone)
         for t in ts:
-            log.warning("gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delays[t.transfer_id], why)
+            with in_trace(t):
+                log.warning(
+                    "gift %s postponed at step %s for %.1fs: %s", t.transfer_id, t.step, delays[t.transfer_id], why
+                )
         drive.elsewhere.update(t.transfer_id for t in ts)  # read back: as it now stands
 
     async def _take_over(
@@ -711,13 +722,37 @@ class Saga:
         attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
         if isinstance(gifts[0], TransferRecord):
             attributes["giftcoin.gift_id"] = gifts[0].transfer_id
-        with self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span:
+        with (
+            _timed(step),
+            self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span,
+        ):
             if span.is_recording():  # links cost a parse per gift: only when spans are kept
                 for gift in gifts[1:]:
                     linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
                     link = {"giftcoin.gift_id": gift.transfer_id} if isinstance(gift, TransferRecord) else None
                     span.add_link(linked.get_span_context(), link)
             yield
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """A saga step's duration (giftcoin.gifting.saga.step.duration), however it ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        SAGA_STEP_DURATION.record(time.perf_counter() - started, {"giftcoin.saga.step": step})
+
+
+@contextmanager
+def in_trace(gift: TransferRecord) -> Iterator[None]:
+    """The gift's own trace made current, so that a log line about it carries its trace id wherever
+    the saga stands (its step's span may have ended, or belong to another gift of the batch)."""
+    token = otel_context.attach(propagate.extract(json.loads(gift.trace_context or "{}")))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _target_key(t: TransferRecord) -> str:

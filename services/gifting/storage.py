@@ -539,6 +539,12 @@ class TransferRepository:
         )
         return [r.transfer_id for r in rows]
 
+    def unfinished_summary(self) -> tuple[int, datetime | None]:
+        """(pending transfers, when the oldest was recorded): what gifting's metrics report."""
+        t = gift_transfers
+        row = self.conn.execute(select(func.count(), func.min(t.c.created_at)).where(t.c.state == PENDING)).one()
+        return int(row[0]), row[1]
+
     def page(
         self, user_column: str, user_id: str, size: int, before: tuple[datetime, str] | None, state: str | None = None
     ) -> list[TransferRecord]:

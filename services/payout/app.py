@@ -17,6 +17,7 @@ from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import PAYOUTS_IN_FLIGHT
 
 ACCESS: Mapping[str, auth.Access] = {
     "RegisterCreator": auth.USER,
@@ -71,6 +72,14 @@ def assemble(
     db.run(lambda conn: payouts.open_platform_accounts(storage.UnitOfWork(conn)))
     processor = PayoutProcessor(db, payouts, provider)
     request_ids = RequestIdStore(db, storage.request_ids, clock)
+    unwatch = PAYOUTS_IN_FLIGHT.watch(
+        lambda: [(db.run(lambda conn: storage.UnitOfWork(conn).payouts.count_in_flight()), {})]
+    )
+
+    def close() -> None:
+        unwatch()
+        db.dispose()
+
     app = ServiceApp(
         name="payout",
         full_name=FULL_NAME,
@@ -86,7 +95,7 @@ def assemble(
                 lambda: request_ids.reap(settings.idempotency_retention_seconds),
             ),
         ],
-        close=db.dispose,
+        close=close,
     )
     return PayoutComponents(settings, db, payouts, processor, provider, request_ids, app)
 

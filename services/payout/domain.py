@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Generic, TypeVar
 
+from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 
 from services.payout.provider import FAILED as PROVIDER_FAILED
@@ -58,10 +59,11 @@ from services.runtime.errors import (
 from services.runtime.ledger import MAX_BALANCE, Movement, Overdraft, Posting, balance_limit_exceeded, new_id
 from services.runtime.money import format_money
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import OUTCOMES
+from services.runtime.telemetry import PAYOUT_OUTCOMES, traced
 from services.runtime.validation import age_on
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 T = TypeVar("T")
 
 ADULT_AGE = 18
@@ -807,10 +809,12 @@ class PayoutProcessor:
         processing = self.db.run(lambda conn: UnitOfWork(conn).payouts.ids_in_state(PROCESSING, self.batch_size))
         requested = self.db.run(lambda conn: UnitOfWork(conn).payouts.ids_in_state(REQUESTED, self.batch_size))
         for payout_id in processing:
-            self._guarded(report, payout_id, self._poll)
+            with traced(), tracer.start_as_current_span("payout.poll", attributes={"giftcoin.payout_id": payout_id}):
+                self._guarded(report, payout_id, self._poll)
         for payout_id in requested:
-            if self._guarded(report, payout_id, self._submit):
-                report.submitted += 1
+            with traced(), tracer.start_as_current_span("payout.submit", attributes={"giftcoin.payout_id": payout_id}):
+                if self._guarded(report, payout_id, self._submit):
+                    report.submitted += 1
         return report
 
     def _guarded(self, report: ProcessingReport, payout_id: str, step: Callable[[str], str]) -> str:
@@ -852,5 +856,5 @@ class PayoutProcessor:
         state = self.db.run(lambda conn: self.payouts.apply_result(UnitOfWork(conn), payout_id, result))
         if state in (PAID, FAILED):
             log.info("payout %s %s (provider reference %s)", payout_id, state, result.provider_reference)
-            OUTCOMES.add(1, {"kind": "payout", "state": state})
+            PAYOUT_OUTCOMES.add(1, {"giftcoin.payout.state": state})
         return state

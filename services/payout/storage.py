@@ -308,6 +308,10 @@ class PayoutRepository:
         row = self.conn.execute(select(payouts).where(payouts.c.payout_id == payout_id)).one_or_none()
         return None if row is None else _record(PayoutRecord, row)
 
+    def count_in_flight(self) -> int:
+        """Payouts requested or processing: what payout's metrics report."""
+        return int(self.conn.execute(select(func.count()).where(payouts.c.state.in_(IN_FLIGHT))).scalar_one())
+
     def in_flight(self, creator_id: str) -> str | None:
         """The id of the creator's payout that is requested or processing, if any."""
         return self.conn.execute(

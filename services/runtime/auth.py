@@ -462,6 +462,11 @@ def current_caller() -> Caller:
         raise RuntimeError("no caller: the server's auth interceptor did not run") from exc
 
 
+def current_caller_or_none() -> Caller | None:
+    """The caller, if the server has identified one (for logs: None before it has)."""
+    return _current.get(None)
+
+
 def require_user(caller: Caller) -> str:
     """The caller's user id; refuses anyone else."""
     if caller.kind is not CallerKind.USER:

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from services.runtime.telemetry import BATCHER_QUEUE
+
 log = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 (the conventional name of an item type)
 R = TypeVar("R")
@@ -58,6 +60,7 @@ class Batcher(Generic[I, R]):
         self._dispatcher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # wakes the dispatcher when the leaders stall
         self._next_id = 0
+        self._unwatch = BATCHER_QUEUE.watch(lambda: [(len(self._queue), {"giftcoin.batcher.name": name})])
 
     def queued(self) -> int:
         """Items waiting for a batch."""
@@ -79,6 +82,7 @@ class Batcher(Generic[I, R]):
 
     async def close(self) -> None:
         """Stop taking items; the batches queued and in flight finish."""
+        self._unwatch()
         self._closed = True
         self._wake.set()
         if self._dispatcher is not None:

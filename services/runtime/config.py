@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.runtime.telemetry import EXPORTERS
+
 DEFAULT_PORTS = {"wallet": 50051, "gifting": 50052, "payout": 50053}
 
 
@@ -135,6 +137,10 @@ class ServiceSettings:
     # probes cannot present a client certificate, so they cannot use the mTLS service port.
     health_port: int = 0
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+    # The service's Prometheus endpoint, http://<host>:<port>/metrics (0 = none: metrics go with the spans).
+    metrics_port: int = 0
+    # The longest one export to the trace collector may take, and the last one at shutdown.
+    telemetry_timeout_ms: int = 2000
 
     @property
     def address(self) -> str:
@@ -144,6 +150,13 @@ class ServiceSettings:
     def traces_exported(self) -> bool:
         """Whether spans go anywhere (GIFTCOIN_TRACE_EXPORTER is not `none`)."""
         return self.trace_exporter != "none"
+
+
+def _trace_exporter(env: Env) -> str:
+    exporter = env.text("GIFTCOIN_TRACE_EXPORTER", "none")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"GIFTCOIN_TRACE_EXPORTER must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
+    return exporter
 
 
 def load_service_settings(service: str, env: Env) -> ServiceSettings:
@@ -170,12 +183,14 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
         idempotency_retention_seconds=env.integer("GIFTCOIN_IDEMPOTENCY_RETENTION_SECONDS", 24 * 3600),
         shutdown_grace_seconds=env.integer("GIFTCOIN_SHUTDOWN_GRACE_SECONDS", 10),
         database_pool_size=env.integer("GIFTCOIN_DATABASE_POOL_SIZE", 16),
-        trace_exporter=env.text("GIFTCOIN_TRACE_EXPORTER", "none"),
+        trace_exporter=_trace_exporter(env),
         trace_file=env.text("GIFTCOIN_TRACE_FILE", f".data/traces-{service}.jsonl"),
         log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
         tls=tls,
         health_port=env.integer("GIFTCOIN_HEALTH_PORT", 0),
         connections=_connection_settings(env),
+        metrics_port=env.integer("GIFTCOIN_METRICS_PORT", 0),
+        telemetry_timeout_ms=env.integer("GIFTCOIN_TELEMETRY_TIMEOUT_MS", 2000),
     )
 
 

@@ -40,6 +40,8 @@ from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Executable
 
+from services.runtime.telemetry import instrumented
+
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -197,7 +199,11 @@ class Pipeline:
         raw = self.conn.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
         self._flushing = True
-        span = tracer.start_span("pipeline", kind=SpanKind.CLIENT) if _traced(self.conn.engine) else None
+        span = (
+            tracer.start_span("pipeline", kind=SpanKind.CLIENT)
+            if _traced(self.conn.engine) and instrumented()
+            else None
+        )
         try:
             if span is not None and span.is_recording():
                 span.set_attribute("db.system", "postgresql")

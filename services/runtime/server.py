@@ -44,13 +44,14 @@ from services.runtime.auth import (
     Access,
     TokenVerifier,
     caller_from_metadata,
+    current_caller_or_none,
     reset_current_caller,
     set_current_caller,
 )
 from services.runtime.config import ServiceSettings
 from services.runtime.errors import DomainError, malformed_request, to_rpc_status
 from services.runtime.http import HttpEndpoint
-from services.runtime.telemetry import RPC_DURATION, RPC_ERRORS, setup_tracing, shutdown_tracing
+from services.runtime.telemetry import RPC_DURATION, setup_tracing, shutdown_tracing, untraced
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("giftcoin.access")
@@ -60,7 +61,8 @@ class BackgroundLoop:
     """A task on the event loop running `step` every `interval` seconds until stopped.
 
     A plain `step` runs on the service's database threads, a coroutine on the loop; a failing step
-    is logged and tried again at the next tick.
+    is logged and tried again at the next tick. A step is untraced: a tick that finds nothing to do
+    emits no span, and what it finds it traces itself (`telemetry.traced`).
     """
 
     def __init__(self, name: str, interval: float, step: Callable[[], object]) -> None:
@@ -78,10 +80,11 @@ class BackgroundLoop:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                if asynchronous:
-                    await self.step()  # type: ignore[misc]
-                else:
-                    await loop.run_in_executor(executor, contextvars.copy_context().run, self.step)
+                with untraced():
+                    if asynchronous:
+                        await self.step()  # type: ignore[misc]
+                    else:
+                        await loop.run_in_executor(executor, contextvars.copy_context().run, self.step)
             except Exception:
                 log.exception("background loop %s failed; retrying next tick", self.name)
 
@@ -192,30 +195,48 @@ class _Guard(grpc.aio.ServerInterceptor):
             span.set_status(Status(StatusCode.ERROR, error.reason))
             span.set_attribute("rpc.grpc.status_code", error.code.value[0])
             span.set_attribute("giftcoin.error.reason", error.reason)
-            RPC_ERRORS.add(
-                1, {"service": self.app.name, "method": method, "code": error.code.name, "reason": error.reason}
-            )
             status = rpc_status.to_status(to_rpc_status(error, self.app.domain))
             await context.abort(status.code, status.details, status.trailing_metadata)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
         span.record_exception(error)
-        RPC_ERRORS.add(1, {"service": self.app.name, "method": method, "code": "INTERNAL", "reason": ""})
         log.error("unhandled error in %s", method, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _done(self, context: grpc.aio.ServicerContext, method: str, started: float) -> None:
-        """The call's duration metric and its access-log line."""
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        RPC_DURATION.record(elapsed_ms, {"service": self.app.name, "method": method})
+    def _done(
+        self, context: grpc.aio.ServicerContext, method: str, started: float, error: BaseException | None
+    ) -> None:
+        """The call's duration, status code and (failed) error type (rpc.server.call.duration), and its
+        access-log line."""
+        elapsed = time.perf_counter() - started
+        attributes = {"rpc.system.name": "grpc", "rpc.method": f"{self.app.full_name}/{method}"}
+        if error is None:
+            code = "OK"
+        elif isinstance(error, DomainError):
+            code = error.code.name
+            attributes["error.type"] = error.reason
+        elif isinstance(error, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED.name  # the client went away (or its deadline passed)
+        else:
+            code = grpc.StatusCode.INTERNAL.name
+            attributes["error.type"] = type(error).__qualname__
+        attributes["rpc.response.status_code"] = code
+        RPC_DURATION.record(elapsed, attributes)
         if access_log.isEnabledFor(logging.INFO):
-            code = context.code()
+            caller = current_caller_or_none()
             access_log.info(
                 "%s %s %.1fms",
                 method,
-                code.name if isinstance(code, grpc.StatusCode) else "OK",
-                elapsed_ms,
-                extra={"fields": {"rpc_method": method, "duration_ms": round(elapsed_ms, 2)}},
+                code,
+                elapsed * 1000,
+                extra={
+                    "fields": {
+                        "rpc_method": method,
+                        "rpc_code": code,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "caller_kind": caller.kind.value if caller is not None else "",
+                    }
+                },
             )
 
     def _span(self, context: grpc.aio.ServicerContext, method: str) -> Any:
@@ -239,25 +260,28 @@ class _Guard(grpc.aio.ServerInterceptor):
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            try:
-                with self._span(context, method):
-                    try:
-                        request, token = self._admit(raw, context, access, decode, method)
-                    except Exception as error:
-                        await self._fail(context, method, error)
-                    try:
-                        if blocking:
-                            run = contextvars.copy_context().run
-                            return await asyncio.get_running_loop().run_in_executor(
-                                executor, run, behavior, request, context
-                            )
-                        return await behavior(request, context)
-                    except Exception as error:
-                        await self._fail(context, method, error)
-                    finally:
-                        reset_current_caller(token)
-            finally:
-                self._done(context, method, started)
+            failure: BaseException | None = None
+            with self._span(context, method):
+                try:
+                    request, token = self._admit(raw, context, access, decode, method)
+                except Exception as error:
+                    self._done(context, method, started, error)
+                    await self._fail(context, method, error)
+                try:
+                    if blocking:
+                        run = contextvars.copy_context().run
+                        return await asyncio.get_running_loop().run_in_executor(
+                            executor, run, behavior, request, context
+                        )
+                    return await behavior(request, context)
+                except BaseException as error:
+                    failure = error
+                    if not isinstance(error, Exception):
+                        raise  # cancelled: the client went away
+                    await self._fail(context, method, error)
+                finally:
+                    self._done(context, method, started, failure)
+                    reset_current_caller(token)
 
         return handle
 
@@ -270,21 +294,24 @@ class _Guard(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            try:
-                with self._span(context, method):
-                    try:
-                        request, token = self._admit(raw, context, access, decode, method)
-                    except Exception as error:
-                        await self._fail(context, method, error)
-                    try:
-                        async for response in behavior(request, context):
-                            yield response
-                    except Exception as error:
-                        await self._fail(context, method, error)
-                    finally:
-                        reset_current_caller(token)
-            finally:
-                self._done(context, method, started)
+            failure: BaseException | None = None
+            with self._span(context, method):
+                try:
+                    request, token = self._admit(raw, context, access, decode, method)
+                except Exception as error:
+                    self._done(context, method, started, error)
+                    await self._fail(context, method, error)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except BaseException as error:
+                    failure = error
+                    if not isinstance(error, Exception):
+                        raise
+                    await self._fail(context, method, error)
+                finally:
+                    self._done(context, method, started, failure)
+                    reset_current_caller(token)
 
         return handle
 
@@ -369,7 +396,14 @@ def create_server(app: ServiceApp, settings: ServiceSettings, address: str | Non
 
 
 async def start_server(app: ServiceApp, settings: ServiceSettings, address: str | None = None) -> RunningServer:
-    provider = setup_tracing(settings.service, settings.trace_exporter, settings.trace_file)
+    provider = setup_tracing(
+        settings.service,
+        settings.trace_exporter,
+        settings.trace_file,
+        metrics_host=settings.host,
+        metrics_port=settings.metrics_port,
+        timeout_ms=settings.telemetry_timeout_ms,
+    )
     server = grpc.aio.server(
         interceptors=[_Guard(app, TokenVerifier.from_settings(settings.identity), provider.get_tracer("giftcoin.rpc"))],
         options=server_options(settings),

@@ -4,6 +4,7 @@ notifications endpoint."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
@@ -13,6 +14,7 @@ from services.runtime.db import Database
 from services.runtime.http import HttpEndpoint
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
+from services.runtime.telemetry import COINS_HELD, HOLDS_ACTIVE, watch_all
 from services.wallet import storage
 from services.wallet.app_store import APP_STORE, AppStoreProvider
 from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
@@ -37,6 +39,9 @@ ACCESS: Mapping[str, auth.Access] = {
     "BatchCaptureHolds": auth.internal("gifting"),
     "ReleaseHold": auth.internal("gifting"),
 }
+
+# Purchases verified at once (each may wait on a store's servers); more queue for a thread.
+STORE_THREADS = 8
 
 HOLD_EXPIRY_LOOP = "wallet-hold-expiry"
 REAPER_LOOP = "wallet-request-id-reaper"
@@ -71,7 +76,9 @@ def build(
     book = WalletBook(Catalogue(settings.packages), providers, clock, settings.hold_ttl_seconds)
     store.run(book.open_platform_accounts)
     requests = RequestIdStore(db, storage.request_ids, clock)
-    servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds)
+    # Purchases wait on the stores: threads of their own (a bulkhead), never the database's.
+    store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="stores")
+    servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds, store_threads)
     loops = [
         BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
         BackgroundLoop(
@@ -97,6 +104,16 @@ def build(
         endpoints.append(
             HttpEndpoint(STORE_NOTIFICATIONS, settings.host, settings.store_notifications_port, notifications.routes())
         )
+    unwatch = watch_all(
+        (HOLDS_ACTIVE, lambda: [(store.run(lambda uow: uow.outstanding_holds())[0], {})]),
+        (COINS_HELD, lambda: [(store.run(lambda uow: uow.outstanding_holds())[1], {})]),
+    )
+
+    def close() -> None:
+        unwatch()
+        store_threads.shutdown(wait=True)
+        db.dispose()
+
     return ServiceApp(
         name="wallet",
         full_name=FULL_NAME,
@@ -105,6 +122,6 @@ def build(
         access=ACCESS,
         executor=db.executor,
         loops=loops,
-        close=db.dispose,
+        close=close,
         http_endpoints=endpoints,
     )

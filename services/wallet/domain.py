@@ -36,6 +36,9 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
+import grpc
+from opentelemetry import trace
+
 from services.runtime.clock import Clock
 from services.runtime.errors import (
     DomainError,
@@ -55,7 +58,7 @@ from services.runtime.ledger import (
     new_id,
 )
 from services.runtime.pipeline import Later
-from services.runtime.telemetry import OUTCOMES, VALUE_MOVED
+from services.runtime.telemetry import COINS_MOVED, STORE_NOTIFICATIONS, traced
 from services.runtime.validation import Validator, age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
@@ -79,6 +82,7 @@ from services.wallet.storage import (
 )
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 COIN = "coin"
 MAX_STORE_TRANSACTION_ID_LENGTH = 256  # purchases.store_transaction_id's column
@@ -994,7 +998,11 @@ class WalletBook:
         while True:
             due = store.run(lambda uow: uow.due_holds(self.clock.now(), batch))
             for gift_id in due:
-                expired += store.run(partial(self.expire, gift_id=gift_id))
+                with (
+                    traced(),
+                    tracer.start_as_current_span("wallet.expire_hold", attributes={"giftcoin.gift_id": gift_id}),
+                ):
+                    expired += store.run(partial(self.expire, gift_id=gift_id))
             if len(due) < batch:
                 if expired:
                     log.info("released %d lapsed holds", expired)
@@ -1082,7 +1090,7 @@ class WalletBook:
         for _, movement in movements:
             moved[movement.kind] += sum(p.amount for p in movement.postings if p.amount > 0)
         for kind, amount in moved.items():
-            VALUE_MOVED.add(amount, {"unit": COIN, "kind": kind})
+            COINS_MOVED.add(amount, {"giftcoin.movement.kind": kind})
 
     def _spendable(
         self, uow: WalletUnit, user_ids: Iterable[str], with_debt: bool = False
@@ -1108,7 +1116,7 @@ def apply_notice_once(book: WalletBook, store: WalletStore, notice: StoreNotice)
         outcome = store.run(lambda uow: book.apply_store_notice(uow, notice))
     except _NoticeSeen:
         outcome = DUPLICATE
-    OUTCOMES.add(1, {"kind": "store_notification", "state": outcome, "store": notice.store})
+    STORE_NOTIFICATIONS.add(1, {"giftcoin.store": notice.store, "giftcoin.outcome": outcome})
     return outcome
 
 

@@ -6,7 +6,10 @@ subject and the request id, so a replay returns the recorded response or busines
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from datetime import datetime
 from typing import TypeVar
 
@@ -81,12 +84,18 @@ _TRANSACTION_KIND = {
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(
-        self, book: domain.WalletBook, store: WalletStore, requests: RequestIdStore, hold_ttl_max_seconds: int
+        self,
+        book: domain.WalletBook,
+        store: WalletStore,
+        requests: RequestIdStore,
+        hold_ttl_max_seconds: int,
+        store_threads: Executor,
     ) -> None:
         self.book = book
         self.store = store
         self.requests = requests
         self.hold_ttl_max_seconds = hold_ttl_max_seconds
+        self.store_threads = store_threads
 
     # --- user ---------------------------------------------------------------------------------
 
@@ -119,9 +128,15 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         wallet = self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
         return wallet_pb2.GetWalletResponse(wallet=_wallet(wallet))
 
-    def PurchaseCoins(
-        self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.ServicerContext
+    async def PurchaseCoins(
+        self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.PurchaseCoinsResponse:
+        """Waits on a store (Apple's or Google's servers verify the receipt): on threads of its own, so
+        that a slow or silent store holds up purchases only, never the database's threads (holds)."""
+        run = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(self.store_threads, run, self._purchase, request)
+
+    def _purchase(self, request: wallet_pb2.PurchaseCoinsRequest) -> wallet_pb2.PurchaseCoinsResponse:
         user_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)

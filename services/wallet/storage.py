@@ -44,6 +44,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    func,
     insert,
     select,
     text,
@@ -542,6 +543,13 @@ class WalletUnit:
             .limit(limit)
         )
         return [r.gift_id for r in rows]
+
+    def outstanding_holds(self) -> tuple[int, int]:
+        """(holds still held, the coins they hold): what the wallet's metrics report."""
+        row = self.conn.execute(
+            select(func.count(), func.coalesce(func.sum(holds.c.amount), 0)).where(holds.c.state == HELD)
+        ).one()
+        return int(row[0]), int(row[1])
 
     # ------------------------------------------------------------------------------------------
 

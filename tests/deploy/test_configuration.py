@@ -85,6 +85,8 @@ def test_the_manifests_set_what_a_deployment_needs(objects: list[kube.Obj], over
             "GIFTCOIN_MIGRATE_ON_START",
             "GIFTCOIN_SHUTDOWN_GRACE_SECONDS",
             "GIFTCOIN_TRACE_EXPORTER",
+            "GIFTCOIN_TELEMETRY_TIMEOUT_MS",
+            "GIFTCOIN_METRICS_PORT",
             "OTEL_SERVICE_NAME",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         }

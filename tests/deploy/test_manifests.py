@@ -12,6 +12,7 @@ from kubernetes_validate.utils import latest_version
 
 from tests.deploy import kube
 from tests.deploy.netpol import selector_matches
+from tests.support.processes import STOP_ALLOWANCE_SECONDS
 
 # The oldest Kubernetes the manifests promise to work on (docs/deploy.md), and the newest whose
 # schemas kubernetes-validate ships.
@@ -151,15 +152,32 @@ def test_every_long_running_container_has_liveness_and_readiness_probes(objects:
             assert "readinessProbe" in container, f"{workload.name}/{container['name']}"
 
 
-def test_termination_grace_covers_the_pre_stop_pause_and_the_drain(objects: list[kube.Obj]) -> None:
+def test_termination_grace_covers_the_pre_stop_pause_the_drain_and_the_last_export(objects: list[kube.Obj]) -> None:
     for deployment in _server_deployments(objects):
         (container,) = deployment.pod_spec["containers"]
         command = container["lifecycle"]["preStop"]["exec"]["command"]
         assert command[0] == "sleep", "preStop pauses so that endpoint removal spreads before the drain"
         pre_stop = int(command[1])
-        drain = int(kube.container_env(container, objects)["GIFTCOIN_SHUTDOWN_GRACE_SECONDS"])
+        environment = kube.container_env(container, objects)
+        drain = int(environment["GIFTCOIN_SHUTDOWN_GRACE_SECONDS"])
+        export = int(environment["GIFTCOIN_TELEMETRY_TIMEOUT_MS"]) / 1000
         assert pre_stop > 0
-        assert deployment.pod_spec["terminationGracePeriodSeconds"] > pre_stop + drain, deployment.name
+        # The bound tests/observability/test_shutdown.py holds a stopping service to, after preStop.
+        needed = pre_stop + drain + STOP_ALLOWANCE_SECONDS + export
+        assert deployment.pod_spec["terminationGracePeriodSeconds"] > needed, deployment.name
+
+
+def test_prometheus_scrapes_each_replica_on_its_metrics_port(objects: list[kube.Obj]) -> None:
+    for deployment in _server_deployments(objects):
+        (container,) = deployment.pod_spec["containers"]
+        port = int(kube.container_env(container, objects)["GIFTCOIN_METRICS_PORT"])
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == port
+        annotations = deployment.template["metadata"]["annotations"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }, deployment.name
 
 
 def test_rolling_updates_never_drop_below_the_wanted_replicas(objects: list[kube.Obj]) -> None:
@@ -291,7 +309,7 @@ def test_the_docs_exist_for_every_overlay() -> None:
         assert f"kubectl apply -k deploy/overlays/{overlay}" in docs
 
 
-def test_the_collector_receives_the_services_traces_and_metrics(objects: list[kube.Obj]) -> None:
+def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> None:
     (collector,) = [w for w in kube.workloads(objects) if w.name == "otel-collector"]
     (volume,) = [v for v in collector.pod_spec["volumes"] if "configMap" in v]
     config_map = kube.find(objects, "ConfigMap", volume["configMap"]["name"])
@@ -301,7 +319,9 @@ def test_the_collector_receives_the_services_traces_and_metrics(objects: list[ku
     service = kube.find(objects, "Service", "otel-collector")
     assert service is not None and [p["port"] for p in service["spec"]["ports"]] == [4317]
     pipelines = config["service"]["pipelines"]
-    for signal in ("traces", "metrics"):  # services/runtime/telemetry.py exports both over OTLP
+    # Spans only: metrics are scraped from each replica (GIFTCOIN_METRICS_PORT), not pushed.
+    assert set(pipelines) == {"traces"}
+    for signal in pipelines:
         assert "otlp" in pipelines[signal]["receivers"], signal
         for kind in ("receivers", "processors", "exporters"):
             for name in pipelines[signal][kind]:

@@ -19,6 +19,13 @@ EDGE = Endpoint(
 )
 STRANGER = Endpoint("stranger", "tools", {"app.kubernetes.io/name": "edge-gateway"})
 KUBE_DNS = Endpoint("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, (Port(53, "UDP"), Port(53, "TCP")))
+# Prometheus runs in a namespace labelled giftcoin.io/monitoring=true; it scrapes the services' metrics.
+PROMETHEUS = Endpoint(
+    "prometheus",
+    "monitoring",
+    {"app.kubernetes.io/name": "prometheus"},
+    namespace_labels={"giftcoin.io/monitoring": "true"},
+)
 TRACE_BACKEND = Endpoint("trace-backend", "observability", {"app.kubernetes.io/name": "tempo"}, (Port(4317),))
 INTERNET = Endpoint("internet", None, ports=(Port(443), Port(5432), Port(4317)), ip="203.0.113.7")
 # The prod overlay's placeholder database addresses (overlays/prod/database-egress.yaml).
@@ -29,7 +36,7 @@ Call = tuple[str, str, int, str]  # source, destination, port, protocol
 
 
 def _endpoints(objects: list[kube.Obj], overlay: str) -> list[Endpoint]:
-    endpoints = [EDGE, STRANGER, KUBE_DNS, TRACE_BACKEND, INTERNET]
+    endpoints = [EDGE, STRANGER, PROMETHEUS, KUBE_DNS, TRACE_BACKEND, INTERNET]
     for number, workload in enumerate(kube.workloads(objects), start=1):
         ports = tuple(
             Port(p["containerPort"], p.get("protocol", "TCP"), p.get("name", ""))
@@ -51,6 +58,7 @@ def _design(endpoints: list[Endpoint], overlay: str) -> set[Call]:
     for svc, (port, _) in kube.SERVICES.items():
         calls.add(("edge", svc, port, "TCP"))  # clients call every service
         calls.add((svc, "otel-collector", 4317, "TCP"))  # spans
+        calls.add(("prometheus", svc, 9464, "TCP"))  # metrics, scraped
         database = f"{svc}-postgres" if overlay == "dev" else f"{svc}-database"
         calls.add((svc, database, 5432, "TCP"))  # each service its own database...
         calls.add((f"{svc}-migrate", database, 5432, "TCP"))  # ...and its migration Job

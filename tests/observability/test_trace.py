@@ -161,7 +161,7 @@ def metric_points(path: Path, name: str) -> list[dict]:
     return points
 
 
-def test_rpc_and_gift_metrics_are_exported(suite) -> None:
+def test_the_file_exporter_writes_the_metrics_beside_the_spans(suite) -> None:
     viewer, creator = user("viewer-m"), user("creator-m")
     wallet = wallet_pb2_grpc.WalletServiceStub(suite["wallet"].channel())
     payout = payout_pb2_grpc.PayoutServiceStub(suite["payout"].channel())
@@ -200,18 +200,16 @@ def test_rpc_and_gift_metrics_are_exported(suite) -> None:
 
     path = suite["dir"] / "metrics-gifting.jsonl"
     outcomes = {
-        (p["attributes"]["state"], p["attributes"].get("reason", "")): p["value"]
-        for p in metric_points(path, "giftcoin.outcomes")
+        (p["attributes"]["giftcoin.gift.state"], p["attributes"].get("error.type", "")): p["value"]
+        for p in metric_points(path, "giftcoin.gifting.saga.outcomes")
     }
-    assert outcomes[("completed", "")] == 1
-    assert outcomes[("failed", "INSUFFICIENT_FUNDS")] == 1
-    moved = {p["attributes"]["unit"]: p["value"] for p in metric_points(path, "giftcoin.value.moved")}
-    assert moved == {"coin": 10, "diamond": 5}
-    latency = [
-        p for p in metric_points(path, "giftcoin.rpc.server.duration") if p["attributes"]["method"] == "SendGift"
-    ]
-    assert sum(p["count"] for p in latency) == 2
-    errors = [p for p in metric_points(path, "giftcoin.rpc.server.errors") if p["attributes"]["method"] == "SendGift"]
-    assert [(p["attributes"]["code"], p["attributes"]["reason"], p["value"]) for p in errors] == [
-        ("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS", 1)
-    ]
+    assert outcomes == {("completed", ""): 1, ("failed", "INSUFFICIENT_FUNDS"): 1}
+    assert [p["value"] for p in metric_points(path, "giftcoin.coins.moved")] == [10]
+    assert [p["value"] for p in metric_points(path, "giftcoin.diamonds.moved")] == [5]
+    send = "giftcoin.gifting.v1.GiftingService/SendGift"
+    calls = {
+        (p["attributes"]["rpc.response.status_code"], p["attributes"].get("error.type", "")): p["count"]
+        for p in metric_points(path, "rpc.server.call.duration")
+        if p["attributes"]["rpc.method"] == send
+    }
+    assert calls == {("OK", ""): 1, ("FAILED_PRECONDITION", "INSUFFICIENT_FUNDS"): 1}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ class PlayApi:
     consumed: list[str] = field(default_factory=list)  # tokens, in the order consumed
     url: str = ""
     down: bool = False  # answer every call 503, as Google does in an outage
+    silent_seconds: float = 0.0  # wait this long before answering (a store that hangs)
     calls: list[str] = field(default_factory=list)  # "METHOD path" of every API call, in order
 
     def purchase(
@@ -112,6 +114,8 @@ class PlayApi:
     def answer(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urllib.parse.urlsplit(url)
         path, query = urllib.parse.unquote(parts.path), dict(urllib.parse.parse_qsl(parts.query))
+        if self.silent_seconds:
+            time.sleep(self.silent_seconds)
         if self.down:
             return 503, _error(503, "The service is currently unavailable.")
         if method == "POST" and path == "/token":

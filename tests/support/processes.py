@@ -15,6 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.giftctl.suite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# What a stopping service may take after its drain (the loops' last step, closing the batcher and the
+# pools) before it exports its last spans: docs/deploy.md's figure, which the manifests' grace includes.
+STOP_ALLOWANCE_SECONDS = 5
 
 
 class ServiceProcess:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -253,3 +255,23 @@ def test_a_purchase_voided_before_it_was_consumed_is_refunded_and_left_alone(pla
     consumes = [c for c in play.api.calls if c.endswith(":consume")]
     play.sync()
     assert [c for c in play.api.calls if c.endswith(":consume")] == consumes  # not tried again
+
+
+def test_a_silent_store_holds_up_purchases_only_never_the_holds_gifting_asks_for(play: GooglePlay) -> None:
+    play.wallet.open_wallet("alice")
+    play.buy(play.api.purchase(account_token("alice")))  # 700 coins to hold
+    play.api.silent_seconds = 3.0  # Google stops answering in time
+    purchases = [play.request(play.api.purchase(account_token("alice"))) for _ in range(24)]  # more than threads
+    threads = [
+        threading.Thread(target=lambda r=r: rpc_error(lambda: play.wallet.stub.PurchaseCoins(r, metadata=ALICE)))
+        for r in purchases
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # every purchase waits on Google
+    for _ in range(5):  # gifting's holds do not wait for them
+        started = time.monotonic()
+        play.wallet.hold(new_id(), "alice", 1)
+        assert time.monotonic() - started < 1.5
+    for thread in threads:
+        thread.join(60)
