@@ -36,7 +36,6 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
-import grpc
 from opentelemetry import trace
 
 from services.runtime.clock import Clock
