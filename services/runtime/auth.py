@@ -387,7 +387,10 @@ def dev_token(caller: Caller, ttl_seconds: int = 300) -> str:
 def signer_for(settings: IdentitySettings, caller: Caller) -> TokenSigner:
     """Who signs `caller`'s tokens here: the key in GIFTCOIN_JWT_SIGNING_KEY_FILE, else (dev mode) the dev key."""
     if settings.signing_key_file:
-        return TokenSigner.from_jwk_file(settings.signing_key_file, settings.issuer, settings.audience)
+        try:
+            return TokenSigner.from_jwk_file(settings.signing_key_file, settings.issuer, settings.audience)
+        except ConfigError as error:
+            raise ConfigError(f"GIFTCOIN_JWT_SIGNING_KEY_FILE: {error}") from error
     if settings.dev_mode:
         return dev_signer(caller, settings.issuer, settings.audience)
     raise ConfigError(f"GIFTCOIN_JWT_SIGNING_KEY_FILE is required to call other services as {caller.subject}")
