@@ -18,8 +18,7 @@ from giftcoin.wallet.v1 import wallet_pb2
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
-# ISO 4217 currencies whose minor unit is not the cent.
-_MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
+from services.runtime.money import format_money
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -37,13 +36,7 @@ def to_json(message: Message) -> str:
 
 
 def money(value: common_pb2.Money) -> str:
-    digits = _MINOR_DIGITS.get(value.currency_code, 2)
-    sign = "-" if value.amount_minor < 0 else ""
-    minor = abs(value.amount_minor)
-    if digits == 0:
-        return f"{sign}{minor:,} {value.currency_code}".strip()
-    scale = 10**digits
-    return f"{sign}{minor // scale:,}.{minor % scale:0{digits}d} {value.currency_code}".strip()
+    return format_money(value.amount_minor, value.currency_code)
 
 
 def count(n: int, unit: str) -> str:

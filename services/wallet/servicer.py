@@ -21,12 +21,14 @@ from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
+from services.runtime.errors import DomainError, item_results
 from services.runtime.idempotency import RequestIdStore
-from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.ledger import MAX_AMOUNT
+from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
+from services.wallet.domain import MAX_STORE_TRANSACTION_ID_LENGTH
 from services.wallet.storage import (
     CAPTURED,
     CHARGEBACK,
@@ -42,9 +44,7 @@ from services.wallet.storage import (
 )
 
 FULL_NAME = "giftcoin.wallet.v1.WalletService"
-MAX_COINS = 10**12  # far above any real amount, far below int64: sums of many amounts cannot overflow
 MAX_RECEIPT_LENGTH = 16_384
-MAX_STORE_TRANSACTION_ID_LENGTH = 256
 
 
 M = TypeVar("M", bound=Message)
@@ -188,17 +188,15 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        cursor = decode_page_token(request.page_token)
-        before = None
-        if cursor is not None:
-            before = cursor.get("before")
-            if not isinstance(before, int) or isinstance(before, bool):
-                raise invalid_argument([FieldViolation("page_token", "not a page token from a previous response")])
+        cursor = decode_page_token(request.page_token, "transactions", {"before": CursorValue.POSITION})
+        before = None if cursor is None else cursor["before"]
         size = clamp_page_size(request.page_size)
         page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
         return wallet_pb2.ListTransactionsResponse(
             transactions=[_transaction(t) for t in page.transactions],
-            next_page_token="" if page.next_cursor is None else encode_page_token({"before": page.next_cursor}),
+            next_page_token=""
+            if page.next_cursor is None
+            else encode_page_token("transactions", {"before": page.next_cursor}),
         )
 
     # --- anyone -------------------------------------------------------------------------------
@@ -251,8 +249,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.promotion_id, "promotion_id")
         v.text(request.name, "name")
-        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_COINS)
-        v.positive(request.budget, "budget", maximum=MAX_COINS)
+        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_AMOUNT)
+        v.positive(request.budget, "budget", maximum=MAX_AMOUNT)
         if 0 < request.budget < request.coins_per_claim:
             v.fail("budget", "must be at least coins_per_claim")
         start = _timestamp(v, request, "start_time")
@@ -308,7 +306,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
         v.identifier(request.user_id, "user_id")
-        v.positive(request.amount, "amount", maximum=MAX_COINS)
+        v.positive(request.amount, "amount", maximum=MAX_AMOUNT)
         v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
         return v
 
