@@ -26,8 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from services.giftctl.suite import free_port
-from services.runtime.auth import mint_token, user
-from services.runtime.config import DEV_JWT_SECRET
+from services.runtime.auth import dev_token, user
 from services.wallet.receipts import mint_receipt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +34,12 @@ START_ORDER = ("wallet", "payout", "gifting")  # gifting calls the other two
 PACKAGE = "coins_17500"
 PACKAGE_COINS = 17_500
 ADULT = common_pb2.Date(year=1990, month=6, day=15)
-TOKEN_TTL_SECONDS = 6 * 3600
+TOKEN_TTL_SECONDS = 3600  # the longest life the services accept (GIFTCOIN_JWT_MAX_LIFETIME_SECONDS)
 
 
 def metadata_for(user_id: str) -> tuple[tuple[str, str], ...]:
     """What the edge passes for a signed-in user: a bearer token for user:<id>."""
-    return (("authorization", f"Bearer {mint_token(user(user_id), DEV_JWT_SECRET, TOKEN_TTL_SECONDS)}"),)
+    return (("authorization", f"Bearer {dev_token(user(user_id), TOKEN_TTL_SECONDS)}"),)
 
 
 def peak_memory_kib(pid: int) -> int:

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
@@ -21,8 +22,8 @@ from services.giftctl.session import (
     Session,
     default_target,
     describe_rpc_error,
-    jwt_secret,
     target_env_name,
+    token_source,
 )
 from services.reconciler.reconcile import DEFAULT_IN_FLIGHT, Report
 from services.runtime.auth import CallerKind
@@ -40,7 +41,7 @@ walk the whole story (demo)."""
 
 EPILOG = f"""\
 identity: --as user:<id> or --as operator:<id> (default ${IDENTITY_ENV}); giftctl signs a short-lived
-dev token with $GIFTCOIN_JWT_SECRET, or the services' dev-mode key when it is unset.
+token with the private JWK in $GIFTCOIN_JWT_SIGNING_KEY_FILE, or the services' dev-mode key when unset.
 targets: --wallet/--gifting/--payout HOST:PORT (default ${target_env_name("wallet")} etc., else
 127.0.0.1:50051/50052/50053). Mutating calls get a fresh UUID4 request id unless --request-id
 is given (the same id and request replays the first answer).
@@ -56,10 +57,17 @@ examples:
   giftctl demo"""
 
 
-def _global_options(top_level: bool) -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, `<command>: error: <what>` (the usage block is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message, exit_status=2, line=f"{self.prog}: error: {message}")
+
+
+def _global_options(top_level: bool) -> _Parser:
     """The options every command takes, before or after its name. Leaf parsers use SUPPRESS defaults
     so that an option given before the subcommand is not reset by the leaf's default."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(add_help=False)
 
     def default(value: object) -> object:
         return value if top_level else argparse.SUPPRESS
@@ -94,7 +102,7 @@ def _global_options(top_level: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="giftctl",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -203,7 +211,8 @@ def _setup_tracing() -> None:
         raise CliError(str(error), exit_status=2) from None
 
 
-def run_rpc(command: RpcCommand, args: argparse.Namespace, name: str) -> int:
+def run_rpc(command: RpcCommand, args: argparse.Namespace, prog: str) -> int:
+    name = prog.removeprefix("giftctl ")  # "wallet get": the line starts "giftctl: " already
     caller = args.identity
     if command.who is Who.USER and (caller is None or caller.kind is not CallerKind.USER):
         raise CliError(f"{name}: acts for a user: pass --as user:<id>", exit_status=2)
@@ -305,7 +314,8 @@ def reconciliation(args: argparse.Namespace) -> Report:
     if window.end <= window.start:
         raise CliError("reconcile: --until must come after --since", exit_status=2)
     try:
-        return check(_targets(args), window, now, jwt_secret(), caller, in_flight=timedelta(seconds=args.in_flight))
+        token = token_source(caller)
+        return check(_targets(args), window, now, token, in_flight=timedelta(seconds=args.in_flight))
     except ReadFailed as failed:
         raise CliError(describe_rpc_error(failed.service, _targets(args)[failed.service], failed.error)) from None
 
@@ -314,19 +324,19 @@ def _demo(args: argparse.Namespace) -> int:
     from services.giftctl.demo import run_demo
 
     data_dir = Path(tempfile.mkdtemp(prefix="giftcoin-demo-"))
-    return run_demo(data_dir, keep_data=args.keep_data)
+    return run_demo(data_dir, keep_data=args.keep_data, as_json=args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    as_json = "--json" in argv  # known before the arguments parse, for a usage error too
     try:
+        args = build_parser().parse_args(argv)
         if hasattr(args, "rpc"):
             return run_rpc(args.rpc, args, args.prog)
         return int(args.handler(args))
     except CliError as error:
-        print(f"giftctl: {error.message}", file=sys.stderr)
+        print(error.as_json() if as_json else error.line, file=sys.stderr)
         return error.exit_status
     except KeyboardInterrupt:
         return 130
@@ -334,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except grpc.RpcError as err:  # a call outside a command's own error handling (a bug)
-        print(f"giftctl: a call failed: {err.code().name}: {err.details()}", file=sys.stderr)
+        failed = CliError(f"a call failed: {err.code().name}: {err.details()}")
+        print(failed.as_json() if as_json else failed.line, file=sys.stderr)
         return 1
     except Exception as error:  # a bug in giftctl: one line, unless asked for the traceback
         if os.environ.get(DEBUG_ENV):

@@ -7,6 +7,7 @@ directory on free ports, so the demo never touches `.data/` or a suite already r
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -27,6 +28,7 @@ from services.giftctl.cli import build_parser, reconciliation
 from services.giftctl.feed import Follower
 from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
 from services.giftctl.suite import Suite, describe, free_port
+from services.reconciler import to_json
 from services.runtime.auth import Caller
 from services.runtime.telemetry import setup_tracing, shutdown_tracing
 
@@ -38,18 +40,27 @@ SUITE_ENV = {"GIFTCOIN_PAYOUT_PROCESSOR_INTERVAL_MS": "200"}
 
 
 class Story:
-    """Prints numbered steps and runs giftctl commands as the story's characters."""
+    """Prints numbered steps and runs giftctl commands as the story's characters: as text, or (`as_json`)
+    as one JSON object per line, each a step, a command and its response or refusal, or a note."""
 
-    def __init__(self, targets: dict[str, str], out: Callable[[str], None]) -> None:
+    def __init__(self, targets: dict[str, str], out: Callable[[str], None], as_json: bool = False) -> None:
         self.targets = targets
         self.out = out
+        self.as_json = as_json
         self.parser = build_parser()
         self.sessions: dict[Caller, Session] = {}
         self.number = 0
 
+    def emit(self, text: str, **record: Any) -> None:
+        """`text` for a reader, or `record` as a JSON line for a machine."""
+        self.out(json.dumps(record, sort_keys=True) if self.as_json else text)
+
     def step(self, title: str) -> None:
         self.number += 1
-        self.out(f"\n== {self.number}. {title}")
+        self.emit(f"\n== {self.number}. {title}", step=self.number, title=title)
+
+    def note(self, text: str) -> None:
+        self.emit(_indent(text), note=text)
 
     def session(self, caller: Caller) -> Session:
         if caller not in self.sessions:
@@ -59,24 +70,28 @@ class Story:
     def run(self, command_line: str) -> Any:
         """Run one giftctl RPC command (printed as typed) and print its output; returns the response."""
         argv = shlex.split(command_line)
-        self.out(f"$ giftctl {command_line}")
+        if not self.as_json:
+            self.out(f"$ giftctl {command_line}")
         args = self.parser.parse_args(argv)
         session = self.session(args.identity or ANONYMOUS)
         try:
             response: Message = args.rpc.run(session, args)
         except grpc.RpcError as err:
             raise session.failure(args.rpc.service, err) from None
-        self.out(_indent(render.text(response)))
+        self.emit(_indent(render.text(response)), command=f"giftctl {command_line}", response=render.to_dict(response))
         return response
 
     def reconcile(self, command_line: str) -> None:
         """Run `giftctl reconcile` (printed as typed) and print its report; CliError unless the books agree."""
-        self.out(f"$ giftctl {command_line}")
+        if not self.as_json:
+            self.out(f"$ giftctl {command_line}")
         args = self.parser.parse_args(shlex.split(command_line))
         for service in SERVICES:
             setattr(args, f"{service}_target", self.targets[service])
         report = reconciliation(args)
-        self.out(_indent(render.reconciliation(report)))
+        self.emit(
+            _indent(render.reconciliation(report)), command=f"giftctl {command_line}", reconciliation=to_json(report)
+        )
         if not report.ok:
             raise CliError(f"the reconciliation found {len(report.discrepancies)} discrepancies")
 
@@ -85,7 +100,7 @@ class Story:
         try:
             response = self.run(command_line)
         except CliError as error:
-            self.out(_indent(f"refused: {error.message}"))
+            self.emit(_indent(f"refused: {error.message}"), command=f"giftctl {command_line}", refused=error.details)
             return error.message
         raise CliError(f"expected `giftctl {command_line}` to be refused, got {response}")
 
@@ -141,7 +156,7 @@ def walk(story: Story, data_dir: Path) -> None:
     step("Ana, a viewer, opens her wallet and buys 700 coins with a (sandbox) store receipt")
     run("--as user:ana wallet open --birth-date 1994-05-17 --country US")
     run("--as user:ana wallet buy --package coins_700 --transaction-id demo-ana-0001")
-    story.out("   ... the same receipt again credits nothing:")
+    story.note("... the same receipt again credits nothing:")
     story.refused("--as user:ana wallet buy --package coins_700 --transaction-id demo-ana-0001")
 
     step("An operator creates a welcome promotion; Ana claims it (promotional coins are spent first)")
@@ -154,7 +169,7 @@ def walk(story: Story, data_dir: Path) -> None:
     run("--as user:cara payout destination --kind sandbox --account succeed --currency USD")
 
     step(f"Dan watches Cara's live stream {STREAM} (a WatchGifts stream in the background)")
-    story.out(f"$ giftctl watch {STREAM}")
+    story.note(f"$ giftctl watch {STREAM}")
     feed: list[gifting_pb2.WatchGiftsResponse] = []
     watcher = Follower(
         story.session(_caller("user:dan")),
@@ -180,7 +195,7 @@ def walk(story: Story, data_dir: Path) -> None:
     step("What Dan saw on the live feed")
     _wait_for("the live feed to show both gifts", lambda: len(feed) >= 2, timeout=10)
     for event in feed:
-        story.out(_indent(render.feed_event(event)))
+        story.emit(_indent(render.feed_event(event)), feed=render.to_dict(event))
 
     step("The stream's leaderboard")
     run(f"gifting leaderboard --stream {STREAM}")
@@ -216,10 +231,11 @@ def walk(story: Story, data_dir: Path) -> None:
     run("--as user:ana wallet get")
 
     step(f"The trace of Ben's Lion ({lion.transfer_id}) across the services")
-    story.out(f"$ giftctl trace {lion.transfer_id} --brief")
+    story.note(f"$ giftctl trace {lion.transfer_id} --brief")
     spans = _gift_trace(data_dir, lion.transfer_id)
     for trace in spans:
-        story.out(_indent(traces.render_tree(traces.build_tree(trace), brief=True)))
+        roots = traces.build_tree(trace)
+        story.emit(_indent(traces.render_tree(roots, brief=True)), trace=[r.to_dict() for r in roots])
 
     watcher.stop()
     thread.join(5)
@@ -233,12 +249,12 @@ def _refused_gift(story: Story, command_line: str) -> None:
     try:
         response = story.run(command_line)
     except CliError as error:
-        story.out(_indent(f"refused: {error.message}"))
+        story.emit(_indent(f"refused: {error.message}"), command=f"giftctl {command_line}", refused=error.details)
         return
     transfer = _completed(story, response, "user:ana")
     if transfer.state != gifting_pb2.GIFT_TRANSFER_STATE_FAILED:
         raise CliError(f"expected the Universe to be refused, but it is {render.transfer(transfer)}")
-    story.out(_indent(f"failed: {transfer.failure_reason}"))
+    story.note(f"failed: {transfer.failure_reason}")
 
 
 def _gift_trace(data_dir: Path, gift_id: str) -> list[list[traces.Span]]:
@@ -259,7 +275,7 @@ def _gift_trace(data_dir: Path, gift_id: str) -> list[list[traces.Span]]:
     return found
 
 
-def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None] = print) -> int:
+def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None] = print, as_json: bool = False) -> int:
     def say(text: str) -> None:
         out(text)
         sys.stdout.flush()
@@ -268,25 +284,31 @@ def run_demo(data_dir: Path, keep_data: bool = False, out: Callable[[str], None]
     suite = Suite(data_dir, targets, SUITE_ENV)
     # giftctl's own calls are the root of each trace, next to the services' spans.
     setup_tracing("giftctl", "file", str(data_dir / "traces-giftctl.jsonl"))
-    story = Story(targets, say)
+    story = Story(targets, say, as_json)
     started = time.monotonic()
     try:
-        say(f"giftcoin demo: starting wallet, payout and gifting (dev mode, SQLite in {data_dir}) ...")
+        story.emit(
+            f"giftcoin demo: starting wallet, payout and gifting (dev mode, SQLite in {data_dir}) ...",
+            demo="starting",
+            data_dir=str(data_dir),
+        )
         suite.start()
-        say("up:\n" + describe(suite))
+        story.emit("up:\n" + describe(suite), up=targets)
         walk(story, data_dir)
     except CliError as error:
-        say(f"\ndemo failed: {error.message}")
+        story.emit(f"\ndemo failed: {error.message}", demo="failed", error=error.details)
         return 1
     finally:
         story.close()
         shutdown_tracing()
         statuses = suite.stop()
         if statuses:
-            say("\nstopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()))
+            stopped = ", ".join(f"{name} exit {code}" for name, code in statuses.items())
+            story.emit(f"\nstopped: {stopped}", stopped=statuses)
         if keep_data:
-            say(f"data kept in {data_dir}")
+            story.emit(f"data kept in {data_dir}", data_kept=str(data_dir))
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
-    say(f"demo finished in {int(time.monotonic() - started)}s")
+    seconds = int(time.monotonic() - started)
+    story.emit(f"demo finished in {seconds}s", demo="finished", seconds=seconds)
     return 0

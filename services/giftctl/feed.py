@@ -14,7 +14,7 @@ import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.giftctl.session import FULL_NAMES, CliError, Session
+from services.giftctl.session import FULL_NAMES, CliError, Session, token_source
 from services.runtime.clients import open_channel
 
 # Codes after which the same subscription is worth retrying: the peer went away or restarted.
@@ -60,7 +60,7 @@ class Follower:
         self.subscribed = threading.Event()  # the first call has been made
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._channel = open_channel(session.targets["gifting"], FULL_NAMES["gifting"], session.caller, session.secret)
+        self._channel = open_channel(session.targets["gifting"], FULL_NAMES["gifting"], token_source(session.caller))
         self._stub = gifting_pb2_grpc.GiftingServiceStub(self._channel)
 
     def stop(self) -> None:

@@ -19,9 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.reconciler import Report
-
-# ISO 4217 currencies whose minor unit is not the cent.
-_MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
+from services.runtime.money import format_money
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -39,13 +37,7 @@ def to_json(message: Message) -> str:
 
 
 def money(value: common_pb2.Money) -> str:
-    digits = _MINOR_DIGITS.get(value.currency_code, 2)
-    sign = "-" if value.amount_minor < 0 else ""
-    minor = abs(value.amount_minor)
-    if digits == 0:
-        return f"{sign}{minor:,} {value.currency_code}".strip()
-    scale = 10**digits
-    return f"{sign}{minor // scale:,}.{minor % scale:0{digits}d} {value.currency_code}".strip()
+    return format_money(value.amount_minor, value.currency_code)
 
 
 def count(n: int, unit: str) -> str:
@@ -98,10 +90,6 @@ def age(seconds: int) -> str:
 
 def age_of(stamp: timestamp_pb2.Timestamp) -> str:
     return age(int((datetime.now(UTC) - stamp.ToDatetime(tzinfo=UTC)).total_seconds()))
-
-
-def cash(amount_minor: int, currency_code: str) -> str:
-    return money(common_pb2.Money(amount_minor=amount_minor, currency_code=currency_code))
 
 
 def audit_records(records: Sequence[common_pb2.AuditRecord], next_page_token: str) -> str:
@@ -509,16 +497,17 @@ def reconciliation(report: Report) -> str:
         ]
     lines.append("money:")
     lines += [
-        f"  fiat in: {t.store} {cash(t.amount_minor, t.currency)} for {count(t.purchases, 'purchase')}"
+        f"  fiat in: {t.store} {format_money(t.amount_minor, t.currency)} for {count(t.purchases, 'purchase')}"
         for t in m.takings
     ] or ["  fiat in: none"]
     lines += [
-        f"  {f.kind}s: {cash(f.amount_minor, f.currency)} in {f.refunds:,} ({f.coins_reclaimed:,} coins taken back, "
-        f"{f.debt_added:,} owed)"
+        f"  {f.kind}s: {format_money(f.amount_minor, f.currency)} in {f.refunds:,} "
+        f"({f.coins_reclaimed:,} coins taken back, {f.debt_added:,} owed)"
         for f in m.refunds
     ]
     lines += [
-        f"  refunds reversed: {cash(v.amount_minor, v.currency)} in {v.reversals:,} ({v.coins:,} coins given back)"
+        f"  refunds reversed: {format_money(v.amount_minor, v.currency)} in {v.reversals:,} "
+        f"({v.coins:,} coins given back)"
         for v in m.reversals
     ]
     lines += [
@@ -528,8 +517,9 @@ def reconciliation(report: Report) -> str:
     ]
     for p in m.payouts:
         lines.append(
-            f"  payouts {p.state}: {p.payouts:,}, {p.diamonds:,} diamonds, gross {cash(p.gross_minor, p.currency)}, "
-            f"fee {cash(p.fee_minor, p.currency)}, net {cash(p.net_minor, p.currency)}"
+            f"  payouts {p.state}: {p.payouts:,}, {p.diamonds:,} diamonds, "
+            f"gross {format_money(p.gross_minor, p.currency)}, fee {format_money(p.fee_minor, p.currency)}, "
+            f"net {format_money(p.net_minor, p.currency)}"
         )
     lines += [
         f"  now: {m.coins_outstanding_now:,} coins outstanding ({m.coins_outstanding_promotional_now:,} promotional, "

@@ -6,6 +6,7 @@ a signed dev token for the `--as` identity, retries on UNAVAILABLE, a deadline o
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from giftcoin.gifting.v1 import gifting_pb2_grpc
 from giftcoin.payout.v1 import payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
-from services.runtime.auth import Caller, CallerKind
+from services.runtime.auth import ISSUER, Caller, CallerKind, TokenSource
 from services.runtime.clients import open_channel
-from services.runtime.config import DEFAULT_PORTS, DEV_JWT_SECRET
+from services.runtime.config import DEFAULT_PORTS, ConfigError, IdentitySettings
 from services.runtime.errors import from_rpc_error
 
 SERVICES = ("wallet", "gifting", "payout")
@@ -32,12 +33,22 @@ ANONYMOUS = Caller(CallerKind.USER, "anonymous")
 
 
 class CliError(Exception):
-    """A failure reported as one line on stderr, with an exit status (never a traceback)."""
+    """A failure reported as one line on stderr, with an exit status (never a traceback).
 
-    def __init__(self, message: str, exit_status: int = 1) -> None:
+    `line` is the whole line ("giftctl: " and the message, unless given); `details` what --json prints
+    of it (a refusal's code, reason, metadata and field violations)."""
+
+    def __init__(
+        self, message: str, exit_status: int = 1, line: str = "", details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.exit_status = exit_status
+        self.line = line or f"giftctl: {message}"
+        self.details = details or {"message": message}
+
+    def as_json(self) -> str:
+        return json.dumps({"error": {**self.details, "exit_status": self.exit_status}}, sort_keys=True)
 
 
 def target_env_name(service: str) -> str:
@@ -48,9 +59,21 @@ def default_target(service: str) -> str:
     return os.environ.get(target_env_name(service), f"127.0.0.1:{DEFAULT_PORTS[service]}")
 
 
-def jwt_secret() -> str:
-    """The key dev tokens are signed with: GIFTCOIN_JWT_SECRET, else the dev-mode key the services use."""
-    return os.environ.get("GIFTCOIN_JWT_SECRET") or DEV_JWT_SECRET
+def token_source(caller: Caller) -> TokenSource:
+    """The tokens giftctl sends as `caller`: signed with the private JWK in $GIFTCOIN_JWT_SIGNING_KEY_FILE
+    (an issuer's key) when set, else with the services' dev-mode keys; with $GIFTCOIN_JWT_ISSUER and
+    $GIFTCOIN_JWT_AUDIENCE as the services expect them."""
+    env = os.environ
+    identity = IdentitySettings(
+        dev_mode=True,
+        issuer=env.get("GIFTCOIN_JWT_ISSUER") or ISSUER,
+        audience=env.get("GIFTCOIN_JWT_AUDIENCE", ""),
+        signing_key_file=env.get("GIFTCOIN_JWT_SIGNING_KEY_FILE", ""),
+    )
+    try:
+        return TokenSource.for_settings(identity, caller)
+    except ConfigError as exc:
+        raise CliError(f"cannot sign a token for {caller.subject}: {exc}") from None
 
 
 def describe_rpc_error(service: str, target: str, err: grpc.RpcError) -> str:
@@ -58,8 +81,11 @@ def describe_rpc_error(service: str, target: str, err: grpc.RpcError) -> str:
     error = from_rpc_error(err)
     if error is not None:
         line = f"{service} refused: {error.code.name} {error.reason}: {error.message}"
-        if error.violations:
-            line += " (" + "; ".join(f"{v.field}: {v.description}" for v in error.violations) + ")"
+        if error.violations:  # each field, and what is wrong with it unless the message said it already
+            named = [
+                v.field if v.description == error.message else f"{v.field}: {v.description}" for v in error.violations
+            ]
+            line += " (" + "; ".join(named) + ")"
         return line
     code = err.code() if isinstance(err, grpc.Call) else None
     if code is grpc.StatusCode.UNAVAILABLE:
@@ -77,7 +103,6 @@ class Session:
     caller: Caller
     targets: dict[str, str]
     fixed_request_id: str = ""
-    secret: str = field(default_factory=jwt_secret)
     _channels: dict[tuple[str, Caller], grpc.Channel] = field(default_factory=dict)
 
     def request_id(self) -> str:
@@ -88,7 +113,7 @@ class Session:
         who = caller or self.caller
         key = (service, who)
         if key not in self._channels:
-            self._channels[key] = open_channel(self.targets[service], FULL_NAMES[service], who, self.secret)
+            self._channels[key] = open_channel(self.targets[service], FULL_NAMES[service], token_source(who))
         return self._channels[key]
 
     def wallet(self, caller: Caller | None = None) -> wallet_pb2_grpc.WalletServiceStub:
@@ -101,7 +126,19 @@ class Session:
         return payout_pb2_grpc.PayoutServiceStub(self.channel("payout", caller))
 
     def failure(self, service: str, err: grpc.RpcError) -> CliError:
-        return CliError(describe_rpc_error(service, self.targets[service], err))
+        message = describe_rpc_error(service, self.targets[service], err)
+        error = from_rpc_error(err)
+        if error is None:
+            return CliError(message, details={"service": service, "message": message})
+        details = {
+            "service": service,
+            "code": error.code.name,
+            "reason": error.reason,
+            "message": error.message,
+            "metadata": dict(error.metadata),
+            "field_violations": [{"field": v.field, "description": v.description} for v in error.violations],
+        }
+        return CliError(message, details=details)
 
     def close(self) -> None:
         for channel in self._channels.values():

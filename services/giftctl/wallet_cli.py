@@ -71,7 +71,10 @@ def buy(session: Session, args: argparse.Namespace) -> wallet_pb2.PurchaseCoinsR
     if args.receipt or args.receipt_file:
         receipt = wallet_pb2.Receipt(store=args.store, payload=args.receipt or args.receipt_file)
     else:
-        receipt = sandbox_receipt(session.caller.id, args.package, args.currency or "", args.transaction_id)
+        # Under --request-id, the receipt is made from it: the same command replays (the same receipt, so
+        # the same request), rather than being refused as a new receipt under a used id.
+        derived = f"giftctl-{session.fixed_request_id}" if session.fixed_request_id else ""
+        receipt = sandbox_receipt(session.caller.id, args.package, args.currency or "", args.transaction_id or derived)
     request = wallet_pb2.PurchaseCoinsRequest(
         request_id=session.request_id(), package_id=args.package, currency_code=args.currency or "", receipt=receipt
     )

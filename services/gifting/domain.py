@@ -43,11 +43,10 @@ from services.runtime.errors import (
     aborted,
     already_exists,
     failed_precondition,
-    invalid_argument,
     not_found,
     permission_denied,
 )
-from services.runtime.pagination import decode_page_token, encode_page_token
+from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.pipeline import Later
 
 log = logging.getLogger(__name__)
@@ -105,6 +104,7 @@ class Gift:
     diamonds: int  # for one gift sent alone
     version: int
     state: str
+    share_bps: int  # the default share a send earns of its whole price; 0: `diamonds` set explicitly
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,8 @@ class Gifting:
     @staticmethod
     def _gift(r: GiftRecord) -> Gift:
         per_gift = r.diamonds if r.diamonds is not None else creator_diamonds(r.coin_price, r.share_bps)
-        return Gift(r.gift_id, r.name, r.coin_price, per_gift, r.version, r.state)
+        share = r.share_bps if r.diamonds is None else 0
+        return Gift(r.gift_id, r.name, r.coin_price, per_gift, r.version, r.state, share)
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -471,18 +472,8 @@ def current_trace_context() -> str:
 
 def _decode_cursor(page_token: str, listing: str) -> tuple[datetime, str] | None:
     """The (created_at, transfer_id) a page starts after; INVALID_ARGUMENT for a token of another list."""
-    cursor = decode_page_token(page_token)
-    if cursor is None:
-        return None
-    bad = invalid_argument([FieldViolation("page_token", "not a page token from a previous response of this list")])
-    try:
-        at = datetime.fromisoformat(str(cursor["at"]))
-        transfer_id = str(cursor["id"])
-    except (KeyError, ValueError) as exc:
-        raise bad from exc
-    if cursor.get("list") != listing or at.tzinfo is None:
-        raise bad
-    return at, transfer_id
+    cursor = decode_page_token(page_token, listing, {"at": CursorValue.INSTANT, "id": CursorValue.ID})
+    return None if cursor is None else (cursor["at"], cursor["id"])
 
 
 def _page(rows: list[TransferRecord], page_size: int, listing: str) -> Page:
@@ -491,5 +482,5 @@ def _page(rows: list[TransferRecord], page_size: int, listing: str) -> Page:
     if len(rows) > page_size:
         rows = rows[:page_size]
         last = rows[-1]
-        token = encode_page_token({"list": listing, "at": last.created_at.isoformat(), "id": last.transfer_id})
+        token = encode_page_token(listing, {"at": last.created_at, "id": last.transfer_id})
     return Page(rows, token)

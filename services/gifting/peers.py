@@ -20,8 +20,9 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import auth
+from services.runtime.auth import TokenSource
 from services.runtime.clients import open_async_channel
-from services.runtime.config import ServiceSettings
+from services.runtime.config import IdentitySettings, ServiceSettings
 from services.runtime.errors import from_item_error, from_rpc_error
 from services.runtime.timestamps import from_timestamp, to_timestamp
 
@@ -60,7 +61,7 @@ async def _ask(peer: str, method: str, call: Awaitable[R]) -> R:
         if code in _DEFINITE and refusal is not None:
             raise Refused(refusal) from None
         if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-            log.error("%s refused gifting's identity on %s: check GIFTCOIN_JWT_SECRET / mTLS", peer, method)
+            log.error("%s refused gifting's identity on %s: check its signing key, the peer's JWKS, mTLS", peer, method)
         raise StepUncertain(f"{peer}.{method}: {code.name} {err.details()}") from None
 
 
@@ -156,4 +157,9 @@ def _credit_request(o: CreditOrder) -> payout_pb2.CreditDiamondsRequest:
 async def peer_channel(target: str, service_full_name: str, settings: ServiceSettings) -> grpc.aio.Channel:
     """A channel to a peer, calling as service:gifting (token, tracing, retries: runtime.clients),
     opened on the event loop it is used on."""
-    return open_async_channel(target, service_full_name, GIFTING, settings.jwt_secret, settings.tls)
+    return open_async_channel(target, service_full_name, gifting_token(settings.identity), settings.tls)
+
+
+def gifting_token(identity: IdentitySettings) -> TokenSource:
+    """The service:gifting tokens gifting sends its peers, signed with its own key (dev mode: its dev key)."""
+    return TokenSource.for_settings(identity, GIFTING)

@@ -216,14 +216,15 @@ def _with_transfer(error: DomainError, transfer_id: str) -> DomainError:
 
 
 def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
-    if refusal.reason == "RECIPIENT_CANNOT_RECEIVE":
-        return _with_transfer(refusal, t.transfer_id)
+    """Gifting's own refusal, in a sender's terms (payout's says gift_id for the transfer, creator_id for
+    the recipient): the recipient and the transfer, and payout's reason as `cause` when it is another."""
+    cause = {} if refusal.reason == "RECIPIENT_CANNOT_RECEIVE" else {"cause": refusal.reason}
     return failed_precondition(
         "RECIPIENT_CANNOT_RECEIVE",
-        f"{t.recipient_id} cannot receive gifts ({refusal.reason}); the coins were not spent",
+        f"{t.recipient_id} cannot receive gifts ({cause.get('cause') or refusal.message}); the coins were not spent",
         recipient_id=t.recipient_id,
         transfer_id=t.transfer_id,
-        cause=refusal.reason,
+        **cause,
     )
 
 
@@ -280,6 +281,7 @@ _NOT_CREDITED = {
     "CREATOR_NOT_ELIGIBLE",
     "INVALID_ARGUMENT",
     "CREDIT_DEADLINE_PASSED",
+    "BALANCE_LIMIT_EXCEEDED",
 }
 # Release refusals that mean the coins are already back (or were never held).
 _NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}

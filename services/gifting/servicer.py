@@ -461,6 +461,7 @@ def _gift(g: Gift) -> gifting_pb2.Gift:
         diamonds=g.diamonds,
         version=g.version,
         state=_GIFT_STATES_PB[g.state],
+        diamond_share_bps=g.share_bps,
     )
 
 

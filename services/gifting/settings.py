@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from services.runtime.config import ConfigError, Env, ServiceSettings, load_service_settings
+from services.runtime.ledger import MAX_BALANCE
 
 # Test hooks (GIFTCOIN_GIFTING_FAILPOINT): the saga points at which the process may be made to die.
 FAILPOINTS = ("after_record", "after_hold", "after_credit", "after_capture", "after_release")
@@ -79,8 +80,8 @@ def _check(s: GiftingSettings) -> None:
         raise ConfigError("GIFTCOIN_GIFTING_WALLET_TARGET and GIFTCOIN_GIFTING_PAYOUT_TARGET must not be empty")
     if not 0 <= s.diamond_share_bps <= 10_000:
         raise ConfigError("GIFTCOIN_GIFTING_DIAMOND_SHARE_BPS must be between 0 and 10000 basis points")
-    if s.daily_spend_limit_coins <= 0:
-        raise ConfigError("GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS must be positive")
+    if not 0 < s.daily_spend_limit_coins <= MAX_BALANCE:  # a sender's day total stays within it
+        raise ConfigError(f"GIFTCOIN_GIFTING_DAILY_SPEND_LIMIT_COINS must be from 1 to {MAX_BALANCE}")
     if not 0 < s.hold_safety_margin_seconds < s.hold_ttl_seconds:
         raise ConfigError(
             "GIFTCOIN_GIFTING_HOLD_SAFETY_MARGIN_SECONDS must be positive and below GIFTCOIN_GIFTING_HOLD_TTL_SECONDS"

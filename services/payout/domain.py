@@ -66,8 +66,16 @@ from services.payout.storage import (
 )
 from services.runtime.clock import Clock
 from services.runtime.db import Database, Selection
-from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found, permission_denied
-from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.errors import (
+    DomainError,
+    already_exists,
+    bad_field,
+    failed_precondition,
+    not_found,
+    permission_denied,
+)
+from services.runtime.ledger import MAX_BALANCE, Movement, Overdraft, Posting, balance_limit_exceeded, new_id
+from services.runtime.money import format_money
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import PAYOUT_OUTCOMES, traced
 from services.runtime.validation import age_on
@@ -180,6 +188,7 @@ class CreditReads:
 
     creators: Later[dict[str, CreatorRecord]]
     credits: Later[dict[str, CreditRecord]]  # by gift id: the gifts credited already
+    diamonds: Later[dict[str, int]]  # by creator: diamonds on the balance and in payouts (not locked)
 
 
 @dataclass(frozen=True)
@@ -298,8 +307,9 @@ class Payouts:
     def set_destination(self, uow: UnitOfWork, creator_id: str, destination: Destination) -> Creator:
         self._existing_creator(uow, creator_id)
         if destination.currency != self.terms.currency:
-            raise failed_precondition(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
+                "destination.currency_code",
                 f"payouts are paid in {self.terms.currency}, not {destination.currency}",
                 currency_code=destination.currency,
                 supported=self.terms.currency,
@@ -330,8 +340,14 @@ class Payouts:
     def read_credits(self, uow: UnitOfWork, requests: Sequence[CreditRequest]) -> CreditReads:
         """What deciding these credits reads, queued in the transaction's pipeline: their creators and
         the gifts' credits (one round trip, with whatever else is queued)."""
+        creator_ids = {r.creator_id for r in requests}
+        accounts = {c: (creator_diamonds(c), creator_diamonds_in_payout(c)) for c in creator_ids}
         return CreditReads(
-            uow.creators.get_many({r.creator_id for r in requests}), uow.credits.by_gifts({r.gift_id for r in requests})
+            uow.creators.get_many(creator_ids),
+            uow.credits.by_gifts({r.gift_id for r in requests}),
+            uow.ledger.balances_later([code for pair in accounts.values() for code in pair]).then(
+                lambda b: {c: b[held] + b[paying] for c, (held, paying) in accounts.items()}
+            ),
         )
 
     def credit_many(
@@ -347,7 +363,9 @@ class Payouts:
         """
         now = self.clock.now()
         reads = reads or self.read_credits(uow, requests)
-        outcomes, new = self._decide_credits(requests, reads.credits.get(), reads.creators.get(), now)
+        outcomes, new = self._decide_credits(
+            requests, reads.credits.get(), reads.creators.get(), reads.diamonds.get(), now
+        )
         uow.credits.add_new(new)
         # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) books its coins, all
         # the platform's share; one of no coins at all moves nothing and has no transfer.
@@ -368,11 +386,13 @@ class Payouts:
         requests: Sequence[CreditRequest],
         credited: Mapping[str, CreditRecord],
         creators: Mapping[str, CreatorRecord],
+        diamonds: Mapping[str, int],
         now: datetime,
     ) -> tuple[list[Credit | DomainError], list[CreditRecord]]:
         """Each request's outcome, in order, and the credits to record for them (`credited`: the gifts
-        credited before)."""
+        credited before; `diamonds`: each creator's diamonds, which no credit may take past MAX_BALANCE)."""
         known = dict(credited)
+        held = dict(diamonds)
         outcomes: list[Credit | DomainError] = []
         new: list[CreditRecord] = []
         for r in requests:
@@ -402,6 +422,10 @@ class Payouts:
                     )
                 )
                 continue
+            if held[r.creator_id] + r.diamonds > MAX_BALANCE:
+                outcomes.append(balance_limit_exceeded(r.creator_id, DIAMOND, held[r.creator_id], r.diamonds))
+                continue
+            held[r.creator_id] += r.diamonds
             record = _new_credit(r, now)
             known[r.gift_id] = record
             new.append(record)
@@ -447,11 +471,11 @@ class Payouts:
         return Page([_transaction(e) for e in entries[:page_size]], len(entries) > page_size)
 
     def get_payout(self, uow: UnitOfWork, creator_id: str, payout_id: str) -> Payout:
+        """One of the creator's payouts. Any other id, another creator's or none at all, is refused the
+        same way (PERMISSION_DENIED, checked before NOT_FOUND as AIP-211 asks), so ids reveal nothing."""
         record = uow.payouts.get(payout_id)
-        if record is None:
-            raise not_found("PAYOUT_NOT_FOUND", f"no payout {payout_id}", payout_id=payout_id)
-        if record.creator_id != creator_id:
-            raise permission_denied(f"payout {payout_id} is not {creator_id}'s", payout_id=payout_id)
+        if record is None or record.creator_id != creator_id:
+            raise permission_denied(f"payout {payout_id} is not one of {creator_id}'s payouts", payout_id=payout_id)
         return _payout(record)
 
     def list_payouts(
@@ -543,10 +567,12 @@ class Payouts:
             raise failed_precondition(
                 "PAYOUT_DESTINATION_MISSING", f"{creator_id} has no payout destination", creator_id=creator_id
             )
-        if destination.currency != self.terms.currency:
+        if destination.currency != self.terms.currency:  # set before the payout currency changed
             raise failed_precondition(
-                "CURRENCY_NOT_SUPPORTED",
-                f"payouts are paid in {self.terms.currency}, the destination takes {destination.currency}",
+                "PAYOUT_DESTINATION_UNSUPPORTED",
+                f"payouts are paid in {self.terms.currency}, the destination on file takes {destination.currency}: "
+                "set the destination again",
+                creator_id=creator_id,
                 currency_code=destination.currency,
                 supported=self.terms.currency,
             )
@@ -555,7 +581,8 @@ class Payouts:
         if not quote.meets_minimum:
             raise failed_precondition(
                 "BELOW_PAYOUT_THRESHOLD",
-                f"net {amounts.net} is below the minimum payout of {quote.minimum} {quote.currency}",
+                f"net {format_money(amounts.net, quote.currency)} is below the minimum payout of "
+                f"{format_money(quote.minimum, quote.currency)}",
                 net=amounts.net,
                 minimum=quote.minimum,
                 currency_code=quote.currency,
@@ -563,7 +590,8 @@ class Payouts:
         if not quote.within_daily_limit:
             raise failed_precondition(
                 "DAILY_PAYOUT_LIMIT_EXCEEDED",
-                f"net {amounts.net} exceeds the {quote.daily_remaining} {quote.currency} still payable today",
+                f"net {format_money(amounts.net, quote.currency)} exceeds the "
+                f"{format_money(quote.daily_remaining, quote.currency)} still payable today",
                 net=amounts.net,
                 daily_remaining=quote.daily_remaining,
                 daily_maximum=self.terms.daily_maximum,

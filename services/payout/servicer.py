@@ -7,7 +7,7 @@ user id is the creator id). Every mutating RPC runs through the request-id store
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import date
 from typing import Any, TypeVar
 
 import grpc
@@ -34,14 +34,8 @@ from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
-from services.runtime.pagination import (
-    Listing,
-    decode_page_token,
-    decode_position,
-    encode_page_token,
-    encode_position,
-    filters_key,
-)
+from services.runtime.ledger import MAX_AMOUNT, MAX_BALANCE
+from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token, filtered
 from services.runtime.timestamps import from_timestamp, to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -51,9 +45,6 @@ R = TypeVar("R", bound=Message)
 P = TypeVar("P")  # what a batch reads
 
 FULL_NAME = "giftcoin.payout.v1.PayoutService"
-# Far above any real amount, far below int64 overflow when multiplied by a rate.
-MAX_DIAMONDS = 10**15
-MAX_COINS = 10**15
 MAX_REFERENCE_LENGTH = 256
 MAX_SUMMARY_DAYS = 31
 
@@ -216,13 +207,13 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        cursor = _cursor(request.page_token, "diamond_transactions", {"position": int})
-        before = None if cursor is None else int(cursor["position"])
+        cursor = decode_page_token(request.page_token, "diamond_transactions", {"position": CursorValue.POSITION})
+        before = None if cursor is None else cursor["position"]
         size = clamp_page_size(request.page_size)
         page = self._read(lambda uow: self.payouts.diamond_transactions(uow, creator_id, size, before))
         token = ""
         if page.has_more:
-            token = encode_page_token({"list": "diamond_transactions", "position": page.items[-1].position})
+            token = encode_page_token("diamond_transactions", {"position": page.items[-1].position})
         return payout_pb2.ListDiamondTransactionsResponse(
             transactions=[_transaction(t) for t in page.items], next_page_token=token
         )
@@ -232,7 +223,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     ) -> payout_pb2.QuotePayoutResponse:
         creator_id = calling_user_id()
         v = Validator()
-        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
         quote = self._read(lambda uow: self.payouts.quote(uow, creator_id, request.diamonds))
         return payout_pb2.QuotePayoutResponse(quote=_quote(quote))
@@ -243,7 +234,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         creator_id = calling_user_id()
         v = Validator()
         v.request_id(request.request_id)
-        v.non_negative(request.diamonds, "diamonds", MAX_DIAMONDS)
+        v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
         return self._mutate(
             "RequestPayout",
@@ -271,23 +262,16 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        cursor = _cursor(request.page_token, "payouts", {"created_at": str, "payout_id": str})
-        before = None
-        if cursor is not None:
-            try:
-                before = (datetime.fromisoformat(cursor["created_at"]), str(cursor["payout_id"]))
-            except ValueError as exc:
-                raise _bad_token() from exc
-            if before[0].tzinfo is None:
-                raise _bad_token()
+        cursor = decode_page_token(
+            request.page_token, "payouts", {"created_at": CursorValue.INSTANT, "payout_id": CursorValue.ID}
+        )
+        before = None if cursor is None else (cursor["created_at"], cursor["payout_id"])
         size = clamp_page_size(request.page_size)
         page = self._read(lambda uow: self.payouts.list_payouts(uow, creator_id, size, before))
         token = ""
         if page.has_more:
             last = page.items[-1]
-            token = encode_page_token(
-                {"list": "payouts", "created_at": last.created_at.isoformat(), "payout_id": last.payout_id}
-            )
+            token = encode_page_token("payouts", {"created_at": last.created_at, "payout_id": last.payout_id})
         return payout_pb2.ListPayoutsResponse(payouts=[_payout(p) for p in page.items], next_page_token=token)
 
     # --- operators and the reconciler -----------------------------------------------------------
@@ -301,11 +285,12 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.page_size(request.page_size)
         v.check()
         kyc = _KYC.get(request.kyc_status)
-        filters = filters_key(kyc)
-        after = decode_position(request.page_token, "creators", filters, (str,))
+        listing = filtered("creators", kyc)
+        cursor = decode_page_token(request.page_token, listing, {"after": CursorValue.IDENTIFIER})
+        after = None if cursor is None else cursor["after"]
         size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.creators(uow, kyc, size, None if after is None else after[0]))
-        token = encode_position("creators", filters, [page.items[-1].creator_id]) if page.has_more else ""
+        page = self._read(lambda uow: self.payouts.creators(uow, kyc, size, after))
+        token = encode_page_token(listing, {"after": page.items[-1].creator_id}) if page.has_more else ""
         return payout_pb2.ListCreatorsResponse(creators=[_creator(c) for c in page.items], next_page_token=token)
 
     def ListPayoutsByState(
@@ -317,15 +302,17 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.page_size(request.page_size)
         v.check()
         states = sorted({_STATES[s] for s in request.states})
-        filters = filters_key(states)
-        after = decode_position(request.page_token, "payouts_by_state", filters, (datetime, str))
-        position = None if after is None else (after[0], after[1])
+        listing = filtered("payouts_by_state", states)
+        cursor = decode_page_token(
+            request.page_token, listing, {"created_at": CursorValue.INSTANT, "payout_id": CursorValue.ID}
+        )
+        position = None if cursor is None else (cursor["created_at"], cursor["payout_id"])
         size = clamp_page_size(request.page_size)
         page = self._read(lambda uow: self.payouts.payouts_by_state(uow, states, size, position))
         token = ""
         if page.has_more:
             last = page.items[-1]
-            token = encode_position("payouts_by_state", filters, [last.created_at, last.payout_id])
+            token = encode_page_token(listing, {"created_at": last.created_at, "payout_id": last.payout_id})
         return payout_pb2.ListPayoutsByStateResponse(payouts=[_payout(p) for p in page.items], next_page_token=token)
 
     def ListDiamondCredits(
@@ -437,9 +424,9 @@ def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefi
     v.request_id(request.request_id, f"{prefix}request_id")
     v.identifier(request.gift_id, f"{prefix}gift_id")
     v.identifier(request.creator_id, f"{prefix}creator_id")
-    v.non_negative(request.diamonds, f"{prefix}diamonds", MAX_DIAMONDS)
-    v.non_negative(request.coins, f"{prefix}coins", MAX_COINS)
-    v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_COINS)
+    v.non_negative(request.diamonds, f"{prefix}diamonds", MAX_AMOUNT)
+    v.non_negative(request.coins, f"{prefix}coins", MAX_AMOUNT)
+    v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_AMOUNT)
     if request.promotional_coins > request.coins >= 0:
         v.fail(f"{prefix}promotional_coins", "at most coins (the promotional part of the coins spent)")
     if request.diamonds > request.coins >= 0:
@@ -469,20 +456,6 @@ def _date_of_birth(v: Validator, request: payout_pb2.RegisterCreatorRequest) -> 
         return None
     d = request.date_of_birth
     return v.calendar_date(d.year, d.month, d.day, "date_of_birth")
-
-
-def _bad_token() -> DomainError:
-    return invalid_argument([FieldViolation("page_token", "not a page token from a previous response of this list")])
-
-
-def _cursor(token: str, list_name: str, fields: dict[str, type]) -> dict[str, Any] | None:
-    """A page token's cursor, checked to be one this list made."""
-    cursor = decode_page_token(token)
-    if cursor is None:
-        return None
-    if cursor.get("list") != list_name or any(not isinstance(cursor.get(k), t) for k, t in fields.items()):
-        raise _bad_token()
-    return cursor
 
 
 def _money(amount: int, currency: str) -> common_pb2.Money:

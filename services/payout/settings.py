@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from services.payout.domain import Rate, cash_value
 from services.runtime.config import ConfigError, Env, ServiceSettings, load_service_settings
+from services.runtime.ledger import MAX_BALANCE
+from services.runtime.validation import INT64_MAX
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ def load_settings(env: Env) -> PayoutSettings:
 def _check(s: PayoutSettings) -> None:
     if s.rate_cents <= 0 or s.rate_diamonds <= 0:
         raise ConfigError("GIFTCOIN_PAYOUT_RATE_CENTS and GIFTCOIN_PAYOUT_RATE_DIAMONDS must be positive")
+    if cash_value(MAX_BALANCE, Rate(s.rate_cents, s.rate_diamonds)) > INT64_MAX:  # any balance's gross fits int64
+        raise ConfigError(
+            f"GIFTCOIN_PAYOUT_RATE_CENTS / GIFTCOIN_PAYOUT_RATE_DIAMONDS must value {MAX_BALANCE} diamonds within int64"
+        )
     if not (len(s.currency) == 3 and s.currency.isalpha() and s.currency.isupper()):
         raise ConfigError(f"GIFTCOIN_PAYOUT_CURRENCY must be an ISO 4217 code such as USD, got {s.currency!r}")
     if not 0 <= s.fee_bps < 10_000:

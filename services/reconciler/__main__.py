@@ -13,6 +13,7 @@ from services.reconciler import RECONCILER, ReadFailed, check, to_json
 from services.reconciler.books import Window
 from services.reconciler.metrics import record
 from services.reconciler.settings import load_settings
+from services.runtime.auth import TokenSource
 from services.runtime.config import ConfigError, Env
 from services.runtime.errors import from_rpc_error
 from services.runtime.logs import setup_logging
@@ -25,6 +26,7 @@ DISCREPANCIES_EXIT = 3
 def main() -> int:
     try:
         settings = load_settings(Env())
+        token = TokenSource.for_settings(settings.identity, RECONCILER)  # no key: a configuration error
     except ConfigError as error:
         print(f"reconciler: configuration error: {error}", file=sys.stderr)
         return 2
@@ -37,8 +39,7 @@ def main() -> int:
             settings.targets,
             window,
             now,
-            settings.jwt_secret,
-            RECONCILER,
+            token,
             settings.tls,
             timedelta(seconds=settings.in_flight_seconds),
         )

@@ -19,7 +19,6 @@ from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from services.runtime.auth import Caller
 from services.runtime.clients import open_channel
 from services.runtime.config import TlsSettings
 from services.runtime.timestamps import from_timestamp, to_timestamp
@@ -216,12 +215,11 @@ class RpcBooks:
         self.close = close
 
     @classmethod
-    def connect(
-        cls, targets: dict[str, str], caller: Caller, jwt_secret: str, tls: TlsSettings | None = None
-    ) -> RpcBooks:
-        """Channels to the three services (`targets`: wallet, gifting, payout) calling as `caller`."""
+    def connect(cls, targets: dict[str, str], token: Callable[[], str], tls: TlsSettings | None = None) -> RpcBooks:
+        """Channels to the three services (`targets`: wallet, gifting, payout) sending `token()` (an
+        operator's, or service:reconciler's: runtime.auth.TokenSource) as their identity."""
         channels = {
-            name: open_channel(targets[name], f"giftcoin.{name}.v1.{name.capitalize()}Service", caller, jwt_secret, tls)
+            name: open_channel(targets[name], f"giftcoin.{name}.v1.{name.capitalize()}Service", token, tls)
             for name in ("wallet", "gifting", "payout")
         }
 

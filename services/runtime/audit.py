@@ -21,7 +21,7 @@ from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, Row, S
 from services.runtime.auth import current_caller
 from services.runtime.clock import Clock
 from services.runtime.db import Database
-from services.runtime.pagination import decode_position, encode_position
+from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
 from services.runtime.tables import UtcDateTime
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
@@ -80,15 +80,15 @@ class AuditLog:
         v = Validator()
         v.page_size(page_size)
         v.check()
-        position = decode_position(page_token, _LISTING, "", (int,))
+        cursor = decode_page_token(page_token, _LISTING, {"before": CursorValue.POSITION})
         size = clamp_page_size(page_size)
         t = self.table
         query = select(t).order_by(t.c.sequence.desc()).limit(size + 1)
-        if position is not None:
-            query = query.where(t.c.sequence < position[0])
+        if cursor is not None:
+            query = query.where(t.c.sequence < cursor["before"])
         with self.db.transaction() as conn:
             rows = conn.execute(query).all()
-        token = encode_position(_LISTING, "", [rows[size - 1].sequence]) if len(rows) > size else ""
+        token = encode_page_token(_LISTING, {"before": rows[size - 1].sequence}) if len(rows) > size else ""
         return [_record(r) for r in rows[:size]], token
 
 

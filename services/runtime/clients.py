@@ -13,8 +13,7 @@ opentelemetry-instrumentation-grpc's client interceptor cost more CPU per call t
 from __future__ import annotations
 
 import json
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.runtime.auth import Caller, mint_token
 from services.runtime.config import TlsSettings
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -50,23 +48,11 @@ def retry_service_config(service_full_name: str, attempts: int = 4) -> str:
 
 
 class _Identity:
-    """A fixed caller's `authorization: Bearer <token>` (re-minted before expiry) and the current
-    trace context, as call metadata."""
+    """A caller's `authorization: Bearer <token>` (from its token source, runtime.auth.TokenSource, which
+    mints it again before it expires) and the current trace context, as call metadata."""
 
-    def __init__(self, caller: Caller, secret: str, ttl_seconds: int = 600) -> None:
-        self.caller = caller
-        self.secret = secret
-        self.ttl = ttl_seconds
-        self._lock = threading.Lock()
-        self._token = ""
-        self._expires = 0.0
-
-    def token(self) -> str:
-        with self._lock:
-            if time.monotonic() > self._expires:
-                self._token = mint_token(self.caller, self.secret, self.ttl)
-                self._expires = time.monotonic() + self.ttl / 2
-            return self._token
+    def __init__(self, token: Callable[[], str]) -> None:
+        self.token = token
 
     def metadata(self, metadata: Any) -> list[tuple[str, str]]:
         carrier: dict[str, str] = {}
@@ -212,29 +198,28 @@ def _credentials(tls: TlsSettings | None) -> grpc.ChannelCredentials | None:
 def open_channel(
     target: str,
     service_full_name: str,
-    caller: Caller,
-    jwt_secret: str,
+    token: Callable[[], str],
     tls: TlsSettings | None = None,
 ) -> grpc.Channel:
-    """A blocking channel to `target` calling as `caller`, traced, with retries for `service_full_name`."""
+    """A blocking channel to `target` sending `token()` as its identity, traced, with retries for
+    `service_full_name`."""
     options, credentials = _options(service_full_name), _credentials(tls)
     if credentials is not None:
         channel = grpc.secure_channel(target, credentials, options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, _Outbound(_Identity(caller, jwt_secret)))
+    return grpc.intercept_channel(channel, _Outbound(_Identity(token)))
 
 
 def open_async_channel(
     target: str,
     service_full_name: str,
-    caller: Caller,
-    jwt_secret: str,
+    token: Callable[[], str],
     tls: TlsSettings | None = None,
 ) -> grpc.aio.Channel:
     """The same channel, asynchronous: opened and used on the event loop."""
     options, credentials = _options(service_full_name), _credentials(tls)
-    interceptors = [_AsyncOutbound(_Identity(caller, jwt_secret))]
+    interceptors = [_AsyncOutbound(_Identity(token))]
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 
 from services.runtime.telemetry import EXPORTERS
 
-# The JWT key used only in dev mode, so that `make demo` runs with nothing configured.
-DEV_JWT_SECRET = "giftcoin-dev-secret-not-for-production-use"
-
 DEFAULT_PORTS = {"wallet": 50051, "gifting": 50052, "payout": 50053}
 
 
@@ -63,6 +60,44 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class IdentitySettings:
+    """How bearer tokens are verified (runtime.auth.TokenVerifier) and, for a service that calls others,
+    signed. `keys_path` empty: dev mode's derived keys."""
+
+    dev_mode: bool = False
+    keys_path: str = ""  # a JWKS file, or a directory of them: public keys only
+    issuer: str = "giftcoin"
+    audience: str = ""  # when set, every token must name it in `aud`
+    leeway_seconds: int = 30  # clock skew allowed on iat, nbf and exp
+    max_lifetime_seconds: int = 3600  # exp - iat
+    signing_key_file: str = ""  # a private JWK: this service's own key, for the tokens it sends
+
+
+def load_identity_settings(env: Env, dev_mode: bool, verifies_tokens: bool = True) -> IdentitySettings:
+    identity = IdentitySettings(
+        dev_mode=dev_mode,
+        keys_path=env.text("GIFTCOIN_JWT_KEYS", ""),
+        issuer=env.text("GIFTCOIN_JWT_ISSUER", "giftcoin"),
+        audience=env.text("GIFTCOIN_JWT_AUDIENCE", ""),
+        leeway_seconds=env.integer("GIFTCOIN_JWT_LEEWAY_SECONDS", 30),
+        max_lifetime_seconds=env.integer("GIFTCOIN_JWT_MAX_LIFETIME_SECONDS", 3600),
+        signing_key_file=env.text("GIFTCOIN_JWT_SIGNING_KEY_FILE", ""),
+    )
+    if verifies_tokens and not identity.keys_path and not dev_mode:
+        raise ConfigError(
+            "GIFTCOIN_JWT_KEYS is required: a JWKS file or directory of the public keys that sign callers' "
+            "tokens (or set GIFTCOIN_DEV_MODE=true locally)"
+        )
+    if not identity.issuer:
+        raise ConfigError("GIFTCOIN_JWT_ISSUER must not be empty")
+    if not 0 <= identity.leeway_seconds <= 300:
+        raise ConfigError("GIFTCOIN_JWT_LEEWAY_SECONDS must be from 0 to 300")
+    if not 0 < identity.max_lifetime_seconds <= 86_400:
+        raise ConfigError("GIFTCOIN_JWT_MAX_LIFETIME_SECONDS must be from 1 to 86400")
+    return identity
+
+
+@dataclass(frozen=True)
 class ConnectionSettings:
     """How the server treats its clients' connections (README "Connections").
 
@@ -90,7 +125,7 @@ class ServiceSettings:
     port: int
     database_url: str
     dev_mode: bool
-    jwt_secret: str
+    identity: IdentitySettings
     idempotency_retention_seconds: int
     shutdown_grace_seconds: int
     database_pool_size: int  # connections to the service's database, and the threads that use them
@@ -126,21 +161,19 @@ def _trace_exporter(env: Env) -> str:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Who may talk to whom: dev mode, the JWT key, the mTLS material (every service, and the reconciler)."""
+    """Who this process is and whom it trusts: dev mode, its token settings, its mTLS material (every
+    service, and the reconciler)."""
 
     dev_mode: bool
-    jwt_secret: str
+    identity: IdentitySettings
     tls: TlsSettings
 
 
-def load_credentials(env: Env) -> Credentials:
-    """GIFTCOIN_DEV_MODE, GIFTCOIN_JWT_SECRET and GIFTCOIN_TLS_*; outside dev mode the key and mTLS are required."""
+def load_credentials(env: Env, verifies_tokens: bool = True) -> Credentials:
+    """GIFTCOIN_DEV_MODE, GIFTCOIN_JWT_* and GIFTCOIN_TLS_*; outside dev mode mTLS is required, and the
+    public keys too for a process that verifies tokens (a service; the reconciler only sends its own)."""
     dev_mode = env.flag("GIFTCOIN_DEV_MODE", False)
-    secret = env.text("GIFTCOIN_JWT_SECRET", "")
-    if not secret:
-        if not dev_mode:
-            raise ConfigError("GIFTCOIN_JWT_SECRET is required (or set GIFTCOIN_DEV_MODE=true locally)")
-        secret = DEV_JWT_SECRET
+    identity = load_identity_settings(env, dev_mode, verifies_tokens)
     tls = TlsSettings(
         cert_file=env.text("GIFTCOIN_TLS_CERT_FILE", ""),
         key_file=env.text("GIFTCOIN_TLS_KEY_FILE", ""),
@@ -151,20 +184,20 @@ def load_credentials(env: Env) -> Credentials:
             "mTLS is required outside dev mode: set GIFTCOIN_TLS_CERT_FILE, GIFTCOIN_TLS_KEY_FILE and "
             "GIFTCOIN_TLS_CA_FILE (or GIFTCOIN_DEV_MODE=true locally)"
         )
-    return Credentials(dev_mode, secret, tls)
+    return Credentials(dev_mode, identity, tls)
 
 
 def load_service_settings(service: str, env: Env) -> ServiceSettings:
     upper = service.upper()
     credentials = load_credentials(env)
-    dev_mode, secret, tls = credentials.dev_mode, credentials.jwt_secret, credentials.tls
+    dev_mode, identity, tls = credentials.dev_mode, credentials.identity, credentials.tls
     return ServiceSettings(
         service=service,
         host=env.text(f"GIFTCOIN_{upper}_HOST", "127.0.0.1" if dev_mode else "0.0.0.0"),
         port=env.integer(f"GIFTCOIN_{upper}_PORT", DEFAULT_PORTS[service]),
         database_url=env.text(f"GIFTCOIN_{upper}_DATABASE_URL", f"sqlite:///.data/{service}.db"),
         dev_mode=dev_mode,
-        jwt_secret=secret,
+        identity=identity,
         idempotency_retention_seconds=env.integer("GIFTCOIN_IDEMPOTENCY_RETENTION_SECONDS", 24 * 3600),
         shutdown_grace_seconds=env.integer("GIFTCOIN_SHUTDOWN_GRACE_SECONDS", 10),
         database_pool_size=env.integer("GIFTCOIN_DATABASE_POOL_SIZE", 16),

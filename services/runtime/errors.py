@@ -91,6 +91,18 @@ def invalid_argument(violations: Sequence[FieldViolation]) -> DomainError:
     )
 
 
+def bad_field(reason: str, field: str, message: str, **metadata: object) -> DomainError:
+    """INVALID_ARGUMENT with a reason of its own (not the generic INVALID_ARGUMENT) and the field named in
+    google.rpc.BadRequest: a request whose field names something this service does not offer."""
+    return DomainError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        message,
+        {k: str(v) for k, v in metadata.items()},
+        (FieldViolation(field, message),),
+    )
+
+
 def not_found(reason: str, message: str, **metadata: object) -> DomainError:
     return _error(grpc.StatusCode.NOT_FOUND, reason, message, **metadata)
 

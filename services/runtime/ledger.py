@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 
 from services.runtime.db import insert_rows, insert_unless_conflict, keys_in, rows_bindparams, rows_params, rows_source
+from services.runtime.errors import DomainError, failed_precondition
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime
 
@@ -58,6 +59,28 @@ from services.runtime.tables import UtcDateTime
 PLATFORM_BALANCE_NOT_STORED = (
     "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
 )
+
+# The bounds every service keeps its amounts within, far inside the columns' int64. One request moves at
+# most MAX_AMOUNT of a unit (validated with the request); a holder's balance is at most MAX_BALANCE: a
+# domain refuses a movement that would pass it (`balance_limit_exceeded`), deciding over the balances it
+# read. A batch decided over balances read without a lock (payout's credits) may pass MAX_BALANCE by at
+# most what its concurrent batches add (500 items of MAX_AMOUNT each): still thousands of times inside
+# int64, so no balance reaches a column's range and no sum of balances a float on SQLite.
+MAX_AMOUNT = 10**12
+MAX_BALANCE = 10**15
+
+
+def balance_limit_exceeded(holder: str, unit: str, balance: int, amount: int) -> DomainError:
+    """The refusal of a movement that would take `holder`'s balance past MAX_BALANCE."""
+    return failed_precondition(
+        "BALANCE_LIMIT_EXCEEDED",
+        f"{holder} holds {balance} {unit}s: {amount} more would pass the limit of {MAX_BALANCE}",
+        holder=holder,
+        unit=unit,
+        balance=balance,
+        amount=amount,
+        limit=MAX_BALANCE,
+    )
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,15 @@ def _start(
             log.info("%s database migrated", name)
         if command == "migrate":
             return None
-        app = build(settings)
+        try:
+            app = build(settings)
+        except ConfigError as error:  # what a service reads to build itself: gifting's signing key
+            raise StartupError(str(error)) from error
     try:
         return create_server(app, settings)
+    except ConfigError as error:  # the token keys it verifies callers with (GIFTCOIN_JWT_KEYS)
+        app.close()
+        raise StartupError(str(error)) from error
     except (RuntimeError, OSError) as error:  # a port taken since check_ports
         app.close()
         raise StartupError(f"cannot listen: {_one_line(error)}") from error

@@ -1,84 +1,106 @@
-"""Opaque page tokens (AIP-158): a cursor the server understands and the client only echoes."""
+"""Opaque page tokens (AIP-158): a cursor the server understands and the client only echoes.
+
+A token is base64url JSON naming the list it pages and the cursor's values. A client cannot read it,
+but it can change it, so every value decoded from one is checked before it reaches a query: of the
+list it was made for, each value of its kind and within what the column holds (an integer position
+within int64, a time within what both databases store, an id within its column's length). Anything
+else is INVALID_ARGUMENT with a field violation on `page_token`, never an error of the database.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from google.protobuf.message import Message
 
 from services.runtime.db import Selection
-from services.runtime.errors import FieldViolation, invalid_argument
-from services.runtime.validation import Validator, clamp_page_size
+from services.runtime.errors import DomainError, FieldViolation, invalid_argument
+from services.runtime.validation import INT64_MAX, Validator, clamp_page_size, is_identifier
+
+# Far longer than any token this code makes (a list name, a time and an id), short enough to parse cheaply.
+MAX_PAGE_TOKEN_LENGTH = 512
+MAX_CURSOR_ID_LENGTH = 64  # transfer and payout ids (their columns: String(64))
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
 
 
-def encode_page_token(cursor: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(cursor, sort_keys=True).encode()).decode()
+class CursorValue(Enum):
+    """The kinds of value a cursor holds."""
+
+    POSITION = "position"  # a positive integer key (an autoincrement id), within int64
+    INSTANT = "instant"  # an aware UTC time, ISO 8601 with offset +00:00, 1970..9999
+    ID = "id"  # a printable id without spaces, at most MAX_CURSOR_ID_LENGTH characters
+    IDENTIFIER = "identifier"  # a user's, creator's or promotion's id, as validation.is_identifier says
 
 
-def decode_page_token(token: str, field: str = "page_token") -> dict[str, Any] | None:
-    """The cursor in a token; None for the first page; INVALID_ARGUMENT for a token we did not make."""
+def encode_page_token(list_name: str, cursor: Mapping[str, int | str | datetime]) -> str:
+    """A token for the page of `list_name` after `cursor` (datetimes as UTC ISO 8601)."""
+    values = {k: v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v for k, v in cursor.items()}
+    return base64.urlsafe_b64encode(json.dumps({"list": list_name, **values}, sort_keys=True).encode()).decode()
+
+
+def decode_page_token(
+    token: str, list_name: str, fields: Mapping[str, CursorValue], field: str = "page_token"
+) -> dict[str, Any] | None:
+    """The cursor in a token of `list_name`, each of `fields` checked and converted (POSITION -> int,
+    INSTANT -> aware UTC datetime, ID -> str); None for the first page (an empty token);
+    INVALID_ARGUMENT for anything this list did not make."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        raise _bad(field)
     try:
-        cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_argument([FieldViolation(field, "not a page token from a previous response")]) from exc
-    if not isinstance(cursor, dict):
-        raise invalid_argument([FieldViolation(field, "not a page token from a previous response")])
-    return cursor
+        cursor = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error, RecursionError) as exc:
+        raise _bad(field) from exc
+    if not isinstance(cursor, dict) or cursor.get("list") != list_name or set(cursor) != {"list", *fields}:
+        raise _bad(field)
+    decoded: dict[str, Any] = {}
+    for name, kind in fields.items():
+        value = _value(cursor[name], kind)
+        if value is None:
+            raise _bad(field)
+        decoded[name] = value
+    return decoded
 
 
-# --- keyset positions: where a page ended, in the listing's order ----------------------------------
-
-
-def filters_key(*filters: object) -> str:
-    """A short digest of a listing's filters: a page token is good only for the query that made it."""
-    text = json.dumps([f.isoformat() if isinstance(f, datetime) else f for f in filters], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def encode_position(listing: str, filters: str, position: Sequence[datetime | int | str]) -> str:
-    """The token of the page after the row at `position` (its sort key) of `listing` under `filters`."""
-    after = [value.isoformat() if isinstance(value, datetime) else value for value in position]
-    return encode_page_token({"list": listing, "filters": filters, "after": after})
-
-
-def decode_position(token: str, listing: str, filters: str, types: Sequence[type]) -> list[Any] | None:
-    """The position a token names (None for the first page), each value of the type given; INVALID_ARGUMENT
-    for a token of another listing, of other filters, or tampered with."""
-    cursor = decode_page_token(token)
-    if cursor is None:
+def _value(raw: object, kind: CursorValue) -> int | str | datetime | None:
+    if kind is CursorValue.POSITION:
+        ok = isinstance(raw, int) and not isinstance(raw, bool) and 0 < raw <= INT64_MAX
+        return raw if ok else None  # type: ignore[return-value]
+    if not isinstance(raw, str):
         return None
-    bad = invalid_argument(
-        [FieldViolation("page_token", "not a page token from a previous response of this list, with these filters")]
-    )
-    after = cursor.get("after")
-    if cursor.get("list") != listing or cursor.get("filters") != filters:
-        raise bad
-    if not isinstance(after, list) or len(after) != len(types):
-        raise bad
-    position: list[Any] = []
-    for value, kind in zip(after, types, strict=True):
-        if kind is datetime:
-            value = _moment(value)
-        if value is None or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise bad
-        position.append(value)
-    return position
-
-
-def _moment(value: object) -> datetime | None:
-    """An aware datetime from its ISO 8601 text; None for anything else."""
+    if kind is CursorValue.ID:
+        ok = 0 < len(raw) <= MAX_CURSOR_ID_LENGTH and raw.isascii() and raw.isprintable() and " " not in raw
+        return raw if ok else None
+    if kind is CursorValue.IDENTIFIER:
+        return raw if is_identifier(raw) else None
     try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        at = datetime.fromisoformat(raw)
     except ValueError:
         return None
-    return moment if moment is not None and moment.tzinfo is not None else None
+    # Only what encode_page_token writes: UTC, so no offset can carry the time past the calendar's edge.
+    if at.utcoffset() != timedelta(0) or not _EARLIEST <= at <= _LATEST:
+        return None
+    return at.astimezone(UTC)
+
+
+def _bad(field: str) -> DomainError:
+    return invalid_argument([FieldViolation(field, "not a page token from a previous response of this list")])
+
+
+def filtered(list_name: str, *filters: object) -> str:
+    """The name of `list_name` under these filters (a digest of them): a token of the list read with
+    other filters is one of another list, so a page token is good only for the query that made it."""
+    text = json.dumps([f.isoformat() if isinstance(f, datetime) else f for f in filters], sort_keys=True)
+    return f"{list_name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 class Listing:
@@ -88,17 +110,18 @@ class Listing:
 
     Validates the request with `v` (the caller's violations first), raising INVALID_ARGUMENT for all."""
 
+    _CURSOR = {"at": CursorValue.INSTANT, "id": CursorValue.ID}
+
     def __init__(self, name: str, request: Message, ids_field: str, v: Validator, *filters: object) -> None:
         start, end, ids = v.selection(request, ids_field)
         page_size: int = getattr(request, "page_size")  # noqa: B009 (every listing has one)
         v.page_size(page_size)
         v.check()
-        self.name = name
+        self.name = filtered(name, *filters, start, end, sorted(ids))
         self.size = clamp_page_size(page_size)
-        self.filters = filters_key(*filters, start, end, sorted(ids))
-        after = decode_position(getattr(request, "page_token"), name, self.filters, (datetime, str))  # noqa: B009
-        self.selection = Selection(start, end, ids, None if after is None else (after[0], after[1]))
+        cursor = decode_page_token(getattr(request, "page_token"), self.name, self._CURSOR)  # noqa: B009
+        self.selection = Selection(start, end, ids, None if cursor is None else (cursor["at"], cursor["id"]))
 
     def next_token(self, more: bool, created_at: datetime, key: str) -> str:
         """The token of the page after the one that ended at (created_at, key); "" on the last page."""
-        return encode_position(self.name, self.filters, [created_at, key]) if more else ""
+        return encode_page_token(self.name, {"at": created_at, "id": key}) if more else ""

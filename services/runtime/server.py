@@ -42,6 +42,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime import eventloop
 from services.runtime.auth import (
     Access,
+    TokenVerifier,
     caller_from_metadata,
     current_caller_or_none,
     reset_current_caller,
@@ -132,9 +133,9 @@ class _Guard(grpc.aio.ServerInterceptor):
     it sends, and bytes that do not decode are INVALID_ARGUMENT, never INTERNAL.
     """
 
-    def __init__(self, app: ServiceApp, jwt_secret: str, tracer: trace.Tracer) -> None:
+    def __init__(self, app: ServiceApp, verifier: TokenVerifier, tracer: trace.Tracer) -> None:
         self.app = app
-        self.secret = jwt_secret
+        self.verifier = verifier
         self.prefix = f"/{app.full_name}/"
         self.tracer = tracer
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -177,7 +178,7 @@ class _Guard(grpc.aio.ServerInterceptor):
         name: str,
     ) -> tuple[Any, contextvars.Token[Any]]:
         """The decoded request of a caller who may call the method, and the caller's context token."""
-        caller = caller_from_metadata(tuple(context.invocation_metadata() or ()), self.secret)
+        caller = caller_from_metadata(tuple(context.invocation_metadata() or ()), self.verifier)
         if access is None:  # an RPC without a declared policy is closed, not open
             raise RuntimeError("RPC has no access policy")
         access.check(caller)
@@ -413,7 +414,7 @@ async def start_server(app: ServiceApp, settings: ServiceSettings, address: str 
         timeout_ms=settings.telemetry_timeout_ms,
     )
     server = grpc.aio.server(
-        interceptors=[_Guard(app, settings.jwt_secret, provider.get_tracer("giftcoin.rpc"))],
+        interceptors=[_Guard(app, TokenVerifier.from_settings(settings.identity), provider.get_tracer("giftcoin.rpc"))],
         options=server_options(settings),
     )
     app.add_to_server(app.servicer, server)

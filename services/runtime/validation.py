@@ -1,9 +1,14 @@
-"""Request validation that reports every bad field at once, as google.rpc.BadRequest."""
+"""Request validation that reports every bad field at once, as google.rpc.BadRequest.
+
+The one validator every servicer uses, so that both databases see the same text: PostgreSQL refuses a
+NUL character in a text column and a string longer than its VARCHAR, SQLite stores both, so every
+text from a client is checked here, before storage, to be without NUL and within its stated length.
+Integers from clients are range-checked against a stated maximum, far inside int64.
+"""
 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
@@ -12,13 +17,26 @@ from google.protobuf.message import Message
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.timestamps import EPOCH
 
+INT64_MAX = 2**63 - 1
 MAX_ID_LENGTH = 128
 MAX_IDS = 500  # ids asked for at once by a listing (ListHolds' gift_ids, ...)
 MAX_TEXT_LENGTH = 256
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# A request id's one spelling (AIP-155 idempotency keys compare as text): a UUID as str(uuid.UUID)
+# writes it, lower-case hex in 8-4-4-4-12 groups. Other spellings of the same UUID (upper case, no
+# hyphens, braces, urn:uuid:) are refused rather than normalised, so one UUID is one key, and a
+# client learns its bug at once instead of finding two ids that replay each other.
+_REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+REQUEST_ID_RULE = "a UUID in canonical form: lower-case hex, hyphenated 8-4-4-4-12 (as str(uuid.uuid4()))"
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def is_identifier(value: str) -> bool:
+    """An id of a user, gift, package or target: 1 to MAX_ID_LENGTH letters, digits and . _ : -, starting
+    with a letter or digit."""
+    return 0 < len(value) <= MAX_ID_LENGTH and _ID_PATTERN.fullmatch(value) is not None
 
 
 class Validator:
@@ -36,12 +54,9 @@ class Validator:
 
     def request_id(self, value: str, field: str = "request_id") -> None:
         if not value:
-            self.fail(field, "required: a client-chosen UUID")
-            return
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            self.fail(field, "must be a UUID")
+            self.fail(field, f"required: {REQUEST_ID_RULE}")
+        elif not _REQUEST_ID.fullmatch(value):
+            self.fail(field, f"must be {REQUEST_ID_RULE}")
 
     def identifier(self, value: str, field: str, required: bool = True) -> None:
         """Ids of users, gifts, packages, targets: short, printable, no spaces."""
@@ -51,16 +66,19 @@ class Validator:
             return
         if len(value) > MAX_ID_LENGTH:
             self.fail(field, f"at most {MAX_ID_LENGTH} characters")
-        elif not _ID_PATTERN.match(value):
+        elif not _ID_PATTERN.fullmatch(value):
             self.fail(field, "letters, digits and . _ : - only, starting with a letter or digit")
 
     def text(self, value: str, field: str, required: bool = True, max_length: int = MAX_TEXT_LENGTH) -> None:
+        """Free text (a name, a reference): at most `max_length` characters, no NUL."""
         if not value.strip():
             if required:
                 self.fail(field, "required")
             return
         if len(value) > max_length:
             self.fail(field, f"at most {max_length} characters")
+        elif "\0" in value:
+            self.fail(field, "must not contain NUL characters")
 
     def positive(self, value: int, field: str, maximum: int | None = None) -> None:
         if value <= 0:
@@ -75,11 +93,11 @@ class Validator:
             self.fail(field, f"at most {maximum}")
 
     def country(self, value: str, field: str = "country_code") -> None:
-        if not _COUNTRY.match(value):
+        if not _COUNTRY.fullmatch(value):
             self.fail(field, "required: an ISO 3166-1 alpha-2 code such as US")
 
     def currency(self, value: str, field: str = "currency_code") -> None:
-        if not _CURRENCY.match(value):
+        if not _CURRENCY.fullmatch(value):
             self.fail(field, "an ISO 4217 code such as USD")
 
     def page_size(self, value: int, field: str = "page_size") -> None:

@@ -36,23 +36,30 @@ from enum import Enum
 from functools import partial
 from typing import Protocol
 
-import grpc
 from opentelemetry import trace
 
 from services.runtime.clock import Clock
 from services.runtime.db import Selection
 from services.runtime.errors import (
     DomainError,
-    FieldViolation,
     already_exists,
+    bad_field,
     failed_precondition,
     not_found,
     unavailable,
 )
-from services.runtime.ledger import Movement, Overdraft, Posting, new_id
+from services.runtime.ledger import (
+    MAX_AMOUNT,
+    MAX_BALANCE,
+    Movement,
+    Overdraft,
+    Posting,
+    balance_limit_exceeded,
+    new_id,
+)
 from services.runtime.pipeline import Later
 from services.runtime.telemetry import COINS_MOVED, STORE_NOTIFICATIONS, traced
-from services.runtime.validation import age_on
+from services.runtime.validation import Validator, age_on
 from services.wallet.settings import PackageConfig
 from services.wallet.storage import (
     APPLIED,
@@ -82,6 +89,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 COIN = "coin"
+MAX_STORE_TRANSACTION_ID_LENGTH = 256  # purchases.store_transaction_id's column
 ADULT_AGE = 18
 DEFAULT_CURRENCY = "USD"
 
@@ -371,17 +379,6 @@ DUPLICATE = "duplicate"
 # --- the catalogue -----------------------------------------------------------------------------
 
 
-def _bad_field(reason: str, field: str, message: str, **metadata: object) -> DomainError:
-    """INVALID_ARGUMENT with a specific reason and the field in google.rpc.BadRequest."""
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        reason,
-        message,
-        {k: str(v) for k, v in metadata.items()},
-        (FieldViolation(field, message),),
-    )
-
-
 class Catalogue:
     """The coin packages on sale, from configuration."""
 
@@ -394,7 +391,7 @@ class Catalogue:
         """Packages priced in `currency`, smallest first."""
         currency = currency or DEFAULT_CURRENCY
         if currency not in self.currencies:
-            raise _bad_field(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
                 "currency_code",
                 f"no coin packages are sold in {currency}",
@@ -410,12 +407,10 @@ class Catalogue:
         currency = currency or DEFAULT_CURRENCY
         config = self._by_id.get(package_id)
         if config is None:
-            raise _bad_field(
-                "PACKAGE_NOT_FOUND", "package_id", f"no coin package {package_id!r}", package_id=package_id
-            )
+            raise bad_field("PACKAGE_NOT_FOUND", "package_id", f"no coin package {package_id!r}", package_id=package_id)
         price = dict(config.prices).get(currency)
         if price is None:
-            raise _bad_field(
+            raise bad_field(
                 "CURRENCY_NOT_SUPPORTED",
                 "currency_code",
                 f"package {package_id} is not sold in {currency}",
@@ -513,7 +508,7 @@ class WalletBook:
             )
         receipt = self._verify(store, payload, user_id)
         if receipt.package_id != package.package_id or receipt.currency_code not in (None, package.currency_code):
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_PACKAGE_MISMATCH",
                 "package_id",
                 f"the receipt is for {receipt.package_id} in {receipt.currency_code}, "
@@ -531,6 +526,7 @@ class WalletBook:
         # The store's notifications of this transaction and its purchase are decided one at a time.
         uow.lock_store_transaction(receipt.store, receipt.store_transaction_id)
         wallet = self._wallet(uow, user_id)
+        self._check_room(uow, user_id, package.coins)
         now = self.clock.now()
         record = PurchaseRecord(
             purchase_id=new_id("pur"),
@@ -586,7 +582,7 @@ class WalletBook:
     def _verify(self, store: str, payload: str, user_id: str) -> VerifiedReceipt:
         provider = self.providers.get(store)
         if provider is None:
-            raise _bad_field(
+            raise bad_field(
                 "STORE_NOT_SUPPORTED",
                 "receipt.store",
                 f"receipts of store {store!r} are not accepted here",
@@ -598,20 +594,38 @@ class WalletBook:
             message = f"the {store} receipt does not verify: {exc}"
             if exc.reason in _STORE_STATE_REASONS:
                 raise failed_precondition(exc.reason, message, store=store, **exc.metadata) from None
-            raise _bad_field(exc.reason, "receipt.payload", message, store=store, **exc.metadata) from None
+            raise bad_field(exc.reason, "receipt.payload", message, store=store, **exc.metadata) from None
         except StoreUnavailable as exc:
             raise unavailable(
                 "DEPENDENCY_UNAVAILABLE", f"store {store} cannot verify the receipt now: {exc}", store=store
             ) from None
         if receipt.account_token and receipt.account_token != account_token(user_id):
-            raise _bad_field(
+            raise bad_field(
                 "RECEIPT_ACCOUNT_MISMATCH",
                 "receipt.payload",
                 "the receipt was bought for another account",
                 store=store,
                 account_token=receipt.account_token,
             )
+        # What a store vouches for is still stored: held to the columns' rules like a client's text.
+        v = Validator()
+        v.text(receipt.store_transaction_id, "receipt.payload", max_length=MAX_STORE_TRANSACTION_ID_LENGTH)
+        if receipt.amount_minor is not None:
+            v.non_negative(receipt.amount_minor, "receipt.payload", maximum=MAX_AMOUNT)
+        if v.violations:
+            raise bad_field(
+                "RECEIPT_INVALID",
+                "receipt.payload",
+                f"the receipt's transaction id or amount is out of range: {v.violations[0].description}",
+                store=store,
+            )
         return receipt
+
+    def _check_room(self, uow: WalletUnit, user_id: str, coins: int) -> None:
+        """Refuse coins that would take a (locked) wallet's total past MAX_BALANCE."""
+        total = sum(uow.ledger.balances(WalletAccounts(user_id).coins).values())
+        if total + coins > MAX_BALANCE:
+            raise balance_limit_exceeded(f"user {user_id}", COIN, total, coins)
 
     def refund(self, uow: WalletUnit, store: str, store_transaction_id: str, kind: str) -> RefundResult:
         """Take a refunded (or charged back) purchase's coins back; what was spent becomes debt."""
@@ -776,6 +790,7 @@ class WalletBook:
                 end_time=promotion.end_time.isoformat(),
             )
         coins = promotion.coins_per_claim
+        self._check_room(uow, user_id, coins)
         try:
             uow.insert_claim(promotion_id, user_id, coins, now)
         except Duplicate:

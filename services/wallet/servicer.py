@@ -22,18 +22,14 @@ from sqlalchemy import Connection
 
 from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
+from services.runtime.errors import DomainError, item_results
 from services.runtime.idempotency import RequestIdStore
-from services.runtime.pagination import (
-    Listing,
-    decode_page_token,
-    decode_position,
-    encode_page_token,
-    encode_position,
-)
+from services.runtime.ledger import MAX_AMOUNT
+from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
+from services.wallet.domain import MAX_STORE_TRANSACTION_ID_LENGTH
 from services.wallet.storage import (
     CAPTURED,
     CHARGEBACK,
@@ -50,9 +46,7 @@ from services.wallet.storage import (
 )
 
 FULL_NAME = "giftcoin.wallet.v1.WalletService"
-MAX_COINS = 10**12  # far above any real amount, far below int64: sums of many amounts cannot overflow
 MAX_RECEIPT_LENGTH = 16_384
-MAX_STORE_TRANSACTION_ID_LENGTH = 256
 MAX_SUMMARY_DAYS = 31
 
 
@@ -203,15 +197,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v = Validator()
         v.page_size(page_size)
         v.check()
-        cursor = decode_page_token(page_token)
-        before = None
-        if cursor is not None:
-            before = cursor.get("before")
-            if not isinstance(before, int) or isinstance(before, bool):
-                raise invalid_argument([FieldViolation("page_token", "not a page token from a previous response")])
+        cursor = decode_page_token(page_token, "transactions", {"before": CursorValue.POSITION})
+        before = None if cursor is None else cursor["before"]
         size = clamp_page_size(page_size)
         page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
-        token = "" if page.next_cursor is None else encode_page_token({"before": page.next_cursor})
+        token = "" if page.next_cursor is None else encode_page_token("transactions", {"before": page.next_cursor})
         return [_transaction(t) for t in page.transactions], token
 
     # --- anyone -------------------------------------------------------------------------------
@@ -266,8 +256,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.promotion_id, "promotion_id")
         v.text(request.name, "name")
-        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_COINS)
-        v.positive(request.budget, "budget", maximum=MAX_COINS)
+        v.positive(request.coins_per_claim, "coins_per_claim", maximum=MAX_AMOUNT)
+        v.positive(request.budget, "budget", maximum=MAX_AMOUNT)
         if 0 < request.budget < request.coins_per_claim:
             v.fail("budget", "must be at least coins_per_claim")
         start = _timestamp(v, request, "start_time")
@@ -311,10 +301,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        after = decode_position(request.page_token, "promotions", "", (str,))
+        cursor = decode_page_token(request.page_token, "promotions", {"after": CursorValue.IDENTIFIER})
         size = clamp_page_size(request.page_size)
-        page, more = self.store.run(lambda uow: self.book.promotions(uow, size, None if after is None else after[0]))
-        token = encode_position("promotions", "", [page[-1].record.promotion_id]) if more else ""
+        after = None if cursor is None else cursor["after"]
+        page, more = self.store.run(lambda uow: self.book.promotions(uow, size, after))
+        token = encode_page_token("promotions", {"after": page[-1].record.promotion_id}) if more else ""
         return wallet_pb2.ListPromotionsResponse(promotions=[_promotion(p) for p in page], next_page_token=token)
 
     def ListAuditRecords(
@@ -407,7 +398,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
         v.identifier(request.user_id, "user_id")
-        v.positive(request.amount, "amount", maximum=MAX_COINS)
+        v.positive(request.amount, "amount", maximum=MAX_AMOUNT)
         v.non_negative(request.ttl_seconds, "ttl_seconds", maximum=self.hold_ttl_max_seconds)
         return v
 

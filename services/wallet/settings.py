@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, fields
 
 from services.runtime.config import ConfigError, Env, ServiceSettings, load_service_settings
+from services.runtime.ledger import MAX_AMOUNT
 
 # Signs sandbox receipts in dev mode only, so that `make demo` and the tests need no configuration.
 DEV_SANDBOX_RECEIPT_KEY = "giftcoin-dev-sandbox-receipts-not-for-production-use"
@@ -215,17 +216,17 @@ def parse_packages(raw: str) -> tuple[PackageConfig, ...]:
         if not isinstance(item, dict) or set(item) != {"package_id", "coins", "prices"}:
             raise ConfigError(f"{name}: each package is an object with package_id, coins and prices, got {item!r}")
         package_id, coins, prices = item["package_id"], item["coins"], item["prices"]
-        if not isinstance(package_id, str) or not _PACKAGE_ID.match(package_id):
+        if not isinstance(package_id, str) or not _PACKAGE_ID.fullmatch(package_id):
             raise ConfigError(f"{name}: bad package_id {package_id!r}")
-        if not _is_int(coins) or coins <= 0:
-            raise ConfigError(f"{name}: {package_id}: coins must be a positive integer, got {coins!r}")
+        if not _is_int(coins) or not 0 < coins <= MAX_AMOUNT:
+            raise ConfigError(f"{name}: {package_id}: coins must be an integer from 1 to {MAX_AMOUNT}, got {coins!r}")
         if not isinstance(prices, dict) or not prices:
             raise ConfigError(f"{name}: {package_id}: prices must map currency codes to minor units")
         for currency, amount in prices.items():
-            if not _CURRENCY.match(currency) or not _is_int(amount) or amount <= 0:
+            if not _CURRENCY.fullmatch(currency) or not _is_int(amount) or not 0 < amount <= MAX_AMOUNT:
                 raise ConfigError(
-                    f"{name}: {package_id}: price {currency}={amount!r} must be an ISO 4217 code and a positive "
-                    "integer of minor units"
+                    f"{name}: {package_id}: price {currency}={amount!r} must be an ISO 4217 code and an integer "
+                    f"of minor units from 1 to {MAX_AMOUNT}"
                 )
         packages.append(PackageConfig(package_id, coins, tuple(sorted(prices.items()))))
     ids = [p.package_id for p in packages]

@@ -16,12 +16,12 @@ import pytest
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.peers import GIFTING, PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient
+from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, gifting_token
 from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import eventloop
 from services.runtime.clients import open_async_channel
 from services.runtime.clock import FakeClock
-from services.runtime.config import DEV_JWT_SECRET
+from services.runtime.config import IdentitySettings
 from services.runtime.server import RunningServer
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet, suite
@@ -56,7 +56,7 @@ def _peer(server: RunningServer, service_name: str) -> Peer:
     target = f"127.0.0.1:{server.port}"
 
     async def channel() -> grpc.aio.Channel:  # opened on the loop it is used on
-        return open_async_channel(target, service_name, GIFTING, DEV_JWT_SECRET)
+        return open_async_channel(target, service_name, gifting_token(IdentitySettings(dev_mode=True)))
 
     return Peer(server, eventloop.run(channel()), grpc.insecure_channel(target))
 

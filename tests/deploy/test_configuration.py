@@ -16,7 +16,7 @@ from typing import Any
 import opentelemetry.environment_variables as otel_api_names
 import opentelemetry.sdk.environment_variables as otel_sdk_names
 
-from services.runtime.config import DEV_JWT_SECRET, Env, ServiceSettings
+from services.runtime.config import Env, ServiceSettings
 from tests.deploy import kube
 
 # Read by the shared entry point (services/runtime/main.py) after the settings, with the same Env.
@@ -56,7 +56,7 @@ def test_the_service_settings_modules_record_what_they_read() -> None:
     for service in kube.SERVICES:
         names = names_read_by(service)
         upper = service.upper()
-        assert {f"GIFTCOIN_{upper}_PORT", f"GIFTCOIN_{upper}_DATABASE_URL", "GIFTCOIN_JWT_SECRET"} <= names
+        assert {f"GIFTCOIN_{upper}_PORT", f"GIFTCOIN_{upper}_DATABASE_URL", "GIFTCOIN_JWT_KEYS"} <= names
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in OTEL_NAMES and "OTEL_SERVICE_NAME" in OTEL_NAMES
 
 
@@ -78,7 +78,6 @@ def test_the_manifests_set_what_a_deployment_needs(objects: list[kube.Obj], over
         upper = workload.service.upper()
         environment = kube.container_env(container, objects)
         needed = {
-            "GIFTCOIN_JWT_SECRET",
             f"GIFTCOIN_{upper}_DATABASE_URL",
             f"GIFTCOIN_{upper}_HOST",
             f"GIFTCOIN_{upper}_PORT",
@@ -94,15 +93,16 @@ def test_the_manifests_set_what_a_deployment_needs(objects: list[kube.Obj], over
         if workload.service == "gifting":
             needed |= {"GIFTCOIN_GIFTING_WALLET_TARGET", "GIFTCOIN_GIFTING_PAYOUT_TARGET"}
         if overlay == "prod":
-            needed |= {"GIFTCOIN_TLS_CERT_FILE", "GIFTCOIN_TLS_KEY_FILE", "GIFTCOIN_TLS_CA_FILE"}
+            needed |= {"GIFTCOIN_TLS_CERT_FILE", "GIFTCOIN_TLS_KEY_FILE", "GIFTCOIN_TLS_CA_FILE", "GIFTCOIN_JWT_KEYS"}
+            if workload.service == "gifting":
+                needed.add("GIFTCOIN_JWT_SIGNING_KEY_FILE")
         assert needed <= set(environment), f"{workload.name}: missing {sorted(needed - set(environment))}"
         # Only the migration Job migrates.
         assert environment["GIFTCOIN_MIGRATE_ON_START"] == "false"
         assert environment["OTEL_SERVICE_NAME"] == f"giftcoin-{workload.service}"
         # Credentials come from Secrets, never from a literal in a manifest or ConfigMap.
-        for name in ("GIFTCOIN_JWT_SECRET", f"GIFTCOIN_{upper}_DATABASE_URL"):
-            (var,) = [v for v in container.get("env", []) if v["name"] == name]
-            assert "secretKeyRef" in var.get("valueFrom", {}), f"{workload.name}: {name} is not from a Secret"
+        (var,) = [v for v in container.get("env", []) if v["name"] == f"GIFTCOIN_{upper}_DATABASE_URL"]
+        assert "secretKeyRef" in var.get("valueFrom", {}), f"{workload.name}: its database URL is not from a Secret"
 
 
 def test_each_container_s_environment_loads_and_agrees_with_its_pod(objects: list[kube.Obj], overlay: str) -> None:
@@ -114,7 +114,7 @@ def test_each_container_s_environment_loads_and_agrees_with_its_pod(objects: lis
         assert settings.host == "0.0.0.0", "the pod's IP must be bound, not loopback"
         assert settings.port == grpc_port
         assert settings.trace_exporter == ("console" if overlay == "dev" else "otlp")
-        assert settings.jwt_secret
+        identity = settings.identity
         if workload.kind == "Deployment":
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert settings.port == ports["grpc"] and settings.health_port == ports["health"]
@@ -127,7 +127,18 @@ def test_each_container_s_environment_loads_and_agrees_with_its_pod(objects: lis
                 assert PurePosixPath(path).parent == PurePosixPath(mounts["tls"]), path
         if overlay == "dev":
             assert settings.database_url.startswith(f"postgresql://{workload.service}:")
-            assert settings.jwt_secret == DEV_JWT_SECRET
+            assert (identity.keys_path, identity.signing_key_file) == ("", "")  # the derived dev keys
+        else:
+            # The public keys from the ConfigMap giftcoin-jwks, mounted as a folder (so updates arrive in
+            # place); gifting's own private key from its Secret, in its Deployment only.
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in workload.pod_spec["volumes"]}
+            assert volumes[mounts[identity.keys_path]]["configMap"]["name"] == "giftcoin-jwks"
+            if workload.kind == "Deployment" and workload.service == "gifting":
+                key_dir = str(PurePosixPath(identity.signing_key_file).parent)
+                assert volumes[mounts[key_dir]]["secret"]["secretName"] == "gifting-jwt-signing-key"
+            else:
+                assert not any("secret" in v and "signing" in v["secret"]["secretName"] for v in volumes.values())
 
 
 def test_gifting_calls_its_peers_through_their_headless_services(objects: list[kube.Obj]) -> None:
@@ -170,10 +181,17 @@ def test_the_reconciler_is_set_only_what_it_reads_and_it_loads(objects: list[kub
     assert set(environment) - read.names - OTEL_NAMES == set()
     settings = load_settings(Env(environment))
     assert environment["OTEL_SERVICE_NAME"] == "giftcoin-reconciler"
-    assert (
-        "secretKeyRef"
-        in next(v for v in _reconciler_container(objects)["env"] if v["name"] == "GIFTCOIN_JWT_SECRET")["valueFrom"]
-    )
+    (workload,) = [w for w in kube.workloads(objects) if w.name == kube.RECONCILER]
+    volumes = {v["name"]: v for v in workload.pod_spec["volumes"]}
+    identity = settings.identity
+    if overlay == "dev":
+        assert identity.signing_key_file == ""  # the derived dev key of service:reconciler
+    else:
+        # Its own private key (it signs service:reconciler tokens), from its Secret; it verifies no token.
+        mounts = {m["mountPath"]: m["name"] for m in _reconciler_container(objects)["volumeMounts"]}
+        key_dir = str(PurePosixPath(identity.signing_key_file).parent)
+        assert volumes[mounts[key_dir]]["secret"]["secretName"] == "reconciler-jwt-signing-key"
+        assert "GIFTCOIN_JWT_KEYS" not in environment
     # Each target is a service of the suite, on its gRPC port.
     for name, target in settings.targets.items():
         assert target == f"{name}.{kube.NAMESPACE}.svc:{kube.SERVICES[name][0]}"
@@ -181,8 +199,7 @@ def test_the_reconciler_is_set_only_what_it_reads_and_it_loads(objects: list[kub
     (wallet,) = [w for w in kube.workloads(objects) if w.kind == "Deployment" and w.service == "wallet"]
     served = _load("wallet", kube.container_env(wallet.pod_spec["containers"][0], objects))
     assert (settings.trace_exporter, settings.tls.enabled) == (served.trace_exporter, served.tls.enabled)
+    assert (identity.issuer, identity.audience) == (served.identity.issuer, served.identity.audience)
     assert (environment["GIFTCOIN_DEV_MODE"] == "true") is served.dev_mode is (overlay == "dev")
     if settings.tls.enabled:
-        (workload,) = [w for w in kube.workloads(objects) if w.name == kube.RECONCILER]
-        volumes = {v["name"]: v for v in workload.pod_spec["volumes"]}
         assert volumes["tls"]["secret"]["secretName"] == "reconciler-tls"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime import eventloop
+from services.runtime.auth import keygen
 from services.runtime.config import Env, load_service_settings
 from services.runtime.server import RunningServer, ServiceApp, create_server
 from tests.support.processes import free_port
@@ -47,11 +49,13 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def running(certificates: Path) -> Iterator[RunningServer]:
-    # The production shape: not dev mode, so mTLS is required on the service port.
+def running(certificates: Path, tmp_path: Path) -> Iterator[RunningServer]:
+    # The production shape: not dev mode, so mTLS is required on the service port, and a JWKS.
+    public = keygen("issuer/1", str(tmp_path / "issuer.private.json"))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [public]}))
     env = Env(
         {
-            "GIFTCOIN_JWT_SECRET": "health-port-test-secret",
+            "GIFTCOIN_JWT_KEYS": str(tmp_path / "jwks.json"),
             "GIFTCOIN_TLS_CERT_FILE": str(certificates / "server.crt"),
             "GIFTCOIN_TLS_KEY_FILE": str(certificates / "server.key"),
             "GIFTCOIN_TLS_CA_FILE": str(certificates / "ca.crt"),

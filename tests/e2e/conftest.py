@@ -6,13 +6,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from services.gifting.saga import FAILPOINT_EXIT_CODE
-from services.reconciler import Report, Window, check
-from services.runtime.config import DEV_JWT_SECRET
+from services.reconciler import RECONCILER, Report, Window, check
+from services.runtime.auth import dev_token
 from tests.gifting.harness import Clients, value_problems
 from tests.support.processes import ServiceProcess, free_port
 
@@ -68,7 +69,7 @@ class Processes:
             "gifting": f"127.0.0.1:{self.gifting_port}",
         }
         now = datetime.now(UTC)
-        return check(targets, Window(self.started - timedelta(seconds=1), now), now, DEV_JWT_SECRET)
+        return check(targets, Window(self.started - timedelta(seconds=1), now), now, partial(dev_token, RECONCILER))
 
     def stop(self) -> None:
         for process in [*self.replicas, self.payout, self.wallet]:

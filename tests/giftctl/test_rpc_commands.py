@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,6 +64,9 @@ def payout(make_database: Callable[[str], str]) -> Iterator[str]:
     check_books(url, payout_storage.ledger)
 
 
+DOCS = (Path(__file__).resolve().parents[2] / "docs" / "giftctl.md").read_text()
+
+
 class Giftctl:
     """Runs giftctl in-process against fixed targets; returns (exit status, stdout, stderr)."""
 
@@ -101,20 +105,48 @@ def test_a_viewer_buys_coins_and_replays_are_answered_by_the_wallet(
     assert giftctl.json(*buy, "--request-id", request_id) == bought
     status, out, err = giftctl(*buy)
     assert (status, out) == (1, "")
-    assert err.startswith("giftctl: wallet refused: ALREADY_EXISTS RECEIPT_ALREADY_USED: ")
-    assert len(err.splitlines()) == 1
+    assert err == (
+        "giftctl: wallet refused: ALREADY_EXISTS RECEIPT_ALREADY_USED: "
+        "store transaction store-1 of store sandbox was already credited\n"
+    )
+    assert err in DOCS  # docs/giftctl.md shows what giftctl prints
 
     status, _, err = giftctl("--as", "user:ana", "wallet", "buy", "--package", "coins_70", "--request-id", request_id)
     assert status == 1
     assert err.startswith("giftctl: wallet refused: ALREADY_EXISTS REQUEST_ID_REUSED: ")
 
-    assert giftctl.json("--as", "user:ana", "wallet", "get")["wallet"]["balance"]["total"] == 700
+    # Under --request-id alone, the receipt is made from the request id: the same command replays.
+    again = ("--as", "user:ana", "wallet", "buy", "--package", "coins_70", "--request-id", str(uuid.uuid4()))
+    first = giftctl.json(*again)
+    assert giftctl.json(*again) == first
+    assert first["wallet"]["balance"]["total"] == 770
+
+    # --json on a refusal: the refusal as one JSON object, on stderr.
+    status, out, err = giftctl(*buy, "--json")
+    assert (status, out) == (1, "")
+    refusal = json.loads(err)["error"]
+    assert (refusal["service"], refusal["code"], refusal["reason"]) == (
+        "wallet",
+        "ALREADY_EXISTS",
+        "RECEIPT_ALREADY_USED",
+    )
+    assert refusal["metadata"]["store_transaction_id"] == "store-1"
+    assert err in DOCS
+
+    # A bad receipt: its message once, the field named after it.
+    status, _, err = giftctl("--as", "user:ana", "wallet", "buy", "--package", "coins_70", "--receipt", "forged.sig")
+    assert status == 1
+    message = "the sandbox receipt does not verify: signature does not verify"
+    assert err == f"giftctl: wallet refused: INVALID_ARGUMENT RECEIPT_INVALID: {message} (receipt.payload)\n"
+    assert err in DOCS
+
+    assert giftctl.json("--as", "user:ana", "wallet", "get")["wallet"]["balance"]["total"] == 770
     history = giftctl.json("--as", "user:ana", "wallet", "history")
-    assert [t["kind"] for t in history["transactions"]] == ["TRANSACTION_KIND_PURCHASE"]
+    assert [t["kind"] for t in history["transactions"]] == ["TRANSACTION_KIND_PURCHASE"] * 2
 
     status, out, _ = giftctl("--as", "user:ana", "wallet", "get")
     assert status == 0
-    assert out.splitlines()[1].strip() == ("balance: 700 coins (held 0, available 700; promotional 0, purchased 700)")
+    assert out.splitlines()[1].strip() == ("balance: 770 coins (held 0, available 770; promotional 0, purchased 770)")
 
 
 def test_operator_commands_and_bad_fields_named_by_the_service(wallet: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,6 +191,10 @@ def test_a_creator_sets_up_payouts_and_gets_quotes(payout: str, capsys: pytest.C
 
     status, out, err = giftctl("--as", "user:cara", "payout", "request")
     assert (status, out) == (1, "")
-    assert err.startswith("giftctl: payout refused: FAILED_PRECONDITION BELOW_PAYOUT_THRESHOLD: ")
+    assert err == (
+        "giftctl: payout refused: FAILED_PRECONDITION BELOW_PAYOUT_THRESHOLD: "
+        "net 0.00 USD is below the minimum payout of 10.00 USD\n"
+    )
+    assert err in DOCS
 
     assert giftctl.json("--as", "user:cara", "payout", "payouts") == {"payouts": [], "next_page_token": ""}

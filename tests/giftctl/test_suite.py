@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -148,6 +149,29 @@ def test_demo_walks_the_story_end_to_end_and_exits_0() -> None:
         "stopped: gifting exit 0, payout exit 0, wallet exit 0",
     ):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
+
+
+def test_demo_with_json_prints_one_json_object_a_line() -> None:
+    demo = subprocess.run(
+        [sys.executable, "-m", "services.giftctl", "demo", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    records = [json.loads(line) for line in demo.stdout.splitlines()]
+    assert records[0]["demo"] == "starting" and records[-1]["demo"] == "finished"
+    assert [r["step"] for r in records if "step" in r] == list(range(1, 16))
+    refused = [r["refused"]["reason"] for r in records if "refused" in r]
+    assert refused == ["RECEIPT_ALREADY_USED", "INSUFFICIENT_FUNDS"]
+    sent = [r["feed"]["transfer"]["gift_id"] for r in records if "feed" in r]
+    assert sent == ["rose", "lion"]
+    assert any(r.get("command") == "giftctl --as user:cara payout request" for r in records)
+    assert {"stopped": {"gifting": 0, "payout": 0, "wallet": 0}} in records
+    [reconciled] = [r["reconciliation"] for r in records if "reconciliation" in r]
+    assert reconciled["ok"] is True and reconciled["discrepancies"] == []
+    assert (reconciled["completed"], reconciled["failed"]) == (2, 1)
 
 
 def test_free_ports_handed_out_one_after_another_are_never_the_same() -> None:

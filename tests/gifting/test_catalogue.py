@@ -29,6 +29,7 @@ def test_the_default_catalogue_cheapest_first_with_half_the_price_in_diamonds(su
     gifts = catalogue(suite)
     assert [(g.gift_id, g.name, g.coin_price) for g in gifts] == DEFAULTS
     assert [g.diamonds for g in gifts] == [price // 2 for _, _, price in DEFAULTS]  # Lion: 14999, floored
+    assert {g.diamond_share_bps for g in gifts} == {5000}
     assert {(g.version, g.state) for g in gifts} == {(1, gifting_pb2.GIFT_STATE_ACTIVE)}
     # Anyone may read it: operators and services too.
     for caller in (OPERATOR, service("edge")):
@@ -60,10 +61,21 @@ def test_a_new_gift_with_its_own_diamonds_pays_them_per_gift(suite: Suite) -> No
     c.creator("carol")
     star = c.upsert("star", "Star", 10, diamonds=7)
     assert (star.version, star.diamonds, star.state) == (1, 7, gifting_pb2.GIFT_STATE_ACTIVE)
+    assert star.diamond_share_bps == 0  # explicit diamonds: a send pays quantity * diamonds
     assert [g.gift_id for g in catalogue(suite)][:4] == ["rose", "finger_heart", "star", "doughnut"]
     sent = c.send("vince", gift_id="star", quantity=3, recipient_id="carol")
     assert (sent.total_coins, sent.total_diamonds) == (30, 21)
     assert c.upsert("star", "Star", 10).version == 2  # back to the default share: a change of diamonds
+
+
+def test_a_send_earns_the_share_of_its_whole_price_as_the_catalogue_says(suite: Suite) -> None:
+    c = suite.clients
+    c.viewer("vince")
+    c.creator("carol")
+    rose = next(g for g in catalogue(suite) if g.gift_id == "rose")
+    assert (rose.coin_price, rose.diamonds, rose.diamond_share_bps) == (1, 0, 5000)
+    sent = c.send("vince", gift_id="rose", quantity=10, recipient_id="carol")
+    assert sent.total_diamonds == 10 * rose.coin_price * rose.diamond_share_bps // 10_000 == 5
 
 
 def test_a_retired_gift_leaves_the_catalogue_and_cannot_be_sent_until_upserted_again(suite: Suite) -> None:

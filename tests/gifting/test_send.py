@@ -161,6 +161,9 @@ def test_every_refusal_has_its_code_and_reason(suite: Suite) -> None:
     not_a_creator = refused(lambda: c.send("vince", gift_id="finger_heart", recipient_id="nobody_creator"))
     assert not_a_creator.code == grpc.StatusCode.FAILED_PRECONDITION
     assert not_a_creator.reason == "RECIPIENT_CANNOT_RECEIVE"
+    # In the sender's terms: the transfer under transfer_id (not payout's gift_id), the recipient's id.
+    assert set(not_a_creator.metadata) == {"recipient_id", "transfer_id"}
+    assert not_a_creator.metadata["recipient_id"] == "nobody_creator"
     # One Rose earns no diamonds (floor(1 / 2)), yet its recipient is checked all the same.
     for recipient in ("kid", "nobody_creator"):
         one_rose = refused(partial(c.send, "vince", gift_id="rose", recipient_id=recipient))

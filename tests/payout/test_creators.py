@@ -123,7 +123,8 @@ def test_destinations(payout: PayoutHarness) -> None:
         "destination.currency_code",
     }
     euros = set_to(payout_pb2.DESTINATION_KIND_BANK_ACCOUNT, "DE89370400440532013000", "EUR")
-    assert (euros.code, euros.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CURRENCY_NOT_SUPPORTED")
+    assert (euros.code, euros.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CURRENCY_NOT_SUPPORTED")
+    assert violations(euros) == {"destination.currency_code"}
     missing = payout.refused(
         "SetPayoutDestination", payout_pb2.SetPayoutDestinationRequest(request_id=rid()), user("alice")
     )

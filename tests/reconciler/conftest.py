@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,8 +21,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from services.payout import storage as payout_storage
 from services.reconciler import RECONCILER, Report, Window, check
-from services.runtime.auth import Caller
-from services.runtime.config import DEV_JWT_SECRET
+from services.runtime.auth import Caller, dev_token
 from services.runtime.db import Database
 from services.runtime.ledger import Ledger, Posting
 from services.wallet import storage as wallet_storage
@@ -58,7 +58,7 @@ def reconcile(
     """The reconciliation of `window` (default: the last hour of the suite's fake time), through the RPCs."""
     now = suite.clock.now()
     window = window or Window(now - before, now + timedelta(seconds=1))
-    return check(targets(suite), window, now, DEV_JWT_SECRET, caller=caller, in_flight=in_flight)
+    return check(targets(suite), window, now, partial(dev_token, caller), in_flight=in_flight)
 
 
 def write(url: str, work: Callable[[Connection], Any]) -> Any:

@@ -3,6 +3,7 @@ no traceback: `python -m services.wallet` as an operator runs it, misconfigured 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.giftctl.suite import free_port
+from services.runtime.auth import keygen
 from tests.support.processes import ROOT
 
 NOT_STARTED = 2
@@ -80,7 +82,9 @@ def test_a_database_never_migrated_says_to_migrate_it(tmp_path: Path) -> None:
 
 
 def _tls(tmp_path: Path, **files: str) -> dict[str, str]:
-    env = {"GIFTCOIN_DEV_MODE": "false", "GIFTCOIN_JWT_SECRET": "a-secret", "GIFTCOIN_WALLET_HOST": "127.0.0.1"}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [keygen("issuer/1", str(tmp_path / "issuer.private.json"))]}))
+    env = {"GIFTCOIN_DEV_MODE": "false", "GIFTCOIN_JWT_KEYS": str(jwks), "GIFTCOIN_WALLET_HOST": "127.0.0.1"}
     env["GIFTCOIN_WALLET_DATABASE_URL"] = f"sqlite:///{tmp_path}/wallet.db"
     for name, content in files.items():
         path = tmp_path / f"{name}.pem"
@@ -88,6 +92,11 @@ def _tls(tmp_path: Path, **files: str) -> dict[str, str]:
             path.write_text(content)
         env[f"GIFTCOIN_TLS_{name.upper()}_FILE"] = str(path)
     return env
+
+
+def test_a_key_set_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    env = {**_tls(tmp_path), "GIFTCOIN_DEV_MODE": "true", "GIFTCOIN_JWT_KEYS": str(tmp_path / "missing.json")}
+    assert "GIFTCOIN_JWT_KEYS: cannot read " in one_line(env)
 
 
 def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:

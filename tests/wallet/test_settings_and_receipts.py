@@ -24,7 +24,7 @@ def test_defaults_are_spec_and_dev_mode_signs_sandbox_receipts() -> None:
 
 
 def test_outside_dev_mode_the_sandbox_store_needs_its_own_key() -> None:
-    base = {"GIFTCOIN_JWT_SECRET": "s" * 32, "GIFTCOIN_TLS_CERT_FILE": "c", "GIFTCOIN_TLS_KEY_FILE": "k"}
+    base = {"GIFTCOIN_JWT_KEYS": "/etc/giftcoin/jwks", "GIFTCOIN_TLS_CERT_FILE": "c", "GIFTCOIN_TLS_KEY_FILE": "k"}
     production = load_settings(Env({**base, "GIFTCOIN_TLS_CA_FILE": "ca"}))
     assert production.sandbox_receipt_key == "" and payment_providers(production) == {}
     keyed = load_settings(Env({**base, "GIFTCOIN_TLS_CA_FILE": "ca", "GIFTCOIN_WALLET_SANDBOX_RECEIPT_KEY": "k" * 32}))
