@@ -7,13 +7,15 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from giftcoin.common.v1 import common_pb2
 
 from services.runtime.auth import Caller, CallerKind
 
 _HOST_PORT = re.compile(r"^[^\s:]+:\d{1,5}$")
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def identity(value: str) -> Caller:
@@ -62,6 +64,19 @@ def timestamp(value: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO 8601 time (2026-01-31T12:00:00Z), got {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def moment(value: str) -> datetime:
+    """A point in time: ISO 8601 (2026-01-31T12:00:00Z), or a duration back from now (90m, 2h, 7d)."""
+    match = _DURATION.match(value)
+    if match:
+        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timestamp(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time (2026-01-31T12:00:00Z) or a duration back from now (90m, 2h, 7d), got {value!r}"
+        ) from None
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

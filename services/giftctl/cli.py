@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,18 +21,23 @@ from services.giftctl.session import (
     CliError,
     Session,
     default_target,
+    describe_rpc_error,
     target_env_name,
+    token_source,
 )
+from services.reconciler.reconcile import DEFAULT_IN_FLIGHT, Report
 from services.runtime.auth import CallerKind
 
 IDENTITY_ENV = "GIFTCTL_AS"
+DISCREPANCIES_EXIT = 3  # `reconcile` found the books disagreeing
 DATA_DIR_ENV = "GIFTCTL_DATA_DIR"
 DEBUG_ENV = "GIFTCTL_DEBUG"
 
 DESCRIPTION = """\
 The command-line client of giftcoin: call every user-facing and operator RPC of the wallet,
 gifting and payout services, run the suite locally (up), follow a live gift feed (watch), show a
-gift's trace across the services (trace), and walk the whole story (demo)."""
+gift's trace across the services (trace), prove the three services' books agree (reconcile), and
+walk the whole story (demo)."""
 
 EPILOG = f"""\
 identity: --as user:<id> or --as operator:<id> (default ${IDENTITY_ENV}); giftctl signs a short-lived
@@ -46,6 +53,7 @@ examples:
   giftctl --as user:ana gifting send rose --quantity 10 --to cara --stream live-1
   giftctl watch live-1
   giftctl trace <gift-id>
+  giftctl reconcile --since 2h
   giftctl demo"""
 
 
@@ -146,6 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=_default_data_dir(), help="where the span files are (default .data)")
     p.add_argument("--brief", action="store_true", help="fold database spans into a count")
     p.set_defaults(handler=_trace)
+
+    p = commands.add_parser(
+        "reconcile",
+        parents=leaf_options,
+        help="prove that wallet, gifting and payout agree over a window, and sum up its money",
+        description="Read the three services' books through their RPCs (as service:reconciler, or --as "
+        "operator:<id>) and check every gift of the window against its hold and its credit; print each "
+        "discrepancy with its ids and what to do, and the window's money. Exits 0 when the books agree, "
+        f"{DISCREPANCIES_EXIT} when they do not, 1 when a service cannot be read.",
+    )
+    p.add_argument("--since", type=arguments.moment, metavar="TIME", help="ISO 8601, or a duration (default 24h)")
+    p.add_argument("--until", type=arguments.moment, metavar="TIME", help="default: now")
+    p.add_argument(
+        "--in-flight",
+        type=arguments.integer(1),
+        default=int(DEFAULT_IN_FLIGHT.total_seconds()),
+        metavar="SECONDS",
+        help="a pending gift younger than this is in flight, older is stuck (default %(default)s)",
+    )
+    p.set_defaults(handler=_reconcile)
 
     p = commands.add_parser(
         "demo",
@@ -257,6 +285,39 @@ def _trace(args: argparse.Namespace) -> int:
             print(f"trace {spans[0].trace_id} (gift {args.gift_id}, {len(spans)} spans)")
             print(traces.render_tree(roots, brief=args.brief))
     return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from services.reconciler import to_json
+
+    _setup_tracing()
+    try:
+        report = reconciliation(args)
+    finally:
+        from services.runtime.telemetry import shutdown_tracing
+
+        shutdown_tracing()
+    print(json.dumps(to_json(report), sort_keys=True) if args.json else render.reconciliation(report))
+    return 0 if report.ok else DISCREPANCIES_EXIT
+
+
+def reconciliation(args: argparse.Namespace) -> Report:
+    """`giftctl reconcile`'s report (the demo's too, under the demo's tracing); CliError when a service
+    cannot be read."""
+    from services.reconciler import RECONCILER, ReadFailed, Window, check
+
+    caller = args.identity or RECONCILER
+    if caller.kind is CallerKind.USER:
+        raise CliError("reconcile reads every service's books: pass --as operator:<id> (or no --as)", exit_status=2)
+    now = datetime.now(UTC)
+    window = Window(args.since or now - timedelta(hours=24), args.until or now)
+    if window.end <= window.start:
+        raise CliError("reconcile: --until must come after --since", exit_status=2)
+    try:
+        token = token_source(caller)
+        return check(_targets(args), window, now, token, in_flight=timedelta(seconds=args.in_flight))
+    except ReadFailed as failed:
+        raise CliError(describe_rpc_error(failed.service, _targets(args)[failed.service], failed.error)) from None
 
 
 def _demo(args: argparse.Namespace) -> int:

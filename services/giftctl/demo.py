@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from giftcoin.payout.v1 import payout_pb2
 from google.protobuf.message import Message
 
 from services.giftctl import arguments, render, traces
-from services.giftctl.cli import build_parser
+from services.giftctl.cli import build_parser, reconciliation
 from services.giftctl.feed import Follower
 from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
 from services.giftctl.suite import Suite, describe, free_port
+from services.reconciler import to_json
 from services.runtime.auth import Caller
 from services.runtime.telemetry import setup_tracing, shutdown_tracing
 
@@ -78,6 +80,20 @@ class Story:
             raise session.failure(args.rpc.service, err) from None
         self.emit(_indent(render.text(response)), command=f"giftctl {command_line}", response=render.to_dict(response))
         return response
+
+    def reconcile(self, command_line: str) -> None:
+        """Run `giftctl reconcile` (printed as typed) and print its report; CliError unless the books agree."""
+        if not self.as_json:
+            self.out(f"$ giftctl {command_line}")
+        args = self.parser.parse_args(shlex.split(command_line))
+        for service in SERVICES:
+            setattr(args, f"{service}_target", self.targets[service])
+        report = reconciliation(args)
+        self.emit(
+            _indent(render.reconciliation(report)), command=f"giftctl {command_line}", reconciliation=to_json(report)
+        )
+        if not report.ok:
+            raise CliError(f"the reconciliation found {len(report.discrepancies)} discrepancies")
 
     def refused(self, command_line: str) -> str:
         """Run a command expected to be refused; print and return the refusal."""
@@ -131,6 +147,7 @@ def _caller(subject: str) -> Caller:
 
 def walk(story: Story, data_dir: Path) -> None:
     run, step = story.run, story.step
+    started = datetime.now(UTC)  # the window the story ends by reconciling
 
     step("The catalogues: coin packages and gifts")
     run("wallet packages")
@@ -222,6 +239,9 @@ def walk(story: Story, data_dir: Path) -> None:
 
     watcher.stop()
     thread.join(5)
+
+    step("The reconciliation of the demo's window: the three services' books agree, gift by gift")
+    story.reconcile(f"reconcile --since {started.isoformat()}")
 
 
 def _refused_gift(story: Story, command_line: str) -> None:

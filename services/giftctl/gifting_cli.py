@@ -8,7 +8,7 @@ from typing import Any
 from giftcoin.gifting.v1 import gifting_pb2
 
 from services.giftctl import arguments
-from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
+from services.giftctl.command import RpcCommand, Who, operator_leaf, paging, set_window, window
 from services.giftctl.session import Session
 
 WINDOWS = arguments.Choice(
@@ -18,6 +18,16 @@ WINDOWS = arguments.Choice(
         "all-time": gifting_pb2.LEADERBOARD_WINDOW_ALL_TIME,
     }
 )
+
+
+# A gift transfer's state as operators name it: "failing" is a pending gift whose hold is being given back.
+STATES = arguments.Choice({"pending": 1, "failing": 2, "failed": 3, "completed": 4})
+_STATE_FILTERS = {
+    1: ([gifting_pb2.GIFT_TRANSFER_STATE_PENDING], []),
+    2: ([], [gifting_pb2.GIFT_TRANSFER_STEP_FAILING]),
+    3: ([gifting_pb2.GIFT_TRANSFER_STATE_FAILED], []),
+    4: ([gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED], []),
+}
 
 
 def stream_or_video(stream: str | None, video: str | None) -> gifting_pb2.Target:
@@ -88,6 +98,20 @@ def retire_gift(session: Session, args: argparse.Namespace) -> gifting_pb2.Retir
     return session.gifting().RetireGift(request)
 
 
+def transfers(session: Session, args: argparse.Namespace) -> gifting_pb2.ListGiftTransfersResponse:
+    states, steps = _STATE_FILTERS[args.state] if args.state else ([], [])
+    request = gifting_pb2.ListGiftTransfersRequest(
+        states=states, steps=steps, transfer_ids=args.id, page_size=args.page_size, page_token=args.page_token
+    )
+    set_window(request, args)
+    return session.gifting().ListGiftTransfers(request)
+
+
+def audit(session: Session, args: argparse.Namespace) -> gifting_pb2.ListAuditRecordsResponse:
+    request = gifting_pb2.ListAuditRecordsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.gifting().ListAuditRecords(request)
+
+
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     def leaf(name: str, summary: str, command: RpcCommand, details: str = "") -> argparse.ArgumentParser:
         parser = commands.add_parser(name, parents=parents, help=summary, description=details or summary)
@@ -139,19 +163,47 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     catalogue = commands.add_parser("gift", help="[operator] catalogue changes", description="[operator] catalogue")
     gift_commands = catalogue.add_subparsers(metavar="COMMAND", required=True)
-    p = gift_commands.add_parser(
+    p = operator_leaf(
+        gift_commands,
+        parents,
         "upsert",
-        parents=parents,
-        help="[operator] create a gift or change it",
-        description=OPERATOR_NOTE + "Create a gift or change it; a new price is a new version.",
+        "[operator] create a gift or change it",
+        RpcCommand("gifting", "UpsertGift", Who.OPERATOR, upsert_gift),
+        "Create a gift or change it; a new price is a new version.",
     )
-    p.set_defaults(rpc=RpcCommand("gifting", "UpsertGift", Who.OPERATOR, upsert_gift), prog=p.prog)
     p.add_argument("gift_id", metavar="GIFT")
     p.add_argument("--name", required=True)
     p.add_argument("--price", type=arguments.integer(1), required=True, help="coins per gift")
     p.add_argument("--diamonds", type=arguments.integer(0), default=0, help="per gift (default: the standard share)")
-    p = gift_commands.add_parser(
-        "retire", parents=parents, help="[operator] take a gift off sale", description=OPERATOR_NOTE
+    p = operator_leaf(
+        gift_commands,
+        parents,
+        "retire",
+        "[operator] take a gift off sale",
+        RpcCommand("gifting", "RetireGift", Who.OPERATOR, retire_gift),
     )
-    p.set_defaults(rpc=RpcCommand("gifting", "RetireGift", Who.OPERATOR, retire_gift), prog=p.prog)
     p.add_argument("gift_id", metavar="GIFT")
+
+    p = operator_leaf(
+        commands,
+        parents,
+        "transfers",
+        "[operator] any gifts by state (pending, failing, failed), with cause and age, oldest first",
+        RpcCommand("gifting", "ListGiftTransfers", Who.OPERATOR, transfers),
+        "Gifts by state, recorded in a window (--since, --until) or given by id (--id), oldest first, each "
+        "with its saga's step, why it failed (or is failing) and its age.",
+    )
+    p.add_argument("--state", type=STATES, metavar=STATES.names, help="default: any")
+    window(p, "gifts")
+    p.add_argument("--id", action="append", default=[], metavar="GIFT_ID", help="a gift (repeatable)")
+    paging(p)
+
+    paging(
+        operator_leaf(
+            commands,
+            parents,
+            "audit",
+            "[operator] the audit trail of catalogue changes, newest first",
+            RpcCommand("gifting", "ListAuditRecords", Who.OPERATOR, audit),
+        )
+    )

@@ -8,7 +8,16 @@ from typing import Any
 from giftcoin.payout.v1 import payout_pb2
 
 from services.giftctl import arguments
-from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
+from services.giftctl.command import (
+    RpcCommand,
+    Who,
+    operator_leaf,
+    paging,
+    set_window,
+    summary_request,
+    summary_window,
+    window,
+)
 from services.giftctl.session import Session
 
 DESTINATIONS = arguments.Choice(
@@ -16,6 +25,14 @@ DESTINATIONS = arguments.Choice(
         "sandbox": payout_pb2.DESTINATION_KIND_SANDBOX,
         "bank": payout_pb2.DESTINATION_KIND_BANK_ACCOUNT,
         "paypal": payout_pb2.DESTINATION_KIND_PAYPAL,
+    }
+)
+STATES = arguments.Choice(
+    {
+        "requested": payout_pb2.PAYOUT_STATE_REQUESTED,
+        "processing": payout_pb2.PAYOUT_STATE_PROCESSING,
+        "paid": payout_pb2.PAYOUT_STATE_PAID,
+        "failed": payout_pb2.PAYOUT_STATE_FAILED,
     }
 )
 KYC = arguments.Choice(
@@ -78,6 +95,35 @@ def list_payouts(session: Session, args: argparse.Namespace) -> payout_pb2.ListP
     return session.payout().ListPayouts(request)
 
 
+def creators(session: Session, args: argparse.Namespace) -> payout_pb2.ListCreatorsResponse:
+    request = payout_pb2.ListCreatorsRequest(kyc_status=args.kyc, page_size=args.page_size, page_token=args.page_token)
+    return session.payout().ListCreators(request)
+
+
+def payouts_by_state(session: Session, args: argparse.Namespace) -> payout_pb2.ListPayoutsByStateResponse:
+    request = payout_pb2.ListPayoutsByStateRequest(
+        states=args.state, page_size=args.page_size, page_token=args.page_token
+    )
+    return session.payout().ListPayoutsByState(request)
+
+
+def credits(session: Session, args: argparse.Namespace) -> payout_pb2.ListDiamondCreditsResponse:
+    request = payout_pb2.ListDiamondCreditsRequest(
+        gift_ids=args.gift, page_size=args.page_size, page_token=args.page_token
+    )
+    set_window(request, args)
+    return session.payout().ListDiamondCredits(request)
+
+
+def books(session: Session, args: argparse.Namespace) -> payout_pb2.SummarizeBooksResponse:
+    return session.payout().SummarizeBooks(summary_request(payout_pb2.SummarizeBooksRequest(), args))
+
+
+def audit(session: Session, args: argparse.Namespace) -> payout_pb2.ListAuditRecordsResponse:
+    request = payout_pb2.ListAuditRecordsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.payout().ListAuditRecords(request)
+
+
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     def leaf(name: str, summary: str, command: RpcCommand, details: str = "") -> argparse.ArgumentParser:
         parser = commands.add_parser(name, parents=parents, help=summary, description=details or summary)
@@ -125,12 +171,64 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     creator = commands.add_parser("creator", help="[operator] creators", description="[operator] creators")
     creator_commands = creator.add_subparsers(metavar="COMMAND", required=True)
-    p = creator_commands.add_parser(
+    p = operator_leaf(
+        creator_commands,
+        parents,
         "verify",
-        parents=parents,
-        help="[operator] record a creator's identity verification (KYC)",
-        description=OPERATOR_NOTE + "Record the result of a creator's identity verification (KYC).",
+        "[operator] record a creator's identity verification (KYC)",
+        RpcCommand("payout", "VerifyCreator", Who.OPERATOR, verify_creator),
+        "Record the result of a creator's identity verification (KYC).",
     )
-    p.set_defaults(rpc=RpcCommand("payout", "VerifyCreator", Who.OPERATOR, verify_creator), prog=p.prog)
     p.add_argument("creator_id", metavar="CREATOR_ID")
     p.add_argument("--status", type=KYC, default=payout_pb2.KYC_STATUS_VERIFIED, metavar=KYC.names)
+    p = operator_leaf(
+        creator_commands,
+        parents,
+        "list",
+        "[operator] creators by KYC status (unverified: awaiting verification), by id",
+        RpcCommand("payout", "ListCreators", Who.OPERATOR, creators),
+    )
+    p.add_argument("--kyc", type=KYC, default=payout_pb2.KYC_STATUS_UNSPECIFIED, metavar=KYC.names, help="default: any")
+    paging(p)
+
+    p = operator_leaf(
+        commands,
+        parents,
+        "all-payouts",
+        "[operator] every creator's payouts by state, oldest first",
+        RpcCommand("payout", "ListPayoutsByState", Who.OPERATOR, payouts_by_state),
+    )
+    p.add_argument("--state", type=STATES, action="append", default=[], metavar=STATES.names, help="repeatable")
+    paging(p)
+
+    p = operator_leaf(
+        commands,
+        parents,
+        "credits",
+        "[operator] diamond credits by create time, with what the ledger booked for each",
+        RpcCommand("payout", "ListDiamondCredits", Who.OPERATOR, credits),
+        "Credits made in a window (--since, --until), or those of given gifts (--gift), oldest first; what "
+        "the reconciler reads.",
+    )
+    window(p, "credits")
+    p.add_argument("--gift", action="append", default=[], metavar="GIFT_ID", help="a gift's credit (repeatable)")
+    paging(p)
+
+    p = operator_leaf(
+        commands,
+        parents,
+        "books",
+        "[operator] diamonds credited, the platform's share, payouts over a window; diamonds outstanding now",
+        RpcCommand("payout", "SummarizeBooks", Who.OPERATOR, books),
+    )
+    summary_window(p)
+
+    paging(
+        operator_leaf(
+            commands,
+            parents,
+            "audit",
+            "[operator] the audit trail of KYC decisions, newest first",
+            RpcCommand("payout", "ListAuditRecords", Who.OPERATOR, audit),
+        )
+    )

@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from giftcoin.wallet.v1 import wallet_pb2
-from google.protobuf import timestamp_pb2
 
 from services.giftctl import arguments
-from services.giftctl.command import OPERATOR_NOTE, RpcCommand, Who, paging
+from services.giftctl.command import (
+    OPERATOR_NOTE,
+    RpcCommand,
+    Who,
+    operator_leaf,
+    paging,
+    set_window,
+    stamp,
+    summary_request,
+    summary_window,
+    window,
+)
 from services.giftctl.session import CliError, Session
 from services.runtime.auth import CallerKind
 
@@ -24,12 +34,6 @@ SANDBOX_STORE = "sandbox"
 REFUND_KINDS = arguments.Choice(
     {"refund": wallet_pb2.REFUND_KIND_REFUND, "chargeback": wallet_pb2.REFUND_KIND_CHARGEBACK}
 )
-
-
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def sandbox_receipt(
@@ -106,10 +110,41 @@ def create_promotion(session: Session, args: argparse.Namespace) -> wallet_pb2.C
         name=args.name or args.promotion_id,
         coins_per_claim=args.coins,
         budget=args.budget,
-        start_time=_stamp(start),
-        end_time=_stamp(end),
+        start_time=stamp(start),
+        end_time=stamp(end),
     )
     return session.wallet().CreatePromotion(request)
+
+
+def user_wallet(session: Session, args: argparse.Namespace) -> wallet_pb2.GetUserWalletResponse:
+    return session.wallet().GetUserWallet(wallet_pb2.GetUserWalletRequest(user_id=args.user_id))
+
+
+def user_history(session: Session, args: argparse.Namespace) -> wallet_pb2.ListUserTransactionsResponse:
+    request = wallet_pb2.ListUserTransactionsRequest(
+        user_id=args.user_id, page_size=args.page_size, page_token=args.page_token
+    )
+    return session.wallet().ListUserTransactions(request)
+
+
+def promotions(session: Session, args: argparse.Namespace) -> wallet_pb2.ListPromotionsResponse:
+    request = wallet_pb2.ListPromotionsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.wallet().ListPromotions(request)
+
+
+def holds(session: Session, args: argparse.Namespace) -> wallet_pb2.ListHoldsResponse:
+    request = wallet_pb2.ListHoldsRequest(gift_ids=args.gift, page_size=args.page_size, page_token=args.page_token)
+    set_window(request, args)
+    return session.wallet().ListHolds(request)
+
+
+def books(session: Session, args: argparse.Namespace) -> wallet_pb2.SummarizeBooksResponse:
+    return session.wallet().SummarizeBooks(summary_request(wallet_pb2.SummarizeBooksRequest(), args))
+
+
+def audit(session: Session, args: argparse.Namespace) -> wallet_pb2.ListAuditRecordsResponse:
+    request = wallet_pb2.ListAuditRecordsRequest(page_size=args.page_size, page_token=args.page_token)
+    return session.wallet().ListAuditRecords(request)
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -205,13 +240,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     promotion = commands.add_parser("promotion", help="[operator] promotions", description="[operator] promotions")
     promotion_commands = promotion.add_subparsers(metavar="COMMAND", required=True)
-    p = promotion_commands.add_parser(
+    p = operator_leaf(
+        promotion_commands,
+        parents,
         "create",
-        parents=parents,
-        help="[operator] create a time-limited promotion",
-        description=OPERATOR_NOTE + "Create a time-limited promotion granting coins once per user, within a budget.",
+        "[operator] create a time-limited promotion",
+        RpcCommand("wallet", "CreatePromotion", Who.OPERATOR, create_promotion),
+        "Create a time-limited promotion granting coins once per user, within a budget.",
     )
-    p.set_defaults(rpc=RpcCommand("wallet", "CreatePromotion", Who.OPERATOR, create_promotion), prog=p.prog)
     p.add_argument("promotion_id", metavar="PROMOTION", help="a stable id, e.g. welcome-2026")
     p.add_argument("--name", default="", help="shown to users (default: the id)")
     p.add_argument("--coins", type=arguments.integer(1), required=True, help="coins granted per claim")
@@ -219,6 +255,61 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--starts", type=arguments.timestamp, help="ISO 8601 (default now)")
     p.add_argument("--ends", type=arguments.timestamp, help="ISO 8601 (default: --days after the start)")
     p.add_argument("--days", type=arguments.integer(1), default=7, help="length when --ends is not given (default 7)")
+    paging(
+        operator_leaf(
+            promotion_commands,
+            parents,
+            "list",
+            "[operator] every promotion and what is left of its budget",
+            RpcCommand("wallet", "ListPromotions", Who.OPERATOR, promotions),
+        )
+    )
+
+    user_group = commands.add_parser("user", help="[operator] any user's wallet", description="[operator] wallets")
+    user_commands = user_group.add_subparsers(metavar="COMMAND", required=True)
+    p = operator_leaf(
+        user_commands,
+        parents,
+        "get",
+        "[operator] a user's wallet: status, balance, debt",
+        RpcCommand("wallet", "GetUserWallet", Who.OPERATOR, user_wallet),
+    )
+    p.add_argument("user_id", metavar="USER")
+    p = operator_leaf(
+        user_commands,
+        parents,
+        "history",
+        "[operator] a user's coin transactions, newest first",
+        RpcCommand("wallet", "ListUserTransactions", Who.OPERATOR, user_history),
+    )
+    p.add_argument("user_id", metavar="USER")
+    paging(p)
+
+    p = leaf(
+        "holds",
+        "[operator] holds by create time, with what the ledger spent for each",
+        RpcCommand("wallet", "ListHolds", Who.OPERATOR, holds),
+        OPERATOR_NOTE + "Holds made in a window (--since, --until), or the holds of given gifts (--gift), "
+        "oldest first; what the reconciler reads.",
+    )
+    window(p, "holds")
+    p.add_argument("--gift", action="append", default=[], metavar="GIFT_ID", help="a gift's hold (repeatable)")
+    paging(p)
+
+    p = leaf(
+        "books",
+        "[operator] fiat taken, refunds, coins issued over a window; coins outstanding now",
+        RpcCommand("wallet", "SummarizeBooks", Who.OPERATOR, books),
+    )
+    summary_window(p)
+
+    paging(
+        leaf(
+            "audit",
+            "[operator] the audit trail of refunds and promotions, newest first",
+            RpcCommand("wallet", "ListAuditRecords", Who.OPERATOR, audit),
+        )
+    )
 
 
 NOTIFICATION_PATHS = {"app_store": "/app-store/notifications", "google_play": "/google-play/notifications"}

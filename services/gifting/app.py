@@ -14,8 +14,9 @@ from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient,
 from services.gifting.saga import Failpoint, PayoutPort, Saga, WalletPort
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
-from services.gifting.storage import request_ids
+from services.gifting.storage import audit_records, request_ids
 from services.runtime import auth, eventloop
+from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
@@ -32,6 +33,8 @@ ACCESS: Mapping[str, auth.Access] = {
     "GetGiftTransfer": auth.USER,
     "ListSentGifts": auth.USER,
     "ListReceivedGifts": auth.USER,
+    "ListAuditRecords": auth.OPERATOR,
+    "ListGiftTransfers": auth.RECONCILER,
 }
 
 RECOVERY_LOOP = "gifting-recovery"
@@ -87,8 +90,9 @@ def assemble(
     saga = Saga(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
     gifting.seed_catalogue()
     requests = RequestIdStore(db, request_ids, clock)
+    audit = AuditLog(db, audit_records, clock)
     servicer = GiftingServicer(
-        gifting, saga, feed, requests, settings.send_batch_max, settings.send_batch_stall_ms / 1000
+        gifting, saga, feed, requests, audit, settings.send_batch_max, settings.send_batch_stall_ms / 1000
     )
     unwatch = watch_all(
         (GIFTS_UNFINISHED, lambda: [(gifting.unfinished()[0], {})]),

@@ -31,6 +31,7 @@ from services.gifting.storage import (
     RETIRED,
     FeedEventRecord,
     GiftRecord,
+    TransferQuery,
     TransferRecord,
     UnitOfWork,
 )
@@ -428,6 +429,11 @@ class Gifting:
             lambda uow: uow.transfers.page("recipient_id", recipient_id, page_size + 1, before, COMPLETED)
         )
         return _page(rows, page_size, "received")
+
+    def transfers(self, query: TransferQuery, page_size: int) -> tuple[list[TransferRecord], bool]:
+        """Any gifts (operators, the reconciler) in (create time, id) order; and whether more follow."""
+        rows = self._read(lambda uow: uow.transfers.matching(query, page_size + 1))
+        return rows[:page_size], len(rows) > page_size
 
     def leaderboard(
         self, window: str, limit: int, target: Target | None = None, creator_id: str | None = None

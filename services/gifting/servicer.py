@@ -36,12 +36,28 @@ from services.gifting.domain import (
     current_trace_context,
 )
 from services.gifting.feed import LiveFeed
-from services.gifting.saga import Saga, new_lease_owner
-from services.gifting.storage import ACTIVE, COMPLETED, FAILED, PENDING, RETIRED, FeedEventRecord, TransferRecord
+from services.gifting.saga import Saga, failure, new_lease_owner
+from services.gifting.storage import (
+    ACTIVE,
+    COMPLETED,
+    CREDITED,
+    CREDITING,
+    FAILED,
+    FAILING,
+    HELD,
+    PENDING,
+    RECORDED,
+    RETIRED,
+    FeedEventRecord,
+    TransferQuery,
+    TransferRecord,
+)
+from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.batching import Batcher
 from services.runtime.errors import DomainError, aborted, unavailable
 from services.runtime.idempotency import BatchItem, RequestIdStore
+from services.runtime.pagination import Listing
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -65,6 +81,17 @@ _TRANSFER_STATES_PB = {
     COMPLETED: gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED,
     FAILED: gifting_pb2.GIFT_TRANSFER_STATE_FAILED,
 }
+_TRANSFER_STATES = {v: k for k, v in _TRANSFER_STATES_PB.items()}
+_STEPS_PB = {
+    RECORDED: gifting_pb2.GIFT_TRANSFER_STEP_RECORDED,
+    HELD: gifting_pb2.GIFT_TRANSFER_STEP_HELD,
+    CREDITING: gifting_pb2.GIFT_TRANSFER_STEP_CREDITING,
+    CREDITED: gifting_pb2.GIFT_TRANSFER_STEP_CREDITED,
+    FAILING: gifting_pb2.GIFT_TRANSFER_STEP_FAILING,
+    COMPLETED: gifting_pb2.GIFT_TRANSFER_STEP_COMPLETED,
+    FAILED: gifting_pb2.GIFT_TRANSFER_STEP_FAILED,
+}
+_STEPS = {v: k for k, v in _STEPS_PB.items()}
 
 
 # A time_remaining() beyond this means the call has no deadline (waiting that long overflows).
@@ -85,6 +112,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         saga: Saga,
         feed: LiveFeed,
         requests: RequestIdStore,
+        audit: AuditLog,
         send_batch_max: int = 64,
         send_batch_stall_seconds: float = 0.25,
     ) -> None:
@@ -92,6 +120,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         self.saga = saga
         self.feed = feed
         self.requests = requests
+        self.audit = audit
         self.sends: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
             "gifting-send", self._send_batch, max_batch=send_batch_max, stall_seconds=send_batch_stall_seconds
         )
@@ -125,8 +154,15 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             "UpsertGift",
             request,
             gifting_pb2.UpsertGiftResponse,
-            lambda conn: gifting_pb2.UpsertGiftResponse(
-                gift=_gift(self.gifting.upsert_gift(conn, request.gift_id, name, request.coin_price, request.diamonds))
+            self.audit.audited(
+                "UpsertGift",
+                request,
+                request.gift_id,
+                lambda conn: gifting_pb2.UpsertGiftResponse(
+                    gift=_gift(
+                        self.gifting.upsert_gift(conn, request.gift_id, name, request.coin_price, request.diamonds)
+                    )
+                ),
             ),
         )
 
@@ -141,7 +177,14 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             "RetireGift",
             request,
             gifting_pb2.RetireGiftResponse,
-            lambda conn: gifting_pb2.RetireGiftResponse(gift=_gift(self.gifting.retire_gift(conn, request.gift_id))),
+            self.audit.audited(
+                "RetireGift",
+                request,
+                request.gift_id,
+                lambda conn: gifting_pb2.RetireGiftResponse(
+                    gift=_gift(self.gifting.retire_gift(conn, request.gift_id))
+                ),
+            ),
         )
 
     # --- sending -----------------------------------------------------------------------------------
@@ -314,6 +357,32 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         )
         return gifting_pb2.GetLeaderboardResponse(entries=[_entry(e) for e in entries])
 
+    # --- operators and the reconciler ----------------------------------------------------------------
+
+    def ListGiftTransfers(
+        self, request: gifting_pb2.ListGiftTransfersRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.ListGiftTransfersResponse:
+        v = Validator()
+        for i, state in enumerate(request.states):
+            v.enum(state, set(_TRANSFER_STATES), f"states[{i}]")
+        for i, step in enumerate(request.steps):
+            v.enum(step, set(_STEPS), f"steps[{i}]")
+        kinds = (sorted(set(request.states)), sorted(set(request.steps)))
+        listing = Listing("gift_transfers", request, "transfer_ids", v, *kinds)
+        states = tuple(sorted({_TRANSFER_STATES[s] for s in request.states}))
+        steps = tuple(sorted({_STEPS[s] for s in request.steps}))
+        page, more = self.gifting.transfers(TransferQuery(states, steps, listing.selection), listing.size)
+        token = listing.next_token(more, page[-1].created_at, page[-1].transfer_id) if page else ""
+        return gifting_pb2.ListGiftTransfersResponse(
+            transfers=[_transfer_record(t) for t in page], next_page_token=token
+        )
+
+    def ListAuditRecords(
+        self, request: gifting_pb2.ListAuditRecordsRequest, context: grpc.ServicerContext
+    ) -> gifting_pb2.ListAuditRecordsResponse:
+        records, token = self.audit.page(request.page_size, request.page_token)
+        return gifting_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
+
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[Connection], M]) -> M:
@@ -416,6 +485,21 @@ def _transfer(t: TransferRecord) -> gifting_pb2.GiftTransfer:
     if t.completed_at is not None:
         transfer.complete_time.CopyFrom(to_timestamp(t.completed_at))
     return transfer
+
+
+def _transfer_record(t: TransferRecord) -> gifting_pb2.GiftTransferRecord:
+    record = gifting_pb2.GiftTransferRecord(
+        transfer=_transfer(t),
+        step=_STEPS_PB[t.step],
+        cause=t.failure_reason,
+        cause_message=failure(t).message if t.failure_error else "",
+        promotional_coins=t.promotional_coins or 0,
+        attempts=t.attempts,
+        update_time=to_timestamp(t.updated_at),
+    )
+    if t.credit_deadline is not None:
+        record.credit_deadline.CopyFrom(to_timestamp(t.credit_deadline))
+    return record
 
 
 def _entry(e: LeaderboardEntry) -> gifting_pb2.LeaderboardEntry:

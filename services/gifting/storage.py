@@ -14,7 +14,7 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,13 +44,16 @@ from sqlalchemy import (
     update,
 )
 
+from services.runtime.audit import audit_table
 from services.runtime.db import (
+    Selection,
     insert_rows,
     insert_unless_conflict,
     keys_in,
     rows_bindparams,
     rows_params,
     rows_source,
+    selected,
     update_rows,
     upsert_rows,
 )
@@ -68,6 +71,7 @@ STEPS = (RECORDED, HELD, CREDITING, CREDITED, FAILING, COMPLETED, FAILED)
 
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
+audit_records = audit_table(metadata)
 
 gifts = Table(
     "gifts",
@@ -155,6 +159,16 @@ gift_transfers = Table(
         "created_at",
         postgresql_where=text("state = 'pending'"),
         sqlite_where=text("state = 'pending'"),
+    ),
+    # Operators' and the reconciler's listings, in (create time, id) order: all gifts, and the failed
+    # ones alone (few; a completion does not enter this one).
+    Index("ix_gift_transfers_created", "created_at", "transfer_id"),
+    Index(
+        "ix_gift_transfers_failed",
+        "created_at",
+        "transfer_id",
+        postgresql_where=text("state = 'failed'"),
+        sqlite_where=text("state = 'failed'"),
     ),
 )
 
@@ -254,6 +268,15 @@ def revised(t: TransferRecord, **changes: Any) -> TransferRecord:
     copy = object.__new__(TransferRecord)
     copy.__dict__.update(t.__dict__, **changes)  # a new object, not yet seen by anyone
     return copy
+
+
+@dataclass(frozen=True)
+class TransferQuery:
+    """Which transfers a listing reads: by state and step (any, when empty), and its selection."""
+
+    states: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
+    selection: Selection = field(default_factory=Selection)
 
 
 @dataclass(frozen=True)
@@ -557,6 +580,20 @@ class TransferRepository:
             at, transfer_id = before
             query = query.where(or_(t.c.created_at < at, and_(t.c.created_at == at, t.c.transfer_id < transfer_id)))
         rows = self.conn.execute(query.order_by(t.c.created_at.desc(), t.c.transfer_id.desc()).limit(size))
+        return [_record(TransferRecord, r) for r in rows]
+
+    def matching(self, query: TransferQuery, limit: int) -> list[TransferRecord]:
+        """Transfers by (created_at, transfer_id) that `query` selects."""
+        t = gift_transfers
+        statement = select(t)
+        if len(query.states) == 1:  # as `=`, which the failed transfers' partial index serves
+            statement = statement.where(t.c.state == query.states[0])
+        elif query.states:
+            statement = statement.where(t.c.state.in_(query.states))
+        if query.steps:
+            statement = statement.where(t.c.step.in_(query.steps))
+        statement = selected(statement, t.c.created_at, t.c.transfer_id, t.c.transfer_id, query.selection, limit)
+        rows = self.conn.execute(statement)
         return [_record(TransferRecord, r) for r in rows]
 
     def leaders(

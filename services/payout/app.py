@@ -13,6 +13,7 @@ from services.payout.provider import PayoutProvider, SandboxProvider
 from services.payout.servicer import FULL_NAME, PayoutServicer
 from services.payout.settings import PayoutSettings
 from services.runtime import auth
+from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.idempotency import RequestIdStore
@@ -31,6 +32,11 @@ ACCESS: Mapping[str, auth.Access] = {
     "RequestPayout": auth.USER,
     "GetPayout": auth.USER,
     "ListPayouts": auth.USER,
+    "ListCreators": auth.OPERATOR,
+    "ListPayoutsByState": auth.OPERATOR,
+    "ListAuditRecords": auth.OPERATOR,
+    "ListDiamondCredits": auth.RECONCILER,
+    "SummarizeBooks": auth.RECONCILER,
 }
 
 PROCESSOR_LOOP = "payout-processor"
@@ -83,7 +89,7 @@ def assemble(
     app = ServiceApp(
         name="payout",
         full_name=FULL_NAME,
-        servicer=PayoutServicer(db, request_ids, payouts),
+        servicer=PayoutServicer(db, request_ids, AuditLog(db, storage.audit_records, clock), payouts),
         add_to_server=payout_pb2_grpc.add_PayoutServiceServicer_to_server,
         access=ACCESS,
         executor=db.executor,

@@ -5,11 +5,21 @@ are runtime.errors.DomainError. Value moves only through the double-entry ledger
 transaction as the state change it explains:
 
     credit     platform:diamonds_issued         -d  ->  creator:<id>:diamonds               +d
+               platform:gift_coins              -c  ->  platform:gift_coins:creators_share   +d
+                                                        platform:gift_coins:platform_share   +(c-d)
     request    creator:<id>:diamonds            -d  ->  creator:<id>:diamonds_in_payout     +d
     paid       creator:<id>:diamonds_in_payout  -d  ->  platform:diamonds_redeemed          +d
                platform:cash_issued:<cur>   -gross  ->  platform:cash_paid_out:<cur>      +net
                                                         platform:payout_fee_revenue:<cur> +fee
     failed     creator:<id>:diamonds_in_payout  -d  ->  creator:<id>:diamonds               +d
+
+A credit books the whole gift, once, in one transfer: its diamonds (unit diamond), and its c coins
+(unit coin), split into the creators' share (d, the diamonds: a diamond is the creator's share of one
+coin) and the platform's share (c - d, gifting's rounding included). The promotional part of the coins
+is on the credit's record; wallet's ledger books it (spent: purchased or promotional). Payout
+books it because the credit is the step that carries all three figures (CreditDiamonds has the coins),
+and a credited gift always completes (gifting's saga); the platform accounts keep no stored balance,
+so the coin entries are more rows in the same statements, not a row every credit locks.
 """
 
 from __future__ import annotations
@@ -27,27 +37,35 @@ from services.payout.provider import FAILED as PROVIDER_FAILED
 from services.payout.provider import PAID as PROVIDER_PAID
 from services.payout.provider import PayoutProvider, ProviderPayment, ProviderResult
 from services.payout.storage import (
+    COIN,
+    CREATORS_SHARE,
     DIAMOND,
     DIAMONDS_ISSUED,
     DIAMONDS_REDEEMED,
     FAILED,
+    GIFT_COINS,
+    GIFT_CREDIT,
     IN_FLIGHT,
     PAID,
+    PLATFORM_SHARE,
     PROCESSING,
     REQUESTED,
+    BookedCreditRecord,
     CreatorRecord,
     CreditRecord,
     DiamondEntry,
     PayoutRecord,
+    PayoutTotalsRow,
     UnitOfWork,
     cash_issued,
     cash_paid_out,
     creator_diamonds,
     creator_diamonds_in_payout,
+    diamonds_outstanding,
     fee_revenue,
 )
 from services.runtime.clock import Clock
-from services.runtime.db import Database
+from services.runtime.db import Database, Selection
 from services.runtime.errors import (
     DomainError,
     already_exists,
@@ -69,8 +87,7 @@ T = TypeVar("T")
 ADULT_AGE = 18
 BASIS_POINTS = 10_000
 
-# Ledger transfer kinds.
-GIFT_CREDIT = "gift_credit"
+# Ledger transfer kinds (and GIFT_CREDIT, storage's).
 PAYOUT = "payout"
 PAYOUT_RETURNED = "payout_returned"
 PAYOUT_PAID = "payout_paid"
@@ -231,6 +248,21 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class BooksSummary:
+    """Payout's money over a window, and its diamonds outstanding now (`Payouts.summary`)."""
+
+    credits: int
+    diamonds_credited: int
+    gift_coins: int
+    gift_promotional_coins: int
+    platform_share: int
+    payouts: list[PayoutTotalsRow]  # requested in the window, by state and currency
+    diamonds_outstanding: int
+    diamonds_in_payout: int
+    as_of: datetime
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     items: list[T]
     has_more: bool
@@ -335,25 +367,19 @@ class Payouts:
             requests, reads.credits.get(), reads.creators.get(), reads.diamonds.get(), now
         )
         uow.credits.add_new(new)
-        # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) is recorded, so the
-        # gift is known and its recipient checked, but moves no value and so has no ledger transfer.
-        movements = [
-            Movement(
-                GIFT_CREDIT,
-                r.gift_id,
-                [Posting(DIAMONDS_ISSUED, -r.diamonds), Posting(creator_diamonds(r.creator_id), r.diamonds)],
-                transfer_id=r.transfer_id,
-            )
-            for r in new
-            if r.diamonds > 0
-        ]
-        if movements:  # credits only add to balances: nothing to check before the commit
+        # A credit of 0 diamonds (one Rose: the creator's share floors to nothing) books its coins, all
+        # the platform's share; one of no coins at all moves nothing and has no transfer.
+        movements = [Movement(GIFT_CREDIT, r.gift_id, _credit_postings(r), r.transfer_id) for r in new if r.coins]
+        if movements:  # credits only add to holder balances: nothing to check before the commit
             uow.ledger.post_many(movements, now, checked=False)
         return outcomes
 
     def open_platform_accounts(self, uow: UnitOfWork) -> None:
-        """The platform account every credit moves diamonds from, opened at start (idempotent)."""
-        uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, self.clock.now(), platform=True)
+        """The platform accounts every credit moves diamonds and coins between, opened at start (idempotent)."""
+        now = self.clock.now()
+        uow.ledger.open_account(DIAMONDS_ISSUED, DIAMOND, now, platform=True)
+        for code in (GIFT_COINS, CREATORS_SHARE, PLATFORM_SHARE):
+            uow.ledger.open_account(code, COIN, now, platform=True)
 
     def _decide_credits(
         self,
@@ -458,6 +484,38 @@ class Payouts:
         self._existing_creator(uow, creator_id)
         records = uow.payouts.page(creator_id, page_size + 1, before)
         return Page([_payout(r) for r in records[:page_size]], len(records) > page_size)
+
+    # operators and the reconciler
+
+    def creators(self, uow: UnitOfWork, kyc_status: str | None, page_size: int, after: str | None) -> Page[Creator]:
+        records = uow.creators.page(kyc_status, after, page_size + 1)
+        return Page([self._creator(r) for r in records[:page_size]], len(records) > page_size)
+
+    def payouts_by_state(
+        self, uow: UnitOfWork, states: Sequence[str], page_size: int, after: tuple[datetime, str] | None
+    ) -> Page[Payout]:
+        records = uow.payouts.by_states(states, after, page_size + 1)
+        return Page([_payout(r) for r in records[:page_size]], len(records) > page_size)
+
+    def booked_credits(self, uow: UnitOfWork, selection: Selection, page_size: int) -> Page[BookedCreditRecord]:
+        records = uow.credits.booked(selection, page_size + 1)
+        return Page(records[:page_size], len(records) > page_size)
+
+    def summary(self, uow: UnitOfWork, start: datetime, end: datetime) -> BooksSummary:
+        """Credits and payouts of [start, end); the diamonds outstanding now."""
+        credits, diamonds, coins, promotional, share = uow.credits.window_totals(start, end)
+        outstanding, in_payout = diamonds_outstanding(uow.conn)
+        return BooksSummary(
+            credits=credits,
+            diamonds_credited=diamonds,
+            gift_coins=coins,
+            gift_promotional_coins=promotional,
+            platform_share=share,
+            payouts=uow.payouts.window_totals(start, end),
+            diamonds_outstanding=outstanding,
+            diamonds_in_payout=in_payout,
+            as_of=self.clock.now(),
+        )
 
     # quotes and payouts
 
@@ -709,6 +767,18 @@ def _destination(record: CreatorRecord) -> Destination | None:
     if not record.destination_kind:
         return None
     return Destination(record.destination_kind, record.destination_reference or "", record.destination_currency or "")
+
+
+def _credit_postings(r: CreditRecord) -> list[Posting]:
+    """A gift's booking (the module's header): its diamonds to the creator, its coins split into the
+    creators' and the platform's shares (zero amounts are left out by the ledger)."""
+    return [
+        Posting(DIAMONDS_ISSUED, -r.diamonds),
+        Posting(creator_diamonds(r.creator_id), r.diamonds),
+        Posting(GIFT_COINS, -r.coins),
+        Posting(CREATORS_SHARE, r.diamonds),
+        Posting(PLATFORM_SHARE, r.coins - r.diamonds),
+    ]
 
 
 def _new_credit(request: CreditRequest, now: datetime) -> CreditRecord:

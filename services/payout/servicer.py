@@ -14,6 +14,7 @@ import grpc
 from giftcoin.common.v1 import common_pb2
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from google.protobuf.message import Message
+from sqlalchemy import Connection
 
 from services.payout import domain
 from services.payout.domain import (
@@ -27,13 +28,14 @@ from services.payout.domain import (
     Quote,
 )
 from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
-from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, UnitOfWork
+from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, BookedCreditRecord, UnitOfWork
+from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.ledger import MAX_AMOUNT, MAX_BALANCE
-from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
+from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token, filtered
 from services.runtime.timestamps import from_timestamp, to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
@@ -44,6 +46,7 @@ P = TypeVar("P")  # what a batch reads
 
 FULL_NAME = "giftcoin.payout.v1.PayoutService"
 MAX_REFERENCE_LENGTH = 256
+MAX_SUMMARY_DAYS = 31
 
 _KYC = {
     payout_pb2.KYC_STATUS_UNVERIFIED: domain.KYC_UNVERIFIED,
@@ -63,6 +66,7 @@ _STATES_PB = {
     PAID: payout_pb2.PAYOUT_STATE_PAID,
     FAILED: payout_pb2.PAYOUT_STATE_FAILED,
 }
+_STATES = {v: k for k, v in _STATES_PB.items()}
 _TRANSACTION_KINDS_PB = {
     domain.GIFT_CREDIT: payout_pb2.DIAMOND_TRANSACTION_KIND_GIFT_CREDIT,
     domain.PAYOUT: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT,
@@ -71,9 +75,10 @@ _TRANSACTION_KINDS_PB = {
 
 
 class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
-    def __init__(self, db: Database, request_ids: RequestIdStore, payouts: Payouts) -> None:
+    def __init__(self, db: Database, request_ids: RequestIdStore, audit: AuditLog, payouts: Payouts) -> None:
         self.db = db
         self.request_ids = request_ids
+        self.audit = audit
         self.payouts = payouts
 
     # --- creators ------------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
             lambda uow: payout_pb2.VerifyCreatorResponse(
                 creator=_creator(self.payouts.verify_creator(uow, request.creator_id, _KYC[request.kyc_status]))
             ),
+            audit_target=request.creator_id,
         )
 
     # --- credits -------------------------------------------------------------------------------
@@ -268,17 +274,110 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
             token = encode_page_token("payouts", {"created_at": last.created_at, "payout_id": last.payout_id})
         return payout_pb2.ListPayoutsResponse(payouts=[_payout(p) for p in page.items], next_page_token=token)
 
+    # --- operators and the reconciler -----------------------------------------------------------
+
+    def ListCreators(
+        self, request: payout_pb2.ListCreatorsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListCreatorsResponse:
+        v = Validator()
+        if request.kyc_status:
+            v.enum(request.kyc_status, set(_KYC), "kyc_status")
+        v.page_size(request.page_size)
+        v.check()
+        kyc = _KYC.get(request.kyc_status)
+        listing = filtered("creators", kyc)
+        cursor = decode_page_token(request.page_token, listing, {"after": CursorValue.IDENTIFIER})
+        after = None if cursor is None else cursor["after"]
+        size = clamp_page_size(request.page_size)
+        page = self._read(lambda uow: self.payouts.creators(uow, kyc, size, after))
+        token = encode_page_token(listing, {"after": page.items[-1].creator_id}) if page.has_more else ""
+        return payout_pb2.ListCreatorsResponse(creators=[_creator(c) for c in page.items], next_page_token=token)
+
+    def ListPayoutsByState(
+        self, request: payout_pb2.ListPayoutsByStateRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListPayoutsByStateResponse:
+        v = Validator()
+        for i, state in enumerate(request.states):
+            v.enum(state, set(_STATES), f"states[{i}]")
+        v.page_size(request.page_size)
+        v.check()
+        states = sorted({_STATES[s] for s in request.states})
+        listing = filtered("payouts_by_state", states)
+        cursor = decode_page_token(
+            request.page_token, listing, {"created_at": CursorValue.INSTANT, "payout_id": CursorValue.ID}
+        )
+        position = None if cursor is None else (cursor["created_at"], cursor["payout_id"])
+        size = clamp_page_size(request.page_size)
+        page = self._read(lambda uow: self.payouts.payouts_by_state(uow, states, size, position))
+        token = ""
+        if page.has_more:
+            last = page.items[-1]
+            token = encode_page_token(listing, {"created_at": last.created_at, "payout_id": last.payout_id})
+        return payout_pb2.ListPayoutsByStateResponse(payouts=[_payout(p) for p in page.items], next_page_token=token)
+
+    def ListDiamondCredits(
+        self, request: payout_pb2.ListDiamondCreditsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListDiamondCreditsResponse:
+        listing = Listing("diamond_credits", request, "gift_ids", Validator())
+        page = self._read(lambda uow: self.payouts.booked_credits(uow, listing.selection, listing.size))
+        last = page.items[-1].credit if page.items else None
+        token = listing.next_token(page.has_more, last.created_at, last.credit_id) if last else ""
+        return payout_pb2.ListDiamondCreditsResponse(
+            credits=[_booked_credit(c) for c in page.items], next_page_token=token
+        )
+
+    def SummarizeBooks(
+        self, request: payout_pb2.SummarizeBooksRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.SummarizeBooksResponse:
+        start, end = Validator().summary_window(request, MAX_SUMMARY_DAYS)
+        s = self._read(lambda uow: self.payouts.summary(uow, start, end))
+        return payout_pb2.SummarizeBooksResponse(
+            credits=s.credits,
+            diamonds_credited=s.diamonds_credited,
+            gift_coins=s.gift_coins,
+            gift_promotional_coins=s.gift_promotional_coins,
+            platform_share=s.platform_share,
+            payouts=[
+                payout_pb2.PayoutTotals(
+                    state=_STATES_PB[t.state],
+                    payouts=t.payouts,
+                    diamonds=t.diamonds,
+                    gross=_money(t.gross, t.currency),
+                    fee=_money(t.fee, t.currency),
+                    net=_money(t.net, t.currency),
+                )
+                for t in s.payouts
+            ],
+            diamonds_outstanding=s.diamonds_outstanding,
+            diamonds_in_payout=s.diamonds_in_payout,
+            as_of=to_timestamp(s.as_of),
+        )
+
+    def ListAuditRecords(
+        self, request: payout_pb2.ListAuditRecordsRequest, context: grpc.ServicerContext
+    ) -> payout_pb2.ListAuditRecordsResponse:
+        records, token = self.audit.page(request.page_size, request.page_token)
+        return payout_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
+
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _mutate(self, method: str, request: Any, response_type: type[M], work: Callable[[UnitOfWork], M]) -> M:
-        """Run `work` once per (caller, request id), in one transaction with its recorded response."""
+    def _mutate(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[M],
+        work: Callable[[UnitOfWork], M],
+        audit_target: str = "",
+    ) -> M:
+        """Run `work` once per (caller, request id), in one transaction with its recorded response; an
+        operator's action (`audit_target`: what it acts on) with its audit record too."""
+
+        def unit_of_work(conn: Connection) -> M:
+            return work(UnitOfWork(conn))
+
+        run = self.audit.audited(method, request, audit_target, unit_of_work) if audit_target else unit_of_work
         return self.request_ids.execute(
-            current_caller().subject,
-            _method(method),
-            request,
-            request.request_id,
-            response_type,
-            lambda conn: work(UnitOfWork(conn)),
+            current_caller().subject, _method(method), request, request.request_id, response_type, run
         )
 
     def _mutate_batch(
@@ -330,6 +429,8 @@ def _check_credit(v: Validator, request: payout_pb2.CreditDiamondsRequest, prefi
     v.non_negative(request.promotional_coins, f"{prefix}promotional_coins", MAX_AMOUNT)
     if request.promotional_coins > request.coins >= 0:
         v.fail(f"{prefix}promotional_coins", "at most coins (the promotional part of the coins spent)")
+    if request.diamonds > request.coins >= 0:
+        v.fail(f"{prefix}diamonds", "at most coins: a gift never credits more diamonds than its coins")
     if request.HasField("credit_deadline"):
         v.timestamp(request.credit_deadline.seconds, request.credit_deadline.nanos, f"{prefix}credit_deadline")
 
@@ -389,6 +490,24 @@ def _credit(c: Credit) -> payout_pb2.DiamondCredit:
         creator_id=c.creator_id,
         diamonds=c.diamonds,
         create_time=to_timestamp(c.created_at),
+    )
+
+
+def _booked_credit(b: BookedCreditRecord) -> payout_pb2.BookedCredit:
+    c = b.credit
+    return payout_pb2.BookedCredit(
+        credit=payout_pb2.DiamondCredit(
+            credit_id=c.credit_id,
+            gift_id=c.gift_id,
+            creator_id=c.creator_id,
+            diamonds=c.diamonds,
+            create_time=to_timestamp(c.created_at),
+        ),
+        coins=c.coins,
+        promotional_coins=c.promotional_coins,
+        booked_diamonds=b.booked_diamonds,
+        booked_platform_share=b.booked_share,
+        diamond_transfers=b.diamond_transfers,
     )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     insert,
     or_,
@@ -39,7 +40,8 @@ from sqlalchemy import (
     update,
 )
 
-from services.runtime.db import insert_rows, keys_in
+from services.runtime.audit import audit_table
+from services.runtime.db import Selection, after_keys, insert_rows, keys_in, selected
 from services.runtime.ledger import Ledger, ledger_tables
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
@@ -54,6 +56,7 @@ _IN_FLIGHT_SQL = "state IN ('requested', 'processing')"
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
 ledger = ledger_tables(metadata)
+audit_records = audit_table(metadata)
 
 creators = Table(
     "creators",
@@ -69,6 +72,7 @@ creators = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     CheckConstraint("kyc_status IN ('unverified', 'verified', 'rejected')", name="ck_creators_kyc_status"),
+    Index("ix_creators_kyc_status", "kyc_status", "creator_id"),  # operators' creators by KYC status
 )
 
 diamond_credits = Table(
@@ -85,6 +89,8 @@ diamond_credits = Table(
     CheckConstraint("diamonds >= 0", name="ck_diamond_credits_diamonds_not_negative"),
     CheckConstraint("promotional_coins >= 0 AND promotional_coins <= coins", name="ck_diamond_credits_coins"),
     Index("ux_diamond_credits_gift_id", "gift_id", unique=True),
+    # The reconciler's listing of a window's credits, in (create time, id) order.
+    Index("ix_diamond_credits_created", "created_at", "credit_id"),
 )
 
 payouts = Table(
@@ -143,6 +149,21 @@ sandbox_payments = Table(
 DIAMOND = "diamond"
 DIAMONDS_ISSUED = "platform:diamonds_issued"  # where credited diamonds come from (goes negative)
 DIAMONDS_REDEEMED = "platform:diamonds_redeemed"  # diamonds of paid payouts end here
+
+# The coins of credited gifts, as payout books them with each credit (domain.py's header): the coins
+# the gifts cost (negative), split into the creators' share (the diamonds: a diamond is the creator's
+# share of one coin) and the platform's share. How many of them were promotional is wallet's ledger's
+# to tell (and the credit's record's).
+COIN = "coin"
+GIFT_COINS = "platform:gift_coins"
+CREATORS_SHARE = "platform:gift_coins:creators_share"
+PLATFORM_SHARE = "platform:gift_coins:platform_share"
+
+
+# The ledger transfer kinds that book a gift: its credit, and (GIFT_SHARE) the platform's share of a gift
+# credited before payout booked the share with the credit, booked by migration 0002.
+GIFT_CREDIT, GIFT_SHARE = "gift_credit", "gift_share"
+GIFT_BOOKINGS = (GIFT_CREDIT, GIFT_SHARE)
 
 
 def creator_diamonds(creator_id: str) -> str:
@@ -231,6 +252,28 @@ class DiamondEntry:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class BookedCreditRecord:
+    """A credit and what the ledger booked for its gift: diamonds to the creator, the platform's share,
+    and how many transfers moved diamonds for it."""
+
+    credit: CreditRecord
+    booked_diamonds: int
+    booked_share: int
+    diamond_transfers: int
+
+
+@dataclass(frozen=True)
+class PayoutTotalsRow:
+    state: str
+    currency: str
+    payouts: int
+    diamonds: int
+    gross: int
+    fee: int
+    net: int
+
+
 def _record(cls: Any, row: Any) -> Any:
     return cls(**row._asdict())
 
@@ -271,6 +314,16 @@ class CreatorRepository:
     def update(self, creator_id: str, **values: object) -> None:
         self.conn.execute(update(creators).where(creators.c.creator_id == creator_id).values(**values))
 
+    def page(self, kyc_status: str | None, after: str | None, limit: int) -> list[CreatorRecord]:
+        """Creators by id (with `kyc_status`, when given), after the id `after`."""
+        query = select(creators)
+        if kyc_status is not None:
+            query = query.where(creators.c.kyc_status == kyc_status)
+        if after is not None:
+            query = query.where(creators.c.creator_id > after)
+        rows = self.conn.execute(query.order_by(creators.c.creator_id).limit(limit))
+        return [_record(CreatorRecord, r) for r in rows]
+
 
 class CreditRepository:
     def __init__(self, conn: Connection) -> None:
@@ -294,6 +347,50 @@ class CreditRepository:
             {"credit_gift_ids": sorted(gift_ids)},
             lambda rows: {row.gift_id: _record(CreditRecord, row) for row in rows},
         )
+
+    def booked(self, selection: Selection, limit: int) -> list[BookedCreditRecord]:
+        """Credits by (created_at, credit_id) (their gifts' ids selecting), each with what the ledger
+        booked for its gift."""
+        c = diamond_credits
+        statement = selected(select(c), c.c.created_at, c.c.credit_id, c.c.gift_id, selection, limit)
+        rows = self.conn.execute(statement).all()
+        booked = self._booked([r.gift_id for r in rows])
+        return [BookedCreditRecord(_record(CreditRecord, r), *booked.get(r.gift_id, (0, 0, 0))) for r in rows]
+
+    def _booked(self, gift_ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """Per gift, over the ledger transfers that name it: the diamonds issued to its creator, the
+        platform's share of its coins, and how many of the transfers moved diamonds."""
+        if not gift_ids:
+            return {}
+        t, e = ledger.transfers, ledger.entries
+        issued = e.c.account == DIAMONDS_ISSUED
+        rows = self.conn.execute(
+            select(
+                t.c.reference,
+                func.coalesce(func.sum(case((issued, -e.c.amount), else_=0)), 0).label("diamonds"),
+                func.coalesce(func.sum(case((e.c.account == PLATFORM_SHARE, e.c.amount), else_=0)), 0).label("share"),
+                func.count(func.distinct(case((issued, e.c.transfer_id)))).label("transfers"),
+            )
+            .select_from(t.join(e, e.c.transfer_id == t.c.id))
+            .where(and_(t.c.reference.in_(gift_ids), t.c.kind.in_(GIFT_BOOKINGS)))
+            .group_by(t.c.reference)
+        )
+        return {r.reference: (int(r.diamonds), int(r.share), int(r.transfers)) for r in rows}
+
+    def window_totals(self, start: datetime, end: datetime) -> tuple[int, int, int, int, int]:
+        """Credits made in [start, end): how many, their diamonds, coins, promotional coins, and the
+        platform's share (coins - diamonds)."""
+        c = diamond_credits
+        row = self.conn.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(c.c.diamonds), 0),
+                func.coalesce(func.sum(c.c.coins), 0),
+                func.coalesce(func.sum(c.c.promotional_coins), 0),
+                func.coalesce(func.sum(c.c.coins - c.c.diamonds), 0),
+            ).where(and_(c.c.created_at >= start, c.c.created_at < end))
+        ).one()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
 class PayoutRepository:
@@ -351,6 +448,39 @@ class PayoutRepository:
             query = query.where(payouts.c.created_at >= since)
         return int(self.conn.execute(query).scalar_one())
 
+    def by_states(self, states: Sequence[str], after: tuple[datetime, str] | None, limit: int) -> list[PayoutRecord]:
+        """Every creator's payouts in `states` (all, if none), oldest first, after the (created_at,
+        payout_id) `after`."""
+        query = select(payouts)
+        if states:
+            query = query.where(payouts.c.state.in_(states))
+        if after is not None:
+            query = query.where(after_keys([payouts.c.created_at, payouts.c.payout_id], after))
+        rows = self.conn.execute(query.order_by(payouts.c.created_at, payouts.c.payout_id).limit(limit))
+        return [_record(PayoutRecord, r) for r in rows]
+
+    def window_totals(self, start: datetime, end: datetime) -> list[PayoutTotalsRow]:
+        """Payouts requested in [start, end), by state and currency."""
+        p = payouts
+        rows = self.conn.execute(
+            select(
+                p.c.state,
+                p.c.currency,
+                func.count().label("payouts"),
+                func.sum(p.c.diamonds).label("diamonds"),
+                func.sum(p.c.gross).label("gross"),
+                func.sum(p.c.fee).label("fee"),
+                func.sum(p.c.net).label("net"),
+            )
+            .where(and_(p.c.created_at >= start, p.c.created_at < end))
+            .group_by(p.c.state, p.c.currency)
+            .order_by(p.c.state, p.c.currency)
+        )
+        return [
+            PayoutTotalsRow(r.state, r.currency, *(int(x) for x in (r.payouts, r.diamonds, r.gross, r.fee, r.net)))
+            for r in rows
+        ]
+
     def page(self, creator_id: str, size: int, before: tuple[datetime, str] | None) -> list[PayoutRecord]:
         """Newest first; `before` is the (created_at, payout_id) of the last payout already listed."""
         query = select(payouts).where(payouts.c.creator_id == creator_id)
@@ -387,6 +517,20 @@ class DiamondHistory:
             query = query.where(e.c.id < before_entry_id)
         rows = self.conn.execute(query.order_by(e.c.id.desc()).limit(size))
         return [_record(DiamondEntry, r) for r in rows]
+
+
+def diamonds_outstanding(conn: Connection) -> tuple[int, int]:
+    """Now: the diamonds on every creator's balance, and in their payouts in flight, summed from the
+    holder accounts' stored balances (one pass over the accounts; no entry is read)."""
+    a = ledger.accounts
+    in_payout = a.c.code.endswith(":diamonds_in_payout", autoescape=True)
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(case((in_payout, 0), else_=a.c.balance)), 0),
+            func.coalesce(func.sum(case((in_payout, a.c.balance), else_=0)), 0),
+        ).where(and_(a.c.platform.is_(False), a.c.code.startswith("creator:", autoescape=True)))
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 class UnitOfWork:

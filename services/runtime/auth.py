@@ -429,7 +429,7 @@ class Access:
     """Who may call an RPC."""
 
     kinds: frozenset[CallerKind]
-    service_name: str = ""  # for internal RPCs: the only service allowed
+    service_name: str = ""  # for service callers: the only service allowed
 
     def check(self, caller: Caller) -> None:
         if caller.kind not in self.kinds:
@@ -441,6 +441,9 @@ class Access:
 ANYONE = Access(frozenset(CallerKind))
 USER = Access(frozenset({CallerKind.USER}))
 OPERATOR = Access(frozenset({CallerKind.OPERATOR}))
+# The reads that prove the services' books agree: an operator, or the reconciliation job's own identity
+# (service:reconciler), which may call these and nothing else (services/reconciler).
+RECONCILER = Access(frozenset({CallerKind.OPERATOR, CallerKind.SERVICE}), "reconciler")
 
 
 def internal(service_name: str) -> Access:

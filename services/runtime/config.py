@@ -73,7 +73,7 @@ class IdentitySettings:
     signing_key_file: str = ""  # a private JWK: this service's own key, for the tokens it sends
 
 
-def load_identity_settings(env: Env, dev_mode: bool) -> IdentitySettings:
+def load_identity_settings(env: Env, dev_mode: bool, verifies_tokens: bool = True) -> IdentitySettings:
     identity = IdentitySettings(
         dev_mode=dev_mode,
         keys_path=env.text("GIFTCOIN_JWT_KEYS", ""),
@@ -83,7 +83,7 @@ def load_identity_settings(env: Env, dev_mode: bool) -> IdentitySettings:
         max_lifetime_seconds=env.integer("GIFTCOIN_JWT_MAX_LIFETIME_SECONDS", 3600),
         signing_key_file=env.text("GIFTCOIN_JWT_SIGNING_KEY_FILE", ""),
     )
-    if not identity.keys_path and not dev_mode:
+    if verifies_tokens and not identity.keys_path and not dev_mode:
         raise ConfigError(
             "GIFTCOIN_JWT_KEYS is required: a JWKS file or directory of the public keys that sign callers' "
             "tokens (or set GIFTCOIN_DEV_MODE=true locally)"
@@ -159,10 +159,21 @@ def _trace_exporter(env: Env) -> str:
     return exporter
 
 
-def load_service_settings(service: str, env: Env) -> ServiceSettings:
-    upper = service.upper()
+@dataclass(frozen=True)
+class Credentials:
+    """Who this process is and whom it trusts: dev mode, its token settings, its mTLS material (every
+    service, and the reconciler)."""
+
+    dev_mode: bool
+    identity: IdentitySettings
+    tls: TlsSettings
+
+
+def load_credentials(env: Env, verifies_tokens: bool = True) -> Credentials:
+    """GIFTCOIN_DEV_MODE, GIFTCOIN_JWT_* and GIFTCOIN_TLS_*; outside dev mode mTLS is required, and the
+    public keys too for a process that verifies tokens (a service; the reconciler only sends its own)."""
     dev_mode = env.flag("GIFTCOIN_DEV_MODE", False)
-    identity = load_identity_settings(env, dev_mode)
+    identity = load_identity_settings(env, dev_mode, verifies_tokens)
     tls = TlsSettings(
         cert_file=env.text("GIFTCOIN_TLS_CERT_FILE", ""),
         key_file=env.text("GIFTCOIN_TLS_KEY_FILE", ""),
@@ -173,6 +184,13 @@ def load_service_settings(service: str, env: Env) -> ServiceSettings:
             "mTLS is required outside dev mode: set GIFTCOIN_TLS_CERT_FILE, GIFTCOIN_TLS_KEY_FILE and "
             "GIFTCOIN_TLS_CA_FILE (or GIFTCOIN_DEV_MODE=true locally)"
         )
+    return Credentials(dev_mode, identity, tls)
+
+
+def load_service_settings(service: str, env: Env) -> ServiceSettings:
+    upper = service.upper()
+    credentials = load_credentials(env)
+    dev_mode, identity, tls = credentials.dev_mode, credentials.identity, credentials.tls
     return ServiceSettings(
         service=service,
         host=env.text(f"GIFTCOIN_{upper}_HOST", "127.0.0.1" if dev_mode else "0.0.0.0"),

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Executable,
     Integer,
     LargeBinary,
+    Select,
     String,
     Table,
     Text,
@@ -43,7 +45,9 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    literal,
     text,
+    tuple_,
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.compiler import compiles
@@ -479,6 +483,44 @@ def update_rows(
     if len(keys) == 1:
         return pipeline(conn).send_as(statement, params, lambda rows: {r[0] for r in rows})
     return pipeline(conn).send_as(statement, params, lambda rows: {tuple(r) for r in rows})
+
+
+def after_keys(columns: Sequence[ColumnElement[Any]], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows after `values` in the order of `columns`, ascending (where a keyset page starts): one
+    row-value comparison, which an index on the columns serves on PostgreSQL and SQLite alike."""
+    return tuple_(*columns) > tuple_(*(literal(v, type_=c.type) for c, v in zip(columns, values, strict=True)))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a listing in (create time, id) order reads (operators' and the reconciler's): the records
+    made in [start, end), or those of the given ids (not both; neither: all), after a position."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    ids: tuple[str, ...] = ()
+    after: tuple[datetime, str] | None = None  # the (create time, id) of the last record already listed
+
+
+def selected(
+    statement: Select[Any],
+    created: ColumnElement[Any],
+    key: ColumnElement[Any],
+    ids: ColumnElement[Any],
+    selection: Selection,
+    limit: int,
+) -> Select[Any]:
+    """`statement` narrowed to `selection` (`ids` is the column its ids name), in (created, key) order,
+    at most `limit` rows: over an index of (created, key), each page reads only its own rows."""
+    if selection.ids:
+        statement = statement.where(ids.in_(selection.ids))
+    if selection.start is not None:
+        statement = statement.where(created >= selection.start)
+    if selection.end is not None:
+        statement = statement.where(created < selection.end)
+    if selection.after is not None:
+        statement = statement.where(after_keys([created, key], selection.after))
+    return statement.order_by(created, key).limit(limit)
 
 
 def is_unique_violation(error: exc.IntegrityError) -> bool:

@@ -9,8 +9,15 @@ Two kinds of account:
   CHECK constraint keeps non-negative; the balance moves by a conditional UPDATE, so concurrent
   spends can never overdraw it, on SQLite or PostgreSQL;
 - platform accounts (coins issued, revenue, rounding) may go negative, and keep no stored balance:
-  theirs is the sum of their entries. Every gift touches them, so a stored balance would be a row
-  that every transaction locks.
+  their `balance` column is NULL (a CHECK constraint says so), and their balance is derived, the sum
+  of their entries (`Ledger.balances` reads it so, as does this query):
+
+      SELECT a.code, a.unit, COALESCE(SUM(e.amount), 0) AS balance
+      FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.code
+      WHERE a.platform GROUP BY a.code, a.unit;
+
+  Every gift touches them, so a stored balance would be a row that every transaction locks, one at
+  a time: every gift of the suite would queue on it.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ from services.runtime.db import insert_rows, insert_unless_conflict, keys_in, ro
 from services.runtime.errors import DomainError, failed_precondition
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime
+
+# Holder balances are stored and never negative; platform balances are not stored (NULL).
+PLATFORM_BALANCE_NOT_STORED = (
+    "(platform AND balance IS NULL) OR (NOT platform AND balance IS NOT NULL AND balance >= 0)"
+)
 
 # The bounds every service keeps its amounts within, far inside the columns' int64. One request moves at
 # most MAX_AMOUNT of a unit (validated with the request); a holder's balance is at most MAX_BALANCE: a
@@ -85,9 +97,10 @@ def ledger_tables(metadata: MetaData) -> LedgerTables:
         Column("code", String(160), primary_key=True),
         Column("unit", String(16), nullable=False),
         Column("platform", Boolean(), nullable=False),
-        Column("balance", BigInteger(), nullable=False, default=0),
+        # A holder's balance; NULL for a platform account, whose balance is the sum of its entries.
+        Column("balance", BigInteger(), nullable=True),
         Column("created_at", UtcDateTime(), nullable=False),
-        CheckConstraint("platform OR balance >= 0", name="ck_ledger_accounts_non_negative"),
+        CheckConstraint(PLATFORM_BALANCE_NOT_STORED, name="ck_ledger_accounts_balance"),
     )
     transfers = Table(
         "ledger_transfers",
@@ -207,7 +220,13 @@ class Ledger:
 
     def open_account(self, code: str, unit: str, now: datetime, platform: bool = False) -> None:
         """Create the account if it does not exist (idempotent)."""
-        values = {"code": code, "unit": unit, "platform": platform, "balance": 0, "created_at": now}
+        values = {
+            "code": code,
+            "unit": unit,
+            "platform": platform,
+            "balance": None if platform else 0,
+            "created_at": now,
+        }
         insert_unless_conflict(self.conn, self.t.accounts, values, on=["code"])
 
     def post(self, kind: str, reference: str, postings: Sequence[Posting], now: datetime, transfer_id: str = "") -> str:

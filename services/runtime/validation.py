@@ -9,13 +9,17 @@ Integers from clients are range-checked against a stated maximum, far inside int
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+
+from google.protobuf.message import Message
 
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.timestamps import EPOCH
 
 INT64_MAX = 2**63 - 1
 MAX_ID_LENGTH = 128
+MAX_IDS = 500  # ids asked for at once by a listing (ListHolds' gift_ids, ...)
 MAX_TEXT_LENGTH = 256
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]*")
 _COUNTRY = re.compile(r"[A-Z]{2}")
@@ -123,6 +127,52 @@ class Validator:
             self.fail(field, "must be a valid time between 1970 and 9999")
             return None
         return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+    def optional_time(self, message: Message, field: str) -> datetime | None:
+        """A google.protobuf.Timestamp field, None when unset (or invalid, with a violation recorded)."""
+        if not message.HasField(field):
+            return None
+        stamp = getattr(message, field)
+        return self.timestamp(stamp.seconds, stamp.nanos, field)
+
+    def window(
+        self, message: Message, start_field: str = "start_time", end_field: str = "end_time"
+    ) -> tuple[datetime | None, datetime | None]:
+        """A time window [start, end), either bound optional; the end must come after the start."""
+        start, end = self.optional_time(message, start_field), self.optional_time(message, end_field)
+        if start is not None and end is not None and end <= start:
+            self.fail(end_field, f"must be after {start_field}")
+        return start, end
+
+    def identifiers(self, values: Sequence[str], field: str, maximum: int = MAX_IDS) -> None:
+        """A list of ids, each checked as `identifier`, at most `maximum` of them."""
+        if len(values) > maximum:
+            self.fail(field, f"at most {maximum} at once")
+            return
+        for i, value in enumerate(values):
+            self.identifier(value, f"{field}[{i}]")
+
+    def selection(self, message: Message, ids_field: str) -> tuple[datetime | None, datetime | None, tuple[str, ...]]:
+        """What a listing of records reads: a window of create times (start_time, end_time), or the
+        records of given ids (at most MAX_IDS), not both; neither: all of them."""
+        start, end = self.window(message)
+        ids = tuple(getattr(message, ids_field))
+        self.identifiers(ids, ids_field)
+        if ids and (message.HasField("start_time") or message.HasField("end_time")):
+            self.fail(ids_field, "either ids or a time window (start_time, end_time), not both")
+        return start, end, ids
+
+    def summary_window(self, message: Message, max_days: int) -> tuple[datetime, datetime]:
+        """A required window [start_time, end_time) of at most `max_days` days (a summary's)."""
+        start, end = self.window(message)
+        for value, field in ((start, "start_time"), (end, "end_time")):
+            if value is None and not message.HasField(field):
+                self.fail(field, "required")
+        if start is not None and end is not None and end - start > timedelta(days=max_days):
+            self.fail("end_time", f"at most {max_days} days after start_time")
+        self.check()
+        assert start is not None and end is not None
+        return start, end
 
 
 def age_on(born: date, today: date) -> int:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from giftcoin.wallet.v1 import wallet_pb2_grpc
 
 from services.runtime import auth
+from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
 from services.runtime.http import HttpEndpoint
@@ -38,6 +39,12 @@ ACCESS: Mapping[str, auth.Access] = {
     "BatchHoldCoins": auth.internal("gifting"),
     "BatchCaptureHolds": auth.internal("gifting"),
     "ReleaseHold": auth.internal("gifting"),
+    "GetUserWallet": auth.OPERATOR,
+    "ListUserTransactions": auth.OPERATOR,
+    "ListPromotions": auth.OPERATOR,
+    "ListAuditRecords": auth.OPERATOR,
+    "ListHolds": auth.RECONCILER,
+    "SummarizeBooks": auth.RECONCILER,
 }
 
 # Purchases verified at once (each may wait on a store's servers); more queue for a thread.
@@ -76,9 +83,10 @@ def build(
     book = WalletBook(Catalogue(settings.packages), providers, clock, settings.hold_ttl_seconds)
     store.run(book.open_platform_accounts)
     requests = RequestIdStore(db, storage.request_ids, clock)
+    audit = AuditLog(db, storage.audit_records, clock)
     # Purchases wait on the stores: threads of their own (a bulkhead), never the database's.
     store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="stores")
-    servicer = WalletServicer(book, store, requests, settings.hold_ttl_max_seconds, store_threads)
+    servicer = WalletServicer(book, store, requests, audit, settings.hold_ttl_max_seconds, store_threads)
     loops = [
         BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
         BackgroundLoop(

@@ -39,6 +39,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from services.runtime.clock import Clock
+from services.runtime.db import Selection
 from services.runtime.errors import (
     DomainError,
     already_exists,
@@ -70,11 +71,15 @@ from services.wallet.storage import (
     RELEASED,
     REVERSAL,
     UNCHANGED,
+    BookedHoldRecord,
     Duplicate,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
+    RefundsRow,
+    ReversalsRow,
     StoreNotificationRecord,
+    TakingsRow,
     WalletRecord,
     WalletStore,
     WalletUnit,
@@ -110,29 +115,38 @@ PURCHASE, PROMOTION, HOLD, CAPTURE, RELEASE, EXPIRY, REFUND, DEBT_SETTLEMENT, RE
 PROMOTION_FUNDING = "promotion_funding"
 
 
+# Each kind of per-user (and per-promotion) account: the prefix of its codes.
+PURCHASED_ACCOUNTS = "wallet:purchased:"
+PROMOTIONAL_ACCOUNTS = "wallet:promotional:"
+HELD_PURCHASED_ACCOUNTS = "wallet:held-purchased:"
+HELD_PROMOTIONAL_ACCOUNTS = "wallet:held-promotional:"
+DEBT_ACCOUNTS = "wallet:debt:"
+BUDGET_ACCOUNTS = "promotion-budget:"
+
+
 @dataclass(frozen=True)
 class WalletAccounts:
     user_id: str
 
     @property
     def purchased(self) -> str:
-        return f"wallet:purchased:{self.user_id}"
+        return PURCHASED_ACCOUNTS + self.user_id
 
     @property
     def promotional(self) -> str:
-        return f"wallet:promotional:{self.user_id}"
+        return PROMOTIONAL_ACCOUNTS + self.user_id
 
     @property
     def held_purchased(self) -> str:
-        return f"wallet:held-purchased:{self.user_id}"
+        return HELD_PURCHASED_ACCOUNTS + self.user_id
 
     @property
     def held_promotional(self) -> str:
-        return f"wallet:held-promotional:{self.user_id}"
+        return HELD_PROMOTIONAL_ACCOUNTS + self.user_id
 
     @property
     def debt(self) -> str:
-        return f"wallet:debt:{self.user_id}"
+        return DEBT_ACCOUNTS + self.user_id
 
     @property
     def coins(self) -> tuple[str, str, str, str]:
@@ -141,7 +155,7 @@ class WalletAccounts:
 
 
 def promotion_budget_account(promotion_id: str) -> str:
-    return f"promotion-budget:{promotion_id}"
+    return BUDGET_ACCOUNTS + promotion_id
 
 
 # --- what the domain returns -------------------------------------------------------------------
@@ -262,6 +276,22 @@ class _Spendable:
     @property
     def available(self) -> int:
         return self.promotional + self.purchased
+
+
+@dataclass(frozen=True)
+class BooksSummary:
+    """The wallet's money over a window, and its coins outstanding now (`WalletBook.summary`)."""
+
+    takings: list[TakingsRow]  # purchases by store and currency
+    refunds: list[RefundsRow]  # refunds and chargebacks by kind and currency
+    reversals: list[ReversalsRow]  # refunds the stores reversed, by currency
+    coins_purchased: int
+    coins_granted: int
+    coins_outstanding: int
+    coins_outstanding_promotional: int
+    coins_held: int
+    promotion_budgets_remaining: int
+    as_of: datetime
 
 
 @dataclass(frozen=True)
@@ -1068,6 +1098,49 @@ class WalletBook:
             for r in page
         ]
         return TransactionPage(transactions, page[-1].seq if more else None)
+
+    # --- operators and the reconciler -----------------------------------------------------------
+
+    def promotions(self, uow: WalletUnit, page_size: int, after: str | None) -> tuple[list[Promotion], bool]:
+        """Promotions by id after `after`, each with what is left of its budget; and whether more follow."""
+        records = uow.promotions_page(after, page_size + 1)
+        page = records[:page_size]
+        left = uow.ledger.balances(promotion_budget_account(r.promotion_id) for r in page)
+        return [Promotion(r, left[promotion_budget_account(r.promotion_id)]) for r in page], len(records) > page_size
+
+    def booked_holds(
+        self, uow: WalletUnit, selection: Selection, page_size: int
+    ) -> tuple[list[BookedHoldRecord], bool]:
+        """Holds in (create time, id) order, each with what its gift's captures spent; and whether more follow."""
+        records = uow.booked_holds(selection, page_size + 1, CAPTURE, (SPENT_PURCHASED, SPENT_PROMOTIONAL))
+        return records[:page_size], len(records) > page_size
+
+    def summary(self, uow: WalletUnit, start: datetime, end: datetime) -> BooksSummary:
+        """Fiat taken and given back, coins issued, over [start, end); the coins outstanding now."""
+        window = uow.window_totals(start, end)
+        now = self.clock.now()
+        on = uow.outstanding(
+            [
+                PURCHASED_ACCOUNTS,
+                PROMOTIONAL_ACCOUNTS,
+                HELD_PURCHASED_ACCOUNTS,
+                HELD_PROMOTIONAL_ACCOUNTS,
+                BUDGET_ACCOUNTS,
+            ]
+        )
+        held = on[HELD_PURCHASED_ACCOUNTS] + on[HELD_PROMOTIONAL_ACCOUNTS]
+        return BooksSummary(
+            takings=window.takings,
+            refunds=window.refunds,
+            reversals=window.reversals,
+            coins_purchased=sum(t.coins for t in window.takings),
+            coins_granted=window.granted,
+            coins_outstanding=on[PURCHASED_ACCOUNTS] + on[PROMOTIONAL_ACCOUNTS] + held,
+            coins_outstanding_promotional=on[PROMOTIONAL_ACCOUNTS] + on[HELD_PROMOTIONAL_ACCOUNTS],
+            coins_held=held,
+            promotion_budgets_remaining=on[BUDGET_ACCOUNTS],
+            as_of=now,
+        )
 
     # ------------------------------------------------------------------------------------------
 

@@ -20,11 +20,12 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from sqlalchemy import Connection
 
+from services.runtime.audit import AuditLog
 from services.runtime.auth import calling_user_id, current_caller
 from services.runtime.errors import DomainError, item_results
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.ledger import MAX_AMOUNT
-from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
+from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 from services.wallet import domain
@@ -36,6 +37,7 @@ from services.wallet.storage import (
     HELD,
     REFUND,
     RELEASED,
+    BookedHoldRecord,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
@@ -45,6 +47,7 @@ from services.wallet.storage import (
 
 FULL_NAME = "giftcoin.wallet.v1.WalletService"
 MAX_RECEIPT_LENGTH = 16_384
+MAX_SUMMARY_DAYS = 31
 
 
 M = TypeVar("M", bound=Message)
@@ -63,6 +66,7 @@ _PURCHASE_STATE = {
     CHARGEBACK: wallet_pb2.PURCHASE_STATE_CHARGED_BACK,
 }
 _REFUND_KIND = {wallet_pb2.REFUND_KIND_REFUND: REFUND, wallet_pb2.REFUND_KIND_CHARGEBACK: CHARGEBACK}
+_REFUND_KIND_PB = {v: k for k, v in _REFUND_KIND.items()}
 _HOLD_STATE = {
     HELD: wallet_pb2.HOLD_STATE_HELD,
     CAPTURED: wallet_pb2.HOLD_STATE_CAPTURED,
@@ -88,12 +92,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         book: domain.WalletBook,
         store: WalletStore,
         requests: RequestIdStore,
+        audit: AuditLog,
         hold_ttl_max_seconds: int,
         store_threads: Executor,
     ) -> None:
         self.book = book
         self.store = store
         self.requests = requests
+        self.audit = audit
         self.hold_ttl_max_seconds = hold_ttl_max_seconds
         self.store_threads = store_threads
 
@@ -184,20 +190,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ListTransactionsResponse:
-        user_id = calling_user_id()
+        transactions, token = self._history(calling_user_id(), request.page_size, request.page_token)
+        return wallet_pb2.ListTransactionsResponse(transactions=transactions, next_page_token=token)
+
+    def _history(self, user_id: str, page_size: int, page_token: str) -> tuple[list[wallet_pb2.Transaction], str]:
         v = Validator()
-        v.page_size(request.page_size)
+        v.page_size(page_size)
         v.check()
-        cursor = decode_page_token(request.page_token, "transactions", {"before": CursorValue.POSITION})
+        cursor = decode_page_token(page_token, "transactions", {"before": CursorValue.POSITION})
         before = None if cursor is None else cursor["before"]
-        size = clamp_page_size(request.page_size)
+        size = clamp_page_size(page_size)
         page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
-        return wallet_pb2.ListTransactionsResponse(
-            transactions=[_transaction(t) for t in page.transactions],
-            next_page_token=""
-            if page.next_cursor is None
-            else encode_page_token("transactions", {"before": page.next_cursor}),
-        )
+        token = "" if page.next_cursor is None else encode_page_token("transactions", {"before": page.next_cursor})
+        return [_transaction(t) for t in page.transactions], token
 
     # --- anyone -------------------------------------------------------------------------------
 
@@ -240,7 +245,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 wallet=_wallet(result.wallet),
             )
 
-        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, work)
+        target = f"{request.store}:{request.store_transaction_id}"
+        audited = self.audit.audited("RefundPurchase", request, target, work)
+        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, audited)
 
     def CreatePromotion(
         self, request: wallet_pb2.CreatePromotionRequest, context: grpc.ServicerContext
@@ -267,7 +274,92 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             promotion = self.book.create_promotion(WalletUnit(conn), record)
             return wallet_pb2.CreatePromotionResponse(promotion=_promotion(promotion))
 
-        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, work)
+        audited = self.audit.audited("CreatePromotion", request, request.promotion_id, work)
+        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, audited)
+
+    def GetUserWallet(
+        self, request: wallet_pb2.GetUserWalletRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.GetUserWalletResponse:
+        v = Validator()
+        v.identifier(request.user_id, "user_id")
+        v.check()
+        wallet = self.store.run(lambda uow: self.book.get_wallet(uow, request.user_id))
+        return wallet_pb2.GetUserWalletResponse(wallet=_wallet(wallet))
+
+    def ListUserTransactions(
+        self, request: wallet_pb2.ListUserTransactionsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListUserTransactionsResponse:
+        v = Validator()
+        v.identifier(request.user_id, "user_id")
+        v.check()
+        transactions, token = self._history(request.user_id, request.page_size, request.page_token)
+        return wallet_pb2.ListUserTransactionsResponse(transactions=transactions, next_page_token=token)
+
+    def ListPromotions(
+        self, request: wallet_pb2.ListPromotionsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListPromotionsResponse:
+        v = Validator()
+        v.page_size(request.page_size)
+        v.check()
+        cursor = decode_page_token(request.page_token, "promotions", {"after": CursorValue.IDENTIFIER})
+        size = clamp_page_size(request.page_size)
+        after = None if cursor is None else cursor["after"]
+        page, more = self.store.run(lambda uow: self.book.promotions(uow, size, after))
+        token = encode_page_token("promotions", {"after": page[-1].record.promotion_id}) if more else ""
+        return wallet_pb2.ListPromotionsResponse(promotions=[_promotion(p) for p in page], next_page_token=token)
+
+    def ListAuditRecords(
+        self, request: wallet_pb2.ListAuditRecordsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListAuditRecordsResponse:
+        records, token = self.audit.page(request.page_size, request.page_token)
+        return wallet_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
+
+    # --- reconciler -----------------------------------------------------------------------------
+
+    def ListHolds(
+        self, request: wallet_pb2.ListHoldsRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.ListHoldsResponse:
+        listing = Listing("holds", request, "gift_ids", Validator())
+        page, more = self.store.run(lambda uow: self.book.booked_holds(uow, listing.selection, listing.size))
+        token = listing.next_token(more, page[-1].hold.created_at, page[-1].hold.hold_id) if page else ""
+        return wallet_pb2.ListHoldsResponse(holds=[_booked_hold(h) for h in page], next_page_token=token)
+
+    def SummarizeBooks(
+        self, request: wallet_pb2.SummarizeBooksRequest, context: grpc.ServicerContext
+    ) -> wallet_pb2.SummarizeBooksResponse:
+        start, end = Validator().summary_window(request, MAX_SUMMARY_DAYS)
+        s = self.store.run(lambda uow: self.book.summary(uow, start, end))
+        return wallet_pb2.SummarizeBooksResponse(
+            takings=[
+                wallet_pb2.StoreTakings(
+                    store=t.store, amount=_money(t.amount_minor, t.currency_code), purchases=t.purchases, coins=t.coins
+                )
+                for t in s.takings
+            ],
+            refunds=[
+                wallet_pb2.RefundTotals(
+                    kind=_REFUND_KIND_PB[r.kind],
+                    amount=_money(r.amount_minor, r.currency_code),
+                    refunds=r.refunds,
+                    coins_reclaimed=r.coins_reclaimed,
+                    debt_added=r.debt_added,
+                )
+                for r in s.refunds
+            ],
+            reversals=[
+                wallet_pb2.RefundReversals(
+                    amount=_money(r.amount_minor, r.currency_code), reversals=r.reversals, coins=r.coins
+                )
+                for r in s.reversals
+            ],
+            coins_purchased=s.coins_purchased,
+            coins_granted=s.coins_granted,
+            coins_outstanding=s.coins_outstanding,
+            coins_outstanding_promotional=s.coins_outstanding_promotional,
+            coins_held=s.coins_held,
+            promotion_budgets_remaining=s.promotion_budgets_remaining,
+            as_of=to_timestamp(s.as_of),
+        )
 
     # --- internal: gifting --------------------------------------------------------------------
 
@@ -472,6 +564,17 @@ def _hold(h: HoldRecord) -> wallet_pb2.Hold:
         state=_HOLD_STATE[h.state],
         expire_time=to_timestamp(h.expire_time),
         create_time=to_timestamp(h.created_at),
+    )
+
+
+def _booked_hold(b: BookedHoldRecord) -> wallet_pb2.BookedHold:
+    return wallet_pb2.BookedHold(
+        hold=_hold(b.hold),
+        update_time=to_timestamp(b.updated_at),
+        debt_added=b.hold.debt_added,
+        spent_coins=b.spent,
+        spent_promotional_coins=b.spent_promotional,
+        capture_transfers=b.capture_transfers,
     )
 
 

@@ -22,11 +22,11 @@ line: no code path can overdraw an account even if it forgot the lock.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -44,15 +44,26 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    case,
     func,
     insert,
+    literal,
     select,
     text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Database, insert_rows, is_unique_violation, keys_in, update_rows
+from services.runtime.audit import audit_table
+from services.runtime.db import (
+    Database,
+    Selection,
+    insert_rows,
+    is_unique_violation,
+    keys_in,
+    selected,
+    update_rows,
+)
 from services.runtime.ledger import Ledger, Movement, ledger_tables
 from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
@@ -72,6 +83,7 @@ APPLIED, UNCHANGED, NO_PURCHASE = "applied", "unchanged", "no_purchase"
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
 ledger = ledger_tables(metadata)
+audit_records = audit_table(metadata)
 
 wallets = Table(
     "wallets",
@@ -108,6 +120,7 @@ purchases = Table(
     Index("ix_purchases_user_id", "user_id"),
     Index("uq_purchases_original_transaction", "store", "original_transaction_id", unique=True),
     Index("uq_purchases_order", "store", "order_id", unique=True),
+    Index("ix_purchases_created_at", "created_at"),  # the books' summary of a window
 )
 
 purchase_refunds = Table(
@@ -120,6 +133,7 @@ purchase_refunds = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     CheckConstraint("kind IN ('refund', 'chargeback')", name="ck_purchase_refunds_kind"),
     CheckConstraint("coins_reclaimed >= 0 AND debt_added >= 0", name="ck_purchase_refunds_non_negative"),
+    Index("ix_purchase_refunds_created_at", "created_at"),
 )
 
 # A refunded purchase whose refund the store reversed (App Store REFUND_REVERSED): its coins came back.
@@ -128,6 +142,7 @@ purchase_reinstatements = Table(
     metadata,
     Column("purchase_id", String(64), ForeignKey("purchase_refunds.purchase_id"), primary_key=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_purchase_reinstatements_created_at", "created_at"),  # the books' summary of a window
 )
 
 # Every store notification of a refund, chargeback or refund reversal, once (the store's own id of it:
@@ -170,6 +185,7 @@ promotion_claims = Table(
     Column("user_id", String(128), ForeignKey("wallets.user_id"), primary_key=True),
     Column("coins", BigInteger(), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_promotion_claims_created_at", "created_at"),
 )
 
 holds = Table(
@@ -193,6 +209,8 @@ holds = Table(
     CheckConstraint("state IN ('held', 'captured', 'released', 'expired')", name="ck_holds_state"),
     UniqueConstraint("gift_id", name="uq_holds_gift_id"),
     Index("ix_holds_state_expire_time", "state", "expire_time"),
+    # The reconciler's listing of a window's holds, in (create time, id) order.
+    Index("ix_holds_created", "created_at", "hold_id"),
 )
 
 # The wallet's history: which ledger transfers moved which user's coins, in the order they committed
@@ -294,6 +312,54 @@ class HoldRecord:
     state: str
     expire_time: datetime
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class BookedHoldRecord:
+    """A hold, when it last changed, and what the ledger's capture transfers spent for its gift."""
+
+    hold: HoldRecord
+    updated_at: datetime
+    spent: int
+    spent_promotional: int
+    capture_transfers: int
+
+
+@dataclass(frozen=True)
+class TakingsRow:
+    store: str
+    currency_code: str
+    purchases: int
+    amount_minor: int
+    coins: int
+
+
+@dataclass(frozen=True)
+class RefundsRow:
+    kind: str
+    currency_code: str
+    refunds: int
+    amount_minor: int
+    coins_reclaimed: int
+    debt_added: int
+
+
+@dataclass(frozen=True)
+class ReversalsRow:
+    currency_code: str
+    reversals: int
+    amount_minor: int
+    coins: int
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """Purchases, refunds, refund reversals and promotion claims of a time window."""
+
+    takings: list[TakingsRow]
+    refunds: list[RefundsRow]
+    reversals: list[ReversalsRow]
+    granted: int
 
 
 @dataclass(frozen=True)
@@ -544,6 +610,116 @@ class WalletUnit:
         )
         return [r.gift_id for r in rows]
 
+    # --- operators' and the reconciler's reads -------------------------------------------------
+
+    def promotions_page(self, after: str | None, limit: int) -> list[PromotionRecord]:
+        """Promotions by id, after the id `after` when given."""
+        p = promotions
+        query = select(p.c.promotion_id, p.c.name, p.c.coins_per_claim, p.c.budget, p.c.start_time, p.c.end_time)
+        if after is not None:
+            query = query.where(p.c.promotion_id > after)
+        rows = self.conn.execute(query.order_by(p.c.promotion_id).limit(limit))
+        return [PromotionRecord(**row._mapping) for row in rows]
+
+    def booked_holds(
+        self, selection: Selection, limit: int, capture_kind: str, spent_accounts: tuple[str, str]
+    ) -> list[BookedHoldRecord]:
+        """Holds by (created_at, hold_id) (their gifts' ids selecting), each with what the ledger's
+        `capture_kind` transfers of its gift moved into the spent accounts (purchased, promotional)."""
+        h = holds
+        statement = selected(select(h), h.c.created_at, h.c.hold_id, h.c.gift_id, selection, limit)
+        rows = self.conn.execute(statement).all()
+        booked = self._booked([r.gift_id for r in rows], capture_kind, spent_accounts)
+        return [BookedHoldRecord(_hold(r), r.updated_at, *booked.get(r.gift_id, (0, 0, 0))) for r in rows]
+
+    def _booked(self, gift_ids: Sequence[str], kind: str, accounts: tuple[str, str]) -> dict[str, tuple[int, int, int]]:
+        """Per gift: what its `kind` transfers moved into `accounts` (purchased, promotional), the
+        promotional part, and how many such transfers it has."""
+        if not gift_ids:
+            return {}
+        t, e = ledger.transfers, ledger.entries
+        promotional = case((e.c.account == accounts[1], e.c.amount), else_=0)
+        rows = self.conn.execute(
+            select(
+                t.c.reference,
+                func.coalesce(func.sum(e.c.amount), 0).label("spent"),
+                func.coalesce(func.sum(promotional), 0).label("promotional"),
+                func.count(func.distinct(t.c.id)).label("transfers"),
+            )
+            .select_from(t.outerjoin(e, and_(e.c.transfer_id == t.c.id, e.c.account.in_(accounts))))
+            .where(and_(t.c.reference.in_(gift_ids), t.c.kind == kind))
+            .group_by(t.c.reference)
+        )
+        return {r.reference: (int(r.spent), int(r.promotional), int(r.transfers)) for r in rows}
+
+    def window_totals(self, start: datetime, end: datetime) -> WindowTotals:
+        """What the books' summary reads of a window: purchases by store and currency, refunds by kind
+        and currency and their reversals by currency (with what the purchases had cost), and the coins
+        promotion claims granted."""
+        p, r, c = purchases, purchase_refunds, promotion_claims
+        takings = self.conn.execute(
+            select(
+                p.c.store,
+                p.c.currency_code,
+                func.count().label("purchases"),
+                func.sum(p.c.price_minor).label("amount_minor"),
+                func.sum(p.c.coins).label("coins"),
+            )
+            .where(and_(p.c.created_at >= start, p.c.created_at < end))
+            .group_by(p.c.store, p.c.currency_code)
+            .order_by(p.c.store, p.c.currency_code)
+        )
+        refunds = self.conn.execute(
+            select(
+                r.c.kind,
+                p.c.currency_code,
+                func.count().label("refunds"),
+                func.sum(p.c.price_minor).label("amount_minor"),
+                func.sum(r.c.coins_reclaimed).label("coins_reclaimed"),
+                func.sum(r.c.debt_added).label("debt_added"),
+            )
+            .select_from(r.join(p, p.c.purchase_id == r.c.purchase_id))
+            .where(and_(r.c.created_at >= start, r.c.created_at < end))
+            .group_by(r.c.kind, p.c.currency_code)
+            .order_by(r.c.kind, p.c.currency_code)
+        )
+        i = purchase_reinstatements
+        reversals = self.conn.execute(
+            select(
+                p.c.currency_code,
+                func.count().label("reversals"),
+                func.sum(p.c.price_minor).label("amount_minor"),
+                func.sum(p.c.coins).label("coins"),
+            )
+            .select_from(i.join(p, p.c.purchase_id == i.c.purchase_id))
+            .where(and_(i.c.created_at >= start, i.c.created_at < end))
+            .group_by(p.c.currency_code)
+            .order_by(p.c.currency_code)
+        )
+        granted = self.conn.execute(
+            select(func.coalesce(func.sum(c.c.coins), 0)).where(and_(c.c.created_at >= start, c.c.created_at < end))
+        ).scalar_one()
+        return WindowTotals(
+            [TakingsRow(**_integers(row._mapping)) for row in takings],
+            [RefundsRow(**_integers(row._mapping)) for row in refunds],
+            [ReversalsRow(**_integers(row._mapping)) for row in reversals],
+            int(granted),
+        )
+
+    def outstanding(self, prefixes: Sequence[str]) -> dict[str, int]:
+        """Now: the sum of the stored balances of the holder accounts whose codes start with each prefix
+        (one pass over the accounts; no entry is read)."""
+        a = ledger.accounts
+        prefix = case(*[(a.c.code.startswith(p, autoescape=True), literal(p)) for p in prefixes], else_=literal(""))
+        rows = self.conn.execute(
+            select(prefix.label("prefix"), func.coalesce(func.sum(a.c.balance), 0).label("balance"))
+            .where(a.c.platform.is_(False))
+            .group_by(prefix)
+        )
+        totals = dict.fromkeys(prefixes, 0)
+        totals.update({r.prefix: int(r.balance) for r in rows if r.prefix})
+        return totals
+
     def outstanding_holds(self) -> tuple[int, int]:
         """(holds still held, the coins they hold): what the wallet's metrics report."""
         row = self.conn.execute(
@@ -560,6 +736,11 @@ class WalletUnit:
             if is_unique_violation(exc):
                 raise Duplicate(table.name) from exc
             raise
+
+
+def _integers(values: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row's values with its sums as ints (PostgreSQL sums bigints as numeric)."""
+    return {k: v if isinstance(v, str) else int(v) for k, v in values.items()}
 
 
 def _hold(row: Row[tuple[object, ...]]) -> HoldRecord:

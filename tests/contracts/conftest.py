@@ -24,8 +24,10 @@ from services.runtime.clock import FakeClock
 from services.runtime.config import IdentitySettings
 from services.runtime.server import RunningServer
 from services.wallet.receipts import mint_receipt
-from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet
+from tests.gifting.harness import ADULT, MINOR, new_id, start_payout, start_wallet, suite
 from tests.support.identity import as_caller, user
+
+__all__ = ["suite"]  # the three services in-process, for the books' contracts (test_reconciler.py)
 
 
 @dataclass

@@ -25,7 +25,9 @@ SERVICES = {
 }
 
 Obj = dict[str, Any]
-POD_OWNERS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+POD_OWNERS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+# The reconciliation job: it runs the giftcoin image, but is not one of the services.
+RECONCILER = "reconciler"
 
 
 def kubectl() -> str | None:
@@ -60,7 +62,8 @@ class Workload:
 
     @property
     def template(self) -> Obj:
-        return dict(self.obj["spec"]["template"])
+        spec = self.obj["spec"]["jobTemplate"]["spec"] if self.kind == "CronJob" else self.obj["spec"]
+        return dict(spec["template"])
 
     @property
     def pod_spec(self) -> Obj:
@@ -76,6 +79,11 @@ class Workload:
         name = self.labels.get("app.kubernetes.io/name", "")
         component = self.labels.get("app.kubernetes.io/component")
         return name if name in SERVICES and component in ("server", "migration") else None
+
+    @property
+    def ours(self) -> bool:
+        """Whether it runs the giftcoin image: a service (server or migration), or the reconciliation job."""
+        return self.service is not None or self.labels.get("app.kubernetes.io/name") == RECONCILER
 
     def containers(self) -> Iterator[Obj]:
         yield from self.pod_spec.get("initContainers", [])

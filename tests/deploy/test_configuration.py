@@ -164,3 +164,42 @@ def test_gifting_holds_last_no_longer_than_the_wallet_allows(objects: list[kube.
             assert workload.service is not None
             loaded[workload.service] = _load(workload.service, kube.container_env(container, objects))
     assert loaded["gifting"].hold_ttl_seconds <= loaded["wallet"].hold_ttl_max_seconds
+
+
+def _reconciler_container(objects: list[kube.Obj]) -> kube.Obj:
+    (workload,) = [w for w in kube.workloads(objects) if w.name == kube.RECONCILER]
+    (container,) = workload.containers()
+    return container
+
+
+def test_the_reconciler_is_set_only_what_it_reads_and_it_loads(objects: list[kube.Obj], overlay: str) -> None:
+    from services.reconciler.settings import load_settings
+
+    environment = kube.container_env(_reconciler_container(objects), objects)
+    read = Env(DEV_ENVIRONMENT)
+    load_settings(read)
+    assert set(environment) - read.names - OTEL_NAMES == set()
+    settings = load_settings(Env(environment))
+    assert environment["OTEL_SERVICE_NAME"] == "giftcoin-reconciler"
+    (workload,) = [w for w in kube.workloads(objects) if w.name == kube.RECONCILER]
+    volumes = {v["name"]: v for v in workload.pod_spec["volumes"]}
+    identity = settings.identity
+    if overlay == "dev":
+        assert identity.signing_key_file == ""  # the derived dev key of service:reconciler
+    else:
+        # Its own private key (it signs service:reconciler tokens), from its Secret; it verifies no token.
+        mounts = {m["mountPath"]: m["name"] for m in _reconciler_container(objects)["volumeMounts"]}
+        key_dir = str(PurePosixPath(identity.signing_key_file).parent)
+        assert volumes[mounts[key_dir]]["secret"]["secretName"] == "reconciler-jwt-signing-key"
+        assert "GIFTCOIN_JWT_KEYS" not in environment
+    # Each target is a service of the suite, on its gRPC port.
+    for name, target in settings.targets.items():
+        assert target == f"{name}.{kube.NAMESPACE}.svc:{kube.SERVICES[name][0]}"
+    # The same dev mode, exporter and mTLS as the services it reads (its settings are its own ConfigMap).
+    (wallet,) = [w for w in kube.workloads(objects) if w.kind == "Deployment" and w.service == "wallet"]
+    served = _load("wallet", kube.container_env(wallet.pod_spec["containers"][0], objects))
+    assert (settings.trace_exporter, settings.tls.enabled) == (served.trace_exporter, served.tls.enabled)
+    assert (identity.issuer, identity.audience) == (served.identity.issuer, served.identity.audience)
+    assert (environment["GIFTCOIN_DEV_MODE"] == "true") is served.dev_mode is (overlay == "dev")
+    if settings.tls.enabled:
+        assert volumes["tls"]["secret"]["secretName"] == "reconciler-tls"

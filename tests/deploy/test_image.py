@@ -113,7 +113,7 @@ def test_the_image_runs_as_the_non_root_user_the_manifests_name(rendered: dict[s
     assert gid.isdigit() and int(gid) > 0
     for objects in rendered.values():
         for workload in kube.workloads(objects):
-            if workload.service:
+            if workload.ours:
                 assert workload.pod_spec["securityContext"]["runAsUser"] == int(uid), workload.name
                 assert workload.pod_spec["securityContext"]["runAsGroup"] == int(gid), workload.name
 
@@ -145,7 +145,7 @@ def test_the_entry_points_the_image_and_the_manifests_run_exist(rendered: dict[s
     commands = [json.loads(default)]  # the exec form: a JSON list
     for objects in rendered.values():
         for workload in kube.workloads(objects):
-            if workload.service:
+            if workload.ours:
                 commands += [c["command"] + c.get("args", []) for c in workload.containers()]
     for command in commands:
         assert command[:2] == ["python", "-m"], command
@@ -154,7 +154,7 @@ def test_the_entry_points_the_image_and_the_manifests_run_exist(rendered: dict[s
         assert (package / "__main__.py").is_file(), f"{module} has no __main__.py"
         assert arguments in ([], ["serve"], ["migrate"]), command
     served = {c[2] for c in commands}
-    assert served == {f"services.{svc}" for svc in kube.SERVICES}
+    assert served == {f"services.{svc}" for svc in kube.SERVICES} | {"services.reconciler"}
 
 
 def test_the_image_installs_exactly_pinned_dependencies_in_step_with_requirements_txt() -> None:

@@ -145,7 +145,7 @@ def test_every_service_pod_is_probed_over_grpc_on_its_health_port(objects: list[
 
 def test_every_long_running_container_has_liveness_and_readiness_probes(objects: list[kube.Obj]) -> None:
     for workload in kube.workloads(objects):
-        if workload.kind == "Job":
+        if workload.kind in ("Job", "CronJob"):  # they run to completion
             continue
         for container in workload.pod_spec["containers"]:
             assert "livenessProbe" in container, f"{workload.name}/{container['name']}"
@@ -218,7 +218,7 @@ def test_every_image_is_pinned(objects: list[kube.Obj], overlay: str) -> None:
     for workload in kube.workloads(objects):
         for container in workload.containers():
             image = container["image"]
-            if workload.service:
+            if workload.ours:
                 # Our image: dev uses what `docker build -t giftcoin:dev` made; prod a released one.
                 expected = "giftcoin:dev" if overlay == "dev" else "registry.example.com/giftcoin:"
                 assert image.startswith(expected), image
@@ -255,7 +255,7 @@ def test_dev_runs_one_replica_of_everything_without_autoscaling(rendered: dict[s
     objects = rendered["dev"]
     assert not [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
     for workload in kube.workloads(objects):
-        if workload.kind != "Job":
+        if workload.kind not in ("Job", "CronJob"):
             assert workload.obj["spec"]["replicas"] == 1, workload.name
 
 
@@ -309,7 +309,7 @@ def test_the_docs_exist_for_every_overlay() -> None:
         assert f"kubectl apply -k deploy/overlays/{overlay}" in docs
 
 
-def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> None:
+def test_the_collector_receives_the_services_traces_and_the_reconcilers_metrics(objects: list[kube.Obj]) -> None:
     (collector,) = [w for w in kube.workloads(objects) if w.name == "otel-collector"]
     (volume,) = [v for v in collector.pod_spec["volumes"] if "configMap" in v]
     config_map = kube.find(objects, "ConfigMap", volume["configMap"]["name"])
@@ -319,8 +319,9 @@ def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> 
     service = kube.find(objects, "Service", "otel-collector")
     assert service is not None and [p["port"] for p in service["spec"]["ports"]] == [4317]
     pipelines = config["service"]["pipelines"]
-    # Spans only: metrics are scraped from each replica (GIFTCOIN_METRICS_PORT), not pushed.
-    assert set(pipelines) == {"traces"}
+    # Spans; and the metrics the reconciliation job pushes (a CronJob's run ends before any scrape). The
+    # services' metrics are scraped from each replica (GIFTCOIN_METRICS_PORT), not pushed.
+    assert set(pipelines) == {"traces", "metrics"}
     for signal in pipelines:
         assert "otlp" in pipelines[signal]["receivers"], signal
         for kind in ("receivers", "processors", "exporters"):
@@ -330,3 +331,18 @@ def test_the_collector_receives_the_services_traces(objects: list[kube.Obj]) -> 
     (container,) = collector.pod_spec["containers"]
     health_port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     assert health.endswith(f":{health_port}") and "health_check" in config["service"]["extensions"]
+
+
+def test_the_reconciler_runs_hourly_one_run_at_a_time_and_fails_its_job_on_discrepancies(
+    objects: list[kube.Obj],
+) -> None:
+    cronjob = kube.find(objects, "CronJob", kube.RECONCILER)
+    assert cronjob is not None
+    spec = cronjob["spec"]
+    minute, hour, *_ = spec["schedule"].split()
+    assert minute.isdigit() and hour == "*", "hourly: GIFTCOIN_RECONCILER_WINDOW_SECONDS covers two runs"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job = spec["jobTemplate"]["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    (container,) = job["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "services.reconciler"]

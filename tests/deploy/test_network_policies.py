@@ -24,6 +24,7 @@ PROMETHEUS = Endpoint(
     "prometheus",
     "monitoring",
     {"app.kubernetes.io/name": "prometheus"},
+    (Port(9090),),  # its OTLP receiver: the reconciliation job's metrics, through the collector (prod)
     namespace_labels={"giftcoin.io/monitoring": "true"},
 )
 TRACE_BACKEND = Endpoint("trace-backend", "observability", {"app.kubernetes.io/name": "tempo"}, (Port(4317),))
@@ -66,8 +67,12 @@ def _design(endpoints: list[Endpoint], overlay: str) -> set[Call]:
     calls.add(("edge", "wallet", 8080, "TCP"))  # the stores' notifications, relayed by the edge
     calls.add(("wallet", "internet", 443, "TCP"))  # the stores' APIs (Google Play, Apple's OCSP)
     calls.add(("gifting", "payout", 50053, "TCP"))  # the saga: credit diamonds
+    for svc, (port, _) in kube.SERVICES.items():  # the reconciliation job reads the books, no database
+        calls.add((kube.RECONCILER, svc, port, "TCP"))
+    calls.add((kube.RECONCILER, "otel-collector", 4317, "TCP"))  # its metrics (a run ends before any scrape)
     if overlay == "prod":
         calls.add(("otel-collector", "trace-backend", 4317, "TCP"))
+        calls.add(("otel-collector", "prometheus", 9090, "TCP"))  # ...which go on to Prometheus
     for endpoint in endpoints:
         if endpoint.namespace == kube.NAMESPACE:
             calls |= {(endpoint.name, "kube-dns", 53, "UDP"), (endpoint.name, "kube-dns", 53, "TCP")}

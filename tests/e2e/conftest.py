@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from services.gifting.saga import FAILPOINT_EXIT_CODE
+from services.reconciler import RECONCILER, Report, Window, check
+from services.runtime.auth import dev_token
 from tests.gifting.harness import Clients, value_problems
 from tests.support.processes import ServiceProcess, free_port
 
@@ -32,6 +36,7 @@ class Processes:
     log_dir: Path
     gifting_port: int = field(default_factory=free_port)
     replicas: list[ServiceProcess] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def gifting(self, port: int | None = None, **env: str) -> ServiceProcess:
         """A gifting replica (not started) on the shared database, calling this wallet and payout."""
@@ -55,6 +60,16 @@ class Processes:
 
     def problems(self) -> list[str]:
         return value_problems(self.wallet.database_url, self.payout.database_url, self.gifting_url)
+
+    def reconcile(self) -> Report:
+        """The reconciler's view of everything since the processes started, through the services' RPCs."""
+        targets = {
+            "wallet": self.wallet.target,
+            "payout": self.payout.target,
+            "gifting": f"127.0.0.1:{self.gifting_port}",
+        }
+        now = datetime.now(UTC)
+        return check(targets, Window(self.started - timedelta(seconds=1), now), now, partial(dev_token, RECONCILER))
 
     def stop(self) -> None:
         for process in [*self.replicas, self.payout, self.wallet]:

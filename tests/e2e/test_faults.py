@@ -1,6 +1,7 @@
 """Crashes and outages with real processes: gifting killed between every pair of steps (os._exit at a
 failpoint, as abrupt as SIGKILL), wallet and payout stopped between steps. After restarts and recovery
-every gift is COMPLETED or FAILED and value is conserved across the three services' books."""
+every gift is COMPLETED or FAILED and value is conserved across the three services' books, as the
+reconciler proves through their RPCs."""
 
 from __future__ import annotations
 
@@ -80,3 +81,8 @@ def test_a_gift_survives_gifting_dying_at_every_step_and_peers_stopping_between_
     assert c.diamonds("carol") == 30 + 50 + 250
     c.close()
     assert processes.problems() == []
+    # The reconciler, through the services' RPCs, finds the same: every gift agrees with its hold and credit.
+    report = processes.reconcile()
+    assert report.discrepancies == []
+    assert (report.completed, report.failed, report.in_flight) == (3, 1, 0)
+    assert report.money.coins_spent == 60 + 100 + 500 and report.money.diamonds_credited == 30 + 50 + 250

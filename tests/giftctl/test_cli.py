@@ -15,6 +15,10 @@ from giftcoin.wallet.v1 import wallet_pb2
 from services.giftctl import cli
 from services.giftctl.command import RpcCommand, Who
 from services.giftctl.suite import ROOT, free_port
+from services.gifting import app as gifting_app
+from services.payout import app as payout_app
+from services.runtime.auth import CallerKind
+from services.wallet import app as wallet_app
 
 DOCS = (ROOT / "docs" / "giftctl.md").read_text()
 
@@ -28,7 +32,14 @@ INTERNAL = {
     "BatchCaptureHolds",
     "BatchCreditDiamonds",
 }
-OPERATOR_RPCS = {"RefundPurchase", "CreatePromotion", "UpsertGift", "RetireGift", "VerifyCreator"}
+# The RPCs an operator may call and a user may not (operator-only, and the reconciler's reads): the
+# services' own access tables say which.
+OPERATOR_RPCS = {
+    name
+    for access_table in (wallet_app.ACCESS, gifting_app.ACCESS, payout_app.ACCESS)
+    for name, access in access_table.items()
+    if CallerKind.OPERATOR in access.kinds and CallerKind.USER not in access.kinds
+}
 SERVICE_DESCRIPTORS = {
     "wallet": wallet_pb2.DESCRIPTOR.services_by_name["WalletService"],
     "gifting": gifting_pb2.DESCRIPTOR.services_by_name["GiftingService"],
@@ -61,7 +72,8 @@ def test_top_level_help_lists_every_command() -> None:
         [sys.executable, "-m", "services.giftctl", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    for command in ("wallet", "gifting", "payout", "up", "watch", "trace", "demo", "--as", "--json", "--request-id"):
+    commands = ("wallet", "gifting", "payout", "up", "watch", "trace", "reconcile", "demo")
+    for command in (*commands, "--as", "--json", "--request-id"):
         assert command in result.stdout
 
 

@@ -162,13 +162,16 @@ def test_demo_with_json_prints_one_json_object_a_line() -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     records = [json.loads(line) for line in demo.stdout.splitlines()]
     assert records[0]["demo"] == "starting" and records[-1]["demo"] == "finished"
-    assert [r["step"] for r in records if "step" in r] == list(range(1, 15))
+    assert [r["step"] for r in records if "step" in r] == list(range(1, 16))
     refused = [r["refused"]["reason"] for r in records if "refused" in r]
     assert refused == ["RECEIPT_ALREADY_USED", "INSUFFICIENT_FUNDS"]
     sent = [r["feed"]["transfer"]["gift_id"] for r in records if "feed" in r]
     assert sent == ["rose", "lion"]
     assert any(r.get("command") == "giftctl --as user:cara payout request" for r in records)
     assert {"stopped": {"gifting": 0, "payout": 0, "wallet": 0}} in records
+    [reconciled] = [r["reconciliation"] for r in records if "reconciliation" in r]
+    assert reconciled["ok"] is True and reconciled["discrepancies"] == []
+    assert (reconciled["completed"], reconciled["failed"]) == (2, 1)
 
 
 def test_free_ports_handed_out_one_after_another_are_never_the_same() -> None:

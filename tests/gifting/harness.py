@@ -354,8 +354,8 @@ def start_payout(url: str, clock: FakeClock, address: str = "127.0.0.1:0") -> Ru
     return create_server(build_payout(settings, clock), settings, address)
 
 
-def start_suite(make_database: Callable[[str], str], **env: str) -> Suite:
-    clock = FakeClock()
+def start_suite(make_database: Callable[[str], str], clock: FakeClock | None = None, **env: str) -> Suite:
+    clock = clock or FakeClock()
     wallet_url, payout_url, gifting_url = (make_database(s) for s in ("wallet", "payout", "gifting"))
     wallet_server = start_wallet(wallet_url, clock)
     payout_server = start_payout(payout_url, clock)

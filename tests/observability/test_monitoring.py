@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.reconciler import metrics
 from tests.deploy import kube
 from tests.observability.conftest import StorySuite
 
@@ -22,7 +23,7 @@ RULES = MONITORING / "prometheus" / "giftcoin-rules.yaml"
 RULE_TESTS = MONITORING / "prometheus" / "giftcoin-rules.test.yaml"
 DASHBOARDS = sorted((MONITORING / "grafana").glob("*.json"))
 # Exported by the reconciler (a CronJob of its own), not by the three services.
-RECONCILER_SERIES = {"giftcoin_reconcile_discrepancies"}
+RECONCILER_SERIES = set(metrics.PROMETHEUS_NAMES)
 # What PromQL spells with identifiers that are not series: operators, modifiers, and the label lists
 # of by/without/on/ignoring/group_left/group_right (removed before this is used).
 PROMQL_WORDS = {
@@ -129,7 +130,8 @@ def test_the_rules_and_every_dashboard_query_are_valid_promql(tmp_path: Path) ->
 
 def test_the_alerts_fire_on_what_they_watch_and_not_on_refusals() -> None:
     """promtool's unit tests of the rules: a 2 % INTERNAL rate pages, INSUFFICIENT_FUNDS refusals do
-    not; a gift pending past 10 minutes pages after 5; a reconciliation discrepancy pages at once."""
+    not; a gift pending past 10 minutes pages after 5; a reconciliation discrepancy pages for the hour
+    after its run; no reconciliation for three hours opens a ticket."""
     tool = promtool()
     tested = subprocess.run(
         [tool, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent, capture_output=True, text=True
@@ -143,7 +145,10 @@ def test_the_alerts_cover_the_sendgift_slos_stuck_gifts_and_reconciliation() -> 
         for speed, severity in (("Fast", "page"), ("Slow", "ticket")):
             assert alerts[f"GiftcoinSendGift{slo}BudgetBurn{speed}"]["labels"]["severity"] == severity
     assert "giftcoin_gifting_gifts_oldest_unfinished_age_seconds" in alerts["GiftcoinGiftsStuck"]["expr"]
-    assert series_named(alerts["GiftcoinReconciliationDiscrepancy"]["expr"]) == RECONCILER_SERIES
+    assert series_named(alerts["GiftcoinReconciliationDiscrepancy"]["expr"]) == {"giftcoin_reconcile_discrepancies"}
+    assert series_named(alerts["GiftcoinReconciliationNotRunning"]["expr"]) == {
+        "giftcoin_reconcile_last_completed_seconds"
+    }
     for alert in alerts.values():
         assert alert["annotations"]["summary"] and alert["annotations"]["description"]
 

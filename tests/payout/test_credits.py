@@ -145,3 +145,38 @@ def test_diamond_history_newest_first_in_pages(payout: PayoutHarness) -> None:
     assert (error.code, fields(error)) == (grpc.StatusCode.INVALID_ARGUMENT, {"page_token"})
     others = payout.refused("ListDiamondTransactions", payout_pb2.ListDiamondTransactionsRequest(), user("bob"))
     assert (others.code, others.reason) == (grpc.StatusCode.NOT_FOUND, "CREATOR_NOT_FOUND")
+
+
+def test_a_credit_books_the_gifts_coins_split_into_the_creators_and_the_platforms_share(payout: PayoutHarness) -> None:
+    payout.register("alice")
+    payout.call("CreditDiamonds", credit_request("alice", 50, "gift-1", coins=101, promotional_coins=30), GIFTING)
+    # One Rose: its creator's share floors to nothing, its coin is all the platform's.
+    payout.call("CreditDiamonds", credit_request("alice", 0, "gift-2", coins=1), GIFTING)
+    with payout.components.db.transaction() as conn:
+        ledger = storage.UnitOfWork(conn).ledger
+        assert ledger.balances(
+            [
+                storage.GIFT_COINS,
+                storage.CREATORS_SHARE,
+                storage.PLATFORM_SHARE,
+                storage.DIAMONDS_ISSUED,
+            ]
+        ) == {
+            storage.GIFT_COINS: -101 - 1,
+            storage.CREATORS_SHARE: 50,  # coins that became the creator's diamonds
+            storage.PLATFORM_SHARE: (101 - 50) + 1,
+            storage.DIAMONDS_ISSUED: -50,
+        }
+        transfers = conn.execute(
+            select(storage.ledger.transfers.c.reference).where(storage.ledger.transfers.c.kind == "gift_credit")
+        ).scalars()
+        assert sorted(transfers) == ["gift-1", "gift-2"]  # one transfer per gift, diamonds and coins together
+    assert payout.ledger_problems() == []
+
+
+def test_a_credit_of_more_diamonds_than_coins_is_refused(payout: PayoutHarness) -> None:
+    payout.register("alice")
+    error = payout.refused("CreditDiamonds", credit_request("alice", 11, "gift-1", coins=10), GIFTING)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["diamonds"]
+    assert balance(payout, "alice") == 0

@@ -4,35 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.payout import storage
-from services.runtime.db import Database
-from services.runtime.ledger import Ledger, Posting
+from services.runtime.db import Database, Selection, alembic_config
+from services.runtime.ledger import Ledger, Posting, ledger_problems
+from tests.support import databases
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+ALICE = {
+    "creator_id": "alice",
+    "date_of_birth": date(1990, 1, 1),
+    "country_code": "US",
+    "gifting_enabled": True,
+    "kyc_status": "verified",
+    "created_at": NOW,
+    "updated_at": NOW,
+}
 
 
 @pytest.fixture
 def db(make_database: Callable[[str], str]) -> Iterator[Database]:
     database = Database.from_url(make_database("payout"))
     with database.transaction() as conn:
-        conn.execute(
-            insert(storage.creators).values(
-                creator_id="alice",
-                date_of_birth=date(1990, 1, 1),
-                country_code="US",
-                gifting_enabled=True,
-                kyc_status="verified",
-                created_at=NOW,
-                updated_at=NOW,
-            )
-        )
+        conn.execute(insert(storage.creators).values(**ALICE))
     yield database
     database.dispose()
 
@@ -113,3 +115,66 @@ def test_a_payouts_settlement_transfer_can_be_written_once(db: Database) -> None
         Ledger(storage.ledger, conn).post(
             "payout_paid", "po_1", [Posting("platform:a", -1), Posting("platform:b", 1)], NOW, "payout-paid:po_1"
         )
+
+
+def test_migration_0002_books_the_platforms_share_of_credits_recorded_before_it(backend: str, tmp_path: Path) -> None:
+    """Credits written by revision 0001's code booked only their diamonds; 0002 books their coins."""
+    url = databases.empty_database(backend, tmp_path)
+    config = alembic_config(storage.MIGRATIONS_DIR, url)
+    command.upgrade(config, "0001")
+    db = Database.from_url(url, pool_size=1)
+    try:
+        with db.transaction() as conn:
+            platform = {"unit": "diamond", "platform": True, "balance": 0, "created_at": NOW}
+            conn.execute(insert(storage.ledger.accounts).values(code=storage.DIAMONDS_ISSUED, **platform))
+            conn.execute(
+                insert(storage.ledger.accounts).values(
+                    code="creator:alice:diamonds", unit="diamond", platform=False, balance=0, created_at=NOW
+                )
+            )
+            conn.execute(insert(storage.creators).values(**ALICE))
+            for credit_id, gift_id, diamonds, coins, promotional in (
+                ("cr_1", "g1", 50, 101, 30),
+                ("cr_2", "g2", 0, 1, 0),
+            ):
+                conn.execute(
+                    insert(storage.diamond_credits).values(
+                        credit_id=credit_id,
+                        gift_id=gift_id,
+                        creator_id="alice",
+                        diamonds=diamonds,
+                        coins=coins,
+                        promotional_coins=promotional,
+                        transfer_id=f"credit:{credit_id}",
+                        created_at=NOW,
+                    )
+                )
+            Ledger(storage.ledger, conn).post(
+                "gift_credit",
+                "g1",
+                [Posting(storage.DIAMONDS_ISSUED, -50), Posting("creator:alice:diamonds", 50)],
+                NOW,
+                transfer_id="credit:cr_1",
+            )
+        command.upgrade(config, "head")
+        with db.transaction() as conn:
+            ledger = Ledger(storage.ledger, conn)
+            assert ledger.balances([storage.PLATFORM_SHARE, storage.CREATORS_SHARE, storage.GIFT_COINS]) == {
+                storage.PLATFORM_SHARE: 51 + 1,
+                storage.CREATORS_SHARE: 50,
+                storage.GIFT_COINS: -(101 + 1),
+            }
+            booked = storage.CreditRepository(conn).booked(Selection(), 10)
+            assert [(b.credit.gift_id, b.booked_diamonds, b.booked_share, b.diamond_transfers) for b in booked] == [
+                ("g1", 50, 51, 1),
+                ("g2", 0, 1, 0),
+            ]
+            stored = conn.execute(
+                select(storage.ledger.accounts.c.balance).where(
+                    storage.ledger.accounts.c.code == storage.DIAMONDS_ISSUED
+                )
+            ).scalar_one()
+            assert stored is None  # a platform balance is no longer stored
+            assert ledger_problems(storage.ledger, conn) == []
+    finally:
+        db.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 
 from services.runtime.clock import FakeClock
 from services.runtime.ledger import Ledger, Overdraft, Posting, UnbalancedTransfer, ledger_problems
@@ -123,3 +123,30 @@ def test_problems_are_reported(schema, clock) -> None:
     with schema.db.transaction() as conn:  # a balance changed without its entries
         conn.execute(update(accounts).where(accounts.c.code == "user:alice").values(balance=12))
         assert ledger_problems(schema.ledger, conn) == ["account user:alice balance 12 != entries 10"]
+
+
+def test_a_platform_account_stores_no_balance_and_the_documented_query_derives_it(schema, clock) -> None:
+    open_accounts(schema, clock)
+    grant(schema, clock, 100)
+    grant(schema, clock, 20)
+    accounts = schema.ledger.accounts
+    with schema.db.transaction() as conn:
+        stored = dict(conn.execute(select(accounts.c.code, accounts.c.balance)).tuples().all())
+        assert stored["platform:issued"] is None and stored["user:alice"] == 120
+        # runtime/ledger.py's query for a platform account's balance: the sum of its entries.
+        derived = dict(
+            conn.execute(
+                text(
+                    "SELECT a.code, COALESCE(SUM(e.amount), 0) AS balance "
+                    "FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.code "
+                    "WHERE a.platform GROUP BY a.code, a.unit"
+                )
+            )
+            .tuples()
+            .all()
+        )
+        assert derived == {"platform:issued": -120, "platform:spent": 0, "platform:diamonds": 0}
+        assert Ledger(schema.ledger, conn).balance("platform:issued") == -120
+    for code, value in (("platform:issued", 0), ("user:alice", None)):  # a stored platform balance; a holder without
+        with pytest.raises(Exception, match=r"(?i)check"), schema.db.transaction() as conn:
+            conn.execute(update(accounts).where(accounts.c.code == code).values(balance=value))
