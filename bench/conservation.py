@@ -4,7 +4,9 @@ Read through the public RPCs (every viewer's wallet, every creator's earnings) a
 own books (its ledger's invariants, gifting's transfers, wallet's holds, payout's credits):
 - coins the viewers no longer have = coins of completed gifts = coins captured;
 - diamonds the creators have = diamonds of completed gifts = diamonds credited;
-- no gift left pending, no hold left HELD, each ledger sound (runtime.ledger.ledger_problems).
+- no gift left pending, no hold left HELD, each ledger sound (runtime.ledger.ledger_problems);
+- and the reconciler (services/reconciler), through the services' RPCs alone, finds no discrepancy
+  over the run's window, its money summary agreeing with the figures above.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import grpc
@@ -21,8 +25,10 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from sqlalchemy import func, select
 
 from bench.suite import Population, Suite, metadata_for
+from services import reconciler
 from services.gifting import storage as gifting_storage
 from services.payout import storage as payout_storage
+from services.runtime.auth import dev_token
 from services.runtime.db import Database, make_engine
 from services.runtime.ledger import ledger_problems
 from services.wallet import storage as wallet_storage
@@ -30,6 +36,7 @@ from services.wallet import storage as wallet_storage
 
 @dataclass
 class Conservation:
+    reconciled: int = 0  # gifts the reconciler checked gift by gift, with no discrepancy found
     completed: int = 0
     failed: int = 0
     coins_spent: int = 0  # what the viewers' wallets lost
@@ -96,7 +103,11 @@ async def _public_balances(suite: Suite, population: Population) -> tuple[int, i
     return sum(b.total for b in balances), sum(b.held for b in balances), sum(earned)
 
 
-def check(suite: Suite, population: Population, settle_timeout: float = 60.0) -> Conservation:
+def check(
+    suite: Suite, population: Population, since: datetime | None = None, settle_timeout: float = 60.0
+) -> Conservation:
+    """Conservation over the whole run; the reconciler over the gifts recorded since `since` (every one
+    when None)."""
     result = Conservation()
     pending = wait_settled(suite.urls["gifting"], settle_timeout)
     if pending:
@@ -148,4 +159,26 @@ def check(suite: Suite, population: Population, settle_timeout: float = 60.0) ->
             f"diamonds: creators hold {result.diamonds_held}, completed gifts owe {result.diamonds_of_completed}, "
             f"payout credited {result.diamonds_credited}"
         )
+    _reconcile(suite, result, since or datetime(2000, 1, 1, tzinfo=UTC))
     return result
+
+
+def _reconcile(suite: Suite, result: Conservation, since: datetime) -> None:
+    """What the reconciler finds over [since, now), through the services' RPCs as service:reconciler."""
+    now = datetime.now(UTC)
+    targets = {name: suite.target(name) for name in ("wallet", "gifting", "payout")}
+    try:
+        report = reconciler.check(
+            targets, reconciler.Window(since, now), now, partial(dev_token, reconciler.RECONCILER)
+        )
+    except reconciler.ReadFailed as error:
+        result.problems.append(f"reconciler: a service could not be read: {error}")
+        return
+    result.reconciled = report.checked
+    result.problems += [f"reconciler: {d.kind} gift {d.gift_id}: {d.detail}" for d in report.discrepancies]
+    money = report.money
+    if (money.coins_spent, money.diamonds_credited) != (result.coins_captured, result.diamonds_credited):
+        result.problems.append(
+            f"reconciler: coins spent {money.coins_spent} and diamonds credited {money.diamonds_credited}, "
+            f"the books {result.coins_captured} and {result.diamonds_credited}"
+        )

@@ -208,7 +208,8 @@ class Report:
                 f"{'conservation':<40} {verdict}: {c.completed} gifts completed, {c.failed} failed; "
                 f"coins spent {c.coins_spent} = completed {c.coins_of_completed} = captured {c.coins_captured}; "
                 f"diamonds held {c.diamonds_held} = owed {c.diamonds_of_completed} = credited {c.diamonds_credited}; "
-                "no hold HELD, no gift pending, both ledgers sound"
+                f"no hold HELD, no gift pending, both ledgers sound; the reconciler checked {c.reconciled} gifts, "
+                "holds and credits through the RPCs: no discrepancy"
                 if c.ok
                 else f"{'conservation':<40} FAIL: " + "; ".join(c.problems[:10])
             )

@@ -313,7 +313,7 @@ def run(options: Options) -> int:
         report.status("conservation check ...")
         report.memory_kib = suite.peak_memory_kib()
         report.alive = suite.alive()
-        report.conservation = conservation.check(suite, population)
+        report.conservation = conservation.check(suite, population, since=report.started)
     except Exception as error:
         # The services' logs say why; keep them (the databases are dropped unless --keep).
         report.status(f"failed: {type(error).__name__}: {error}; the services' logs are in {logdir}")
