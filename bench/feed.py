@@ -1,7 +1,7 @@
 """The live feed under load: viewers held by one gifting replica, and what they see.
 
-`feed`: the hot-creator load at a fixed rate, first without viewers, then with `--feed-viewers`
-viewers connected (most on the hot stream, the rest spread over quiet streams of other creators):
+`feed`: the hot-creator load at a fixed rate, first without viewers, then with viewers connected
+(`--hot-viewers` on the hot stream, `--quiet-viewers` spread over quiet streams of other creators):
 viewers held, events delivered per second, fan-out lag (gift completed -> received by a viewer),
 events missed or repeated (checked per viewer by sequence, must be 0), gifting's memory per thousand
 viewers, and SendGift's p99 with and without the viewers.

@@ -164,7 +164,7 @@ def insert_unless_conflict(conn: Connection, table: Table, values: dict[str, Any
     that won is committed (and readable in a new statement under READ COMMITTED).
 
     SQLAlchemy 2.0 gives its dialects' `insert(...).on_conflict_do_nothing()` no cache key, so it
-    compiled that statement on every execution (~0.2 ms here). The same SQL (PostgreSQL and SQLite
+    would compile that statement on every execution. The same SQL (PostgreSQL and SQLite
     >= 3.24 share the syntax) as a text() construct typed from the table is compiled once.
     """
     keys, target = tuple(values), tuple(on)
@@ -277,9 +277,9 @@ def rows_source(conn: Connection, table: Table, names: Sequence[str]) -> str:
     The rows travel as ONE json parameter (`:rows`, made by `rows_params`), so that the statement's
     text is the same whatever the batch size: it is compiled, cached and prepared once. PostgreSQL
     reads it with `json_to_recordset` typed by the columns (the client encodes one string, in C,
-    instead of psycopg dumping one array per column element by element: a sixth of wallet's CPU);
-    SQLite with `json_each` (a VALUES list per batch size filled SQLAlchemy's statement cache with a
-    compiled statement of hundreds of parameters for every size: 47 MiB for one table's 64 sizes).
+    instead of psycopg dumping one array per column element by element, in Python); SQLite with
+    `json_each` (a VALUES list per batch size would fill SQLAlchemy's statement cache with a compiled
+    statement of hundreds of parameters for every size).
     """
     quote = conn.dialect.identifier_preparer.quote
     if conn.dialect.name == "postgresql":
