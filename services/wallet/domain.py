@@ -121,8 +121,6 @@ class Wallets(HoldRules, PurchaseRules, PromotionRules):
         ]
         return TransactionPage(transactions, page[-1].seq if more else None)
 
-    # --- operators and the reconciler -----------------------------------------------------------
-
     # --- the books: operators' and the reconciler's reads ---------------------------------------
 
     def booked_holds(
