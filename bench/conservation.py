@@ -31,6 +31,7 @@ from services.payout import storage as payout_storage
 from services.runtime.auth import dev_token
 from services.runtime.db import Database, make_engine
 from services.runtime.ledger import ledger_problems
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 
 
@@ -131,13 +132,13 @@ def check(
     result.failed = sum(tr.state == gifting_storage.FAILED for tr in transfers)
     result.coins_of_completed = sum(tr.total_coins for tr in completed)
     result.diamonds_of_completed = sum(tr.total_diamonds for tr in completed)
-    result.coins_captured = sum(h.amount for h in holds if h.state == wallet_storage.CAPTURED)
+    result.coins_captured = sum(h.amount for h in holds if h.state == wallet_model.CAPTURED)
     result.diamonds_credited = sum(c.diamonds for c in credits)
-    still_held = sum(h.state == wallet_storage.HELD for h in holds)
+    still_held = sum(h.state == wallet_model.HELD for h in holds)
     if still_held:
         result.problems.append(f"{still_held} holds still HELD")
     captured_not_completed = [
-        h.gift_id for h in holds if h.state == wallet_storage.CAPTURED and h.gift_id not in completed_ids
+        h.gift_id for h in holds if h.state == wallet_model.CAPTURED and h.gift_id not in completed_ids
     ]
     if captured_not_completed:
         result.problems.append(f"{len(captured_not_completed)} holds captured for gifts not completed")

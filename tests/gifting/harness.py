@@ -39,6 +39,7 @@ from services.runtime.db import Database
 from services.runtime.errors import DomainError, from_rpc_error
 from services.runtime.ledger import ledger_problems
 from services.runtime.server import RunningServer, create_server
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 from services.wallet.app import build as build_wallet
 from services.wallet.receipts import mint_receipt
@@ -129,23 +130,23 @@ def value_problems(wallet_url: str, payout_url: str, gifting_url: str) -> list[s
     for tr in transfers:
         hold, credit = holds.get(tr.transfer_id), credits.get(tr.transfer_id)
         if tr.state == gifting_storage.COMPLETED:
-            if hold is None or hold.state != wallet_storage.CAPTURED or hold.amount != tr.total_coins:
+            if hold is None or hold.state != wallet_model.CAPTURED or hold.amount != tr.total_coins:
                 problems.append(f"completed gift {tr.transfer_id}: hold {hold and (hold.state, hold.amount)}")
             credited = credit.diamonds if credit is not None else 0
             if credited != tr.total_diamonds:
                 problems.append(f"completed gift {tr.transfer_id}: {credited} diamonds, {tr.total_diamonds} owed")
         elif tr.state == gifting_storage.FAILED:
-            if hold is not None and hold.state not in (wallet_storage.RELEASED, wallet_storage.EXPIRED):
+            if hold is not None and hold.state not in (wallet_model.RELEASED, wallet_model.EXPIRED):
                 problems.append(f"failed gift {tr.transfer_id}: hold {hold.state}")
             if credit is not None:
                 problems.append(f"failed gift {tr.transfer_id}: {credit.diamonds} diamonds credited")
         else:
             problems.append(f"gift {tr.transfer_id} still pending at step {tr.step}")
-    problems += [f"hold of {g} still held" for g, h in holds.items() if h.state == wallet_storage.HELD]
+    problems += [f"hold of {g} still held" for g, h in holds.items() if h.state == wallet_model.HELD]
     problems += [f"hold for unknown gift {g}" for g in holds if g not in gifts]
     problems += [f"credit for unknown gift {g}" for g in credits if g not in gifts]
     completed = [tr for tr in transfers if tr.state == gifting_storage.COMPLETED]
-    captured = sum(h.amount for h in holds.values() if h.state == wallet_storage.CAPTURED)
+    captured = sum(h.amount for h in holds.values() if h.state == wallet_model.CAPTURED)
     spent = sum(tr.total_coins for tr in completed)
     if captured != spent:
         problems.append(f"coins captured {captured} != coins of completed gifts {spent}")

@@ -24,6 +24,7 @@ from services.reconciler import RECONCILER, Report, Window, check
 from services.runtime.auth import Caller, dev_token
 from services.runtime.db import Database
 from services.runtime.ledger import Ledger, Posting
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import Suite, new_id, refused, start_suite
@@ -168,7 +169,7 @@ def capture_behind_wallets_back(suite: Suite, gift_id: str) -> str:
     h = wallet_storage.holds
 
     def capture(conn: Connection) -> str:
-        conn.execute(update(h).where(h.c.gift_id == gift_id).values(state=wallet_storage.CAPTURED))
+        conn.execute(update(h).where(h.c.gift_id == gift_id).values(state=wallet_model.CAPTURED))
         return str(conn.execute(select(h.c.hold_id).where(h.c.gift_id == gift_id)).scalar_one())
 
     return str(write(suite.wallet_url, capture))
