@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from services.payout.model import (
     COIN,
@@ -28,12 +28,19 @@ from services.payout.model import (
     CreditRecord,
     CreditRequest,
     creator_diamonds,
-    eligible,
 )
 from services.payout.storage import UnitOfWork
 from services.runtime.clock import Clock
 from services.runtime.errors import DomainError, failed_precondition
 from services.runtime.ledger import MAX_BALANCE, Movement, Posting, balance_limit_exceeded, new_id
+from services.runtime.validation import age_on
+
+ADULT_AGE = 18
+
+
+def eligible(creator: CreatorRecord, today: date) -> bool:
+    """Whether the creator may receive gifts and be paid: 18 or over, with gifting enabled."""
+    return creator.gifting_enabled and age_on(creator.date_of_birth, today) >= ADULT_AGE
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
-from services.payout.credits import CreditReads, Credits
+from services.payout.credits import CreditReads, Credits, eligible
 from services.payout.model import (
     DIAMOND,
     IN_FLIGHT,
@@ -53,7 +53,6 @@ from services.payout.model import (
     cash_value,
     creator_diamonds,
     creator_diamonds_in_payout,
-    eligible,
     payout_amounts,
 )
 from services.payout.storage import UnitOfWork

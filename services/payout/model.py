@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Generic, Protocol, TypeVar
 
-from services.runtime.validation import age_on
-
 T = TypeVar("T")
 
 # --- states and kinds, as stored ---------------------------------------------------------------------
@@ -24,8 +22,6 @@ IN_FLIGHT = (REQUESTED, PROCESSING)
 # Creator KYC states and destination kinds.
 KYC_UNVERIFIED, KYC_VERIFIED, KYC_REJECTED = "unverified", "verified", "rejected"
 BANK_ACCOUNT, PAYPAL, SANDBOX = "bank_account", "paypal", "sandbox"  # sandbox: the sandbox provider's own
-
-ADULT_AGE = 18
 
 # Ledger transfer kinds: a gift's credit, and (GIFT_SHARE) the platform's share of a gift credited before
 # payout booked the share with the credit, booked by migration 0002; a payout's diamonds taken, returned
@@ -97,11 +93,6 @@ class CreatorRecord:
     destination_currency: str | None
     created_at: datetime
     updated_at: datetime
-
-
-def eligible(creator: CreatorRecord, today: date) -> bool:
-    """Whether the creator may receive gifts and be paid: 18 or over, with gifting enabled."""
-    return creator.gifting_enabled and age_on(creator.date_of_birth, today) >= ADULT_AGE
 
 
 @dataclass(frozen=True)
