@@ -39,7 +39,7 @@ DIAMOND = "diamond"
 DIAMONDS_ISSUED = "platform:diamonds_issued"  # where credited diamonds come from (goes negative)
 DIAMONDS_REDEEMED = "platform:diamonds_redeemed"  # diamonds of paid payouts end here
 
-# The coins of credited gifts, as payout books them with each credit (domain.py's header): the coins
+# The coins of credited gifts, as payout books them with each credit (credits.py's header): the coins
 # the gifts cost (negative), split into the creators' share (the diamonds: a diamond is the creator's
 # share of one coin) and the platform's share. How many of them were promotional is wallet's ledger's
 # to tell (and the credit's record's).

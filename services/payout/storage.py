@@ -6,6 +6,10 @@ Uniqueness that money depends on is a constraint here, not a read before a write
   states requested and processing (SQLite and PostgreSQL both support partial indexes);
 - each payout's ledger transfers have ids derived from the payout id (primary key of ledger_transfers),
   so a payout's diamonds are taken, paid or returned at most once.
+
+The domain calls the `UnitOfWork` (one transaction) and gets model records or plain values back: a read
+queued in the transaction's pipeline comes back as a function that returns its answer, and a record
+added twice where the database holds it once raises model.Duplicate.
 """
 
 from __future__ import annotations
