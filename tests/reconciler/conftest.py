@@ -19,6 +19,7 @@ from giftcoin.payout.v1 import payout_pb2
 from giftcoin.wallet.v1 import wallet_pb2
 from sqlalchemy import Connection, delete, insert, select, update
 
+from services.payout import model as payout_model
 from services.payout import storage as payout_storage
 from services.reconciler import RECONCILER, Report, Window, check
 from services.runtime.auth import Caller, dev_token
@@ -196,11 +197,11 @@ def credit_behind_payouts_back(suite: Suite, gift_id: str, creator_id: str, diam
             "gift_credit",
             gift_id,
             [
-                Posting(payout_storage.DIAMONDS_ISSUED, -diamonds),
-                Posting(payout_storage.creator_diamonds(creator_id), diamonds),
-                Posting(payout_storage.GIFT_COINS, -coins),
-                Posting(payout_storage.CREATORS_SHARE, diamonds),
-                Posting(payout_storage.PLATFORM_SHARE, coins - diamonds),
+                Posting(payout_model.DIAMONDS_ISSUED, -diamonds),
+                Posting(payout_model.creator_diamonds(creator_id), diamonds),
+                Posting(payout_model.GIFT_COINS, -coins),
+                Posting(payout_model.CREATORS_SHARE, diamonds),
+                Posting(payout_model.PLATFORM_SHARE, coins - diamonds),
             ],
             now,
             transfer_id=f"credit:{credit_id}",
@@ -218,8 +219,8 @@ def credit_again_behind_payouts_back(suite: Suite, gift_id: str, creator_id: str
             "gift_credit",
             gift_id,
             [
-                Posting(payout_storage.DIAMONDS_ISSUED, -diamonds),
-                Posting(payout_storage.creator_diamonds(creator_id), diamonds),
+                Posting(payout_model.DIAMONDS_ISSUED, -diamonds),
+                Posting(payout_model.creator_diamonds(creator_id), diamonds),
             ],
             suite.clock.now(),
         )
@@ -241,7 +242,7 @@ def delete_credit_behind_payouts_back(suite: Suite, gift_id: str) -> str:
         conn.execute(delete(e).where(e.c.transfer_id == credit.transfer_id))
         conn.execute(delete(t).where(t.c.id == credit.transfer_id))
         conn.execute(delete(c).where(c.c.gift_id == gift_id))
-        account = payout_storage.creator_diamonds(credit.creator_id)
+        account = payout_model.creator_diamonds(credit.creator_id)
         conn.execute(update(a).where(a.c.code == account).values(balance=a.c.balance - credit.diamonds))
         return str(credit.credit_id)
 
