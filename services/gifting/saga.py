@@ -29,8 +29,10 @@ unless the gift was credited already. That refusal is recorded under the credit'
 re-decided the same way for any late copy, so once the deadline has passed, asking payout again tells
 for certain whether the gift was credited: a gift whose credit got no answer (payout down, a crash)
 is never stuck between the two. A hold made when the gift was recorded outlives the deadline by the
-margin; and once credited, a gift only moves forward: the capture is asked until it succeeds (wallet
-captures even a lapsed hold, from the balance).
+margin; and once credited, a gift only moves forward: the capture is asked until it succeeds. While
+the hold lasts, a gift is never put off past it (`retry_delay`: at most half its remaining life, and
+asked again a step deadline before it lapses), so a wallet outage shorter than the hold's life ends in
+a capture of the hold itself; after a longer one wallet captures the lapsed hold from the balance.
 
 Rows written by earlier versions may stand at the steps those wrote: `held` (driven as `recorded`),
 and `crediting` / `credited` (credited without a deadline: its credit is asked again as it was, then
@@ -656,12 +658,10 @@ class Saga:
             self.on_completed(target_key)
 
     async def _postpone(self, drive: _Drive, ts: list[TransferRecord], owner: str, why: str) -> None:
-        """Leave the gifts for recovery, each not before a delay that doubles with its postponements."""
+        """Leave the gifts for recovery, each not before a delay that doubles with its postponements,
+        bounded by its hold's life (`retry_delay`)."""
         now = self.clock.now()
-        delays = {
-            t.transfer_id: min(self.policy.retry_max_seconds, self.policy.retry_base_seconds * 2 ** min(t.attempts, 20))
-            for t in ts
-        }
+        delays = {t.transfer_id: retry_delay(t, now, self.policy) for t in ts}
 
         def postpone(uow: UnitOfWork) -> None:
             for t in ts:
@@ -753,6 +753,25 @@ def in_trace(gift: TransferRecord) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def retry_delay(t: TransferRecord, now: datetime, policy: SagaPolicy) -> float:
+    """How long recovery leaves a postponed gift: a delay that doubles with its postponements, but while
+    its hold may still back it, at most half the hold's remaining life and not past its expiry less a
+    step deadline (then at once: the last chance), so that a capture asked again after a short outage
+    still finds the hold. Once the hold has lapsed, the doubling delay alone (wallet captures from the
+    balance).
+
+    Whether a gift found at `recorded` was credited only its steps' replays tell, so every pending gift
+    is bounded so; its hold's expiry is what the hold answered in this drive, or else the earliest any
+    hold of it can have (made once it was recorded).
+    """
+    delay = min(policy.retry_max_seconds, policy.retry_base_seconds * 2 ** min(t.attempts, 20))
+    expiry = t.hold_expire_at or t.created_at + timedelta(seconds=policy.hold_ttl_seconds)
+    life = (expiry - now).total_seconds()
+    if life <= 0:
+        return delay
+    return max(0.0, min(delay, life / 2, life - policy.step_deadline_seconds))
 
 
 def _target_key(t: TransferRecord) -> str:
