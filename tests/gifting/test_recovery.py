@@ -26,8 +26,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from sqlalchemy import select, update
 
 from services.gifting.app import assemble
-from services.gifting.domain import Target
-from services.gifting.saga import CreditOrder, Refused, Saga, StepUncertain, step_request_id
+from services.gifting.model import Target
+from services.gifting.ports import CreditOrder, Refused, StepUncertain, step_request_id
+from services.gifting.saga import Saga
 from services.gifting.settings import load_settings
 from services.gifting.storage import gift_transfers
 from services.runtime import eventloop
@@ -78,7 +79,7 @@ def sent_ids(suite: Suite) -> set[str]:
 
 
 def feed_events(suite: Suite) -> list[str]:
-    return [e.transfer.transfer_id for e in suite.gifting.feed_after(STREAM_TARGET, 0)]
+    return [e.transfer.transfer_id for e in suite.gifts.feed_after(STREAM_TARGET, 0)]
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ def test_a_long_payout_outage_ends_in_failure_never_in_a_late_credit(story: Suit
     assert c.diamonds("carol") == 0
     assert feed_events(story) == []
     # The failed gift's coins no longer count against the day's limit.
-    spent = story.gifting.db.run(
+    spent = story.db.run(
         lambda conn: conn.exec_driver_sql("SELECT coalesce(sum(coins), 0) FROM daily_spending").scalar_one()
     )
     assert spent == 0
@@ -295,7 +296,7 @@ def test_a_gift_an_earlier_version_left_deciding_to_credit_is_credited_as_it_was
     # What the earlier version did: the decision written down, then the credit asked (and answered).
     legacy = {"step": "crediting", "promotional_coins": 0, "credit_deadline": None}
     row = gift_transfers.c.transfer_id == transfer_id
-    story.gifting.db.run(lambda conn: conn.execute(update(gift_transfers).where(row).values(**legacy)))
+    story.db.run(lambda conn: conn.execute(update(gift_transfers).where(row).values(**legacy)))
     credit = CreditOrder(step_request_id(transfer_id, "credit"), transfer_id, "carol", 50, 100, 0, None)
     assert eventloop.run(story.saga.payout.credit_many([credit], timeout=5)) == [None]
     story.clock.advance(seconds=LEASE + 1)
