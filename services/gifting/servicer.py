@@ -111,17 +111,17 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         send_batch_stall_seconds: float = 0.25,
     ) -> None:
         self.gifts = gifts
-        self.sending = sends
+        self.sends = sends
         self.feed = feed
         self.calls = calls
         self.audit = audit  # read by ListAuditRecords; calls write it
-        self.sends: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
+        self.batcher: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
             "gifting-send", self._send_batch, max_batch=send_batch_max, stall_seconds=send_batch_stall_seconds
         )
 
     async def close(self) -> None:
         """After the server has drained: the batches queued and in flight finish (none, by then)."""
-        await self.sends.close()
+        await self.batcher.close()
 
     # --- catalogue -------------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         ask = SendAsk(sender_id, request.request_id, item.fingerprint, send, current_trace_context())
         remaining = context.time_remaining()  # without a deadline: a huge number, or None
         try:
-            return await self.sends.submit(
+            return await self.batcher.submit(
                 _QueuedSend(item, ask),
                 timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None,
             )
@@ -217,7 +217,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             )
             return [r if isinstance(r, DomainError) else r.transfer.transfer_id for r in responses]
 
-        outcomes = await self.sending.send([q.ask for q in queued], record, make_way)
+        outcomes = await self.sends.send([q.ask for q in queued], record, make_way)
         return [
             o if isinstance(o, DomainError) else gifting_pb2.SendGiftResponse(transfer=_transfer(o)) for o in outcomes
         ]
