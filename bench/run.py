@@ -97,7 +97,7 @@ def transport_ceiling(options: Options, logdir: Path) -> LoadResult:
 
 def gift_amounts(options: Options) -> tuple[int, int]:
     """(coins, diamonds) of one send of the configured gift, at the default catalogue and share."""
-    from services.gifting.domain import DEFAULT_CATALOGUE, creator_diamonds
+    from services.gifting.model import DEFAULT_CATALOGUE, creator_diamonds
 
     prices = {gift_id: price for gift_id, _name, price in DEFAULT_CATALOGUE}
     if options.gift_id not in prices:
