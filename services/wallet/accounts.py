@@ -1,5 +1,6 @@
-"""What every wallet rule shares: finding and locking a wallet, reading its balances, posting its
-transfers (each in its user's history), settling its debt.
+"""`Accounts`: what every wallet rule shares (holds, purchases, promotions and `Wallets` are each given
+it): finding and locking a wallet, reading its balances, posting its transfers (each in its user's
+history), settling its debt.
 
 Balances derive from accounts (model's table): total = the four wallet accounts, held = the two held
 ones, available = total - held, promotional = promotional + held promotional. Promotional coins are
@@ -58,18 +59,21 @@ class Spendable:
         return self.promotional + self.purchased
 
 
-class AccountRules:
+class Accounts:
     """The wallet rules' shared steps; each runs inside the unit of work it is given."""
 
-    clock: Clock
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
 
-    def _wallet(self, uow: UnitOfWork, user_id: str, lock: bool = True) -> WalletRecord:
+    def wallet(self, uow: UnitOfWork, user_id: str, lock: bool = True) -> WalletRecord:
+        """The user's wallet, locked for the transaction unless `lock` is False; WALLET_NOT_FOUND if none."""
         record = uow.lock_wallet(user_id) if lock else uow.wallet(user_id)
         if record is None:
             raise wallet_not_found(user_id)
         return record
 
-    def _view(self, uow: UnitOfWork, record: WalletRecord) -> Wallet:
+    def view(self, uow: UnitOfWork, record: WalletRecord) -> Wallet:
+        """The wallet as its owner sees it: balances, debt and status, from its accounts."""
         accounts = WalletAccounts(record.user_id)
         b = uow.ledger.balances([*accounts.coins, accounts.debt])
         purchased = b[accounts.purchased] + b[accounts.held_purchased]
@@ -88,18 +92,18 @@ class AccountRules:
             created_at=record.created_at,
         )
 
-    def _check_room(self, uow: UnitOfWork, user_id: str, coins: int) -> None:
+    def check_room(self, uow: UnitOfWork, user_id: str, coins: int) -> None:
         """Refuse coins that would take a (locked) wallet's total past MAX_BALANCE."""
         total = sum(uow.ledger.balances(WalletAccounts(user_id).coins).values())
         if total + coins > MAX_BALANCE:
             raise balance_limit_exceeded(f"user {user_id}", COIN, total, coins)
 
-    def _settle_debt(self, uow: UnitOfWork, accounts: WalletAccounts, reference: str, now: datetime) -> None:
+    def settle_debt(self, uow: UnitOfWork, accounts: WalletAccounts, reference: str, now: datetime) -> None:
         """Available purchased coins pay off debt first."""
         debt = -uow.ledger.balance(accounts.debt)
         settled = min(debt, uow.ledger.balance(accounts.purchased))
         if settled > 0:
-            self._post(
+            self.post(
                 uow,
                 accounts.user_id,
                 DEBT_SETTLEMENT,
@@ -108,16 +112,16 @@ class AccountRules:
                 now,
             )
 
-    def _post(
+    def post(
         self, uow: UnitOfWork, user_id: str, kind: str, reference: str, postings: list[Posting], now: datetime
     ) -> None:
         """One ledger transfer, in `user_id`'s history (none for ""). Raises Overdraft: roll back then."""
-        self._post_many(uow, [(user_id, Movement(kind, reference, postings))], now)
+        self.post_many(uow, [(user_id, Movement(kind, reference, postings))], now)
 
-    def _post_many(
+    def post_many(
         self, uow: UnitOfWork, movements: Sequence[tuple[str, Movement]], now: datetime, checked: bool = True
     ) -> None:
-        """`_post` for many (user, movement) pairs, in a constant number of statements (`checked`: see
+        """`post` for many (user, movement) pairs, in a constant number of statements (`checked`: see
         Ledger.post_many)."""
         if not movements:
             return
@@ -128,7 +132,7 @@ class AccountRules:
         for kind, amount in moved.items():
             COINS_MOVED.add(amount, {"giftcoin.movement.kind": kind})
 
-    def _spendable(
+    def spendable(
         self, uow: UnitOfWork, user_ids: Iterable[str], with_debt: bool = False
     ) -> Callable[[], dict[str, Spendable]]:
         """The available coins (and with `with_debt`, the debt) of locked wallets, in one read queued in

@@ -1,21 +1,23 @@
 """The wallet's rules (SPEC §3), in plain Python over a unit of work: no protobuf, no gRPC, no SQL.
 
-`Wallets` is every rule, by subject: the wallet's accounts and what all rules share (accounts.py),
-holds (holds.py), purchases and the stores' refunds (purchases.py), promotions (promotions.py); a
-wallet's own lifecycle, its history and the books' reads are here. The records and states they speak
-are in model.py; each method that needs a transaction takes the `UnitOfWork` (storage's: one
-transaction) as its first argument.
+`Wallets` is the facade the servicer, the stores' notifications and the loops call. It builds one
+object per subject and hands each what it needs: `Accounts` (accounts.py: a wallet found and locked,
+its view, the room checks, its transfers posted, its debt settled), given to `Holds` (holds.py),
+`Purchases` (purchases.py: the catalogue, receipts credited, the stores' refunds) and `Promotions`
+(promotions.py). A wallet's own lifecycle, its history and the books' reads are here. The records and
+states they speak are in model.py; each method that needs a transaction takes the `UnitOfWork`
+(storage's: one transaction) as its first argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 
 from services.runtime.clock import Clock
-from services.runtime.errors import already_exists
-from services.wallet.accounts import UnitRunner
-from services.wallet.holds import CaptureReads, HoldReads, HoldRules
+from services.runtime.errors import DomainError, already_exists
+from services.wallet.accounts import Accounts, UnitRunner
+from services.wallet.holds import CaptureReads, HoldReads, Holds
 from services.wallet.model import (
     BUDGET_ACCOUNTS,
     CAPTURE,
@@ -29,15 +31,25 @@ from services.wallet.model import (
     SPENT_PURCHASED,
     BookedHoldRecord,
     BooksSummary,
+    ClaimResult,
     Duplicate,
+    HoldAsk,
+    HoldRecord,
+    Promotion,
+    PromotionRecord,
+    PurchaseRecord,
+    PurchaseResult,
+    RefundResult,
+    StoreNotice,
     Transaction,
     TransactionPage,
+    VerifiedPurchase,
     Wallet,
     WalletAccounts,
     WalletRecord,
 )
-from services.wallet.promotions import PromotionRules
-from services.wallet.purchases import Catalogue, PaymentProvider, PurchaseRules, apply_notice_once
+from services.wallet.promotions import Promotions
+from services.wallet.purchases import Catalogue, PaymentProvider, Purchases
 from services.wallet.storage import UnitOfWork
 
 __all__ = [
@@ -48,12 +60,12 @@ __all__ = [
     "UnitOfWork",
     "UnitRunner",
     "Wallets",
-    "apply_notice_once",
 ]
 
 
-class Wallets(HoldRules, PurchaseRules, PromotionRules):
-    """Every wallet rule; each method runs inside the unit of work it is given."""
+class Wallets:
+    """Every wallet rule; each method runs inside the unit of work it is given (or, given a `UnitRunner`,
+    in units of work of its own). Holds, purchases and promotions are their own classes' (see there)."""
 
     def __init__(
         self,
@@ -62,10 +74,12 @@ class Wallets(HoldRules, PurchaseRules, PromotionRules):
         clock: Clock,
         hold_ttl_seconds: int = 600,
     ) -> None:
-        self.catalogue = catalogue
-        self.providers = dict(providers)
+        self.catalogue = catalogue  # the servicer lists its packages
         self.clock = clock
-        self.hold_ttl_seconds = hold_ttl_seconds
+        self._accounts = Accounts(clock)
+        self._holds = Holds(self._accounts, clock, hold_ttl_seconds)
+        self._purchases = Purchases(self._accounts, catalogue, providers, clock)
+        self._promotions = Promotions(self._accounts, clock)
 
     def open_platform_accounts(self, uow: UnitOfWork) -> None:
         now = self.clock.now()
@@ -86,16 +100,88 @@ class Wallets(HoldRules, PurchaseRules, PromotionRules):
             uow.ledger.open_account(code, COIN, now)
         # The debt account is the platform's claim on the user: it goes negative, like a platform account.
         uow.ledger.open_account(accounts.debt, COIN, now, platform=True)
-        return self._view(uow, record)
+        return self._accounts.view(uow, record)
 
     def get_wallet(self, uow: UnitOfWork, user_id: str) -> Wallet:
-        return self._view(uow, self._wallet(uow, user_id, lock=False))
+        return self._accounts.view(uow, self._accounts.wallet(uow, user_id, lock=False))
+
+    # --- holds (holds.py) ---------------------------------------------------------------------------
+
+    def hold(self, uow: UnitOfWork, gift_id: str, user_id: str, amount: int, ttl_seconds: int = 0) -> HoldRecord:
+        return self._holds.hold(uow, gift_id, user_id, amount, ttl_seconds)
+
+    def read_holds(self, uow: UnitOfWork, asks: Sequence[HoldAsk]) -> HoldReads:
+        return self._holds.read_holds(uow, asks)
+
+    def hold_many(
+        self, uow: UnitOfWork, asks: Sequence[HoldAsk], reads: HoldReads | None = None
+    ) -> list[HoldRecord | DomainError]:
+        return self._holds.hold_many(uow, asks, reads)
+
+    def capture(self, uow: UnitOfWork, gift_id: str) -> HoldRecord:
+        return self._holds.capture(uow, gift_id)
+
+    def read_captures(self, uow: UnitOfWork, gift_ids: Iterable[str]) -> CaptureReads:
+        return self._holds.read_captures(uow, gift_ids)
+
+    def capture_many(
+        self, uow: UnitOfWork, gift_ids: Sequence[str], reads: CaptureReads | None = None
+    ) -> list[HoldRecord | DomainError]:
+        return self._holds.capture_many(uow, gift_ids, reads)
+
+    def release(self, uow: UnitOfWork, gift_id: str) -> HoldRecord:
+        return self._holds.release(uow, gift_id)
+
+    def expire(self, uow: UnitOfWork, gift_id: str) -> bool:
+        return self._holds.expire(uow, gift_id)
+
+    def expire_due_holds(self, run: UnitRunner, batch: int = 100) -> int:
+        return self._holds.expire_due_holds(run, batch)
+
+    # --- purchases and the stores' refunds (purchases.py) ----------------------------------------
+
+    def verify_purchase(
+        self, run: UnitRunner, user_id: str, package_id: str, currency: str, store: str, payload: str
+    ) -> VerifiedPurchase:
+        return self._purchases.verify_purchase(run, user_id, package_id, currency, store, payload)
+
+    def purchase(self, uow: UnitOfWork, user_id: str, verified: VerifiedPurchase) -> PurchaseResult:
+        return self._purchases.purchase(uow, user_id, verified)
+
+    def refund(self, uow: UnitOfWork, store: str, store_transaction_id: str, kind: str) -> RefundResult:
+        return self._purchases.refund(uow, store, store_transaction_id, kind)
+
+    def apply_store_notice(self, uow: UnitOfWork, notice: StoreNotice) -> str:
+        return self._purchases.apply_store_notice(uow, notice)
+
+    def apply_notice_once(self, run: UnitRunner, notice: StoreNotice) -> str:
+        return self._purchases.apply_notice_once(run, notice)
+
+    def purchases_to_consume(self, uow: UnitOfWork, store: str, limit: int = 100) -> list[PurchaseRecord]:
+        return self._purchases.purchases_to_consume(uow, store, limit)
+
+    def consumed(self, uow: UnitOfWork, purchase_id: str) -> None:
+        self._purchases.consumed(uow, purchase_id)
+
+    # --- promotions (promotions.py) --------------------------------------------------------------
+
+    def create_promotion(self, uow: UnitOfWork, record: PromotionRecord) -> Promotion:
+        return self._promotions.create_promotion(uow, record)
+
+    def claim_promotion(self, uow: UnitOfWork, user_id: str, promotion_id: str) -> ClaimResult:
+        return self._promotions.claim_promotion(uow, user_id, promotion_id)
+
+    def promotion_remaining(self, uow: UnitOfWork, promotion_id: str) -> int:
+        return self._promotions.promotion_remaining(uow, promotion_id)
+
+    def promotions(self, uow: UnitOfWork, page_size: int, after: str | None) -> tuple[list[Promotion], bool]:
+        return self._promotions.promotions(uow, page_size, after)
 
     # --- history ------------------------------------------------------------------------------
 
     def transactions(self, uow: UnitOfWork, user_id: str, page_size: int, before: int | None) -> TransactionPage:
         """The user's movements, newest first; `before` is the previous page's `next_cursor`."""
-        self._wallet(uow, user_id, lock=False)
+        self._accounts.wallet(uow, user_id, lock=False)
         records = uow.history(user_id, before, page_size + 1)
         page, more = records[:page_size], len(records) > page_size
         accounts = WalletAccounts(user_id)

@@ -34,7 +34,7 @@ from typing import Any
 import jwt
 
 from services.runtime.clock import Clock
-from services.wallet.domain import UnitRunner, Wallets, apply_notice_once
+from services.wallet.domain import UnitRunner, Wallets
 from services.wallet.model import CHARGEBACK, REFUND, ReceiptRejected, StoreNotice, StoreUnavailable, VerifiedReceipt
 from services.wallet.settings import GooglePlaySettings
 
@@ -288,7 +288,7 @@ class GooglePlaySync:
                 store_transaction_id=token,
                 occurred_at=datetime.fromtimestamp(int(voided_ms) / 1000, UTC),
             )
-            results.append(apply_notice_once(self._wallets, self._run, notice))
+            results.append(self._wallets.apply_notice_once(self._run, notice))
         return results
 
 

@@ -15,11 +15,12 @@ from functools import partial
 
 from opentelemetry import trace
 
+from services.runtime.clock import Clock
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found
 from services.runtime.ledger import Movement, Posting, new_id
 from services.runtime.telemetry import traced
 from services.runtime.validation import age_on
-from services.wallet.accounts import AccountRules, Spendable, UnitRunner, wallet_not_found
+from services.wallet.accounts import Accounts, Spendable, UnitRunner, wallet_not_found
 from services.wallet.model import (
     ADULT_AGE,
     CAPTURE,
@@ -45,7 +46,7 @@ tracer = trace.get_tracer(__name__)
 
 @dataclass(frozen=True)
 class HoldReads:
-    """What deciding holds reads (`Wallets.read_holds`), queued in the transaction's pipeline: each
+    """What deciding holds reads (`Holds.read_holds`), queued in the transaction's pipeline: each
     read when called."""
 
     wallets: Callable[[], dict[str, WalletRecord]]  # locked
@@ -55,17 +56,20 @@ class HoldReads:
 
 @dataclass(frozen=True)
 class CaptureReads:
-    """What capturing holds reads (`Wallets.read_captures`), queued in the transaction's pipeline: each
+    """What capturing holds reads (`Holds.read_captures`), queued in the transaction's pipeline: each
     read when called."""
 
     wallets: Callable[[], set[str]]  # locked: the users holding the gifts
     holds: Callable[[], dict[str, HoldRecord]]  # by gift id
 
 
-class HoldRules(AccountRules):
+class Holds:
     """Holding a gift's coins, capturing, releasing and expiring its hold."""
 
-    hold_ttl_seconds: int
+    def __init__(self, accounts: Accounts, clock: Clock, hold_ttl_seconds: int) -> None:
+        self.accounts = accounts
+        self.clock = clock
+        self.hold_ttl_seconds = hold_ttl_seconds  # a hold asked for without a time of its own
 
     def hold(self, uow: UnitOfWork, gift_id: str, user_id: str, amount: int, ttl_seconds: int = 0) -> HoldRecord:
         """Reserve coins for a gift, promotional first. One hold per gift: asking again returns it."""
@@ -77,7 +81,7 @@ class HoldRules(AccountRules):
         users = {a.user_id for a in asks}
         return HoldReads(
             uow.lock_wallets(users),
-            self._spendable(uow, users, with_debt=True),
+            self.accounts.spendable(uow, users, with_debt=True),
             uow.holds_by_gifts({a.gift_id for a in asks}),
         )
 
@@ -102,7 +106,7 @@ class HoldRules(AccountRules):
         outcomes, new = self._decide_holds(asks, existing, wallets, balances, now)
         uow.insert_holds(new)
         movements = [(r.user_id, Movement(HOLD, r.gift_id, _hold_postings(r))) for r in new]
-        self._post_many(uow, movements, now, checked=False)  # decided over the locked balances
+        self.accounts.post_many(uow, movements, now, checked=False)  # decided over the locked balances
         return outcomes
 
     def _decide_holds(
@@ -211,7 +215,7 @@ class HoldRules(AccountRules):
             locked |= uow.lock_wallets(unlocked)().keys()
             holds = uow.holds_by_gifts(gifts)()
         expired = {h.user_id for h in holds.values() if h.state == EXPIRED}
-        left = self._spendable(uow, expired)() if expired else {}
+        left = self.accounts.spendable(uow, expired)() if expired else {}
         now = self.clock.now()
         outcomes: list[HoldRecord | DomainError] = []
         moves: list[tuple[HoldRecord, HoldRecord]] = []
@@ -234,7 +238,7 @@ class HoldRules(AccountRules):
                 moves.append((hold, captured))
                 movements.append((hold.user_id, Movement(CAPTURE, gift_id, postings)))
                 outcomes.append(captured)
-        self._post_many(uow, movements, now, checked=False)  # decided over the locked balances
+        self.accounts.post_many(uow, movements, now, checked=False)  # decided over the locked balances
         uow.move_holds(moves, now)
         return outcomes
 
@@ -278,7 +282,7 @@ class HoldRules(AccountRules):
         hold = uow.hold_by_gift(gift_id)
         if hold is None:
             raise not_found("HOLD_NOT_FOUND", f"gift {gift_id} has no hold", gift_id=gift_id)
-        self._wallet(uow, hold.user_id)
+        self.accounts.wallet(uow, hold.user_id)
         locked = uow.hold_by_gift(gift_id)
         assert locked is not None
         return locked
@@ -287,7 +291,7 @@ class HoldRules(AccountRules):
         now = self.clock.now()
         accounts = WalletAccounts(hold.user_id)
         purchased = hold.amount - hold.promotional_amount
-        self._post(
+        self.accounts.post(
             uow,
             hold.user_id,
             kind,
@@ -302,7 +306,7 @@ class HoldRules(AccountRules):
         )
         moved = uow.move_hold(hold.hold_id, HELD, state, now)
         assert moved is not None
-        self._settle_debt(uow, accounts, hold.gift_id, now)
+        self.accounts.settle_debt(uow, accounts, hold.gift_id, now)
         return moved
 
 
@@ -339,7 +343,7 @@ def _hold_postings(hold: HoldRecord) -> list[Posting]:
 
 
 def _captured(hold: HoldRecord, left: Spendable | None) -> tuple[HoldRecord, list[Posting]]:
-    """A held or expired hold, captured, and the postings that spend it (see `Wallets.capture`).
+    """A held or expired hold, captured, and the postings that spend it (see `Holds.capture`).
 
     An expired hold spends from `left`, its wallet's coins as the batch has left them, which it updates.
     """

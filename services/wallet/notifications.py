@@ -24,7 +24,7 @@ from http import HTTPStatus
 
 from services.runtime.http import Handler, HttpAnswer, HttpRequest
 from services.wallet.app_store import AppStoreProvider
-from services.wallet.domain import UnitRunner, Wallets, apply_notice_once
+from services.wallet.domain import UnitRunner, Wallets
 from services.wallet.google_play import GooglePlaySync
 from services.wallet.model import ReceiptRejected, StoreUnavailable
 from services.wallet.settings import GooglePlaySettings
@@ -76,7 +76,7 @@ class StoreNotifications:
             return _unavailable(exc)
         if notice is None:
             return HttpAnswer(HTTPStatus.OK, {"outcome": IGNORED})
-        outcome = apply_notice_once(self._wallets, self._run, notice)
+        outcome = self._wallets.apply_notice_once(self._run, notice)
         log.info("App Store notification %s (%s): %s", notice.notification_id, notice.kind, outcome)
         return HttpAnswer(HTTPStatus.OK, {"outcome": outcome, "notification_id": notice.notification_id})
 

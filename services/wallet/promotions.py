@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from services.runtime.clock import Clock
 from services.runtime.errors import already_exists, failed_precondition, not_found
 from services.runtime.ledger import Overdraft, Posting
-from services.wallet.accounts import AccountRules
+from services.wallet.accounts import Accounts
 from services.wallet.model import (
     COIN,
     ISSUED_BY_PROMOTION,
@@ -20,8 +21,12 @@ from services.wallet.model import (
 from services.wallet.storage import UnitOfWork
 
 
-class PromotionRules(AccountRules):
+class Promotions:
     """Making promotions, claiming them, and listing them with what is left of their budgets."""
+
+    def __init__(self, accounts: Accounts, clock: Clock) -> None:
+        self.accounts = accounts
+        self.clock = clock
 
     def create_promotion(self, uow: UnitOfWork, record: PromotionRecord) -> Promotion:
         """A promotion and its budget: a holder account funded now, so claims can never overspend it."""
@@ -36,7 +41,7 @@ class PromotionRules(AccountRules):
             ) from None
         budget = promotion_budget_account(record.promotion_id)
         uow.ledger.open_account(budget, COIN, now)
-        self._post(
+        self.accounts.post(
             uow,
             "",
             PROMOTION_FUNDING,
@@ -47,7 +52,7 @@ class PromotionRules(AccountRules):
         return Promotion(record, record.budget)
 
     def claim_promotion(self, uow: UnitOfWork, user_id: str, promotion_id: str) -> ClaimResult:
-        wallet = self._wallet(uow, user_id)
+        wallet = self.accounts.wallet(uow, user_id)
         promotion = uow.promotion(promotion_id)
         if promotion is None:
             raise not_found("PROMOTION_NOT_FOUND", f"no promotion {promotion_id}", promotion_id=promotion_id)
@@ -62,7 +67,7 @@ class PromotionRules(AccountRules):
                 end_time=promotion.end_time.isoformat(),
             )
         coins = promotion.coins_per_claim
-        self._check_room(uow, user_id, coins)
+        self.accounts.check_room(uow, user_id, coins)
         try:
             uow.insert_claim(promotion_id, user_id, coins, now)
         except Duplicate:
@@ -73,7 +78,7 @@ class PromotionRules(AccountRules):
                 user_id=user_id,
             ) from None
         try:
-            self._post(
+            self.accounts.post(
                 uow,
                 user_id,
                 PROMOTION,
@@ -92,7 +97,7 @@ class PromotionRules(AccountRules):
                 promotion_id=promotion_id,
                 coins_per_claim=coins,
             ) from None
-        return ClaimResult(coins, self._view(uow, wallet))
+        return ClaimResult(coins, self.accounts.view(uow, wallet))
 
     def promotion_remaining(self, uow: UnitOfWork, promotion_id: str) -> int:
         return uow.ledger.balance(promotion_budget_account(promotion_id))

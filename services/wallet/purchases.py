@@ -4,15 +4,16 @@ chargebacks and refund reversals (SPEC §3)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from services.runtime.clock import Clock
 from services.runtime.errors import already_exists, bad_field, failed_precondition, not_found, unavailable
 from services.runtime.ledger import MAX_AMOUNT, Posting, new_id
 from services.runtime.telemetry import STORE_NOTIFICATIONS
 from services.runtime.validation import Validator, age_on
-from services.wallet.accounts import AccountRules, UnitRunner
+from services.wallet.accounts import Accounts, UnitRunner
 from services.wallet.model import (
     ADULT_AGE,
     APPLIED,
@@ -105,14 +106,19 @@ class Catalogue:
         return CoinPackage(config.package_id, config.coins, price, currency)
 
 
-# --- the wallet's rules ------------------------------------------------------------------------
+# --- the purchases -----------------------------------------------------------------------------
 
 
-class PurchaseRules(AccountRules):
+class Purchases:
     """Crediting verified purchases, and taking refunded ones back."""
 
-    catalogue: Catalogue
-    providers: dict[str, PaymentProvider]
+    def __init__(
+        self, accounts: Accounts, catalogue: Catalogue, providers: Mapping[str, PaymentProvider], clock: Clock
+    ) -> None:
+        self.accounts = accounts
+        self.catalogue = catalogue
+        self.providers = dict(providers)
+        self.clock = clock
 
     def verify_purchase(
         self, run: UnitRunner, user_id: str, package_id: str, currency: str, store: str, payload: str
@@ -124,7 +130,7 @@ class PurchaseRules(AccountRules):
         minor's purchase is refused before any store is asked.
         """
         package = self.catalogue.package(package_id, currency)
-        buyer = run(lambda uow: self._wallet(uow, user_id, lock=False))
+        buyer = run(lambda uow: self.accounts.wallet(uow, user_id, lock=False))
         if age_on(buyer.date_of_birth, self.clock.now().date()) < ADULT_AGE:
             raise failed_precondition(
                 "PURCHASER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}: only adults buy coins", user_id=user_id
@@ -148,8 +154,8 @@ class PurchaseRules(AccountRules):
         package, receipt = verified.package, verified.receipt
         # The store's notifications of this transaction and its purchase are decided one at a time.
         uow.lock_store_transaction(receipt.store, receipt.store_transaction_id)
-        wallet = self._wallet(uow, user_id)
-        self._check_room(uow, user_id, package.coins)
+        wallet = self.accounts.wallet(uow, user_id)
+        self.accounts.check_room(uow, user_id, package.coins)
         now = self.clock.now()
         record = PurchaseRecord(
             purchase_id=new_id("pur"),
@@ -191,7 +197,7 @@ class PurchaseRules(AccountRules):
                 store_transaction_id=receipt.store_transaction_id,
             )
         accounts = WalletAccounts(user_id)
-        self._post(
+        self.accounts.post(
             uow,
             user_id,
             PURCHASE,
@@ -199,8 +205,8 @@ class PurchaseRules(AccountRules):
             [Posting(ISSUED_BY_PURCHASE, -record.coins), Posting(accounts.purchased, record.coins)],
             now,
         )
-        self._settle_debt(uow, accounts, record.purchase_id, now)
-        return PurchaseResult(record, self._view(uow, wallet))
+        self.accounts.settle_debt(uow, accounts, record.purchase_id, now)
+        return PurchaseResult(record, self.accounts.view(uow, wallet))
 
     def _verify(self, store: str, payload: str, user_id: str) -> VerifiedReceipt:
         provider = self.providers.get(store)
@@ -254,7 +260,7 @@ class PurchaseRules(AccountRules):
                 store=store,
                 store_transaction_id=store_transaction_id,
             )
-        wallet = self._wallet(uow, purchase.user_id)
+        wallet = self.accounts.wallet(uow, purchase.user_id)
         now = self.clock.now()
         accounts = WalletAccounts(purchase.user_id)
         reclaimed = min(purchase.coins, uow.ledger.balance(accounts.purchased))
@@ -267,7 +273,7 @@ class PurchaseRules(AccountRules):
                 f"purchase {purchase.purchase_id} was already refunded",
                 purchase_id=purchase.purchase_id,
             ) from None
-        self._post(
+        self.accounts.post(
             uow,
             purchase.user_id,
             REFUND,
@@ -279,7 +285,7 @@ class PurchaseRules(AccountRules):
             ],
             now,
         )
-        return RefundResult(replace(purchase, refund_kind=kind), reclaimed, debt_added, self._view(uow, wallet))
+        return RefundResult(replace(purchase, refund_kind=kind), reclaimed, debt_added, self.accounts.view(uow, wallet))
 
     def apply_store_notice(self, uow: UnitOfWork, notice: StoreNotice) -> str:
         """A store's refund, chargeback or refund reversal, once per notification id, in any order.
@@ -293,7 +299,7 @@ class PurchaseRules(AccountRules):
         uow.lock_store_transaction(notice.store, notice.store_transaction_id)
         purchase = uow.purchase_by_store_transaction(notice.store, notice.store_transaction_id)
         if purchase is not None:
-            self._wallet(uow, purchase.user_id)  # every change of the purchase's wallet takes this lock
+            self.accounts.wallet(uow, purchase.user_id)  # every change of the purchase's wallet takes this lock
         earlier = uow.store_notifications_of(notice.store, notice.store_transaction_id)
         if purchase is None:
             outcome = NO_PURCHASE
@@ -336,7 +342,7 @@ class PurchaseRules(AccountRules):
         now = self.clock.now()
         uow.insert_reinstatement(purchase.purchase_id, now)
         accounts = WalletAccounts(purchase.user_id)
-        self._post(
+        self.accounts.post(
             uow,
             purchase.user_id,
             REINSTATEMENT,
@@ -344,7 +350,16 @@ class PurchaseRules(AccountRules):
             [Posting(REFUNDED, -purchase.coins), Posting(accounts.purchased, purchase.coins)],
             now,
         )
-        self._settle_debt(uow, accounts, purchase.purchase_id, now)
+        self.accounts.settle_debt(uow, accounts, purchase.purchase_id, now)
+
+    def apply_notice_once(self, run: UnitRunner, notice: StoreNotice) -> str:
+        """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
+        try:
+            outcome = run(lambda uow: self.apply_store_notice(uow, notice))
+        except _NoticeSeen:
+            outcome = DUPLICATE
+        STORE_NOTIFICATIONS.add(1, {"giftcoin.store": notice.store, "giftcoin.outcome": outcome})
+        return outcome
 
     def purchases_to_consume(self, uow: UnitOfWork, store: str, limit: int = 100) -> list[PurchaseRecord]:
         return uow.purchases_to_consume(store, limit)
@@ -355,16 +370,6 @@ class PurchaseRules(AccountRules):
 
 class _NoticeSeen(Exception):
     """The store notification was applied before (raised inside the unit of work, so that it rolls back)."""
-
-
-def apply_notice_once(wallets: PurchaseRules, run: UnitRunner, notice: StoreNotice) -> str:
-    """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
-    try:
-        outcome = run(lambda uow: wallets.apply_store_notice(uow, notice))
-    except _NoticeSeen:
-        outcome = DUPLICATE
-    STORE_NOTIFICATIONS.add(1, {"giftcoin.store": notice.store, "giftcoin.outcome": outcome})
-    return outcome
 
 
 def _refunded(notifications: Sequence[StoreNotificationRecord]) -> bool:
