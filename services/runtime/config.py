@@ -63,11 +63,12 @@ class Constraint:
 
     holds: Callable[[Any], bool]
     message: str
+    shows_value: bool = True  # False: the message says it all (must not be empty)
 
 
 positive = Constraint(lambda v: v > 0, "must be positive")
 not_negative = Constraint(lambda v: v >= 0, "must not be negative")
-not_empty = Constraint(bool, "must not be empty")
+not_empty = Constraint(bool, "must not be empty", shows_value=False)
 
 
 def between(low: int, high: int, what: str = "") -> Constraint:
@@ -149,7 +150,8 @@ def _read(spec: Setting, type_: object, env: Env, name: str, before: Mapping[str
     value = read(env, variable, default)
     for constraint in spec.constraints:
         if not constraint.holds(value):
-            raise ConfigError(f"{variable} {constraint.message}, got {value!r}")
+            got = f", got {value!r}" if constraint.shows_value else ""
+            raise ConfigError(f"{variable} {constraint.message}{got}")
     return value
 
 

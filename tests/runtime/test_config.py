@@ -56,6 +56,7 @@ def test_each_field_is_read_from_its_variable_with_its_declared_default() -> Non
         ({"GIFTCOIN_DEMO_PORT": "0"}, "GIFTCOIN_DEMO_PORT must be positive, got 0"),
         ({"GIFTCOIN_JWT_LEEWAY_SECONDS": "301"}, "GIFTCOIN_JWT_LEEWAY_SECONDS must be from 0 to 300, got 301"),
         ({"GIFTCOIN_DEV_MODE": "maybe"}, "GIFTCOIN_DEV_MODE must be true or false, got 'maybe'"),
+        ({"GIFTCOIN_JWT_ISSUER": ""}, "GIFTCOIN_JWT_ISSUER must not be empty"),
     ],
 )
 def test_a_value_that_cannot_work_is_one_line_naming_its_variable(values: dict[str, str], message: str) -> None:
