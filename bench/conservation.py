@@ -26,11 +26,13 @@ from sqlalchemy import func, select
 
 from bench.suite import Population, Suite, metadata_for
 from services import reconciler
+from services.gifting import model as gifting_model
 from services.gifting import storage as gifting_storage
 from services.payout import storage as payout_storage
 from services.runtime.auth import dev_token
 from services.runtime.db import Database, make_engine
 from services.runtime.ledger import ledger_problems
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 
 
@@ -68,7 +70,7 @@ def wait_settled(gifting_url: str, timeout: float) -> int:
     while True:
         pending = _read(
             gifting_url,
-            lambda c: c.execute(select(func.count()).where(t.c.state == gifting_storage.PENDING)).scalar_one(),
+            lambda c: c.execute(select(func.count()).where(t.c.state == gifting_model.PENDING)).scalar_one(),
         )
         if pending == 0 or time.monotonic() > deadline:
             return int(pending)
@@ -125,19 +127,19 @@ def check(
     result.problems += [
         f"payout ledger: {p}" for p in _read(suite.urls["payout"], lambda c: ledger_problems(payout_storage.ledger, c))
     ]
-    completed = [tr for tr in transfers if tr.state == gifting_storage.COMPLETED]
+    completed = [tr for tr in transfers if tr.state == gifting_model.COMPLETED]
     completed_ids = {tr.transfer_id for tr in completed}
     result.completed = len(completed)
-    result.failed = sum(tr.state == gifting_storage.FAILED for tr in transfers)
+    result.failed = sum(tr.state == gifting_model.FAILED for tr in transfers)
     result.coins_of_completed = sum(tr.total_coins for tr in completed)
     result.diamonds_of_completed = sum(tr.total_diamonds for tr in completed)
-    result.coins_captured = sum(h.amount for h in holds if h.state == wallet_storage.CAPTURED)
+    result.coins_captured = sum(h.amount for h in holds if h.state == wallet_model.CAPTURED)
     result.diamonds_credited = sum(c.diamonds for c in credits)
-    still_held = sum(h.state == wallet_storage.HELD for h in holds)
+    still_held = sum(h.state == wallet_model.HELD for h in holds)
     if still_held:
         result.problems.append(f"{still_held} holds still HELD")
     captured_not_completed = [
-        h.gift_id for h in holds if h.state == wallet_storage.CAPTURED and h.gift_id not in completed_ids
+        h.gift_id for h in holds if h.state == wallet_model.CAPTURED and h.gift_id not in completed_ids
     ]
     if captured_not_completed:
         result.problems.append(f"{len(captured_not_completed)} holds captured for gifts not completed")

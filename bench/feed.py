@@ -1,7 +1,7 @@
 """The live feed under load: viewers held by one gifting replica, and what they see.
 
-`feed`: the hot-creator load at a fixed rate, first without viewers, then with `--feed-viewers`
-viewers connected (most on the hot stream, the rest spread over quiet streams of other creators):
+`feed`: the hot-creator load at a fixed rate, first without viewers, then with viewers connected
+(`--hot-viewers` on the hot stream, `--quiet-viewers` spread over quiet streams of other creators):
 viewers held, events delivered per second, fan-out lag (gift completed -> received by a viewer),
 events missed or repeated (checked per viewer by sequence, must be 0), gifting's memory per thousand
 viewers, and SendGift's p99 with and without the viewers.
@@ -72,8 +72,8 @@ class Audience:
         return float(max(self.lags_ms))
 
 
-def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path) -> Audience:
-    """Start viewer processes for `plan` (stream, viewers) and wait until every viewer is live."""
+def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path, nice: int = 0) -> Audience:
+    """Start viewer processes for `plan` (stream, viewers), at niceness `nice`, and wait until every viewer is live."""
     audience = Audience()
     chunks: list[list[tuple[str, int]]] = [[]]
     room = VIEWERS_PER_PROCESS
@@ -91,7 +91,7 @@ def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path) -> Audience
         with (logdir / f"viewers-{i}.log").open("a") as log:
             audience.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "bench.viewers", *args],
+                    ["nice", "-n", str(nice), sys.executable, "-m", "bench.viewers", *args],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,

@@ -71,7 +71,7 @@ async def drive(
     how much each grew while measured.
     """
     # The load generator's own garbage collections would stall every call in flight (a full pass
-    # over what the run built so far took ~55 ms here): what exists now is kept out of them.
+    # traverses everything the run built so far): what exists now is kept out of them.
     gc.collect()
     gc.freeze()
     loop_start = time.perf_counter()

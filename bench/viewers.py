@@ -11,8 +11,8 @@ sequence: events, events received within the window, missed (gaps, and any part 
 reached), repeated (a sequence again, or going back), and the fan-out lag of each event (received
 time minus the gift's complete_time) as a histogram in milliseconds.
 
-One Python gRPC client process stalls near 1,800 open streams (measured on the benchmark machine),
-so the benchmark starts several of these.
+One Python gRPC client process (one event loop on one core) stalls before it holds a few thousand
+open streams, so the benchmark starts several of these (bench/feed.py's VIEWERS_PER_PROCESS each).
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ def _file_bytes(path: str) -> bytes:
 
 
 def _account_token(args: argparse.Namespace) -> int:
-    from services.wallet.domain import account_token  # the wallet's own rule: one definition
+    from services.wallet.model import account_token  # the wallet's own rule: one definition
 
     if args.identity is None or args.identity.kind is not CallerKind.USER:
         raise CliError(f"{args.prog}: acts for a user: pass --as user:<id>", exit_status=2)

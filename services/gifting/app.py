@@ -8,17 +8,22 @@ from dataclasses import dataclass
 import grpc
 from giftcoin.gifting.v1 import gifting_pb2_grpc
 
-from services.gifting.domain import Gifting, SagaPolicy
+from services.gifting.domain import Gifts
 from services.gifting.feed import FeedLoop, LiveFeed
+from services.gifting.model import SagaPolicy
 from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, peer_channel
-from services.gifting.saga import Failpoint, PayoutPort, Saga, WalletPort
+from services.gifting.ports import Failpoint, PayoutPort, WalletPort
+from services.gifting.saga import Saga
+from services.gifting.sends import Sends
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
-from services.gifting.storage import audit_records, request_ids
+from services.gifting.storage import Transactions, UnitOfWork, audit_records
+from services.gifting.storage import request_ids as request_ids_table
 from services.runtime import auth, eventloop
 from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.guarded import GuardedCalls
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
 from services.runtime.telemetry import GIFTS_UNFINISHED, OLDEST_UNFINISHED_AGE, watch_all
@@ -60,8 +65,10 @@ class GiftingComponents:
 
     settings: GiftingSettings
     db: Database
-    gifting: Gifting
+    gifts: Gifts
     saga: Saga
+    sends: Sends
+    calls: GuardedCalls[UnitOfWork]
     feed: LiveFeed
     app: ServiceApp
 
@@ -85,18 +92,21 @@ def assemble(
     if payout is None:
         channels.append(eventloop.run(peer_channel(settings.payout_target, PAYOUT_SERVICE, settings)))
         payout = PayoutClient(channels[-1])
-    gifting = Gifting(db, clock, policy(settings))
-    feed = LiveFeed(gifting, settings.feed_flush_ms / 1000, settings.feed_max_viewers, settings.feed_writes_per_second)
-    saga = Saga(db, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
-    gifting.seed_catalogue()
-    requests = RequestIdStore(db, request_ids, clock)
+    transactions = Transactions(db)
+    gifts = Gifts(transactions, clock, policy(settings))
+    feed = LiveFeed(gifts, settings.feed_flush_ms / 1000, settings.feed_max_viewers, settings.feed_writes_per_second)
+    saga = Saga(transactions, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
+    sends = Sends(gifts, saga)
+    gifts.seed_catalogue()
+    request_ids = RequestIdStore(db, request_ids_table, clock)
     audit = AuditLog(db, audit_records, clock)
+    calls = GuardedCalls(FULL_NAME, request_ids, UnitOfWork, audit)
     servicer = GiftingServicer(
-        gifting, saga, feed, requests, audit, settings.send_batch_max, settings.send_batch_stall_ms / 1000
+        gifts, sends, feed, calls, audit, settings.send_batch_max, settings.send_batch_stall_ms / 1000
     )
     unwatch = watch_all(
-        (GIFTS_UNFINISHED, lambda: [(gifting.unfinished()[0], {})]),
-        (OLDEST_UNFINISHED_AGE, lambda: [(gifting.unfinished()[1], {})]),
+        (GIFTS_UNFINISHED, lambda: [(gifts.unfinished()[0], {})]),
+        (OLDEST_UNFINISHED_AGE, lambda: [(gifts.unfinished()[1], {})]),
     )
 
     async def stop_sending() -> None:
@@ -123,12 +133,12 @@ def assemble(
             BackgroundLoop(
                 REAPER_LOOP,
                 settings.reaper_interval_seconds,
-                lambda: requests.reap(settings.idempotency_retention_seconds),
+                lambda: request_ids.reap(settings.idempotency_retention_seconds),
             ),
         ],
         close=close,
     )
-    return GiftingComponents(settings, db, gifting, saga, feed, app)
+    return GiftingComponents(settings, db, gifts, saga, sends, calls, feed, app)
 
 
 def build(settings: GiftingSettings, clock: Clock | None = None) -> ServiceApp:

@@ -1,7 +1,9 @@
-"""Gifting's rules: the catalogue, recording sends, histories, leaderboards and the live feed's reads.
+"""Gifting's rules: the catalogue, recording sends, histories, leaderboards and the live feed's reads,
+and the errors a gift ends with.
 
-Plain Python: no protobuf, no gRPC calls (grpc.StatusCode only names the codes of errors). The send
-saga, which moves a recorded gift's value through wallet and payout, is services/gifting/saga.py.
+Plain Python over the unit of work (services/gifting/storage.py): no protobuf, no gRPC, no database
+of its own. The send saga, which moves a recorded gift's value through wallet and payout, is
+services/gifting/saga.py; a SendGift batch, from the record to the answers, services/gifting/sends.py.
 
 Sends that arrive together are recorded together (`read_sends`, `record_sends`: the SendGift
 batcher): one transaction records them all, each refused or recorded as if recorded one after
@@ -10,173 +12,71 @@ another; the saga then drives the recorded ones together.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeVar
 
-import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
-from sqlalchemy import Connection
-
-from services.gifting.storage import (
+from services.gifting.model import (
     ACTIVE,
     COMPLETED,
+    DEFAULT_CATALOGUE,
     PENDING,
     RECORDED,
     RETIRED,
     FeedEventRecord,
+    Gift,
     GiftRecord,
-    TransferQuery,
+    LeaderboardEntry,
+    Page,
+    SagaPolicy,
+    SendAsk,
+    Target,
     TransferRecord,
-    UnitOfWork,
+    creator_diamonds,
+    credit_deadline,
 )
+from services.gifting.storage import Transactions as Transactions
+from services.gifting.storage import UnitOfWork as UnitOfWork
 from services.runtime.clock import Clock
-from services.runtime.db import Database
 from services.runtime.errors import (
     DomainError,
-    FieldViolation,
     aborted,
     already_exists,
+    bad_field,
     failed_precondition,
     not_found,
     permission_denied,
+    resource_exhausted,
+    unavailable,
 )
-from services.runtime.pagination import CursorValue, decode_page_token, encode_page_token
-from services.runtime.pipeline import Later
+from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-MAX_QUANTITY = 9999
-MAX_COIN_PRICE = 100_000_000  # keeps quantity * price far inside int64
-BPS = 10_000
-
-# SPEC §4's default catalogue: (gift id, name, coin price); diamonds are the default share.
-DEFAULT_CATALOGUE = (
-    ("rose", "Rose", 1),
-    ("finger_heart", "Finger Heart", 5),
-    ("doughnut", "Doughnut", 30),
-    ("confetti", "Confetti", 100),
-    ("money_gun", "Money Gun", 500),
-    ("galaxy", "Galaxy", 1000),
-    ("sports_car", "Sports Car", 7000),
-    ("lion", "Lion", 29999),
-    ("universe", "Universe", 34999),
-)
-
-TARGET_KINDS = ("live_stream", "video")
-WINDOWS = ("target", "day", "all_time")
-
-
-def creator_diamonds(coins: int, share_bps: int) -> int:
-    """The creator's diamonds for a send of `coins` at the default share: THE one rounding of gifting.
-
-    Floored, in the platform's favour: the platform keeps coins - diamonds (a diamond is the creator's
-    share of one coin), which includes the fraction the floor drops. Applied to the whole send, so a
-    combo of 10 one-coin Roses earns 5 diamonds, not 10 x floor(0.5) = 0.
-    """
-    return coins * share_bps // BPS
-
-
-# --- values ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    kind: str  # live_stream | video
-    id: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}:{self.id}"
-
-
-@dataclass(frozen=True)
-class Gift:
-    gift_id: str
-    name: str
-    coin_price: int
-    diamonds: int  # for one gift sent alone
-    version: int
-    state: str
-    share_bps: int  # the default share a send earns of its whole price; 0: `diamonds` set explicitly
-
-
-@dataclass(frozen=True)
-class Send:
-    gift_id: str
-    quantity: int
-    recipient_id: str
-    target: Target
-
-
-@dataclass(frozen=True)
-class SendAsk:
-    """One SendGift, validated, as the batch that records it sees it."""
-
-    sender_id: str
-    request_id: str
-    fingerprint: str  # of the request (runtime.idempotency.fingerprint)
-    send: Send
-    trace_context: str  # the caller's W3C trace context (JSON): the gift's own trace
 
 
 @dataclass(frozen=True)
 class SendReads:
-    """What recording sends reads (`Gifting.read_sends`), queued in the transaction's pipeline."""
+    """What recording sends reads (`Gifts.read_sends`), queued in the transaction's pipeline: each is
+    read (one round trip, with whatever else is queued) when first called."""
 
     now: datetime  # the sends are recorded at, and count against the day of
-    gifts: Later[dict[str, GiftRecord]]
-    recorded: Later[dict[tuple[str, str], TransferRecord]]  # by (sender, request id)
-    spent: Later[dict[tuple[str, date], int]]  # the senders' day totals, locked
-
-
-@dataclass(frozen=True)
-class Page:
-    transfers: list[TransferRecord]
-    next_page_token: str
-
-
-@dataclass(frozen=True)
-class LeaderboardEntry:
-    rank: int
-    user_id: str
-    coins: int
-    gifts: int
-
-
-# --- policy --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SagaPolicy:
-    share_bps: int = 5000
-    daily_spend_limit_coins: int = 100_000
-    hold_ttl_seconds: int = 300
-    hold_safety_margin_seconds: int = 60
-    step_deadline_seconds: float = 5.0  # the longest a gift waits on one step of a peer, retries included
-    retry_backoff_seconds: float = 0.1  # between the calls of one step that got no answer
-    lease_seconds: int = 30
-    retry_base_seconds: float = 1.0  # recovery's wait before retrying a postponed gift, doubling
-    retry_max_seconds: float = 60.0
-    recovery_batch: int = 50
+    gifts: Callable[[], dict[str, GiftRecord]]
+    recorded: Callable[[], dict[tuple[str, str], TransferRecord]]  # by (sender, request id)
+    spent: Callable[[], dict[tuple[str, date], int]]  # the senders' day totals, locked
 
 
 # --- errors ----------------------------------------------------------------------------------------
 
 
 def _self_gift(recipient_id: str) -> DomainError:
-    return DomainError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+    return bad_field(
         "SELF_GIFT",
+        "recipient_id",
         "a gift cannot be sent to oneself",
-        {"recipient_id": recipient_id},
-        (FieldViolation("recipient_id", "must not be the sender"),),
+        "must not be the sender",
+        recipient_id=recipient_id,
     )
 
 
@@ -187,18 +87,78 @@ def _request_id_reused(request_id: str) -> DomainError:
 
 
 def _over_daily_limit(t: TransferRecord, limit: int, spent: int, day: date) -> DomainError:
-    return DomainError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    return resource_exhausted(
         "DAILY_SPENDING_LIMIT_EXCEEDED",
         f"sending {t.total_coins} coins would pass the daily limit of {limit} (spent today: {spent})",
-        {"limit": str(limit), "spent": str(spent), "coins": str(t.total_coins), "day": day.isoformat()},
+        limit=limit,
+        spent=spent,
+        coins=t.total_coins,
+        day=day.isoformat(),
     )
 
 
-def credit_deadline(recorded_at: datetime, policy: SagaPolicy) -> datetime:
-    """The credit deadline of a gift recorded at `recorded_at`: a hold made once it was recorded
-    outlives it by the safety margin (services/gifting/saga.py: the expiring hold)."""
-    return recorded_at + timedelta(seconds=policy.hold_ttl_seconds - policy.hold_safety_margin_seconds)
+def not_recorded(request_id: str) -> DomainError:
+    return unavailable(
+        "DEPENDENCY_UNAVAILABLE",
+        f"request {request_id} could not be recorded now; retry with the same request id",
+        request_id=request_id,
+    )
+
+
+# --- how a gift ends ------------------------------------------------------------------------------
+
+
+def with_transfer(error: DomainError, transfer_id: str) -> DomainError:
+    """A peer's refusal, passed through with its code and reason, naming the gift it failed."""
+    return DomainError(error.code, error.reason, error.message, {**error.metadata, "transfer_id": transfer_id})
+
+
+def cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
+    """Gifting's own refusal, in a sender's terms (payout's says gift_id for the transfer, creator_id for
+    the recipient): the recipient and the transfer, and payout's reason as `cause` when it is another."""
+    cause = {} if refusal.reason == "RECIPIENT_CANNOT_RECEIVE" else {"cause": refusal.reason}
+    return failed_precondition(
+        "RECIPIENT_CANNOT_RECEIVE",
+        f"{t.recipient_id} cannot receive gifts ({cause.get('cause') or refusal.message}); the coins were not spent",
+        recipient_id=t.recipient_id,
+        transfer_id=t.transfer_id,
+        **cause,
+    )
+
+
+def gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
+    return failed_precondition(
+        "GIFT_FAILED", f"gift {t.transfer_id} failed: {why}; nothing was spent", transfer_id=t.transfer_id, cause=cause
+    )
+
+
+def not_credited(refusal: DomainError, t: TransferRecord) -> DomainError:
+    """What a gift fails with when payout says for certain that it credited nothing."""
+    if refusal.reason == "CREDIT_DEADLINE_PASSED":
+        return gift_failed(t, "EXPIRED", "it waited too long")
+    return cannot_receive(refusal, t)
+
+
+def failure(t: TransferRecord) -> DomainError:
+    """The error a failed send ends with (the same on every replay)."""
+    assert t.failure_error is not None
+    return DomainError.from_json(t.failure_error)
+
+
+def unread(transfer_id: str) -> DomainError:
+    return unavailable(
+        "DEPENDENCY_UNAVAILABLE",
+        f"gift {transfer_id} could not be read now; retry with the same request id",
+        transfer_id=transfer_id,
+    )
+
+
+def in_flight(transfer_id: str) -> DomainError:
+    return aborted(
+        "REQUEST_IN_FLIGHT",
+        f"gift {transfer_id} is being sent; retry with the same request id",
+        transfer_id=transfer_id,
+    )
 
 
 def _day_start(now: datetime) -> datetime:
@@ -212,21 +172,17 @@ def _utc_day(now: datetime) -> date:
 # --- the service ------------------------------------------------------------------------------------
 
 
-class Gifting:
-    """The gifting domain over one database and the two peers."""
+class Gifts:
+    """The gifts: the catalogue, the sends recorded, and their reads.
 
-    def __init__(
-        self,
-        db: Database,
-        clock: Clock,
-        policy: SagaPolicy,
-    ) -> None:
-        self.db = db
+    Methods that work in the caller's transaction take its unit of work first (the servicer's guarded
+    calls); the ones the live feed, start-up and the metrics call run a transaction of their own.
+    """
+
+    def __init__(self, transactions: Transactions, clock: Clock, policy: SagaPolicy) -> None:
+        self.transactions = transactions
         self.clock = clock
         self.policy = policy
-
-    def _read(self, work: Callable[[UnitOfWork], T]) -> T:
-        return self.db.run(lambda conn: work(UnitOfWork(conn)))
 
     # --- catalogue -----------------------------------------------------------------------------
 
@@ -240,17 +196,17 @@ class Gifting:
                 for gift_id, name, price in DEFAULT_CATALOGUE
             )
 
-        return self._read(seed)
+        return self.transactions.run(seed)
 
-    def list_gifts(self) -> list[Gift]:
-        return [self._gift(r) for r in self._read(lambda uow: uow.catalogue.active())]
+    def list_gifts(self, uow: UnitOfWork) -> list[Gift]:
+        return [self._gift(r) for r in uow.catalogue.active()]
 
-    def upsert_gift(self, conn: Connection, gift_id: str, name: str, coin_price: int, diamonds: int) -> Gift:
+    def upsert_gift(self, uow: UnitOfWork, gift_id: str, name: str, coin_price: int, diamonds: int) -> Gift:
         """Create a gift, or change it: a new price or diamond amount is a new version; it is (back) on sale.
 
         `diamonds` 0 means the default share, fixed into the version at the share configured now.
         """
-        uow, now = UnitOfWork(conn), self.clock.now()
+        now = self.clock.now()
         explicit = diamonds or None
         current = uow.catalogue.get(gift_id)
         if current is None:
@@ -271,8 +227,7 @@ class Gifting:
             uow.catalogue.add_version(gift_id, version, coin_price, explicit, self.policy.share_bps, now)
         return self._gift(self._must_get(uow, gift_id))
 
-    def retire_gift(self, conn: Connection, gift_id: str) -> Gift:
-        uow = UnitOfWork(conn)
+    def retire_gift(self, uow: UnitOfWork, gift_id: str) -> Gift:
         current = self._must_get(uow, gift_id)
         if current.state != RETIRED and not uow.catalogue.update(
             gift_id, current.version, state=RETIRED, updated_at=self.clock.now()
@@ -295,11 +250,11 @@ class Gifting:
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def read_sends(self, conn: Connection, asks: Sequence[SendAsk]) -> SendReads:
+    def read_sends(self, uow: UnitOfWork, asks: Sequence[SendAsk]) -> SendReads:
         """What recording these sends reads, queued in the transaction's pipeline (one round trip, with
         whatever else is queued): the gifts, the sends recorded before under their request ids, and the
         senders' day totals (locked), for the day of now."""
-        uow, now = UnitOfWork(conn), self.clock.now()
+        now = self.clock.now()
         day = _utc_day(now)
         return SendReads(
             now,
@@ -309,23 +264,22 @@ class Gifting:
         )
 
     def record_sends(
-        self, conn: Connection, asks: Sequence[SendAsk], lease_owner: str, reads: SendReads | None = None
+        self, uow: UnitOfWork, asks: Sequence[SendAsk], lease_owner: str, reads: SendReads | None = None
     ) -> list[TransferRecord | DomainError]:
         """The saga's first step for many sends, in the caller's transaction: each refused, or recorded
         as pending; in order, as if recorded one after another (one sender's sends count against the
         daily limit in turn). Nothing is written for a refused send.
 
-        New transfers are leased to `lease_owner`, who drives them next (`settle_recorded`). A send
+        New transfers are leased to `lease_owner`, who drives them next (sends.py). A send
         already recorded under its request id is returned as it stands (after the request-id store
         has forgotten the id, the unique (sender, request id) constraint still holds: a concurrent
         one fails this transaction, which is then decided again). Statements, sent in the
         transaction's pipeline: `read_sends` (queued already when given: for these sends or more);
         the day totals and the transfers written with the commit.
         """
-        uow = UnitOfWork(conn)
-        reads = reads or self.read_sends(conn, asks)
+        reads = reads or self.read_sends(uow, asks)
         now, day, limit = reads.now, _utc_day(reads.now), self.policy.daily_spend_limit_coins
-        gifts, before, spent = reads.gifts.get(), reads.recorded.get(), reads.spent.get()
+        gifts, before, spent = reads.gifts(), reads.recorded(), reads.spent()
         totals = dict(spent)
         outcomes: list[TransferRecord | DomainError] = []
         new: list[TransferRecord] = []
@@ -402,13 +356,13 @@ class Gifting:
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    def get_transfer(self, caller_id: str, transfer_id: str) -> TransferRecord:
+    def get_transfer(self, uow: UnitOfWork, caller_id: str, transfer_id: str) -> TransferRecord:
         """One transfer, for its sender or recipient only.
 
         Anyone else gets PERMISSION_DENIED whether or not it exists (checked before NOT_FOUND, AIP-211),
         so transfer ids reveal nothing to third parties.
         """
-        t = self._read(lambda uow: uow.transfers.get(transfer_id))
+        t = uow.transfers.get(transfer_id)
         if t is None or caller_id not in (t.sender_id, t.recipient_id):
             raise permission_denied(
                 f"user:{caller_id} is neither the sender nor the recipient of gift {transfer_id}",
@@ -416,58 +370,52 @@ class Gifting:
             )
         return t
 
-    def list_sent(self, sender_id: str, page_size: int, page_token: str) -> Page:
+    def list_sent(self, uow: UnitOfWork, sender_id: str, page_size: int, page_token: str) -> Page:
         """Every gift the user sent (pending, completed or failed), newest first."""
         before = _decode_cursor(page_token, "sent")
-        rows = self._read(lambda uow: uow.transfers.page("sender_id", sender_id, page_size + 1, before))
+        rows = uow.transfers.page("sender_id", sender_id, page_size + 1, before)
         return _page(rows, page_size, "sent")
 
-    def list_received(self, recipient_id: str, page_size: int, page_token: str) -> Page:
+    def list_received(self, uow: UnitOfWork, recipient_id: str, page_size: int, page_token: str) -> Page:
         """The gifts the user received: completed ones only (a pending or failed gift gave them nothing)."""
         before = _decode_cursor(page_token, "received")
-        rows = self._read(
-            lambda uow: uow.transfers.page("recipient_id", recipient_id, page_size + 1, before, COMPLETED)
-        )
+        rows = uow.transfers.page("recipient_id", recipient_id, page_size + 1, before, COMPLETED)
         return _page(rows, page_size, "received")
 
-    def transfers(self, query: TransferQuery, page_size: int) -> tuple[list[TransferRecord], bool]:
-        """Any gifts (operators, the reconciler) in (create time, id) order; and whether more follow."""
-        rows = self._read(lambda uow: uow.transfers.matching(query, page_size + 1))
-        return rows[:page_size], len(rows) > page_size
+    def transfers(
+        self, uow: UnitOfWork, states: Sequence[str], steps: Sequence[str], listing: Listing
+    ) -> tuple[list[TransferRecord], bool]:
+        """Any gifts (operators, the reconciler) in (create time, id) order, in these states and at these
+        steps (any, when empty), a page of the listing; and whether more follow."""
+        rows = uow.transfers.matching(states, steps, listing.selection, listing.size + 1)
+        return rows[: listing.size], len(rows) > listing.size
 
     def leaderboard(
-        self, window: str, limit: int, target: Target | None = None, creator_id: str | None = None
+        self, uow: UnitOfWork, window: str, limit: int, target: Target | None = None, creator_id: str | None = None
     ) -> list[LeaderboardEntry]:
         """Top gifters by coins spent on completed gifts, over the target or the creator, in the window."""
         since = _day_start(self.clock.now()) if window == "day" else None
         where = (target.kind, target.id) if target is not None else None
-        rows = self._read(lambda uow: uow.transfers.leaders(limit, where, creator_id, since))
+        rows = uow.transfers.leaders(limit, where, creator_id, since)
         return [LeaderboardEntry(rank, r.user_id, r.coins, r.gifts) for rank, r in enumerate(rows, start=1)]
 
     # --- live feed -------------------------------------------------------------------------------------
 
     def feed_head(self, target: Target) -> int:
         """The sequence of the target's latest event (0 if none)."""
-        return self._read(lambda uow: uow.feed.head(target.key))
+        return self.transactions.run(lambda uow: uow.feed.head(target.key))
 
     def unfinished(self) -> tuple[int, float]:
         """(gifts still pending, seconds since the oldest of them was recorded; 0 when none)."""
-        count, oldest = self._read(lambda uow: uow.transfers.unfinished_summary())
+        count, oldest = self.transactions.run(lambda uow: uow.transfers.unfinished_summary())
         age = 0.0 if oldest is None else max(0.0, (self.clock.now() - oldest).total_seconds())
         return count, age
 
     def feed_heads(self, target_keys: list[str]) -> dict[str, int]:
-        return self._read(lambda uow: uow.feed.heads(target_keys))
+        return self.transactions.run(lambda uow: uow.feed.heads(target_keys))
 
     def feed_after(self, target: Target, after_sequence: int, limit: int = 100) -> list[FeedEventRecord]:
-        return self._read(lambda uow: uow.feed.after(target.key, after_sequence, limit))
-
-
-def current_trace_context() -> str:
-    """The current W3C trace context (traceparent, tracestate) as JSON, for recovery to continue."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=otel_context.get_current())
-    return json.dumps(carrier, sort_keys=True)
+        return self.transactions.run(lambda uow: uow.feed.after(target.key, after_sequence, limit))
 
 
 def _decode_cursor(page_token: str, listing: str) -> tuple[datetime, str] | None:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from services.gifting.domain import Gifting, Target
-from services.gifting.storage import FeedEventRecord
+from services.gifting.domain import Gifts
+from services.gifting.model import FeedEventRecord, Target
 from services.runtime.errors import DomainError, unavailable
 from services.runtime.server import BackgroundLoop
 from services.runtime.telemetry import FEED_LAG, FEED_VIEWERS, untraced
@@ -118,7 +118,7 @@ class LiveFeed:
 
     def __init__(
         self,
-        gifting: Gifting,
+        gifting: Gifts,
         flush_seconds: float = 0.1,
         max_viewers: int = 0,
         writes_per_second: int = 5000,
@@ -196,7 +196,9 @@ class LiveFeed:
             FEED_VIEWERS.add(-1)
 
     async def _read_outbox(self, target: Target, after: int) -> list[FeedEventRecord]:
-        return await self.gifting.db.call_async(functools.partial(self.gifting.feed_after, target, after, READ_PAGE))
+        return await self.gifting.transactions.call_async(
+            functools.partial(self.gifting.feed_after, target, after, READ_PAGE)
+        )
 
     async def _join(self, key: str) -> _TargetFeed:
         """The target's feed on this replica, with one more viewer; its head is read by its first."""
@@ -211,7 +213,7 @@ class LiveFeed:
 
     async def _open(self, key: str) -> None:
         try:
-            head = await self.gifting.db.call_async(lambda: self.gifting.feed_heads([key])[key])
+            head = await self.gifting.transactions.call_async(lambda: self.gifting.feed_heads([key])[key])
             self._targets[key] = _TargetFeed(key, head)
             # A gift completed between the head's read and now is read by the first refresh.
             self.notify(key)
@@ -284,7 +286,7 @@ class LiveFeed:
         keys = list(self._targets)
         if not keys:
             return
-        heads = await self.gifting.db.call_async(lambda: self.gifting.feed_heads(keys))
+        heads = await self.gifting.transactions.call_async(lambda: self.gifting.feed_heads(keys))
         for key, head in heads.items():
             feed = self._targets.get(key)
             if feed is not None and head > feed.head:

@@ -18,7 +18,7 @@ import grpc
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
+from services.gifting.ports import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import auth
 from services.runtime.auth import TokenSource
 from services.runtime.clients import open_async_channel

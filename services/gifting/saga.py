@@ -10,13 +10,14 @@ Persisted on the transfer row, so that any replica can resume it:
 `Saga.drive` takes gifts leased to one owner, wherever each stands, and moves them on together: one
 batch call per step for all the gifts at that step (BatchHoldCoins, BatchCreditDiamonds,
 BatchCaptureHolds; releases, which are rare, one call each, side by side), one transaction to
-complete them. A gift sent alone, the gifts of a SendGift batch, a client's retry and recovery all
-run this same code: a gift alone is a batch of one.
+complete them. A gift sent alone, the gifts of a SendGift batch (sends.py), a client's retry and
+recovery all run this same code: a gift alone is a batch of one.
 
-Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it, so a
-retried step never moves value twice, and nothing is written between the record and the outcome: a
-gift found at `recorded` (after a crash, an outage, a lost lease) is driven again from the start, each
-step answered again by its peer as it first answered it (a replay), or done now.
+Every step is an idempotent RPC keyed by the transfer id, with a request id derived from it (ports.py:
+the peers' ports and the steps' request ids), so a retried step never moves value twice, and nothing
+is written between the record and the outcome: a gift found at `recorded` (after a crash, an outage, a
+lost lease) is driven again from the start, each step answered again by its peer as it first answered
+it (a replay), or done now.
 
 A peer that does not answer costs the gifts that need it one step deadline, retries included
 (`SagaPolicy.step_deadline_seconds`); they are then postponed (PENDING, left to recovery) while the
@@ -29,8 +30,10 @@ unless the gift was credited already. That refusal is recorded under the credit'
 re-decided the same way for any late copy, so once the deadline has passed, asking payout again tells
 for certain whether the gift was credited: a gift whose credit got no answer (payout down, a crash)
 is never stuck between the two. A hold made when the gift was recorded outlives the deadline by the
-margin; and once credited, a gift only moves forward: the capture is asked until it succeeds (wallet
-captures even a lapsed hold, from the balance).
+margin; and once credited, a gift only moves forward: the capture is asked until it succeeds. While
+the hold lasts, a gift is never put off past it (`retry_delay`: at most half its remaining life, and
+asked again a step deadline before it lapses), so a wallet outage shorter than the hold's life ends in
+a capture of the hold itself; after a longer one wallet captures the lapsed hold from the balance.
 
 Rows written by earlier versions may stand at the steps those wrote: `held` (driven as `recorded`),
 and `crediting` / `credited` (credited without a deadline: its credit is asked again as it was, then
@@ -40,25 +43,26 @@ captured).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import os
-import secrets
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
-from services.gifting.domain import SagaPolicy, SendAsk, Target, credit_deadline
-from services.gifting.storage import (
+from services.gifting.domain import (
+    Transactions,
+    UnitOfWork,
+    failure,
+    gift_failed,
+    not_credited,
+    with_transfer,
+)
+from services.gifting.model import (
     COMPLETED,
     CREDITED,
     CREDITING,
@@ -67,224 +71,37 @@ from services.gifting.storage import (
     HELD,
     PENDING,
     RECORDED,
+    SagaPolicy,
+    SendAsk,
     TransferRecord,
-    UnitOfWork,
-    revised,
+    credit_deadline,
 )
+from services.gifting.ports import (
+    NO_FAILPOINT,
+    NOT_CREDITED,
+    NOTHING_HELD,
+    CaptureOrder,
+    CreditOrder,
+    Hold,
+    HoldOrder,
+    PayoutPort,
+    Refused,
+    ReleaseOrder,
+    StepUncertain,
+    WalletPort,
+    captured,
+    new_lease_owner,
+    step_request_id,
+)
+from services.gifting.traces import batch_span, in_trace
 from services.runtime.clock import Clock
-from services.runtime.db import Database
-from services.runtime.errors import DomainError, aborted, failed_precondition, unavailable
-from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, SAGA_STEP_DURATION, traced
+from services.runtime.errors import DomainError
+from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, traced
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 T = TypeVar("T")
 A = TypeVar("A")
-
-
-# --- the peers ---------------------------------------------------------------------------------------
-
-
-class StepUncertain(Exception):
-    """A peer gave no definite answer (down, timed out, busy): the step may or may not have happened.
-
-    Every step is idempotent, so the answer is always to ask again, with the same request id.
-    """
-
-
-class Refused(Exception):
-    """A peer's definite refusal (its code, reason and metadata in `error`): the step did not happen."""
-
-    def __init__(self, error: DomainError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@dataclass(frozen=True)
-class Hold:
-    """A wallet hold as gifting sees it."""
-
-    amount: int
-    promotional_amount: int
-    state: str  # held | captured | released | expired
-    expire_time: datetime
-
-
-@dataclass(frozen=True)
-class HoldOrder:
-    request_id: str
-    gift_id: str
-    user_id: str
-    amount: int
-    ttl_seconds: int
-
-
-@dataclass(frozen=True)
-class CaptureOrder:
-    request_id: str
-    gift_id: str
-
-
-@dataclass(frozen=True)
-class ReleaseOrder:
-    request_id: str
-    gift_id: str
-
-
-@dataclass(frozen=True)
-class CreditOrder:
-    request_id: str
-    gift_id: str
-    creator_id: str
-    diamonds: int
-    coins: int
-    promotional_coins: int
-    deadline: datetime | None  # payout credits nothing asked after this (None: rows of earlier versions)
-
-
-class WalletPort(Protocol):
-    """Wallet's holds. Each order is answered (a Hold, or the Refused / StepUncertain it met); a call
-    that got no answer at all raises StepUncertain. `timeout`: the longest the call may take."""
-
-    async def hold_many(self, orders: Sequence[HoldOrder], timeout: float) -> list[Hold | Refused | StepUncertain]: ...
-
-    async def capture_many(
-        self, orders: Sequence[CaptureOrder], timeout: float
-    ) -> list[Hold | Refused | StepUncertain]: ...
-
-    async def release(self, order: ReleaseOrder, timeout: float) -> Hold:
-        """Raises Refused or StepUncertain."""
-        ...
-
-
-class PayoutPort(Protocol):
-    """Payout's diamond credits: each order answered (None once credited, or the Refused /
-    StepUncertain it met); a call that got no answer at all raises StepUncertain."""
-
-    async def credit_many(
-        self, orders: Sequence[CreditOrder], timeout: float
-    ) -> list[Refused | StepUncertain | None]: ...
-
-
-def step_request_id(transfer_id: str, step: str) -> str:
-    """The request id of a saga step: the same on every retry, by any replica, after any restart.
-
-    uuid5(transfer id, "giftcoin.gifting.<step>") (RFC 4122: SHA-1 of the namespace and the name,
-    version 5, the RFC's variant), formatted without building a uuid.UUID for the result (three per
-    gift, on the send path); a test holds it to uuid.uuid5.
-    """
-    digest = bytearray(hashlib.sha1(uuid.UUID(transfer_id).bytes + _STEP_NAMES[step]).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # variant RFC 4122
-    x = digest.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
-
-
-_STEP_NAMES = {step: f"giftcoin.gifting.{step}".encode() for step in ("hold", "credit", "capture", "release")}
-
-
-# --- test hooks ----------------------------------------------------------------------------------------
-
-FAILPOINT_EXIT_CODE = 86
-
-
-class Failpoint:
-    """TEST HOOK (GIFTCOIN_GIFTING_FAILPOINT): die at one saga point, like a SIGKILL, to test recovery."""
-
-    def __init__(self, armed: str = "") -> None:
-        self.armed = armed
-
-    def __call__(self, point: str) -> None:
-        if point == self.armed:
-            log.warning("failpoint %s: exiting abruptly (test hook)", point)
-            os._exit(FAILPOINT_EXIT_CODE)
-
-
-NO_FAILPOINT = Failpoint()
-
-
-def new_lease_owner() -> str:
-    return secrets.token_hex(8)
-
-
-# --- outcomes ----------------------------------------------------------------------------------------
-
-
-def _with_transfer(error: DomainError, transfer_id: str) -> DomainError:
-    """A peer's refusal, passed through with its code and reason, naming the gift it failed."""
-    return DomainError(error.code, error.reason, error.message, {**error.metadata, "transfer_id": transfer_id})
-
-
-def _cannot_receive(refusal: DomainError, t: TransferRecord) -> DomainError:
-    """Gifting's own refusal, in a sender's terms (payout's says gift_id for the transfer, creator_id for
-    the recipient): the recipient and the transfer, and payout's reason as `cause` when it is another."""
-    cause = {} if refusal.reason == "RECIPIENT_CANNOT_RECEIVE" else {"cause": refusal.reason}
-    return failed_precondition(
-        "RECIPIENT_CANNOT_RECEIVE",
-        f"{t.recipient_id} cannot receive gifts ({cause.get('cause') or refusal.message}); the coins were not spent",
-        recipient_id=t.recipient_id,
-        transfer_id=t.transfer_id,
-        **cause,
-    )
-
-
-def _gift_failed(t: TransferRecord, cause: str, why: str) -> DomainError:
-    return failed_precondition(
-        "GIFT_FAILED", f"gift {t.transfer_id} failed: {why}; nothing was spent", transfer_id=t.transfer_id, cause=cause
-    )
-
-
-def _not_credited(refusal: DomainError, t: TransferRecord) -> DomainError:
-    """What a gift fails with when payout says for certain that it credited nothing."""
-    if refusal.reason == "CREDIT_DEADLINE_PASSED":
-        return _gift_failed(t, "EXPIRED", "it waited too long")
-    return _cannot_receive(refusal, t)
-
-
-def _held(t: TransferRecord, hold: Hold) -> TransferRecord:
-    """The transfer as its hold left it: how many of its coins are promotional, when the hold lapses."""
-    return revised(t, promotional_coins=hold.promotional_amount, hold_expire_at=hold.expire_time)
-
-
-def _captured(answer: Hold | Refused) -> bool:
-    """Whether a capture's answer says the hold is captured (now, or by an earlier call)."""
-    return isinstance(answer, Hold) or answer.error.reason == "HOLD_ALREADY_CAPTURED"
-
-
-def failure(t: TransferRecord) -> DomainError:
-    """The error a failed send ends with (the same on every replay)."""
-    assert t.failure_error is not None
-    return DomainError.from_json(t.failure_error)
-
-
-def _unread(transfer_id: str) -> DomainError:
-    return unavailable(
-        "DEPENDENCY_UNAVAILABLE",
-        f"gift {transfer_id} could not be read now; retry with the same request id",
-        transfer_id=transfer_id,
-    )
-
-
-def in_flight(transfer_id: str) -> DomainError:
-    return aborted(
-        "REQUEST_IN_FLIGHT",
-        f"gift {transfer_id} is being sent; retry with the same request id",
-        transfer_id=transfer_id,
-    )
-
-
-# Payout's refusals after which it has certainly credited nothing for the gift. Not every
-# FAILED_PRECONDITION qualifies: CREDIT_MISMATCH says the gift WAS credited (differently).
-_NOT_CREDITED = {
-    "RECIPIENT_CANNOT_RECEIVE",
-    "CREATOR_NOT_FOUND",
-    "CREATOR_NOT_ELIGIBLE",
-    "INVALID_ARGUMENT",
-    "CREDIT_DEADLINE_PASSED",
-    "BALANCE_LIMIT_EXCEEDED",
-}
-# Release refusals that mean the coins are already back (or were never held).
-_NOTHING_HELD = {"HOLD_NOT_FOUND", "HOLD_ALREADY_RELEASED"}
 
 
 # --- the saga ------------------------------------------------------------------------------------------
@@ -299,11 +116,11 @@ class _Drive:
 
 
 class Saga:
-    """Drives gifts through the saga over one database and the two peers."""
+    """Drives gifts through the saga over the gifting database's transactions and the two peers."""
 
     def __init__(
         self,
-        db: Database,
+        transactions: Transactions,
         clock: Clock,
         wallet: WalletPort,
         payout: PayoutPort,
@@ -312,7 +129,7 @@ class Saga:
         on_completed: Callable[[str], None] = lambda _target_key: None,
         tracer: trace.Tracer = tracer,
     ) -> None:
-        self.db = db
+        self.transactions = transactions
         self.clock = clock
         self.wallet = wallet
         self.payout = payout
@@ -322,43 +139,15 @@ class Saga:
         self.tracer = tracer  # tests may give one of their own provider
 
     async def _db(self, work: Callable[[UnitOfWork], T]) -> T:
-        return await self.db.run_async(lambda conn: work(UnitOfWork(conn)))
+        return await self.transactions.run_async(work)
+
+    @contextmanager
+    def batch_span(self, step: str, gifts: Sequence[TransferRecord | SendAsk]) -> Iterator[None]:
+        """A step's span, in the first gift's trace, linked to the traces of the others."""
+        with batch_span(self.tracer, step, gifts):
+            yield
 
     # --- entry points ----------------------------------------------------------------------------------
-
-    async def settle_sends(
-        self,
-        recorded: Sequence[TransferRecord],
-        replayed: Sequence[str],
-        owner: str,
-        make_way: Callable[[], None] = lambda: None,
-    ) -> dict[str, TransferRecord | DomainError]:
-        """The answers of a SendGift batch, by transfer id: the gifts it just `recorded` (leased to
-        `owner`) and the ones its replays name, driven together as far as they go now.
-
-        A replayed gift that no one drives is taken over and driven with the others; one another call
-        or replica drives is ABORTED REQUEST_IN_FLIGHT. Each answer is the transfer COMPLETED or PENDING
-        (a peer without an answer: recovery finishes it), or the error it FAILED with — never an
-        exception: whatever goes wrong inside, each gift is answered as it was last known.
-        """
-        answers: dict[str, TransferRecord | DomainError] = {tid: _unread(tid) for tid in replayed}
-        answers.update({t.transfer_id: t for t in recorded})
-        try:
-            if recorded:
-                self.failpoint("after_record")
-            taken, others = await self._take_over(sorted(set(replayed)), owner)
-            for t in others:
-                answers[t.transfer_id] = in_flight(t.transfer_id) if t.state == PENDING else t
-            driving = [*recorded, *taken]
-            answers.update({t.transfer_id: t for t in taken})
-            answers.update(await self.drive(driving, owner, make_way))
-        except Exception:
-            log.exception("a send batch of %d gift(s) stopped short; each is answered as it stands", len(answers))
-        finally:
-            make_way()
-        return {
-            tid: failure(a) if isinstance(a, TransferRecord) and a.state == FAILED else a for tid, a in answers.items()
-        }
 
     async def recover_once(self) -> int:
         """Drive every unfinished gift no one is driving to COMPLETED or FAILED; returns how many ended.
@@ -404,14 +193,15 @@ class Saga:
             self.failpoint("after_hold")
         for t, hold in holds:
             if isinstance(hold, Refused):  # no hold was made: nothing to give back
-                await self._finish_failed(drive, t, owner, _with_transfer(hold.error, t.transfer_id))
+                await self._finish_failed(drive, t, owner, with_transfer(hold.error, t.transfer_id))
             elif hold.state == "released":  # given back already: this gift cannot be credited any more
                 failing = await self._start_failing(
-                    drive, t, owner, _gift_failed(t, "HOLD_LAPSED", "its hold was released")
+                    drive, t, owner, gift_failed(t, "HOLD_LAPSED", "its hold was released")
                 )
                 releasing += failing
             else:
-                crediting.append(_held(t, hold))
+                # As its hold left it: how many of its coins are promotional, when the hold lapses.
+                crediting.append(replace(t, promotional_coins=hold.promotional_amount, hold_expire_at=hold.expire_time))
 
         with self.batch_span("credit", crediting):
             credits = await self._ask(drive, crediting, owner, self._credit_many)
@@ -421,8 +211,8 @@ class Saga:
         for t, credit in credits:
             if credit is None:
                 capturing.append(t)
-            elif credit.error.reason in _NOT_CREDITED:
-                releasing += await self._start_failing(drive, t, owner, _not_credited(credit.error, t))
+            elif credit.error.reason in NOT_CREDITED:
+                releasing += await self._start_failing(drive, t, owner, not_credited(credit.error, t))
             else:
                 with in_trace(t):
                     log.error("gift %s: payout refused the credit unexpectedly: %s", t.transfer_id, credit)
@@ -436,7 +226,7 @@ class Saga:
             self.failpoint("after_capture")
         completing = []
         for t, capture in captures:
-            if _captured(capture):
+            if captured(capture):
                 completing.append(t)
             else:  # diamonds were credited: this gift may only complete. Keep trying, loudly.
                 with in_trace(t):
@@ -494,7 +284,7 @@ class Saga:
                 return [answer]
 
         for t_now, released in await self._ask(drive, [t], owner, release):
-            if isinstance(released, Refused) and released.error.reason not in _NOTHING_HELD:
+            if isinstance(released, Refused) and released.error.reason not in NOTHING_HELD:
                 with in_trace(t):
                     log.error("gift %s: wallet refused to release its hold: %s", t.transfer_id, released)
                 await self._postpone(drive, [t_now], owner, str(released))
@@ -565,7 +355,7 @@ class Saga:
         if not await self._db(lambda uow: uow.transfers.advance(t.transfer_id, owner, t.step, **values)):
             drive.elsewhere.add(t.transfer_id)
             return None
-        return revised(t, **values)
+        return replace(t, **values)
 
     async def _start_failing(
         self, drive: _Drive, t: TransferRecord, owner: str, error: DomainError
@@ -601,7 +391,7 @@ class Saga:
         GIFT_OUTCOMES.add(1, {"giftcoin.gift.state": "failed", "error.type": error.reason})
         with in_trace(t):
             log.info("gift %s failed: %s", t.transfer_id, error.reason)
-        drive.ended[t.transfer_id] = revised(t, **values)
+        drive.ended[t.transfer_id] = replace(t, **values)
 
     async def _complete_many(self, drive: _Drive, ts: list[TransferRecord], owner: str) -> None:
         """COMPLETED and their live-feed events, one transaction per step they stand at (the outbox)."""
@@ -633,35 +423,33 @@ class Saga:
                 }
                 for t in ts
             ]
-            counts = Counter(_target_key(t) for t in ts)
+            counts = Counter(t.target_key for t in ts)
             advancing = uow.transfers.advance_many(owner, from_step, rows, **values)
             numbering = uow.feed.number(counts)  # for every gift: another replica taking one over is rare
-            advanced, numbers = advancing.get(), numbering.get()  # one round trip
-            lost = Counter(_target_key(t) for t in ts if t.transfer_id not in advanced)
+            advanced, numbers = advancing(), numbering()  # one round trip
+            lost = Counter(t.target_key for t in ts if t.transfer_id not in advanced)
             if lost:  # their events are not this transaction's to write: give their numbers back
                 uow.feed.renumber({key: numbers[key].first + counts[key] - lost[key] - 1 for key in lost})
-            events = [(_target_key(t), t) for t in ts if t.transfer_id in advanced]
+            events = [(t.target_key, t) for t in ts if t.transfer_id in advanced]
             uow.feed.append(events, numbers, now)
             return advanced
 
         advanced = await self._db(complete)
         done = [t for t in ts if t.transfer_id in advanced]
         drive.elsewhere.update(t.transfer_id for t in ts if t.transfer_id not in advanced)
-        drive.ended.update({t.transfer_id: revised(t, **values) for t in done})
+        drive.ended.update({t.transfer_id: replace(t, **values) for t in done})
         if done:  # counted once per batch: an instrument's add costs about as much whatever it adds
             GIFT_OUTCOMES.add(len(done), {"giftcoin.gift.state": "completed"})
             COINS_MOVED.add(sum(t.total_coins for t in done), {"giftcoin.movement.kind": "gift"})
             DIAMONDS_MOVED.add(sum(t.total_diamonds for t in done), {"giftcoin.movement.kind": "gift"})
-        for target_key in sorted({_target_key(t) for t in done}):
+        for target_key in sorted({t.target_key for t in done}):
             self.on_completed(target_key)
 
     async def _postpone(self, drive: _Drive, ts: list[TransferRecord], owner: str, why: str) -> None:
-        """Leave the gifts for recovery, each not before a delay that doubles with its postponements."""
+        """Leave the gifts for recovery, each not before a delay that doubles with its postponements,
+        bounded by its hold's life (`retry_delay`)."""
         now = self.clock.now()
-        delays = {
-            t.transfer_id: min(self.policy.retry_max_seconds, self.policy.retry_base_seconds * 2 ** min(t.attempts, 20))
-            for t in ts
-        }
+        delays = {t.transfer_id: retry_delay(t, now, self.policy) for t in ts}
 
         def postpone(uow: UnitOfWork) -> None:
             for t in ts:
@@ -675,29 +463,6 @@ class Saga:
                 )
         drive.elsewhere.update(t.transfer_id for t in ts)  # read back: as it now stands
 
-    async def _take_over(
-        self, transfer_ids: Sequence[str], owner: str
-    ) -> tuple[list[TransferRecord], list[TransferRecord]]:
-        """Claim the pending gifts no one drives (a client's retry may take an idle one at once); the
-        ones taken, and the others as they stand."""
-        if not transfer_ids:
-            return [], []
-        now = self.clock.now()
-        until = now + timedelta(seconds=self.policy.lease_seconds)
-
-        def take(uow: UnitOfWork) -> tuple[list[TransferRecord], list[TransferRecord]]:
-            taken: list[TransferRecord] = []
-            others: list[TransferRecord] = []
-            for transfer_id in transfer_ids:
-                claimed = uow.transfers.claim(transfer_id, owner, now, until, take_idle=True)
-                t = uow.transfers.get(transfer_id)
-                if t is None:
-                    raise RuntimeError(f"transfer {transfer_id} vanished")
-                (taken if claimed else others).append(t)
-            return taken, others
-
-        return await self._db(take)
-
     async def _as_they_stand(self, drive: _Drive, ts: Sequence[TransferRecord]) -> dict[str, TransferRecord]:
         """Each gift of a drive as it stands now: as the drive left it, or read back."""
         unread = [t.transfer_id for t in ts if t.transfer_id not in drive.ended or t.transfer_id in drive.elsewhere]
@@ -710,50 +475,21 @@ class Saga:
             read = await self._db(load)
         return {t.transfer_id: read.get(t.transfer_id) or drive.ended.get(t.transfer_id) or t for t in ts}
 
-    # --- traces --------------------------------------------------------------------------------------
 
-    @contextmanager
-    def batch_span(self, step: str, gifts: Sequence[TransferRecord | SendAsk]) -> Iterator[None]:
-        """A step's span, in the first gift's trace, linked to the traces of the others."""
-        if not gifts:
-            yield
-            return
-        parent = propagate.extract(json.loads(gifts[0].trace_context or "{}"))
-        attributes: dict[str, str | int] = {"giftcoin.step": step, "giftcoin.gifts": len(gifts)}
-        if isinstance(gifts[0], TransferRecord):
-            attributes["giftcoin.gift_id"] = gifts[0].transfer_id
-        with (
-            _timed(step),
-            self.tracer.start_as_current_span(f"gifting.saga.{step}", context=parent, attributes=attributes) as span,
-        ):
-            if span.is_recording():  # links cost a parse per gift: only when spans are kept
-                for gift in gifts[1:]:
-                    linked = trace.get_current_span(propagate.extract(json.loads(gift.trace_context or "{}")))
-                    link = {"giftcoin.gift_id": gift.transfer_id} if isinstance(gift, TransferRecord) else None
-                    span.add_link(linked.get_span_context(), link)
-            yield
+def retry_delay(t: TransferRecord, now: datetime, policy: SagaPolicy) -> float:
+    """How long recovery leaves a postponed gift: a delay that doubles with its postponements, but while
+    its hold may still back it, at most half the hold's remaining life and not past its expiry less a
+    step deadline (then at once: the last chance), so that a capture asked again after a short outage
+    still finds the hold. Once the hold has lapsed, the doubling delay alone (wallet captures from the
+    balance).
 
-
-@contextmanager
-def _timed(step: str) -> Iterator[None]:
-    """A saga step's duration (giftcoin.gifting.saga.step.duration), however it ends."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        SAGA_STEP_DURATION.record(time.perf_counter() - started, {"giftcoin.saga.step": step})
-
-
-@contextmanager
-def in_trace(gift: TransferRecord) -> Iterator[None]:
-    """The gift's own trace made current, so that a log line about it carries its trace id wherever
-    the saga stands (its step's span may have ended, or belong to another gift of the batch)."""
-    token = otel_context.attach(propagate.extract(json.loads(gift.trace_context or "{}")))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
-def _target_key(t: TransferRecord) -> str:
-    return Target(t.target_kind, t.target_id).key
+    Whether a gift found at `recorded` was credited only its steps' replays tell, so every pending gift
+    is bounded so; its hold's expiry is what the hold answered in this drive, or else the earliest any
+    hold of it can have (made once it was recorded).
+    """
+    delay = min(policy.retry_max_seconds, policy.retry_base_seconds * 2 ** min(t.attempts, 20))
+    expiry = t.hold_expire_at or t.created_at + timedelta(seconds=policy.hold_ttl_seconds)
+    life = (expiry - now).total_seconds()
+    if life <= 0:
+        return delay
+    return max(0.0, min(delay, life / 2, life - policy.step_deadline_seconds))

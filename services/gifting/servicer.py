@@ -1,14 +1,14 @@
 """GiftingService over gRPC: validates requests, calls the domain, turns its results into protobuf.
 
 Who may call what is the ACCESS table in app.py; user RPCs act only for the caller. Every mutating
-RPC runs through the request-id store (AIP-155). SendGift records the gift under the request id
-(the store replays that record, or the refusal), then drives the saga: a replay therefore answers
-with the gift as it stands now — completed, failed (the same error again), or still being sent.
+RPC runs through the request-id store (AIP-155), by `self.calls`. SendGift records the gift under the
+request id (the store replays that record, or the refusal), then drives the saga: a replay therefore
+answers with the gift as it stands now — completed, failed (the same error again), or still being sent.
 
-SendGift calls that arrive together are served together: each is queued on a `Batcher`, which
-records a batch of them in one transaction (each under its own request id) and has the saga drive
-them together (domain: `record_sends`; saga: `settle_sends`). SendGift and WatchGifts are coroutines
-(they wait for a batch, for the next gift); the other RPCs do database work only, on its threads.
+SendGift calls that arrive together are served together: each is queued on a `Batcher`, whose batch
+goes to `Sends.send` (sends.py: recorded in one transaction, each under its own request id, then
+driven together by the saga). SendGift and WatchGifts are coroutines (they wait for a batch, for the
+next gift); the other RPCs do database work only, on its threads.
 """
 
 from __future__ import annotations
@@ -16,28 +16,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from google.protobuf.message import Message
-from sqlalchemy import Connection
 
-from services.gifting.domain import (
-    MAX_COIN_PRICE,
-    MAX_QUANTITY,
-    Gift,
-    Gifting,
-    LeaderboardEntry,
-    Send,
-    SendAsk,
-    SendReads,
-    Target,
-    current_trace_context,
-)
+from services.gifting.domain import Gifts, SendReads, UnitOfWork, failure
 from services.gifting.feed import LiveFeed
-from services.gifting.saga import Saga, failure, new_lease_owner
-from services.gifting.storage import (
+from services.gifting.model import (
     ACTIVE,
     COMPLETED,
     CREDITED,
@@ -45,24 +31,32 @@ from services.gifting.storage import (
     FAILED,
     FAILING,
     HELD,
+    MAX_COIN_PRICE,
+    MAX_QUANTITY,
     PENDING,
     RECORDED,
     RETIRED,
     FeedEventRecord,
-    TransferQuery,
+    Gift,
+    LeaderboardEntry,
+    Send,
+    SendAsk,
+    Target,
     TransferRecord,
 )
+from services.gifting.sends import RecordWork, Sends
+from services.gifting.traces import current_trace_context
 from services.runtime.audit import AuditLog
-from services.runtime.auth import calling_user_id, current_caller
+from services.runtime.auth import calling_user_id
 from services.runtime.batching import Batcher
-from services.runtime.errors import DomainError, aborted, unavailable
-from services.runtime.idempotency import BatchItem, RequestIdStore
+from services.runtime.errors import DomainError, aborted
+from services.runtime.guarded import GuardedCalls
+from services.runtime.idempotency import BatchItem
 from services.runtime.pagination import Listing
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=Message)
 
 FULL_NAME = gifting_pb2.DESCRIPTOR.services_by_name["GiftingService"].full_name
 MAX_GIFT_NAME_LENGTH = 64
@@ -108,33 +102,33 @@ class _QueuedSend:
 class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     def __init__(
         self,
-        gifting: Gifting,
-        saga: Saga,
+        gifts: Gifts,
+        sends: Sends,
         feed: LiveFeed,
-        requests: RequestIdStore,
+        calls: GuardedCalls[UnitOfWork],
         audit: AuditLog,
         send_batch_max: int = 64,
         send_batch_stall_seconds: float = 0.25,
     ) -> None:
-        self.gifting = gifting
-        self.saga = saga
+        self.gifts = gifts
+        self.sends = sends
         self.feed = feed
-        self.requests = requests
-        self.audit = audit
-        self.sends: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
+        self.calls = calls
+        self.audit = audit  # read by ListAuditRecords; calls write it
+        self.batcher: Batcher[_QueuedSend, gifting_pb2.SendGiftResponse] = Batcher(
             "gifting-send", self._send_batch, max_batch=send_batch_max, stall_seconds=send_batch_stall_seconds
         )
 
     async def close(self) -> None:
         """After the server has drained: the batches queued and in flight finish (none, by then)."""
-        await self.sends.close()
+        await self.batcher.close()
 
     # --- catalogue -------------------------------------------------------------------------------
 
     def ListGifts(
         self, request: gifting_pb2.ListGiftsRequest, context: grpc.ServicerContext
     ) -> gifting_pb2.ListGiftsResponse:
-        return gifting_pb2.ListGiftsResponse(gifts=[_gift(g) for g in self.gifting.list_gifts()])
+        return gifting_pb2.ListGiftsResponse(gifts=[_gift(g) for g in self.calls.read(self.gifts.list_gifts)])
 
     def UpsertGift(
         self, request: gifting_pb2.UpsertGiftRequest, context: grpc.ServicerContext
@@ -150,20 +144,14 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
             v.fail("diamonds", "at most coin_price: a gift never pays out more than it costs")
         v.check()
         name = request.name.strip()
-        return self._mutate(
+        return self.calls.once(
             "UpsertGift",
             request,
             gifting_pb2.UpsertGiftResponse,
-            self.audit.audited(
-                "UpsertGift",
-                request,
-                request.gift_id,
-                lambda conn: gifting_pb2.UpsertGiftResponse(
-                    gift=_gift(
-                        self.gifting.upsert_gift(conn, request.gift_id, name, request.coin_price, request.diamonds)
-                    )
-                ),
+            lambda uow: gifting_pb2.UpsertGiftResponse(
+                gift=_gift(self.gifts.upsert_gift(uow, request.gift_id, name, request.coin_price, request.diamonds))
             ),
+            audit_target=request.gift_id,
         )
 
     def RetireGift(
@@ -173,18 +161,12 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.request_id(request.request_id)
         v.identifier(request.gift_id, "gift_id")
         v.check()
-        return self._mutate(
+        return self.calls.once(
             "RetireGift",
             request,
             gifting_pb2.RetireGiftResponse,
-            self.audit.audited(
-                "RetireGift",
-                request,
-                request.gift_id,
-                lambda conn: gifting_pb2.RetireGiftResponse(
-                    gift=_gift(self.gifting.retire_gift(conn, request.gift_id))
-                ),
-            ),
+            lambda uow: gifting_pb2.RetireGiftResponse(gift=_gift(self.gifts.retire_gift(uow, request.gift_id))),
+            audit_target=request.gift_id,
         )
 
     # --- sending -----------------------------------------------------------------------------------
@@ -202,11 +184,11 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.check()
         assert target is not None
         send = Send(request.gift_id, request.quantity, request.recipient_id, target)
-        item = BatchItem(current_caller().subject, _method("SendGift"), request, request.request_id)
+        item = self.calls.item("SendGift", request)
         ask = SendAsk(sender_id, request.request_id, item.fingerprint, send, current_trace_context())
         remaining = context.time_remaining()  # without a deadline: a huge number, or None
         try:
-            return await self.sends.submit(
+            return await self.batcher.submit(
                 _QueuedSend(item, ask),
                 timeout=remaining if remaining is not None and remaining < _NO_DEADLINE else None,
             )
@@ -220,60 +202,25 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     async def _send_batch(
         self, queued: Sequence[_QueuedSend], make_way: Callable[[], None]
     ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
-        """Record the sends in one transaction, each under its request id, then have the saga drive
-        them, and the idle gifts the replays name, together (the next batch may start once they are
-        credited). Every send is answered: its gift as it stands, or its refusal."""
-        owner = new_lease_owner()
-        recorded: dict[int, TransferRecord] = {}
-
-        def record(
-            conn: Connection, new: list[int], reads: SendReads
-        ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
-            recorded.clear()  # the transaction may run again
-            outcomes = self.gifting.record_sends(conn, [queued[i].ask for i in new], owner, reads)
-            answers: list[gifting_pb2.SendGiftResponse | DomainError] = []
-            for i, outcome in zip(new, outcomes, strict=True):
-                if isinstance(outcome, DomainError):
-                    answers.append(outcome)
-                else:  # the request id records which transfer it made; every answer reads it as it stands
-                    recorded[i] = outcome
-                    made = gifting_pb2.GiftTransfer(transfer_id=outcome.transfer_id)
-                    answers.append(gifting_pb2.SendGiftResponse(transfer=made))
-            return answers
-
+        """The batcher's sends, sent together (sends.py); each answered with its gift or its refusal."""
         items = [q.item for q in queued]
-        asks = [q.ask for q in queued]
-        try:
-            with self.saga.batch_span("record", asks):
-                answers = await self.gifting.db.call_async(
-                    lambda: self.requests.execute_batch(
-                        items, gifting_pb2.SendGiftResponse, record, lambda conn: self.gifting.read_sends(conn, asks)
-                    )
-                )
-        except Exception:
-            make_way()
-            log.exception("recording a batch of %d send(s) failed", len(queued))
-            return [_not_recorded(q.ask.request_id) for q in queued]
-        # The transfers this call recorded: a transaction decided again (a concurrent duplicate committed
-        # first) answers some sends as replays, and what its first attempt recorded for them is gone.
-        fresh = [
-            t for i, t in sorted(recorded.items()) if t.lease_owner == owner and _made(answers[i]) == t.transfer_id
-        ]
-        fresh_ids = {t.transfer_id for t in fresh}
-        replayed = [_made(a) for a in answers if not isinstance(a, DomainError) and _made(a) not in fresh_ids]
-        settled = await self.saga.settle_sends(fresh, replayed, owner, make_way)
-        results: list[gifting_pb2.SendGiftResponse | DomainError] = []
-        for answer in answers:
-            if isinstance(answer, DomainError):
-                results.append(answer)
-                continue
-            outcome = settled[answer.transfer.transfer_id]
-            results.append(
-                outcome
-                if isinstance(outcome, DomainError)
-                else gifting_pb2.SendGiftResponse(transfer=_transfer(outcome))
+
+        async def record(work: RecordWork, read: Callable[[UnitOfWork], SendReads]) -> list[str | DomainError]:
+            def answers(
+                uow: UnitOfWork, new: list[int], reads: SendReads
+            ) -> list[gifting_pb2.SendGiftResponse | DomainError]:
+                # The request id records which transfer it made; every answer reads it as it stands.
+                return [o if isinstance(o, DomainError) else _made(o.transfer_id) for o in work(uow, new, reads)]
+
+            responses = await self.calls.db.call_async(
+                lambda: self.calls.batch(items, gifting_pb2.SendGiftResponse, answers, read)
             )
-        return results
+            return [r if isinstance(r, DomainError) else r.transfer.transfer_id for r in responses]
+
+        outcomes = await self.sends.send([q.ask for q in queued], record, make_way)
+        return [
+            o if isinstance(o, DomainError) else gifting_pb2.SendGiftResponse(transfer=_transfer(o)) for o in outcomes
+        ]
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -285,7 +232,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.identifier(request.transfer_id, "transfer_id")
         v.check()
         return gifting_pb2.GetGiftTransferResponse(
-            transfer=_transfer(self.gifting.get_transfer(user_id, request.transfer_id))
+            transfer=_transfer(self.calls.read(lambda uow: self.gifts.get_transfer(uow, user_id, request.transfer_id)))
         )
 
     def ListSentGifts(
@@ -295,7 +242,8 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        page = self.gifting.list_sent(user_id, clamp_page_size(request.page_size), request.page_token)
+        size = clamp_page_size(request.page_size)
+        page = self.calls.read(lambda uow: self.gifts.list_sent(uow, user_id, size, request.page_token))
         return gifting_pb2.ListSentGiftsResponse(
             transfers=[_transfer(t) for t in page.transfers], next_page_token=page.next_page_token
         )
@@ -307,7 +255,8 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v = Validator()
         v.page_size(request.page_size)
         v.check()
-        page = self.gifting.list_received(user_id, clamp_page_size(request.page_size), request.page_token)
+        size = clamp_page_size(request.page_size)
+        page = self.calls.read(lambda uow: self.gifts.list_received(uow, user_id, size, request.page_token))
         return gifting_pb2.ListReceivedGiftsResponse(
             transfers=[_transfer(t) for t in page.transfers], next_page_token=page.next_page_token
         )
@@ -352,9 +301,8 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         v.non_negative(request.limit, "limit")
         v.check()
         limit = min(request.limit or DEFAULT_LEADERBOARD_SIZE, MAX_LEADERBOARD_SIZE)
-        entries = self.gifting.leaderboard(
-            _WINDOWS[request.window], limit, target=target, creator_id=request.creator_id or None
-        )
+        window, creator_id = _WINDOWS[request.window], request.creator_id or None
+        entries = self.calls.read(lambda uow: self.gifts.leaderboard(uow, window, limit, target, creator_id))
         return gifting_pb2.GetLeaderboardResponse(entries=[_entry(e) for e in entries])
 
     # --- operators and the reconciler ----------------------------------------------------------------
@@ -371,7 +319,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
         listing = Listing("gift_transfers", request, "transfer_ids", v, *kinds)
         states = tuple(sorted({_TRANSFER_STATES[s] for s in request.states}))
         steps = tuple(sorted({_STEPS[s] for s in request.steps}))
-        page, more = self.gifting.transfers(TransferQuery(states, steps, listing.selection), listing.size)
+        page, more = self.calls.read(lambda uow: self.gifts.transfers(uow, states, steps, listing))
         token = listing.next_token(more, page[-1].created_at, page[-1].transfer_id) if page else ""
         return gifting_pb2.ListGiftTransfersResponse(
             transfers=[_transfer_record(t) for t in page], next_page_token=token
@@ -382,22 +330,6 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
     ) -> gifting_pb2.ListAuditRecordsResponse:
         records, token = self.audit.page(request.page_size, request.page_token)
         return gifting_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
-
-    # --- plumbing ------------------------------------------------------------------------------------
-
-    def _mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[Connection], M]) -> M:
-        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
-        return self.requests.execute(
-            current_caller().subject, _method(method), request, request_id, response_type, work
-        )
-
-
-def _not_recorded(request_id: str) -> DomainError:
-    return unavailable(
-        "DEPENDENCY_UNAVAILABLE",
-        f"request {request_id} could not be recorded now; retry with the same request id",
-        request_id=request_id,
-    )
 
 
 def _feed_responses(events: Sequence[FeedEventRecord], per_response: int) -> list[bytes]:
@@ -432,13 +364,9 @@ def _event(e: FeedEventRecord) -> gifting_pb2.GiftEvent:
     return event
 
 
-def _made(answer: gifting_pb2.SendGiftResponse | DomainError) -> str:
-    """The id of the transfer a SendGift answer is about ('' for a refusal)."""
-    return "" if isinstance(answer, DomainError) else answer.transfer.transfer_id
-
-
-def _method(name: str) -> str:
-    return f"/{FULL_NAME}/{name}"
+def _made(transfer_id: str) -> gifting_pb2.SendGiftResponse:
+    """What a SendGift's request id records: the transfer it made."""
+    return gifting_pb2.SendGiftResponse(transfer=gifting_pb2.GiftTransfer(transfer_id=transfer_id))
 
 
 def _target(v: Validator, request: Message, field: str) -> Target | None:

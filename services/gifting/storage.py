@@ -13,11 +13,10 @@ by conditional UPDATEs, and every saga write is guarded by the owner and the ste
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -44,8 +43,20 @@ from sqlalchemy import (
     update,
 )
 
+from services.gifting.model import (
+    ACTIVE,
+    COMPLETED,
+    PENDING,
+    FeedEventRecord,
+    GiftRecord,
+    LeaderRow,
+    Numbering,
+    Previous,
+    TransferRecord,
+)
 from services.runtime.audit import audit_table
 from services.runtime.db import (
+    Database,
     Selection,
     insert_rows,
     insert_unless_conflict,
@@ -61,13 +72,7 @@ from services.runtime.pipeline import Later, pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-# Gift states, transfer states and saga steps as stored.
-ACTIVE, RETIRED = "active", "retired"
-PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
-# recorded -> held -> crediting -> credited -> completed; or ... -> failing -> failed.
-RECORDED, HELD, CREDITING, CREDITED, FAILING = "recorded", "held", "crediting", "credited", "failing"
-STEPS = (RECORDED, HELD, CREDITING, CREDITED, FAILING, COMPLETED, FAILED)
+T = TypeVar("T")
 
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
@@ -205,108 +210,7 @@ feed_events = Table(
 )
 
 
-# --- records -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GiftRecord:
-    """A gift with its current version."""
-
-    gift_id: str
-    name: str
-    state: str
-    version: int
-    coin_price: int
-    diamonds: int | None
-    share_bps: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class TransferRecord:
-    transfer_id: str
-    sender_id: str
-    request_id: str
-    fingerprint: str
-    recipient_id: str
-    target_kind: str
-    target_id: str
-    gift_id: str
-    gift_version: int
-    gift_name: str
-    quantity: int
-    unit_coin_price: int
-    total_coins: int
-    total_diamonds: int
-    promotional_coins: int | None
-    credit_deadline: datetime | None
-    state: str
-    step: str
-    failure_reason: str
-    failure_error: str | None
-    hold_expire_at: datetime | None
-    spend_day: date
-    trace_context: str
-    lease_owner: str
-    lease_until: datetime | None
-    attempts: int
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-
-
-_TRANSFER_FIELDS = frozenset(f.name for f in fields(TransferRecord))
-
-
-def revised(t: TransferRecord, **changes: Any) -> TransferRecord:
-    """`t` with `changes`, as dataclasses.replace makes it, without running __init__ over its 29 fields
-    (a gift is copied at each step of its batch: replace cost ~14 us a copy, this ~2)."""
-    unknown = changes.keys() - _TRANSFER_FIELDS
-    if unknown:
-        raise TypeError(f"TransferRecord has no field {sorted(unknown)}")
-    copy = object.__new__(TransferRecord)
-    copy.__dict__.update(t.__dict__, **changes)  # a new object, not yet seen by anyone
-    return copy
-
-
-@dataclass(frozen=True)
-class TransferQuery:
-    """Which transfers a listing reads: by state and step (any, when empty), and its selection."""
-
-    states: tuple[str, ...] = ()
-    steps: tuple[str, ...] = ()
-    selection: Selection = field(default_factory=Selection)
-
-
-@dataclass(frozen=True)
-class FeedEventRecord:
-    target_key: str
-    sequence: int
-    combo_count: int
-    transfer: TransferRecord
-
-
-class Previous(NamedTuple):
-    """A target's latest event, as the next one continues its combo."""
-
-    sender_id: str
-    gift_id: str
-    combo: int
-
-
-class Numbering(NamedTuple):
-    """Where a target's new events go: the first number they take, and the event before them."""
-
-    first: int
-    previous: Previous | None
-
-
-@dataclass(frozen=True)
-class LeaderRow:
-    user_id: str
-    coins: int
-    gifts: int
+# --- records ------------------------------------------------------------------------------------
 
 
 def _record(cls: Any, row: Any) -> Any:
@@ -368,8 +272,8 @@ def _events_before(conn: Connection) -> Any:
         found = "e.target_key = c.target_key AND e.sequence = c.last_sequence - k.n"
         events = (
             # PostgreSQL: one lookup in the events' primary key per target, whatever the statistics. As
-            # a join, a plan cached while the table was small kept scanning it whole as it grew (2 ms a
-            # batch by 17,000 events); a subquery with a LIMIT cannot be planned as a join.
+            # a join, a plan cached while the table was small kept scanning it whole as it grew; a
+            # subquery with a LIMIT cannot be planned as a join.
             f"CROSS JOIN LATERAL (SELECT * FROM feed_events e WHERE {found} LIMIT 1) e"
             if conn.dialect.name == "postgresql"
             else f"JOIN feed_events e ON {found}"
@@ -420,12 +324,16 @@ class CatalogueRepository:
         found = self.conn.execute(_GIFT, {"key_gift_id": gift_id}).one_or_none()
         return None if found is None else _record(GiftRecord, found)
 
-    def get_many(self, gift_ids: Iterable[str]) -> Later[dict[str, GiftRecord]]:
+    def get_many(self, gift_ids: Iterable[str]) -> Callable[[], dict[str, GiftRecord]]:
         """These gifts (those that exist) as they are now, by id; sent in the transaction's pipeline."""
-        return pipeline(self.conn).send_as(
-            _GIFTS,
-            {"key_gift_ids": sorted(set(gift_ids))},
-            lambda rows: {r.gift_id: _record(GiftRecord, r) for r in rows},
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _GIFTS,
+                {"key_gift_ids": sorted(set(gift_ids))},
+                lambda rows: {r.gift_id: _record(GiftRecord, r) for r in rows},
+            )
+            .get
         )
 
     def active(self) -> list[GiftRecord]:
@@ -491,15 +399,19 @@ class TransferRepository:
         id recorded already (concurrently) fails the transaction (UNIQUE(sender_id, request_id))."""
         insert_rows(self.conn, gift_transfers, [dict(r.__dict__) for r in records])
 
-    def by_requests(self, pairs: Iterable[tuple[str, str]]) -> Later[dict[tuple[str, str], TransferRecord]]:
+    def by_requests(self, pairs: Iterable[tuple[str, str]]) -> Callable[[], dict[tuple[str, str], TransferRecord]]:
         """The transfers already recorded under these (sender, request id) pairs; sent in the pipeline."""
         keys = sorted(set(pairs))
         if not keys:
-            return Later.of({})
-        return pipeline(self.conn).send_as(
-            _TRANSFERS_BY_REQUEST,
-            {"key_pairs": keys},
-            lambda rows: {(r.sender_id, r.request_id): _record(TransferRecord, r) for r in rows},
+            return Later.of({}).get
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _TRANSFERS_BY_REQUEST,
+                {"key_pairs": keys},
+                lambda rows: {(r.sender_id, r.request_id): _record(TransferRecord, r) for r in rows},
+            )
+            .get
         )
 
     def get(self, transfer_id: str) -> TransferRecord | None:
@@ -530,16 +442,16 @@ class TransferRepository:
 
     def advance(self, transfer_id: str, owner: str, from_step: str, **values: object) -> bool:
         """Move a transfer on from `from_step`, only while `owner` holds its lease (saga writes)."""
-        return transfer_id in self.advance_many(owner, from_step, [{"transfer_id": transfer_id}], **values).get()
+        return transfer_id in self.advance_many(owner, from_step, [{"transfer_id": transfer_id}], **values)()
 
     def advance_many(
         self, owner: str, from_step: str, rows: Sequence[dict[str, Any]], **common: object
-    ) -> Later[set[str]]:
+    ) -> Callable[[], set[str]]:
         """`advance` for many transfers in one statement (sent in the pipeline): each row is a
         transfer_id and its own new values, `common` are set on all; the ids advanced (the others'
-        lease was lost), later."""
+        lease was lost), when read."""
         guard = {"lease_owner": owner, "state": PENDING, "step": from_step}
-        return update_rows(self.conn, gift_transfers, "transfer_id", rows, where=guard, common=common)
+        return update_rows(self.conn, gift_transfers, "transfer_id", rows, where=guard, common=common).get
 
     def postpone(self, transfer_id: str, owner: str, now: datetime, not_before: datetime) -> bool:
         """Give up the lease, idle until `not_before` (recovery's retry time), counting the attempt."""
@@ -582,17 +494,20 @@ class TransferRepository:
         rows = self.conn.execute(query.order_by(t.c.created_at.desc(), t.c.transfer_id.desc()).limit(size))
         return [_record(TransferRecord, r) for r in rows]
 
-    def matching(self, query: TransferQuery, limit: int) -> list[TransferRecord]:
-        """Transfers by (created_at, transfer_id) that `query` selects."""
+    def matching(
+        self, states: Sequence[str], steps: Sequence[str], selection: Selection, limit: int
+    ) -> list[TransferRecord]:
+        """Transfers by (created_at, transfer_id), in `selection`: in these states and at these steps
+        (any, when empty)."""
         t = gift_transfers
         statement = select(t)
-        if len(query.states) == 1:  # as `=`, which the failed transfers' partial index serves
-            statement = statement.where(t.c.state == query.states[0])
-        elif query.states:
-            statement = statement.where(t.c.state.in_(query.states))
-        if query.steps:
-            statement = statement.where(t.c.step.in_(query.steps))
-        statement = selected(statement, t.c.created_at, t.c.transfer_id, t.c.transfer_id, query.selection, limit)
+        if len(states) == 1:  # as `=`, which the failed transfers' partial index serves
+            statement = statement.where(t.c.state == states[0])
+        elif states:
+            statement = statement.where(t.c.state.in_(states))
+        if steps:
+            statement = statement.where(t.c.step.in_(steps))
+        statement = selected(statement, t.c.created_at, t.c.transfer_id, t.c.transfer_id, selection, limit)
         rows = self.conn.execute(statement)
         return [_record(TransferRecord, r) for r in rows]
 
@@ -626,20 +541,24 @@ class SpendingRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def lock(self, pairs: Iterable[tuple[str, date]]) -> Later[dict[tuple[str, date], int]]:
+    def lock(self, pairs: Iterable[tuple[str, date]]) -> Callable[[], dict[tuple[str, date], int]]:
         """The coins each (sender, day) has committed, its row created if missing and locked to the end
         of the transaction (PostgreSQL: FOR UPDATE, in one order, so concurrent batches never deadlock;
         a row two batches create at once is waited for; SQLite: the write lock), so totals decided from
         these are the ones `set` writes. Two statements, sent in the transaction's pipeline."""
         keys = sorted(set(pairs))
         if not keys:
-            return Later.of({})
+            return Later.of({}).get
         rows = [{"sender_id": sender, "day": day, "coins": 0} for sender, day in keys]
         insert_rows(self.conn, daily_spending, rows, unless_conflict_on=["sender_id", "day"])
-        return pipeline(self.conn).send_as(
-            _SPENDING_LOCKED,
-            {"key_pairs": keys},
-            lambda found: {(r.sender_id, r.day): int(r.coins) for r in found},
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _SPENDING_LOCKED,
+                {"key_pairs": keys},
+                lambda found: {(r.sender_id, r.day): int(r.coins) for r in found},
+            )
+            .get
         )
 
     def set(self, totals: Mapping[tuple[str, date], int]) -> None:
@@ -665,7 +584,7 @@ class FeedRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def number(self, counts: Mapping[str, int]) -> Later[dict[str, Numbering]]:
+    def number(self, counts: Mapping[str, int]) -> Callable[[], dict[str, Numbering]]:
         """Move each target's counter on by its count of new events (creating the counter at need), and
         read the event before them, in two statements sent in the transaction's pipeline: for each
         target, the first number its new events take and the event before them (None: the first).
@@ -675,7 +594,7 @@ class FeedRepository:
         after the counter moved on, under its lock: no other completion gets between the two.
         """
         if not counts:
-            return Later.of({})
+            return Later.of({}).get
         rows = [{"target_key": target, "last_sequence": n} for target, n in sorted(counts.items())]
         bumped = upsert_rows(
             self.conn,
@@ -694,7 +613,7 @@ class FeedRepository:
                 for r in bumped.get()  # answered with `before`: sent first
             }
 
-        return before.then(numbering)
+        return before.then(numbering).get
 
     def append(
         self, events: Sequence[tuple[str, TransferRecord]], numbering: Mapping[str, Numbering], now: datetime
@@ -771,3 +690,19 @@ class UnitOfWork:
         self.transfers = TransferRepository(conn)
         self.spending = SpendingRepository(conn)
         self.feed = FeedRepository(conn)
+
+
+class Transactions:
+    """The gifting database's transactions, each over a UnitOfWork: what the domain and the saga work in."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def run(self, work: Callable[[UnitOfWork], T]) -> T:
+        return self.db.run(lambda conn: work(UnitOfWork(conn)))
+
+    async def run_async(self, work: Callable[[UnitOfWork], T]) -> T:
+        return await self.db.run_async(lambda conn: work(UnitOfWork(conn)))
+
+    async def call_async(self, call: Callable[[], T]) -> T:
+        return await self.db.call_async(call)

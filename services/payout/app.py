@@ -8,14 +8,18 @@ from dataclasses import dataclass
 from giftcoin.payout.v1 import payout_pb2_grpc
 
 from services.payout import storage
-from services.payout.domain import PayoutProcessor, Payouts, PayoutTerms, Rate
-from services.payout.provider import PayoutProvider, SandboxProvider
+from services.payout.domain import Payouts
+from services.payout.model import PayoutProvider, PayoutTerms, Rate
+from services.payout.processor import PayoutProcessor
+from services.payout.provider import SandboxProvider
 from services.payout.servicer import FULL_NAME, PayoutServicer
 from services.payout.settings import PayoutSettings
+from services.payout.storage import UnitOfWork
 from services.runtime import auth
 from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.guarded import GuardedCalls
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
 from services.runtime.telemetry import PAYOUTS_IN_FLIGHT
@@ -53,6 +57,7 @@ class PayoutComponents:
     processor: PayoutProcessor
     provider: PayoutProvider
     request_ids: RequestIdStore
+    calls: GuardedCalls[UnitOfWork]
     app: ServiceApp
 
 
@@ -74,13 +79,13 @@ def assemble(
         settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
     )
     provider = provider or SandboxProvider(db, clock)
-    payouts = Payouts(terms(settings), clock)
-    db.run(lambda conn: payouts.open_platform_accounts(storage.UnitOfWork(conn)))
-    processor = PayoutProcessor(db, payouts, provider)
     request_ids = RequestIdStore(db, storage.request_ids, clock)
-    unwatch = PAYOUTS_IN_FLIGHT.watch(
-        lambda: [(db.run(lambda conn: storage.UnitOfWork(conn).payouts.count_in_flight()), {})]
-    )
+    audit = AuditLog(db, storage.audit_records, clock)
+    calls = GuardedCalls(FULL_NAME, request_ids, UnitOfWork, audit)
+    payouts = Payouts(terms(settings), clock)
+    calls.read(payouts.open_platform_accounts)
+    processor = PayoutProcessor(calls.read, clock, provider)
+    unwatch = PAYOUTS_IN_FLIGHT.watch(lambda: [(calls.read(lambda uow: uow.payouts.count_in_flight()), {})])
 
     def close() -> None:
         unwatch()
@@ -89,7 +94,7 @@ def assemble(
     app = ServiceApp(
         name="payout",
         full_name=FULL_NAME,
-        servicer=PayoutServicer(db, request_ids, AuditLog(db, storage.audit_records, clock), payouts),
+        servicer=PayoutServicer(calls, audit, payouts),
         add_to_server=payout_pb2_grpc.add_PayoutServiceServicer_to_server,
         access=ACCESS,
         executor=db.executor,
@@ -103,7 +108,7 @@ def assemble(
         ],
         close=close,
     )
-    return PayoutComponents(settings, db, payouts, processor, provider, request_ids, app)
+    return PayoutComponents(settings, db, payouts, processor, provider, request_ids, calls, app)
 
 
 def build(settings: PayoutSettings, clock: Clock | None = None, provider: PayoutProvider | None = None) -> ServiceApp:

@@ -1,4 +1,4 @@
-"""Payout providers: the interface the processor pays through, and the built-in sandbox provider.
+"""The built-in sandbox payout provider: an adapter, like storage, behind model.PayoutProvider.
 
 A provider is idempotent by the key the payout service sends (the payout id): submitting the same
 key again never pays again, it reports the payment already made. That is what lets the processor
@@ -7,76 +7,29 @@ retry after a crash at any point without paying twice.
 
 from __future__ import annotations
 
-import re
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from services.payout.model import (
+    PROVIDER_FAILED,
+    PROVIDER_PAID,
+    PROVIDER_PENDING,
+    SANDBOX,
+    ProviderPayment,
+    ProviderResult,
+    SandboxBehaviour,
+    sandbox_behaviour,
+)
 from services.payout.storage import sandbox_payments
 from services.runtime.clock import Clock
 from services.runtime.db import Database
 
-# Provider-side payment states.
-PENDING, PAID, FAILED = "pending", "paid", "failed"
-
-SANDBOX = "sandbox"
-MAX_SANDBOX_DELAY_SECONDS = 86_400
-_DELAY = re.compile(r"^delay:([0-9]{1,6})$")
-
-
-@dataclass(frozen=True)
-class ProviderPayment:
-    """What the processor asks a provider to pay."""
-
-    idempotency_key: str
-    beneficiary: str
-    destination_kind: str
-    destination_reference: str
-    amount_minor: int
-    currency: str
-
-
-@dataclass(frozen=True)
-class ProviderResult:
-    provider_reference: str
-    state: str  # pending | paid | failed
-    failure_reason: str = ""
-
-
-class PayoutProvider(Protocol):
-    def submit(self, payment: ProviderPayment) -> ProviderResult:
-        """Pay once per idempotency key; a repeated key returns the existing payment's state."""
-        ...
-
-    def status(self, idempotency_key: str) -> ProviderResult | None:
-        """The payment made under this key, or None if the provider never received it."""
-        ...
-
 
 class IdempotencyKeyReused(Exception):
     """The same key was submitted with a different payment: a bug in the caller, never paid."""
-
-
-@dataclass(frozen=True)
-class SandboxBehaviour:
-    outcome: str  # succeed | fail
-    delay_seconds: int = 0
-
-
-def sandbox_behaviour(account_reference: str) -> SandboxBehaviour | None:
-    """What a sandbox destination's account reference asks for; None if it is not one we know."""
-    if account_reference == "succeed":
-        return SandboxBehaviour("succeed")
-    if account_reference == "fail":
-        return SandboxBehaviour("fail")
-    match = _DELAY.match(account_reference)
-    if match and int(match.group(1)) <= MAX_SANDBOX_DELAY_SECONDS:
-        return SandboxBehaviour("succeed", int(match.group(1)))
-    return None
 
 
 class SandboxProvider:
@@ -100,11 +53,11 @@ class SandboxProvider:
             else SandboxBehaviour("succeed")
         ) or SandboxBehaviour("fail")
         if behaviour.outcome == "fail":
-            state, reason = FAILED, "sandbox: the destination refused the payment"
+            state, reason = PROVIDER_FAILED, "sandbox: the destination refused the payment"
         elif behaviour.delay_seconds:
-            state, reason = PENDING, ""
+            state, reason = PROVIDER_PENDING, ""
         else:
-            state, reason = PAID, ""
+            state, reason = PROVIDER_PAID, ""
         try:
             with self.db.transaction() as conn:
                 conn.execute(
@@ -141,9 +94,11 @@ class SandboxProvider:
         if row is None:
             return None
         state = row.state
-        if state == PENDING and self.clock.now() >= row.settle_at:
-            conn.execute(update(t).where(t.c.idempotency_key == key, t.c.state == PENDING).values(state=PAID))
-            state = PAID
+        if state == PROVIDER_PENDING and self.clock.now() >= row.settle_at:
+            conn.execute(
+                update(t).where(t.c.idempotency_key == key, t.c.state == PROVIDER_PENDING).values(state=PROVIDER_PAID)
+            )
+            state = PROVIDER_PAID
         return int(row.amount_minor), row.currency, ProviderResult(row.provider_reference, state, row.failure_reason)
 
     def payments(self, beneficiary: str) -> list[tuple[str, int, str]]:

@@ -6,57 +6,53 @@ user id is the creator id). Every mutating RPC runs through the request-id store
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any, TypeVar
 
 import grpc
 from giftcoin.common.v1 import common_pb2
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
-from google.protobuf.message import Message
-from sqlalchemy import Connection
 
-from services.payout import domain
-from services.payout.domain import (
+from services.payout import model
+from services.payout.domain import Payouts, UnitOfWork
+from services.payout.model import (
+    FAILED,
+    MAX_SANDBOX_DELAY_SECONDS,
+    PAID,
+    PROCESSING,
+    REQUESTED,
+    SANDBOX,
+    BookedCreditRecord,
     Creator,
     Credit,
     CreditRequest,
     Destination,
     DiamondTransaction,
     Payout,
-    Payouts,
     Quote,
+    sandbox_behaviour,
 )
-from services.payout.provider import MAX_SANDBOX_DELAY_SECONDS, SANDBOX, sandbox_behaviour
-from services.payout.storage import FAILED, PAID, PROCESSING, REQUESTED, BookedCreditRecord, UnitOfWork
 from services.runtime.audit import AuditLog
-from services.runtime.auth import calling_user_id, current_caller
-from services.runtime.db import Database
+from services.runtime.auth import calling_user_id
 from services.runtime.errors import DomainError, FieldViolation, invalid_argument, item_results
-from services.runtime.idempotency import RequestIdStore
+from services.runtime.guarded import GuardedCalls
 from services.runtime.ledger import MAX_AMOUNT, MAX_BALANCE
 from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token, filtered
 from services.runtime.timestamps import from_timestamp, to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
 
-M = TypeVar("M", bound=Message)
-T = TypeVar("T")
-R = TypeVar("R", bound=Message)
-P = TypeVar("P")  # what a batch reads
-
-FULL_NAME = "giftcoin.payout.v1.PayoutService"
+FULL_NAME = payout_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name
 MAX_REFERENCE_LENGTH = 256
 MAX_SUMMARY_DAYS = 31
 
 _KYC = {
-    payout_pb2.KYC_STATUS_UNVERIFIED: domain.KYC_UNVERIFIED,
-    payout_pb2.KYC_STATUS_VERIFIED: domain.KYC_VERIFIED,
-    payout_pb2.KYC_STATUS_REJECTED: domain.KYC_REJECTED,
+    payout_pb2.KYC_STATUS_UNVERIFIED: model.KYC_UNVERIFIED,
+    payout_pb2.KYC_STATUS_VERIFIED: model.KYC_VERIFIED,
+    payout_pb2.KYC_STATUS_REJECTED: model.KYC_REJECTED,
 }
 _KYC_PB = {v: k for k, v in _KYC.items()}
 _KINDS = {
-    payout_pb2.DESTINATION_KIND_BANK_ACCOUNT: domain.BANK_ACCOUNT,
-    payout_pb2.DESTINATION_KIND_PAYPAL: domain.PAYPAL,
+    payout_pb2.DESTINATION_KIND_BANK_ACCOUNT: model.BANK_ACCOUNT,
+    payout_pb2.DESTINATION_KIND_PAYPAL: model.PAYPAL,
     payout_pb2.DESTINATION_KIND_SANDBOX: SANDBOX,
 }
 _KINDS_PB = {v: k for k, v in _KINDS.items()}
@@ -68,17 +64,16 @@ _STATES_PB = {
 }
 _STATES = {v: k for k, v in _STATES_PB.items()}
 _TRANSACTION_KINDS_PB = {
-    domain.GIFT_CREDIT: payout_pb2.DIAMOND_TRANSACTION_KIND_GIFT_CREDIT,
-    domain.PAYOUT: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT,
-    domain.PAYOUT_RETURNED: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT_RETURNED,
+    model.GIFT_CREDIT: payout_pb2.DIAMOND_TRANSACTION_KIND_GIFT_CREDIT,
+    model.PAYOUT: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT,
+    model.PAYOUT_RETURNED: payout_pb2.DIAMOND_TRANSACTION_KIND_PAYOUT_RETURNED,
 }
 
 
 class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
-    def __init__(self, db: Database, request_ids: RequestIdStore, audit: AuditLog, payouts: Payouts) -> None:
-        self.db = db
-        self.request_ids = request_ids
-        self.audit = audit
+    def __init__(self, calls: GuardedCalls[UnitOfWork], audit: AuditLog, payouts: Payouts) -> None:
+        self.calls = calls
+        self.audit = audit  # read by ListAuditRecords; calls write it
         self.payouts = payouts
 
     # --- creators ------------------------------------------------------------------------------
@@ -94,7 +89,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.check()
         if born is None:  # unreachable: check() refused a missing or invalid date
             raise invalid_argument([FieldViolation("date_of_birth", "required: a valid calendar date")])
-        return self._mutate(
+        return self.calls.once(
             "RegisterCreator",
             request,
             payout_pb2.RegisterCreatorResponse,
@@ -125,7 +120,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.check()
         d = request.destination
         destination = Destination(_KINDS[d.kind], d.account_reference, d.currency_code)
-        return self._mutate(
+        return self.calls.once(
             "SetPayoutDestination",
             request,
             payout_pb2.SetPayoutDestinationResponse,
@@ -142,7 +137,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.identifier(request.creator_id, "creator_id")
         v.enum(request.kyc_status, set(_KYC), "kyc_status")
         v.check()
-        return self._mutate(
+        return self.calls.once(
             "VerifyCreator",
             request,
             payout_pb2.VerifyCreatorResponse,
@@ -160,7 +155,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v = Validator()
         _check_credit(v, request)
         v.check()
-        return self._mutate(
+        return self.calls.once(
             "CreditDiamonds",
             request,
             payout_pb2.CreditDiamondsResponse,
@@ -171,7 +166,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.BatchCreditDiamondsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.BatchCreditDiamondsResponse:
         """Many CreditDiamonds in one transaction, each answered (and replayed) as CreditDiamonds would."""
-        outcomes = self._mutate_batch(
+        outcomes = self.calls.each(
             "CreditDiamonds",
             request.requests,
             _validate_credit,
@@ -190,7 +185,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.GetEarningsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.GetEarningsResponse:
         creator_id = calling_user_id()
-        e = self._read(lambda uow: self.payouts.earnings(uow, creator_id))
+        e = self.calls.read(lambda uow: self.payouts.earnings(uow, creator_id))
         return payout_pb2.GetEarningsResponse(
             diamond_balance=e.diamond_balance,
             cash_value=_money(e.cash_value, e.currency),
@@ -210,7 +205,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         cursor = decode_page_token(request.page_token, "diamond_transactions", {"position": CursorValue.POSITION})
         before = None if cursor is None else cursor["position"]
         size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.diamond_transactions(uow, creator_id, size, before))
+        page = self.calls.read(lambda uow: self.payouts.diamond_transactions(uow, creator_id, size, before))
         token = ""
         if page.has_more:
             token = encode_page_token("diamond_transactions", {"position": page.items[-1].position})
@@ -225,7 +220,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v = Validator()
         v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
-        quote = self._read(lambda uow: self.payouts.quote(uow, creator_id, request.diamonds))
+        quote = self.calls.read(lambda uow: self.payouts.quote(uow, creator_id, request.diamonds))
         return payout_pb2.QuotePayoutResponse(quote=_quote(quote))
 
     def RequestPayout(
@@ -236,7 +231,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v.request_id(request.request_id)
         v.non_negative(request.diamonds, "diamonds", MAX_BALANCE)
         v.check()
-        return self._mutate(
+        return self.calls.once(
             "RequestPayout",
             request,
             payout_pb2.RequestPayoutResponse,
@@ -252,7 +247,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         v = Validator()
         v.identifier(request.payout_id, "payout_id")
         v.check()
-        payout = self._read(lambda uow: self.payouts.get_payout(uow, creator_id, request.payout_id))
+        payout = self.calls.read(lambda uow: self.payouts.get_payout(uow, creator_id, request.payout_id))
         return payout_pb2.GetPayoutResponse(payout=_payout(payout))
 
     def ListPayouts(
@@ -267,7 +262,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         )
         before = None if cursor is None else (cursor["created_at"], cursor["payout_id"])
         size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.list_payouts(uow, creator_id, size, before))
+        page = self.calls.read(lambda uow: self.payouts.list_payouts(uow, creator_id, size, before))
         token = ""
         if page.has_more:
             last = page.items[-1]
@@ -289,7 +284,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         cursor = decode_page_token(request.page_token, listing, {"after": CursorValue.IDENTIFIER})
         after = None if cursor is None else cursor["after"]
         size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.creators(uow, kyc, size, after))
+        page = self.calls.read(lambda uow: self.payouts.creators(uow, kyc, size, after))
         token = encode_page_token(listing, {"after": page.items[-1].creator_id}) if page.has_more else ""
         return payout_pb2.ListCreatorsResponse(creators=[_creator(c) for c in page.items], next_page_token=token)
 
@@ -308,7 +303,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         )
         position = None if cursor is None else (cursor["created_at"], cursor["payout_id"])
         size = clamp_page_size(request.page_size)
-        page = self._read(lambda uow: self.payouts.payouts_by_state(uow, states, size, position))
+        page = self.calls.read(lambda uow: self.payouts.payouts_by_state(uow, states, size, position))
         token = ""
         if page.has_more:
             last = page.items[-1]
@@ -319,7 +314,12 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.ListDiamondCreditsRequest, context: grpc.ServicerContext
     ) -> payout_pb2.ListDiamondCreditsResponse:
         listing = Listing("diamond_credits", request, "gift_ids", Validator())
-        page = self._read(lambda uow: self.payouts.booked_credits(uow, listing.selection, listing.size))
+        selection = listing.selection
+        page = self.calls.read(
+            lambda uow: self.payouts.booked_credits(
+                uow, listing.size, selection.start, selection.end, selection.ids, selection.after
+            )
+        )
         last = page.items[-1].credit if page.items else None
         token = listing.next_token(page.has_more, last.created_at, last.credit_id) if last else ""
         return payout_pb2.ListDiamondCreditsResponse(
@@ -330,7 +330,7 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
         self, request: payout_pb2.SummarizeBooksRequest, context: grpc.ServicerContext
     ) -> payout_pb2.SummarizeBooksResponse:
         start, end = Validator().summary_window(request, MAX_SUMMARY_DAYS)
-        s = self._read(lambda uow: self.payouts.summary(uow, start, end))
+        s = self.calls.read(lambda uow: self.payouts.summary(uow, start, end))
         return payout_pb2.SummarizeBooksResponse(
             credits=s.credits,
             diamonds_credited=s.diamonds_credited,
@@ -358,56 +358,6 @@ class PayoutServicer(payout_pb2_grpc.PayoutServiceServicer):
     ) -> payout_pb2.ListAuditRecordsResponse:
         records, token = self.audit.page(request.page_size, request.page_token)
         return payout_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
-
-    # --- plumbing ------------------------------------------------------------------------------
-
-    def _mutate(
-        self,
-        method: str,
-        request: Any,
-        response_type: type[M],
-        work: Callable[[UnitOfWork], M],
-        audit_target: str = "",
-    ) -> M:
-        """Run `work` once per (caller, request id), in one transaction with its recorded response; an
-        operator's action (`audit_target`: what it acts on) with its audit record too."""
-
-        def unit_of_work(conn: Connection) -> M:
-            return work(UnitOfWork(conn))
-
-        run = self.audit.audited(method, request, audit_target, unit_of_work) if audit_target else unit_of_work
-        return self.request_ids.execute(
-            current_caller().subject, _method(method), request, request.request_id, response_type, run
-        )
-
-    def _mutate_batch(
-        self,
-        method: str,
-        requests: Sequence[R],
-        validate: Callable[[R], Validator],
-        response_type: type[M],
-        work: Callable[[UnitOfWork, list[R], P], Sequence[M | DomainError]],
-        read: Callable[[UnitOfWork, list[R]], P],
-    ) -> list[M | DomainError]:
-        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it
-        (`read` queues what `work` reads, for them all, with their request ids: one round trip)."""
-        return self.request_ids.execute_requests(
-            current_caller().subject,
-            _method(method),
-            requests,
-            validate,
-            response_type,
-            lambda conn, new, reads: work(UnitOfWork(conn), new, reads),
-            lambda conn, requests: read(UnitOfWork(conn), requests),
-        )
-
-    def _read(self, work: Callable[[UnitOfWork], T]) -> T:
-        return self.db.run(lambda conn: work(UnitOfWork(conn)))
-
-
-def _method(name: str) -> str:
-    """A unary method's full name: the request-id store keys replays by it, for it and its batch RPC alike."""
-    return f"/{FULL_NAME}/{name}"
 
 
 # --- protobuf <-> domain ----------------------------------------------------------------------------

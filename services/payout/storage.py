@@ -6,13 +6,16 @@ Uniqueness that money depends on is a constraint here, not a read before a write
   states requested and processing (SQLite and PostgreSQL both support partial indexes);
 - each payout's ledger transfers have ids derived from the payout id (primary key of ledger_transfers),
   so a payout's diamonds are taken, paid or returned at most once.
+
+The domain calls the `UnitOfWork` (one transaction) and gets model records or plain values back: a read
+queued in the transaction's pipeline comes back as a function that returns its answer, and a record
+added twice where the database holds it once raises model.Duplicate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +42,33 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
+from services.payout.model import (
+    DIAMONDS_ISSUED,
+    GIFT_BOOKINGS,
+    IN_FLIGHT,
+    PLATFORM_SHARE,
+    BookedCreditRecord,
+    CreatorRecord,
+    CreditRecord,
+    CreditTotals,
+    DiamondEntry,
+    Duplicate,
+    PayoutRecord,
+    PayoutTotalsRow,
+    creator_diamonds,
+    creator_diamonds_in_payout,
+)
 from services.runtime.audit import audit_table
 from services.runtime.db import Selection, after_keys, insert_rows, keys_in, selected
 from services.runtime.ledger import Ledger, ledger_tables
-from services.runtime.pipeline import Later, pipeline
+from services.runtime.pipeline import pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
-# Payout states as stored; the in-flight ones hold the creator's single in-flight slot.
-REQUESTED, PROCESSING, PAID, FAILED = "requested", "processing", "paid", "failed"
-IN_FLIGHT = (REQUESTED, PROCESSING)
+# The in-flight states (model.IN_FLIGHT) hold the creator's single in-flight slot.
 _IN_FLIGHT_SQL = "state IN ('requested', 'processing')"
 
 metadata = MetaData()
@@ -144,136 +162,6 @@ sandbox_payments = Table(
 )
 
 
-# --- ledger account codes ----------------------------------------------------------------------
-
-DIAMOND = "diamond"
-DIAMONDS_ISSUED = "platform:diamonds_issued"  # where credited diamonds come from (goes negative)
-DIAMONDS_REDEEMED = "platform:diamonds_redeemed"  # diamonds of paid payouts end here
-
-# The coins of credited gifts, as payout books them with each credit (domain.py's header): the coins
-# the gifts cost (negative), split into the creators' share (the diamonds: a diamond is the creator's
-# share of one coin) and the platform's share. How many of them were promotional is wallet's ledger's
-# to tell (and the credit's record's).
-COIN = "coin"
-GIFT_COINS = "platform:gift_coins"
-CREATORS_SHARE = "platform:gift_coins:creators_share"
-PLATFORM_SHARE = "platform:gift_coins:platform_share"
-
-
-# The ledger transfer kinds that book a gift: its credit, and (GIFT_SHARE) the platform's share of a gift
-# credited before payout booked the share with the credit, booked by migration 0002.
-GIFT_CREDIT, GIFT_SHARE = "gift_credit", "gift_share"
-GIFT_BOOKINGS = (GIFT_CREDIT, GIFT_SHARE)
-
-
-def creator_diamonds(creator_id: str) -> str:
-    """The creator's diamond balance (holder: never negative)."""
-    return f"creator:{creator_id}:diamonds"
-
-
-def creator_diamonds_in_payout(creator_id: str) -> str:
-    """Diamonds of the creator's payouts that are requested or processing (holder)."""
-    return f"creator:{creator_id}:diamonds_in_payout"
-
-
-def cash_issued(currency: str) -> str:
-    """The platform's cash liability for redeemed diamonds: the gross of every paid payout (negative)."""
-    return f"platform:cash_issued:{currency}"
-
-
-def cash_paid_out(currency: str) -> str:
-    """Net cash sent to creators."""
-    return f"platform:cash_paid_out:{currency}"
-
-
-def fee_revenue(currency: str) -> str:
-    """The platform's fee on payouts."""
-    return f"platform:payout_fee_revenue:{currency}"
-
-
-# --- records -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CreatorRecord:
-    creator_id: str
-    date_of_birth: date
-    country_code: str
-    gifting_enabled: bool
-    kyc_status: str
-    destination_kind: str | None
-    destination_reference: str | None
-    destination_currency: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class CreditRecord:
-    credit_id: str
-    gift_id: str
-    creator_id: str
-    diamonds: int
-    coins: int
-    promotional_coins: int
-    transfer_id: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class PayoutRecord:
-    payout_id: str
-    creator_id: str
-    diamonds: int
-    gross: int
-    fee: int
-    net: int
-    currency: str
-    state: str
-    destination_kind: str
-    destination_reference: str
-    destination_currency: str
-    provider_reference: str
-    failure_reason: str
-    submissions: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class DiamondEntry:
-    """One entry on a creator's diamond account, with its transfer's kind and reference."""
-
-    entry_id: int
-    transfer_id: str
-    kind: str
-    reference: str
-    amount: int
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class BookedCreditRecord:
-    """A credit and what the ledger booked for its gift: diamonds to the creator, the platform's share,
-    and how many transfers moved diamonds for it."""
-
-    credit: CreditRecord
-    booked_diamonds: int
-    booked_share: int
-    diamond_transfers: int
-
-
-@dataclass(frozen=True)
-class PayoutTotalsRow:
-    state: str
-    currency: str
-    payouts: int
-    diamonds: int
-    gross: int
-    fee: int
-    net: int
-
-
 def _record(cls: Any, row: Any) -> Any:
     return cls(**row._asdict())
 
@@ -294,21 +182,29 @@ class CreatorRepository:
         self.conn = conn
 
     def add(self, record: CreatorRecord) -> None:
-        """Raises IntegrityError if the creator exists (callers run it in a savepoint)."""
-        self.conn.execute(insert(creators).values(**record.__dict__))
+        """Raises Duplicate if the creator exists (the primary key); the transaction is then to be
+        abandoned: no savepoint is taken."""
+        try:
+            self.conn.execute(insert(creators).values(**record.__dict__))
+        except IntegrityError as exc:
+            raise Duplicate(record.creator_id) from exc
 
     def get(self, creator_id: str, for_update: bool = False) -> CreatorRecord | None:
         """`for_update` locks the row to the end of the transaction (SQLite's transactions are serial anyway)."""
         row = self.conn.execute(_CREATOR_LOCKED if for_update else _CREATOR, {"creator_key": creator_id}).one_or_none()
         return None if row is None else _record(CreatorRecord, row)
 
-    def get_many(self, creator_ids: Collection[str]) -> Later[dict[str, CreatorRecord]]:
-        """The creators among `creator_ids`, by id, in one query sent in the transaction's pipeline
-        (unknown ids are left out)."""
-        return pipeline(self.conn).send_as(
-            _CREATORS,
-            {"creator_keys": sorted(creator_ids)},
-            lambda rows: {row.creator_id: _record(CreatorRecord, row) for row in rows},
+    def get_many(self, creator_ids: Collection[str]) -> Callable[[], dict[str, CreatorRecord]]:
+        """The creators among `creator_ids`, by id (unknown ids are left out): one query, sent now in the
+        transaction's pipeline, its answer read when the returned function is called."""
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _CREATORS,
+                {"creator_keys": sorted(creator_ids)},
+                lambda rows: {row.creator_id: _record(CreatorRecord, row) for row in rows},
+            )
+            .get
         )
 
     def update(self, creator_id: str, **values: object) -> None:
@@ -339,19 +235,31 @@ class CreditRepository:
         rows = [dict(r.__dict__) for r in sorted(records, key=lambda r: r.gift_id)]
         insert_rows(self.conn, diamond_credits, rows)
 
-    def by_gifts(self, gift_ids: Collection[str]) -> Later[dict[str, CreditRecord]]:
-        """The credits of the gifts among `gift_ids` that were credited, by gift id, in one query sent in
-        the transaction's pipeline."""
-        return pipeline(self.conn).send_as(
-            _CREDITS_BY_GIFT,
-            {"credit_gift_ids": sorted(gift_ids)},
-            lambda rows: {row.gift_id: _record(CreditRecord, row) for row in rows},
+    def by_gifts(self, gift_ids: Collection[str]) -> Callable[[], dict[str, CreditRecord]]:
+        """The credits of the gifts among `gift_ids` that were credited, by gift id: one query, sent now in
+        the transaction's pipeline, its answer read when the returned function is called."""
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _CREDITS_BY_GIFT,
+                {"credit_gift_ids": sorted(gift_ids)},
+                lambda rows: {row.gift_id: _record(CreditRecord, row) for row in rows},
+            )
+            .get
         )
 
-    def booked(self, selection: Selection, limit: int) -> list[BookedCreditRecord]:
-        """Credits by (created_at, credit_id) (their gifts' ids selecting), each with what the ledger
-        booked for its gift."""
+    def booked(
+        self,
+        limit: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        gift_ids: tuple[str, ...] = (),
+        after: tuple[datetime, str] | None = None,
+    ) -> list[BookedCreditRecord]:
+        """Credits by (created_at, credit_id), made in [start, end) or of the gifts `gift_ids`, after the
+        (created_at, credit_id) `after`, each with what the ledger booked for its gift."""
         c = diamond_credits
+        selection = Selection(start, end, gift_ids, after)
         statement = selected(select(c), c.c.created_at, c.c.credit_id, c.c.gift_id, selection, limit)
         rows = self.conn.execute(statement).all()
         booked = self._booked([r.gift_id for r in rows])
@@ -377,9 +285,8 @@ class CreditRepository:
         )
         return {r.reference: (int(r.diamonds), int(r.share), int(r.transfers)) for r in rows}
 
-    def window_totals(self, start: datetime, end: datetime) -> tuple[int, int, int, int, int]:
-        """Credits made in [start, end): how many, their diamonds, coins, promotional coins, and the
-        platform's share (coins - diamonds)."""
+    def window_totals(self, start: datetime, end: datetime) -> CreditTotals:
+        """Credits made in [start, end)."""
         c = diamond_credits
         row = self.conn.execute(
             select(
@@ -390,7 +297,7 @@ class CreditRepository:
                 func.coalesce(func.sum(c.c.coins - c.c.diamonds), 0),
             ).where(and_(c.c.created_at >= start, c.c.created_at < end))
         ).one()
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+        return CreditTotals(*(int(x) for x in row))
 
 
 class PayoutRepository:
@@ -398,8 +305,13 @@ class PayoutRepository:
         self.conn = conn
 
     def add(self, record: PayoutRecord) -> None:
-        """Raises IntegrityError if the creator has a payout in flight (the partial unique index)."""
-        self.conn.execute(insert(payouts).values(**record.__dict__))
+        """Raises Duplicate if the creator has a payout in flight (the partial unique index), in a
+        savepoint: the transaction goes on."""
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(insert(payouts).values(**record.__dict__))
+        except IntegrityError as exc:
+            raise Duplicate(record.creator_id) from exc
 
     def get(self, payout_id: str) -> PayoutRecord | None:
         row = self.conn.execute(select(payouts).where(payouts.c.payout_id == payout_id)).one_or_none()
@@ -519,18 +431,34 @@ class DiamondHistory:
         return [_record(DiamondEntry, r) for r in rows]
 
 
-def diamonds_outstanding(conn: Connection) -> tuple[int, int]:
-    """Now: the diamonds on every creator's balance, and in their payouts in flight, summed from the
-    holder accounts' stored balances (one pass over the accounts; no entry is read)."""
-    a = ledger.accounts
-    in_payout = a.c.code.endswith(":diamonds_in_payout", autoescape=True)
-    row = conn.execute(
-        select(
-            func.coalesce(func.sum(case((in_payout, 0), else_=a.c.balance)), 0),
-            func.coalesce(func.sum(case((in_payout, a.c.balance), else_=0)), 0),
-        ).where(and_(a.c.platform.is_(False), a.c.code.startswith("creator:", autoescape=True)))
-    ).one()
-    return int(row[0]), int(row[1])
+class DiamondAccounts:
+    """The creators' diamond accounts, summed."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def held(self, creator_ids: Collection[str]) -> Callable[[], dict[str, int]]:
+        """Each creator's diamonds, on the balance and in payouts (not locked): the balances are read in
+        the transaction's pipeline, their sums when the returned function is called."""
+        accounts = {c: (creator_diamonds(c), creator_diamonds_in_payout(c)) for c in creator_ids}
+        return (
+            self.ledger.balances_later([code for pair in accounts.values() for code in pair])
+            .then(lambda b: {c: b[held] + b[paying] for c, (held, paying) in accounts.items()})
+            .get
+        )
+
+    def outstanding(self) -> tuple[int, int]:
+        """Now: the diamonds on every creator's balance, and in their payouts in flight, summed from the
+        holder accounts' stored balances (one pass over the accounts; no entry is read)."""
+        a = ledger.accounts
+        in_payout = a.c.code.endswith(":diamonds_in_payout", autoescape=True)
+        row = self.ledger.conn.execute(
+            select(
+                func.coalesce(func.sum(case((in_payout, 0), else_=a.c.balance)), 0),
+                func.coalesce(func.sum(case((in_payout, a.c.balance), else_=0)), 0),
+            ).where(and_(a.c.platform.is_(False), a.c.code.startswith("creator:", autoescape=True)))
+        ).one()
+        return int(row[0]), int(row[1])
 
 
 class UnitOfWork:
@@ -543,3 +471,4 @@ class UnitOfWork:
         self.payouts = PayoutRepository(conn)
         self.history = DiamondHistory(conn)
         self.ledger = Ledger(ledger, conn)
+        self.diamonds = DiamondAccounts(self.ledger)

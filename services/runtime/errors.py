@@ -91,15 +91,16 @@ def invalid_argument(violations: Sequence[FieldViolation]) -> DomainError:
     )
 
 
-def bad_field(reason: str, field: str, message: str, **metadata: object) -> DomainError:
+def bad_field(reason: str, field: str, message: str, violation: str = "", **metadata: object) -> DomainError:
     """INVALID_ARGUMENT with a reason of its own (not the generic INVALID_ARGUMENT) and the field named in
-    google.rpc.BadRequest: a request whose field names something this service does not offer."""
+    google.rpc.BadRequest (described by `violation`, or else the message): a request whose field names
+    something this service does not offer."""
     return DomainError(
         grpc.StatusCode.INVALID_ARGUMENT,
         reason,
         message,
         {k: str(v) for k, v in metadata.items()},
-        (FieldViolation(field, message),),
+        (FieldViolation(field, violation or message),),
     )
 
 
@@ -139,6 +140,10 @@ def malformed_request(method: str, error: Exception) -> DomainError:
 
 def unavailable(reason: str, message: str, **metadata: object) -> DomainError:
     return _error(grpc.StatusCode.UNAVAILABLE, reason, message, **metadata)
+
+
+def resource_exhausted(reason: str, message: str, **metadata: object) -> DomainError:
+    return _error(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message, **metadata)
 
 
 def to_rpc_status(error: DomainError, domain: str) -> status_pb2.Status:

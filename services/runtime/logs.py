@@ -7,7 +7,11 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+import orjson
 from opentelemetry import trace
+
+# Datetimes and dataclasses through `default=str`, as the standard library's json.dumps writes them.
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +35,11 @@ class JsonFormatter(logging.Formatter):
             entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Every RPC writes an access-log line: orjson spends a small part of json.dumps's CPU on it.
+        try:
+            return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+        except TypeError:  # what orjson refuses (an integer beyond 64 bits): never lose the line
+            return json.dumps(entry, default=str)
 
 
 def setup_logging(service: str, level: str = "INFO") -> None:

@@ -66,9 +66,9 @@ def run(
         return NOT_STARTED
     if running is None:
         return 0
-    # What start-up made (modules, tables, compiled statements: ~95,000 objects) lives as long as the
-    # process: kept out of the collector's full passes, which otherwise traversed it all again every
-    # couple of seconds under load, ~50 ms each with every thread stopped (a gift's latency).
+    # What start-up made (modules, tables, compiled statements) lives as long as the process: kept out
+    # of the collector's full passes, which would otherwise traverse it all again and again under load,
+    # each pass stopping every call in flight.
     gc.collect()
     gc.freeze()
     serve(running, settings.shutdown_grace_seconds)

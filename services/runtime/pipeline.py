@@ -15,9 +15,8 @@ fails the transaction, which its caller then decides again.
 
 The queued statements go to PostgreSQL through libpq itself (`psycopg.pq`): each prepared once per
 connection and then sent by name, its parameters and rows converted by psycopg's adapters (a
-`Transformer`). psycopg's cursors did the same work at about ten times the client CPU per statement
-(a cursor, a query conversion and a result description each), which was most of what a batch
-transaction cost the services.
+`Transformer`). A psycopg cursor per statement would add a cursor, a query conversion and a result
+description to each, client CPU that would outweigh the statement's own libpq calls.
 
 On SQLite (in the process: no round trips) each statement simply runs when it is sent.
 """

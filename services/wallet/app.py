@@ -12,13 +12,14 @@ from services.runtime import auth
 from services.runtime.audit import AuditLog
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.db import Database
+from services.runtime.guarded import GuardedCalls
 from services.runtime.http import HttpEndpoint
 from services.runtime.idempotency import RequestIdStore
 from services.runtime.server import BackgroundLoop, ServiceApp
 from services.runtime.telemetry import COINS_HELD, HOLDS_ACTIVE, watch_all
 from services.wallet import storage
 from services.wallet.app_store import APP_STORE, AppStoreProvider
-from services.wallet.domain import Catalogue, PaymentProvider, WalletBook
+from services.wallet.domain import Catalogue, PaymentProvider, UnitOfWork, Wallets
 from services.wallet.google_play import GOOGLE_PLAY, GooglePlayProvider, GooglePlaySync
 from services.wallet.notifications import StoreNotifications
 from services.wallet.receipts import SANDBOX_STORE, SandboxProvider
@@ -78,33 +79,35 @@ def build(
     db = Database.from_url(
         settings.database_url, pool_size=settings.database_pool_size, traced=settings.traces_exported
     )
-    store = storage.WalletStore(db)
-    providers = payment_providers(settings) if providers is None else providers
-    book = WalletBook(Catalogue(settings.packages), providers, clock, settings.hold_ttl_seconds)
-    store.run(book.open_platform_accounts)
-    requests = RequestIdStore(db, storage.request_ids, clock)
+    request_ids = RequestIdStore(db, storage.request_ids, clock)
     audit = AuditLog(db, storage.audit_records, clock)
+    calls = GuardedCalls(FULL_NAME, request_ids, UnitOfWork, audit)
+    providers = payment_providers(settings) if providers is None else providers
+    wallets = Wallets(Catalogue(settings.packages), providers, clock, settings.hold_ttl_seconds)
+    calls.read(wallets.open_platform_accounts)
     # Purchases wait on the stores: threads of their own (a bulkhead), never the database's.
     store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="stores")
-    servicer = WalletServicer(book, store, requests, audit, settings.hold_ttl_max_seconds, store_threads)
+    servicer = WalletServicer(wallets, calls, audit, settings.hold_ttl_max_seconds, store_threads)
     loops = [
-        BackgroundLoop(HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: book.expire_due_holds(store)),
+        BackgroundLoop(
+            HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: wallets.expire_due_holds(calls.read)
+        ),
         BackgroundLoop(
             REAPER_LOOP,
             settings.reaper_interval_seconds,
-            lambda: requests.reap(settings.idempotency_retention_seconds),
+            lambda: request_ids.reap(settings.idempotency_retention_seconds),
         ),
     ]
     app_store, play = providers.get(APP_STORE), providers.get(GOOGLE_PLAY)
     play_sync = None
     if isinstance(play, GooglePlayProvider):
-        play_sync = GooglePlaySync(play.api, play.products, book, store, clock)
+        play_sync = GooglePlaySync(play.api, play.products, wallets, calls.read, clock)
         loops.append(BackgroundLoop(GOOGLE_PLAY_LOOP, play.settings.sync_interval_seconds, play_sync.step))
     endpoints = []
     if settings.store_notifications_port:
         notifications = StoreNotifications(
-            book,
-            store,
+            wallets,
+            calls.read,
             app_store if isinstance(app_store, AppStoreProvider) else None,
             play_sync,
             settings.google_play,
@@ -113,8 +116,8 @@ def build(
             HttpEndpoint(STORE_NOTIFICATIONS, settings.host, settings.store_notifications_port, notifications.routes())
         )
     unwatch = watch_all(
-        (HOLDS_ACTIVE, lambda: [(store.run(lambda uow: uow.outstanding_holds())[0], {})]),
-        (COINS_HELD, lambda: [(store.run(lambda uow: uow.outstanding_holds())[1], {})]),
+        (HOLDS_ACTIVE, lambda: [(calls.read(lambda uow: uow.outstanding_holds())[0], {})]),
+        (COINS_HELD, lambda: [(calls.read(lambda uow: uow.outstanding_holds())[1], {})]),
     )
 
     def close() -> None:

@@ -29,9 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
-from services.wallet.domain import ReceiptRejected, StoreNotice, StoreUnavailable, VerifiedReceipt
+from services.wallet.model import REFUND, REVERSAL, ReceiptRejected, StoreNotice, StoreUnavailable, VerifiedReceipt
 from services.wallet.settings import AppStoreSettings
-from services.wallet.storage import REFUND, REVERSAL
 
 log = logging.getLogger(__name__)
 

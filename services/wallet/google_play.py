@@ -34,16 +34,9 @@ from typing import Any
 import jwt
 
 from services.runtime.clock import Clock
-from services.wallet.domain import (
-    ReceiptRejected,
-    StoreNotice,
-    StoreUnavailable,
-    VerifiedReceipt,
-    WalletBook,
-    apply_notice_once,
-)
+from services.wallet.domain import UnitRunner, Wallets, apply_notice_once
+from services.wallet.model import CHARGEBACK, REFUND, ReceiptRejected, StoreNotice, StoreUnavailable, VerifiedReceipt
 from services.wallet.settings import GooglePlaySettings
-from services.wallet.storage import CHARGEBACK, REFUND, WalletStore
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +221,12 @@ class GooglePlaySync:
     """
 
     def __init__(
-        self, api: PlayDeveloperApi, products: Mapping[str, str], book: WalletBook, store: WalletStore, clock: Clock
+        self, api: PlayDeveloperApi, products: Mapping[str, str], wallets: Wallets, run: UnitRunner, clock: Clock
     ) -> None:
         self._api = api
         self._products = {package: product for product, package in products.items()}
-        self._book = book
-        self._store = store
+        self._wallets = wallets
+        self._run = run
         self._clock = clock
         self._read_until: datetime | None = None  # the end of the last voided purchases read
 
@@ -252,7 +245,7 @@ class GooglePlaySync:
         """Consume every credited purchase not consumed yet; how many were. A purchase Google refuses to
         consume is logged and tried again next time; one it cancelled meanwhile has nothing to consume."""
         consumed = 0
-        for purchase in self._store.run(lambda uow: self._book.purchases_to_consume(uow, GOOGLE_PLAY)):
+        for purchase in self._run(lambda uow: self._wallets.purchases_to_consume(uow, GOOGLE_PLAY)):
             product_id = self._products.get(purchase.package_id)
             if product_id is None:
                 log.error(
@@ -266,7 +259,7 @@ class GooglePlaySync:
             except PlayApiError as exc:
                 log.error("Google Play refused to consume purchase %s: %s", purchase.purchase_id, exc)
                 continue
-            self._store.run(lambda uow, p=purchase.purchase_id: self._book.consumed(uow, p))  # type: ignore[misc]
+            self._run(lambda uow, p=purchase.purchase_id: self._wallets.consumed(uow, p))  # type: ignore[misc]
             consumed += 1
         return consumed
 
@@ -295,7 +288,7 @@ class GooglePlaySync:
                 store_transaction_id=token,
                 occurred_at=datetime.fromtimestamp(int(voided_ms) / 1000, UTC),
             )
-            results.append(apply_notice_once(self._book, self._store, notice))
+            results.append(apply_notice_once(self._wallets, self._run, notice))
         return results
 
 

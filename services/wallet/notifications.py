@@ -2,7 +2,7 @@
 
 - `POST /app-store/notifications`: an App Store Server Notification v2 (`{"signedPayload": <JWS>}`),
   verified with Apple's library; a REFUND / REVOKE / REFUND_REVERSED applies through the wallet's
-  refund path (`WalletBook.apply_store_notice`), once per notificationUUID.
+  refund path (`Wallets.apply_store_notice`), once per notificationUUID.
 - `POST /google-play/notifications`: a Real-time Developer Notification, as Pub/Sub pushes it
   (`{"message": {"data": <base64 JSON>, "messageId": ...}, "subscription": ...}`); a voided-purchase
   notification makes the wallet read the Voided Purchases API and apply what it lists.
@@ -24,10 +24,10 @@ from http import HTTPStatus
 
 from services.runtime.http import Handler, HttpAnswer, HttpRequest
 from services.wallet.app_store import AppStoreProvider
-from services.wallet.domain import ReceiptRejected, StoreUnavailable, WalletBook, apply_notice_once
+from services.wallet.domain import UnitRunner, Wallets, apply_notice_once
 from services.wallet.google_play import GooglePlaySync
+from services.wallet.model import ReceiptRejected, StoreUnavailable
 from services.wallet.settings import GooglePlaySettings
-from services.wallet.storage import WalletStore
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ VOIDED_LOOKBACK = timedelta(hours=1)
 class StoreNotifications:
     def __init__(
         self,
-        book: WalletBook,
-        store: WalletStore,
+        wallets: Wallets,
+        run: UnitRunner,
         app_store: AppStoreProvider | None,
         google_play: GooglePlaySync | None,
         google_play_settings: GooglePlaySettings | None,
     ) -> None:
-        self._book = book
-        self._store = store
+        self._wallets = wallets
+        self._run = run
         self._app_store = app_store
         self._google_play = google_play
         self._package = google_play_settings.package_name if google_play_settings else ""
@@ -76,7 +76,7 @@ class StoreNotifications:
             return _unavailable(exc)
         if notice is None:
             return HttpAnswer(HTTPStatus.OK, {"outcome": IGNORED})
-        outcome = apply_notice_once(self._book, self._store, notice)
+        outcome = apply_notice_once(self._wallets, self._run, notice)
         log.info("App Store notification %s (%s): %s", notice.notification_id, notice.kind, outcome)
         return HttpAnswer(HTTPStatus.OK, {"outcome": outcome, "notification_id": notice.notification_id})
 

@@ -24,7 +24,7 @@ import sys
 import uuid
 
 from services.runtime.config import ConfigError, Env
-from services.wallet.domain import ReceiptRejected, VerifiedReceipt, account_token
+from services.wallet.model import ReceiptRejected, VerifiedReceipt, account_token
 from services.wallet.settings import DEV_SANDBOX_RECEIPT_KEY, load_packages
 
 SANDBOX_STORE = "sandbox"

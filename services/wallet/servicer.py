@@ -1,64 +1,57 @@
 """WalletService over gRPC: validate, translate protobuf <-> domain, nothing else.
 
-Every mutating RPC runs its domain call inside the request-id store (AIP-155), keyed by the caller's
-subject and the request id, so a replay returns the recorded response or business failure.
+Every mutating RPC runs its domain call through `self.calls` (runtime.guarded: the request-id store,
+AIP-155), keyed by the caller's subject and the request id, so a replay returns the recorded response
+or business failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import datetime
-from typing import TypeVar
 
 import grpc
 from giftcoin.common.v1 import common_pb2
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
-from sqlalchemy import Connection
 
 from services.runtime.audit import AuditLog
-from services.runtime.auth import calling_user_id, current_caller
+from services.runtime.auth import calling_user_id
 from services.runtime.errors import DomainError, item_results
-from services.runtime.idempotency import RequestIdStore
+from services.runtime.guarded import GuardedCalls
 from services.runtime.ledger import MAX_AMOUNT
 from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token
 from services.runtime.timestamps import to_timestamp
 from services.runtime.validation import Validator, clamp_page_size
-from services.wallet import domain
-from services.wallet.domain import MAX_STORE_TRANSACTION_ID_LENGTH
-from services.wallet.storage import (
+from services.wallet import model
+from services.wallet.domain import CaptureReads, HoldReads, UnitOfWork, Wallets
+from services.wallet.model import (
     CAPTURED,
     CHARGEBACK,
     EXPIRED,
     HELD,
+    MAX_STORE_TRANSACTION_ID_LENGTH,
     REFUND,
     RELEASED,
     BookedHoldRecord,
+    HoldAsk,
     HoldRecord,
     PromotionRecord,
     PurchaseRecord,
-    WalletStore,
-    WalletUnit,
 )
 
-FULL_NAME = "giftcoin.wallet.v1.WalletService"
+FULL_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 MAX_RECEIPT_LENGTH = 16_384
 MAX_SUMMARY_DAYS = 31
 
-
-M = TypeVar("M", bound=Message)
-R = TypeVar("R", bound=Message)
-P = TypeVar("P")  # what a batch reads
 HoldOutcome = wallet_pb2.HoldCoinsResponse | DomainError
 CaptureOutcome = wallet_pb2.CaptureHoldResponse | DomainError
 
 _WALLET_STATUS = {
-    domain.WalletStatus.ACTIVE: wallet_pb2.WALLET_STATUS_ACTIVE,
-    domain.WalletStatus.FROZEN: wallet_pb2.WALLET_STATUS_FROZEN,
+    model.WalletStatus.ACTIVE: wallet_pb2.WALLET_STATUS_ACTIVE,
+    model.WalletStatus.FROZEN: wallet_pb2.WALLET_STATUS_FROZEN,
 }
 _PURCHASE_STATE = {
     "": wallet_pb2.PURCHASE_STATE_COMPLETED,
@@ -74,31 +67,29 @@ _HOLD_STATE = {
     EXPIRED: wallet_pb2.HOLD_STATE_EXPIRED,
 }
 _TRANSACTION_KIND = {
-    domain.PURCHASE: wallet_pb2.TRANSACTION_KIND_PURCHASE,
-    domain.PROMOTION: wallet_pb2.TRANSACTION_KIND_PROMOTION,
-    domain.HOLD: wallet_pb2.TRANSACTION_KIND_HOLD,
-    domain.CAPTURE: wallet_pb2.TRANSACTION_KIND_CAPTURE,
-    domain.RELEASE: wallet_pb2.TRANSACTION_KIND_RELEASE,
-    domain.EXPIRY: wallet_pb2.TRANSACTION_KIND_EXPIRY,
-    domain.REFUND: wallet_pb2.TRANSACTION_KIND_REFUND,
-    domain.DEBT_SETTLEMENT: wallet_pb2.TRANSACTION_KIND_DEBT_SETTLEMENT,
-    domain.REINSTATEMENT: wallet_pb2.TRANSACTION_KIND_REINSTATEMENT,
+    model.PURCHASE: wallet_pb2.TRANSACTION_KIND_PURCHASE,
+    model.PROMOTION: wallet_pb2.TRANSACTION_KIND_PROMOTION,
+    model.HOLD: wallet_pb2.TRANSACTION_KIND_HOLD,
+    model.CAPTURE: wallet_pb2.TRANSACTION_KIND_CAPTURE,
+    model.RELEASE: wallet_pb2.TRANSACTION_KIND_RELEASE,
+    model.EXPIRY: wallet_pb2.TRANSACTION_KIND_EXPIRY,
+    model.REFUND: wallet_pb2.TRANSACTION_KIND_REFUND,
+    model.DEBT_SETTLEMENT: wallet_pb2.TRANSACTION_KIND_DEBT_SETTLEMENT,
+    model.REINSTATEMENT: wallet_pb2.TRANSACTION_KIND_REINSTATEMENT,
 }
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(
         self,
-        book: domain.WalletBook,
-        store: WalletStore,
-        requests: RequestIdStore,
+        wallets: Wallets,
+        calls: GuardedCalls[UnitOfWork],
         audit: AuditLog,
         hold_ttl_max_seconds: int,
         store_threads: Executor,
     ) -> None:
-        self.book = book
-        self.store = store
-        self.requests = requests
+        self.wallets = wallets
+        self.calls = calls
         self.audit = audit
         self.hold_ttl_max_seconds = hold_ttl_max_seconds
         self.store_threads = store_threads
@@ -121,17 +112,17 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.check()
         assert born is not None
 
-        def work(conn: Connection) -> wallet_pb2.OpenWalletResponse:
-            wallet = self.book.open_wallet(WalletUnit(conn), user_id, born, request.country_code)
+        def work(uow: UnitOfWork) -> wallet_pb2.OpenWalletResponse:
+            wallet = self.wallets.open_wallet(uow, user_id, born, request.country_code)
             return wallet_pb2.OpenWalletResponse(wallet=_wallet(wallet))
 
-        return self._mutate("OpenWallet", request, wallet_pb2.OpenWalletResponse, work)
+        return self.calls.once("OpenWallet", request, wallet_pb2.OpenWalletResponse, work)
 
     def GetWallet(
         self, request: wallet_pb2.GetWalletRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.GetWalletResponse:
         user_id = calling_user_id()
-        wallet = self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
+        wallet = self.calls.read(lambda uow: self.wallets.get_wallet(uow, user_id))
         return wallet_pb2.GetWalletResponse(wallet=_wallet(wallet))
 
     async def PurchaseCoins(
@@ -156,9 +147,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             v.text(request.receipt.payload, "receipt.payload", max_length=MAX_RECEIPT_LENGTH)
         v.check()
 
-        def verify() -> domain.VerifiedPurchase:
-            return self.book.verify_purchase(
-                self.store,
+        def verify() -> model.VerifiedPurchase:
+            return self.wallets.verify_purchase(
+                self.calls.read,
                 user_id,
                 request.package_id,
                 request.currency_code,
@@ -166,11 +157,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 request.receipt.payload,
             )
 
-        def work(conn: Connection, verified: domain.VerifiedPurchase) -> wallet_pb2.PurchaseCoinsResponse:
-            result = self.book.purchase(WalletUnit(conn), user_id, verified)
+        def work(uow: UnitOfWork, verified: model.VerifiedPurchase) -> wallet_pb2.PurchaseCoinsResponse:
+            result = self.wallets.purchase(uow, user_id, verified)
             return wallet_pb2.PurchaseCoinsResponse(purchase=_purchase(result.purchase), wallet=_wallet(result.wallet))
 
-        return self._mutate_prepared("PurchaseCoins", request, wallet_pb2.PurchaseCoinsResponse, verify, work)
+        return self.calls.once_prepared("PurchaseCoins", request, wallet_pb2.PurchaseCoinsResponse, verify, work)
 
     def ClaimPromotion(
         self, request: wallet_pb2.ClaimPromotionRequest, context: grpc.ServicerContext
@@ -181,11 +172,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.identifier(request.promotion_id, "promotion_id")
         v.check()
 
-        def work(conn: Connection) -> wallet_pb2.ClaimPromotionResponse:
-            result = self.book.claim_promotion(WalletUnit(conn), user_id, request.promotion_id)
+        def work(uow: UnitOfWork) -> wallet_pb2.ClaimPromotionResponse:
+            result = self.wallets.claim_promotion(uow, user_id, request.promotion_id)
             return wallet_pb2.ClaimPromotionResponse(coins_granted=result.coins_granted, wallet=_wallet(result.wallet))
 
-        return self._mutate("ClaimPromotion", request, wallet_pb2.ClaimPromotionResponse, work)
+        return self.calls.once("ClaimPromotion", request, wallet_pb2.ClaimPromotionResponse, work)
 
     def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.ServicerContext
@@ -200,7 +191,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         cursor = decode_page_token(page_token, "transactions", {"before": CursorValue.POSITION})
         before = None if cursor is None else cursor["before"]
         size = clamp_page_size(page_size)
-        page = self.store.run(lambda uow: self.book.transactions(uow, user_id, size, before))
+        page = self.calls.read(lambda uow: self.wallets.transactions(uow, user_id, size, before))
         token = "" if page.next_cursor is None else encode_page_token("transactions", {"before": page.next_cursor})
         return [_transaction(t) for t in page.transactions], token
 
@@ -218,7 +209,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 wallet_pb2.CoinPackage(
                     package_id=p.package_id, coins=p.coins, price=_money(p.price_minor, p.currency_code)
                 )
-                for p in self.book.catalogue.packages(request.currency_code)
+                for p in self.wallets.catalogue.packages(request.currency_code)
             ]
         )
 
@@ -234,10 +225,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.enum(request.kind, set(_REFUND_KIND), "kind")
         v.check()
 
-        def work(conn: Connection) -> wallet_pb2.RefundPurchaseResponse:
-            result = self.book.refund(
-                WalletUnit(conn), request.store, request.store_transaction_id, _REFUND_KIND[request.kind]
-            )
+        def work(uow: UnitOfWork) -> wallet_pb2.RefundPurchaseResponse:
+            result = self.wallets.refund(uow, request.store, request.store_transaction_id, _REFUND_KIND[request.kind])
             return wallet_pb2.RefundPurchaseResponse(
                 purchase=_purchase(result.purchase),
                 coins_reclaimed=result.coins_reclaimed,
@@ -246,8 +235,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             )
 
         target = f"{request.store}:{request.store_transaction_id}"
-        audited = self.audit.audited("RefundPurchase", request, target, work)
-        return self._mutate("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, audited)
+        return self.calls.once("RefundPurchase", request, wallet_pb2.RefundPurchaseResponse, work, target)
 
     def CreatePromotion(
         self, request: wallet_pb2.CreatePromotionRequest, context: grpc.ServicerContext
@@ -270,12 +258,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             request.promotion_id, request.name, request.coins_per_claim, request.budget, start, end
         )
 
-        def work(conn: Connection) -> wallet_pb2.CreatePromotionResponse:
-            promotion = self.book.create_promotion(WalletUnit(conn), record)
-            return wallet_pb2.CreatePromotionResponse(promotion=_promotion(promotion))
+        def work(uow: UnitOfWork) -> wallet_pb2.CreatePromotionResponse:
+            return wallet_pb2.CreatePromotionResponse(promotion=_promotion(self.wallets.create_promotion(uow, record)))
 
-        audited = self.audit.audited("CreatePromotion", request, request.promotion_id, work)
-        return self._mutate("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, audited)
+        return self.calls.once(
+            "CreatePromotion", request, wallet_pb2.CreatePromotionResponse, work, request.promotion_id
+        )
 
     def GetUserWallet(
         self, request: wallet_pb2.GetUserWalletRequest, context: grpc.ServicerContext
@@ -283,7 +271,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v = Validator()
         v.identifier(request.user_id, "user_id")
         v.check()
-        wallet = self.store.run(lambda uow: self.book.get_wallet(uow, request.user_id))
+        wallet = self.calls.read(lambda uow: self.wallets.get_wallet(uow, request.user_id))
         return wallet_pb2.GetUserWalletResponse(wallet=_wallet(wallet))
 
     def ListUserTransactions(
@@ -304,7 +292,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         cursor = decode_page_token(request.page_token, "promotions", {"after": CursorValue.IDENTIFIER})
         size = clamp_page_size(request.page_size)
         after = None if cursor is None else cursor["after"]
-        page, more = self.store.run(lambda uow: self.book.promotions(uow, size, after))
+        page, more = self.calls.read(lambda uow: self.wallets.promotions(uow, size, after))
         token = encode_page_token("promotions", {"after": page[-1].record.promotion_id}) if more else ""
         return wallet_pb2.ListPromotionsResponse(promotions=[_promotion(p) for p in page], next_page_token=token)
 
@@ -320,7 +308,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.ListHoldsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.ListHoldsResponse:
         listing = Listing("holds", request, "gift_ids", Validator())
-        page, more = self.store.run(lambda uow: self.book.booked_holds(uow, listing.selection, listing.size))
+        s = listing.selection
+        page, more = self.calls.read(
+            lambda uow: self.wallets.booked_holds(uow, listing.size, (s.start, s.end), s.ids, s.after)
+        )
         token = listing.next_token(more, page[-1].hold.created_at, page[-1].hold.hold_id) if page else ""
         return wallet_pb2.ListHoldsResponse(holds=[_booked_hold(h) for h in page], next_page_token=token)
 
@@ -328,7 +319,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.SummarizeBooksRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.SummarizeBooksResponse:
         start, end = Validator().summary_window(request, MAX_SUMMARY_DAYS)
-        s = self.store.run(lambda uow: self.book.summary(uow, start, end))
+        s = self.calls.read(lambda uow: self.wallets.summary(uow, start, end))
         return wallet_pb2.SummarizeBooksResponse(
             takings=[
                 wallet_pb2.StoreTakings(
@@ -368,27 +359,23 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.HoldCoinsResponse:
         self._validate_hold(request).check()
 
-        def work(conn: Connection) -> wallet_pb2.HoldCoinsResponse:
-            hold = self.book.hold(
-                WalletUnit(conn), request.gift_id, request.user_id, request.amount, request.ttl_seconds
-            )
+        def work(uow: UnitOfWork) -> wallet_pb2.HoldCoinsResponse:
+            hold = self.wallets.hold(uow, request.gift_id, request.user_id, request.amount, request.ttl_seconds)
             return wallet_pb2.HoldCoinsResponse(hold=_hold(hold))
 
-        return self._mutate("HoldCoins", request, wallet_pb2.HoldCoinsResponse, work)
+        return self.calls.once("HoldCoins", request, wallet_pb2.HoldCoinsResponse, work)
 
     def BatchHoldCoins(
         self, request: wallet_pb2.BatchHoldCoinsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.BatchHoldCoinsResponse:
-        def read(conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest]) -> domain.HoldReads:
-            return self.book.read_holds(WalletUnit(conn), [_hold_ask(r) for r in requests])
+        def read(uow: UnitOfWork, requests: list[wallet_pb2.HoldCoinsRequest]) -> HoldReads:
+            return self.wallets.read_holds(uow, [_hold_ask(r) for r in requests])
 
-        def work(
-            conn: Connection, requests: list[wallet_pb2.HoldCoinsRequest], reads: domain.HoldReads
-        ) -> list[HoldOutcome]:
+        def work(uow: UnitOfWork, requests: list[wallet_pb2.HoldCoinsRequest], reads: HoldReads) -> list[HoldOutcome]:
             asks = [_hold_ask(r) for r in requests]
-            return [_hold_response(o) for o in self.book.hold_many(WalletUnit(conn), asks, reads)]
+            return [_hold_response(o) for o in self.wallets.hold_many(uow, asks, reads)]
 
-        outcomes = self._batch(
+        outcomes = self.calls.each(
             "HoldCoins", request.requests, self._validate_hold, wallet_pb2.HoldCoinsResponse, work, read
         )
         return wallet_pb2.BatchHoldCoinsResponse(results=item_results(wallet_pb2.HoldCoinsResult, outcomes))
@@ -407,24 +394,23 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.CaptureHoldResponse:
         _validate_capture(request).check()
 
-        def work(conn: Connection) -> wallet_pb2.CaptureHoldResponse:
-            return wallet_pb2.CaptureHoldResponse(hold=_hold(self.book.capture(WalletUnit(conn), request.gift_id)))
+        def work(uow: UnitOfWork) -> wallet_pb2.CaptureHoldResponse:
+            return wallet_pb2.CaptureHoldResponse(hold=_hold(self.wallets.capture(uow, request.gift_id)))
 
-        return self._mutate("CaptureHold", request, wallet_pb2.CaptureHoldResponse, work)
+        return self.calls.once("CaptureHold", request, wallet_pb2.CaptureHoldResponse, work)
 
     def BatchCaptureHolds(
         self, request: wallet_pb2.BatchCaptureHoldsRequest, context: grpc.ServicerContext
     ) -> wallet_pb2.BatchCaptureHoldsResponse:
-        def read(conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest]) -> domain.CaptureReads:
-            return self.book.read_captures(WalletUnit(conn), [r.gift_id for r in requests])
+        def read(uow: UnitOfWork, requests: list[wallet_pb2.CaptureHoldRequest]) -> CaptureReads:
+            return self.wallets.read_captures(uow, [r.gift_id for r in requests])
 
         def work(
-            conn: Connection, requests: list[wallet_pb2.CaptureHoldRequest], reads: domain.CaptureReads
+            uow: UnitOfWork, requests: list[wallet_pb2.CaptureHoldRequest], reads: CaptureReads
         ) -> list[CaptureOutcome]:
-            captured = self.book.capture_many(WalletUnit(conn), [r.gift_id for r in requests], reads)
-            return [_capture_response(o) for o in captured]
+            return [_capture_response(o) for o in self.wallets.capture_many(uow, [r.gift_id for r in requests], reads)]
 
-        outcomes = self._batch(
+        outcomes = self.calls.each(
             "CaptureHold", request.requests, _validate_capture, wallet_pb2.CaptureHoldResponse, work, read
         )
         return wallet_pb2.BatchCaptureHoldsResponse(results=item_results(wallet_pb2.CaptureHoldResult, outcomes))
@@ -437,51 +423,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         v.identifier(request.gift_id, "gift_id")
         v.check()
 
-        def work(conn: Connection) -> wallet_pb2.ReleaseHoldResponse:
-            return wallet_pb2.ReleaseHoldResponse(hold=_hold(self.book.release(WalletUnit(conn), request.gift_id)))
+        def work(uow: UnitOfWork) -> wallet_pb2.ReleaseHoldResponse:
+            return wallet_pb2.ReleaseHoldResponse(hold=_hold(self.wallets.release(uow, request.gift_id)))
 
-        return self._mutate("ReleaseHold", request, wallet_pb2.ReleaseHoldResponse, work)
-
-    # ------------------------------------------------------------------------------------------
-
-    def _mutate(self, method: str, request: Message, response_type: type[M], work: Callable[[Connection], M]) -> M:
-        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
-        return self.requests.execute(
-            current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, work
-        )
-
-    def _mutate_prepared(
-        self,
-        method: str,
-        request: Message,
-        response_type: type[M],
-        prepare: Callable[[], P],
-        work: Callable[[Connection, P], M],
-    ) -> M:
-        """`_mutate`, with `prepare` run outside the work's transaction (RequestIdStore.execute_prepared)."""
-        request_id: str = getattr(request, "request_id")  # noqa: B009 (every mutating request has one)
-        return self.requests.execute_prepared(
-            current_caller().subject, f"/{FULL_NAME}/{method}", request, request_id, response_type, prepare, work
-        )
-
-    def _batch(
-        self,
-        method: str,
-        requests: Sequence[R],
-        validate: Callable[[R], Validator],
-        response_type: type[M],
-        work: Callable[[Connection, list[R], P], list[M | DomainError]],
-        read: Callable[[Connection, list[R]], P],
-    ) -> list[M | DomainError]:
-        """`_mutate` for a batch RPC's requests of the unary `method`: each answered as it would answer it
-        (`read` queues what `work` reads, for them all, with their request ids: one round trip)."""
-        return self.requests.execute_requests(
-            current_caller().subject, f"/{FULL_NAME}/{method}", requests, validate, response_type, work, read
-        )
+        return self.calls.once("ReleaseHold", request, wallet_pb2.ReleaseHoldResponse, work)
 
 
-def _hold_ask(request: wallet_pb2.HoldCoinsRequest) -> domain.HoldAsk:
-    return domain.HoldAsk(request.gift_id, request.user_id, request.amount, request.ttl_seconds)
+def _hold_ask(request: wallet_pb2.HoldCoinsRequest) -> HoldAsk:
+    return HoldAsk(request.gift_id, request.user_id, request.amount, request.ttl_seconds)
 
 
 def _validate_capture(request: wallet_pb2.CaptureHoldRequest) -> Validator:
@@ -511,7 +460,7 @@ def _money(amount_minor: int, currency_code: str) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=amount_minor, currency_code=currency_code)
 
 
-def _wallet(w: domain.Wallet) -> wallet_pb2.Wallet:
+def _wallet(w: model.Wallet) -> wallet_pb2.Wallet:
     b = w.balance
     return wallet_pb2.Wallet(
         user_id=w.user_id,
@@ -541,7 +490,7 @@ def _purchase(p: PurchaseRecord) -> wallet_pb2.Purchase:
     )
 
 
-def _promotion(p: domain.Promotion) -> wallet_pb2.Promotion:
+def _promotion(p: model.Promotion) -> wallet_pb2.Promotion:
     r = p.record
     return wallet_pb2.Promotion(
         promotion_id=r.promotion_id,
@@ -578,7 +527,7 @@ def _booked_hold(b: BookedHoldRecord) -> wallet_pb2.BookedHold:
     )
 
 
-def _transaction(t: domain.Transaction) -> wallet_pb2.Transaction:
+def _transaction(t: model.Transaction) -> wallet_pb2.Transaction:
     return wallet_pb2.Transaction(
         transaction_id=t.transaction_id,
         kind=_TRANSACTION_KIND[t.kind],

@@ -22,11 +22,10 @@ line: no code path can overdraw an account even if it forgot the lock.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -56,7 +55,6 @@ from sqlalchemy.exc import IntegrityError
 
 from services.runtime.audit import audit_table
 from services.runtime.db import (
-    Database,
     Selection,
     insert_rows,
     is_unique_violation,
@@ -65,20 +63,25 @@ from services.runtime.db import (
     update_rows,
 )
 from services.runtime.ledger import Ledger, Movement, ledger_tables
-from services.runtime.pipeline import Later, pipeline
+from services.runtime.pipeline import pipeline
 from services.runtime.tables import UtcDateTime, request_ids_table
-
-T = TypeVar("T")
+from services.wallet.model import (
+    HELD,
+    BookedHoldRecord,
+    Duplicate,
+    HoldRecord,
+    PromotionRecord,
+    PurchaseRecord,
+    RefundsRow,
+    ReversalsRow,
+    StoreNotificationRecord,
+    TakingsRow,
+    TransferRecord,
+    WalletRecord,
+    WindowTotals,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-# Hold states as stored.
-HELD, CAPTURED, RELEASED, EXPIRED = "held", "captured", "released", "expired"
-# Refund kinds as stored; a store notification is one of these or a refund's reversal.
-REFUND, CHARGEBACK = "refund", "chargeback"
-REVERSAL = "reversal"
-# What a store notification changed.
-APPLIED, UNCHANGED, NO_PURCHASE = "applied", "unchanged", "no_purchase"
 
 metadata = MetaData()
 request_ids = request_ids_table(metadata)
@@ -250,138 +253,7 @@ _HOLDS_BY_GIFTS = select(holds).where(keys_in(holds.c.gift_id, "hold_gift_ids"))
 _LOCK_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_key, 0))")
 
 
-class Duplicate(Exception):
-    """An insert broke a unique constraint: the thing already exists."""
-
-
-@dataclass(frozen=True)
-class WalletRecord:
-    user_id: str
-    date_of_birth: date
-    country_code: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class PurchaseRecord:
-    purchase_id: str
-    user_id: str
-    package_id: str
-    coins: int
-    price_minor: int
-    currency_code: str
-    store: str
-    store_transaction_id: str
-    created_at: datetime
-    original_transaction_id: str | None = None
-    order_id: str | None = None
-    consumed_at: datetime | None = None
-    refund_kind: str = ""  # "", refund or chargeback ("" again once the store reversed the refund)
-    reinstated: bool = False  # refunded, and the refund reversed
-
-
-@dataclass(frozen=True)
-class StoreNotificationRecord:
-    store: str
-    notification_id: str
-    kind: str  # refund | chargeback | reversal
-    store_transaction_id: str
-    occurred_at: datetime  # the store's time of the event
-    outcome: str  # applied | unchanged | no_purchase
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class PromotionRecord:
-    promotion_id: str
-    name: str
-    coins_per_claim: int
-    budget: int
-    start_time: datetime
-    end_time: datetime
-
-
-@dataclass(frozen=True)
-class HoldRecord:
-    hold_id: str
-    gift_id: str
-    user_id: str
-    amount: int
-    promotional_amount: int
-    debt_added: int
-    state: str
-    expire_time: datetime
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class BookedHoldRecord:
-    """A hold, when it last changed, and what the ledger's capture transfers spent for its gift."""
-
-    hold: HoldRecord
-    updated_at: datetime
-    spent: int
-    spent_promotional: int
-    capture_transfers: int
-
-
-@dataclass(frozen=True)
-class TakingsRow:
-    store: str
-    currency_code: str
-    purchases: int
-    amount_minor: int
-    coins: int
-
-
-@dataclass(frozen=True)
-class RefundsRow:
-    kind: str
-    currency_code: str
-    refunds: int
-    amount_minor: int
-    coins_reclaimed: int
-    debt_added: int
-
-
-@dataclass(frozen=True)
-class ReversalsRow:
-    currency_code: str
-    reversals: int
-    amount_minor: int
-    coins: int
-
-
-@dataclass(frozen=True)
-class WindowTotals:
-    """Purchases, refunds, refund reversals and promotion claims of a time window."""
-
-    takings: list[TakingsRow]
-    refunds: list[RefundsRow]
-    reversals: list[ReversalsRow]
-    granted: int
-
-
-@dataclass(frozen=True)
-class TransferRecord:
-    seq: int
-    transfer_id: str
-    kind: str
-    reference: str
-    created_at: datetime
-
-
-class WalletStore:
-    """The wallet's database; `run` gives a unit of work one transaction (retried on serialization failure)."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def run(self, work: Callable[[WalletUnit], T]) -> T:
-        return self.db.run(lambda conn: work(WalletUnit(conn)))
-
-
-class WalletUnit:
+class UnitOfWork:
     """Repositories over one open transaction: everything in it commits or rolls back together."""
 
     def __init__(self, conn: Connection) -> None:
@@ -402,20 +274,32 @@ class WalletUnit:
         row = self.conn.execute(_WALLET_LOCKED, {"wallet_user_id": user_id}).one_or_none()
         return None if row is None else WalletRecord(**row._mapping)
 
-    def lock_wallets(self, user_ids: Collection[str]) -> Later[dict[str, WalletRecord]]:
-        """`lock_wallet` for many users in one statement (sent in the transaction's pipeline); the
-        wallets that exist, by user id."""
-        return pipeline(self.conn).send_as(
-            _WALLETS_LOCKED,
-            {"wallet_user_ids": sorted(user_ids)},
-            lambda rows: {row.user_id: WalletRecord(**row._mapping) for row in rows},
+    def lock_wallets(self, user_ids: Collection[str]) -> Callable[[], dict[str, WalletRecord]]:
+        """`lock_wallet` for many users in one statement, queued in the transaction's pipeline: called,
+        the answer reads the wallets that exist, by user id (sending what is queued)."""
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _WALLETS_LOCKED,
+                {"wallet_user_ids": sorted(user_ids)},
+                lambda rows: {row.user_id: WalletRecord(**row._mapping) for row in rows},
+            )
+            .get
         )
 
-    def lock_wallets_holding(self, gift_ids: Collection[str]) -> Later[set[str]]:
-        """Lock the wallets of these gifts' holds in one statement (sent in the pipeline); their user ids."""
-        return pipeline(self.conn).send_as(
-            _WALLETS_HOLDING_LOCKED, {"hold_gift_ids": sorted(gift_ids)}, lambda rows: {row.user_id for row in rows}
+    def lock_wallets_holding(self, gift_ids: Collection[str]) -> Callable[[], set[str]]:
+        """Lock the wallets of these gifts' holds in one statement (queued in the pipeline); their user ids."""
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _WALLETS_HOLDING_LOCKED, {"hold_gift_ids": sorted(gift_ids)}, lambda rows: {row.user_id for row in rows}
+            )
+            .get
         )
+
+    def queue_balances(self, codes: Iterable[str]) -> Callable[[], dict[str, int]]:
+        """The ledger's `balances` of these accounts, queued in the pipeline (read when called)."""
+        return self.ledger.balances_later(codes).get
 
     # --- ledger, with the wallet's history ----------------------------------------------------
 
@@ -557,11 +441,17 @@ class WalletUnit:
         row = self.conn.execute(_HOLD_BY_GIFT, {"hold_gift_id": gift_id}).one_or_none()
         return None if row is None else _hold(row)
 
-    def holds_by_gifts(self, gift_ids: Collection[str]) -> Later[dict[str, HoldRecord]]:
-        """The holds of these gifts (those that have one), by gift id, in one statement (sent in the
-        transaction's pipeline)."""
-        return pipeline(self.conn).send_as(
-            _HOLDS_BY_GIFTS, {"hold_gift_ids": sorted(gift_ids)}, lambda rows: {row.gift_id: _hold(row) for row in rows}
+    def holds_by_gifts(self, gift_ids: Collection[str]) -> Callable[[], dict[str, HoldRecord]]:
+        """The holds of these gifts (those that have one), by gift id, in one statement (queued in the
+        transaction's pipeline: read when called)."""
+        return (
+            pipeline(self.conn)
+            .send_as(
+                _HOLDS_BY_GIFTS,
+                {"hold_gift_ids": sorted(gift_ids)},
+                lambda rows: {row.gift_id: _hold(row) for row in rows},
+            )
+            .get
         )
 
     def insert_holds(self, records: Sequence[HoldRecord]) -> None:
@@ -622,11 +512,19 @@ class WalletUnit:
         return [PromotionRecord(**row._mapping) for row in rows]
 
     def booked_holds(
-        self, selection: Selection, limit: int, capture_kind: str, spent_accounts: tuple[str, str]
+        self,
+        window: tuple[datetime | None, datetime | None],
+        gift_ids: tuple[str, ...],
+        after: tuple[datetime, str] | None,
+        limit: int,
+        capture_kind: str,
+        spent_accounts: tuple[str, str],
     ) -> list[BookedHoldRecord]:
-        """Holds by (created_at, hold_id) (their gifts' ids selecting), each with what the ledger's
-        `capture_kind` transfers of its gift moved into the spent accounts (purchased, promotional)."""
+        """Holds by (created_at, hold_id): made in the window [start, end) or of these gifts (not both;
+        neither: all), after the (created_at, hold_id) `after`; each with what the ledger's `capture_kind`
+        transfers of its gift moved into the spent accounts (purchased, promotional)."""
         h = holds
+        selection = Selection(window[0], window[1], gift_ids, after)
         statement = selected(select(h), h.c.created_at, h.c.hold_id, h.c.gift_id, selection, limit)
         rows = self.conn.execute(statement).all()
         booked = self._booked([r.gift_id for r in rows], capture_kind, spent_accounts)

@@ -17,7 +17,7 @@ from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifting.peers import PAYOUT_SERVICE, WALLET_SERVICE, PayoutClient, WalletClient, gifting_token
-from services.gifting.saga import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
+from services.gifting.ports import CaptureOrder, CreditOrder, Hold, HoldOrder, Refused, ReleaseOrder, StepUncertain
 from services.runtime import eventloop
 from services.runtime.clients import open_async_channel
 from services.runtime.clock import FakeClock

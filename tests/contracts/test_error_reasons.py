@@ -31,6 +31,7 @@ HELPERS = {
     "aborted": "ABORTED",
     "unavailable": "UNAVAILABLE",
     "bad_field": "INVALID_ARGUMENT",
+    "resource_exhausted": "RESOURCE_EXHAUSTED",
 }
 
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 
-from services.gifting.saga import CreditOrder, StepUncertain
+from services.gifting.ports import CreditOrder, StepUncertain
 from services.runtime.clock import FakeClock
 from tests.contracts.conftest import (
     OneAtATimePayout,

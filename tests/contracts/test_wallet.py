@@ -8,7 +8,7 @@ import grpc
 import pytest
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.gifting.saga import CaptureOrder, Hold, HoldOrder, StepUncertain
+from services.gifting.ports import CaptureOrder, Hold, HoldOrder, StepUncertain
 from services.runtime.clock import FakeClock
 from services.wallet.app import HOLD_EXPIRY_LOOP
 from tests.contracts.conftest import OneAtATimeWallet, Peer, open_wallet, refusal, wallet_balance

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gifting.saga import FAILPOINT_EXIT_CODE
+from services.gifting.ports import FAILPOINT_EXIT_CODE
 from services.reconciler import RECONCILER, Report, Window, check
 from services.runtime.auth import dev_token
 from tests.gifting.harness import Clients, value_problems

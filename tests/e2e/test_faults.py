@@ -9,7 +9,7 @@ import grpc
 import pytest
 from giftcoin.gifting.v1 import gifting_pb2
 
-from services.gifting.saga import FAILPOINT_EXIT_CODE
+from services.gifting.ports import FAILPOINT_EXIT_CODE
 from tests.e2e.conftest import Processes, die_at_failpoint
 from tests.gifting.harness import Clients, refused, wait_for
 from tests.support.identity import user

@@ -13,7 +13,7 @@ import pytest
 
 from services.giftctl.suite import free_port
 from services.runtime.clock import FakeClock
-from services.wallet.domain import account_token
+from services.wallet.model import account_token
 from tests.giftctl.test_rpc_commands import Giftctl
 from tests.support.app_store import AppleChain, Transaction, app_store_env, notification
 from tests.wallet.conftest import running_wallet

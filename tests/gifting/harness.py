@@ -22,9 +22,10 @@ from giftcoin.payout.v1 import payout_pb2, payout_pb2_grpc
 from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from sqlalchemy import select
 
+from services.gifting import model as gifting_model
 from services.gifting import storage as gifting_storage
 from services.gifting.app import GiftingComponents, assemble
-from services.gifting.domain import Gifting
+from services.gifting.domain import Gifts
 from services.gifting.saga import Saga
 from services.gifting.settings import GiftingSettings
 from services.gifting.settings import load_settings as load_gifting_settings
@@ -39,6 +40,7 @@ from services.runtime.db import Database
 from services.runtime.errors import DomainError, from_rpc_error
 from services.runtime.ledger import ledger_problems
 from services.runtime.server import RunningServer, create_server
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 from services.wallet.app import build as build_wallet
 from services.wallet.receipts import mint_receipt
@@ -128,24 +130,24 @@ def value_problems(wallet_url: str, payout_url: str, gifting_url: str) -> list[s
     gifts = {tr.transfer_id for tr in transfers}
     for tr in transfers:
         hold, credit = holds.get(tr.transfer_id), credits.get(tr.transfer_id)
-        if tr.state == gifting_storage.COMPLETED:
-            if hold is None or hold.state != wallet_storage.CAPTURED or hold.amount != tr.total_coins:
+        if tr.state == gifting_model.COMPLETED:
+            if hold is None or hold.state != wallet_model.CAPTURED or hold.amount != tr.total_coins:
                 problems.append(f"completed gift {tr.transfer_id}: hold {hold and (hold.state, hold.amount)}")
             credited = credit.diamonds if credit is not None else 0
             if credited != tr.total_diamonds:
                 problems.append(f"completed gift {tr.transfer_id}: {credited} diamonds, {tr.total_diamonds} owed")
-        elif tr.state == gifting_storage.FAILED:
-            if hold is not None and hold.state not in (wallet_storage.RELEASED, wallet_storage.EXPIRED):
+        elif tr.state == gifting_model.FAILED:
+            if hold is not None and hold.state not in (wallet_model.RELEASED, wallet_model.EXPIRED):
                 problems.append(f"failed gift {tr.transfer_id}: hold {hold.state}")
             if credit is not None:
                 problems.append(f"failed gift {tr.transfer_id}: {credit.diamonds} diamonds credited")
         else:
             problems.append(f"gift {tr.transfer_id} still pending at step {tr.step}")
-    problems += [f"hold of {g} still held" for g, h in holds.items() if h.state == wallet_storage.HELD]
+    problems += [f"hold of {g} still held" for g, h in holds.items() if h.state == wallet_model.HELD]
     problems += [f"hold for unknown gift {g}" for g in holds if g not in gifts]
     problems += [f"credit for unknown gift {g}" for g in credits if g not in gifts]
-    completed = [tr for tr in transfers if tr.state == gifting_storage.COMPLETED]
-    captured = sum(h.amount for h in holds.values() if h.state == wallet_storage.CAPTURED)
+    completed = [tr for tr in transfers if tr.state == gifting_model.COMPLETED]
+    captured = sum(h.amount for h in holds.values() if h.state == wallet_model.CAPTURED)
     spent = sum(tr.total_coins for tr in completed)
     if captured != spent:
         problems.append(f"coins captured {captured} != coins of completed gifts {spent}")
@@ -288,8 +290,13 @@ class Suite:
     gifting_env: dict[str, str]
 
     @property
-    def gifting(self) -> Gifting:
-        return self.components.gifting
+    def gifts(self) -> Gifts:
+        return self.components.gifts
+
+    @property
+    def db(self) -> Database:
+        """The gifting database, for what a test reads or writes past the domain."""
+        return self.components.db
 
     @property
     def saga(self) -> Saga:

@@ -1,6 +1,6 @@
 """Sends that arrive together go through the saga together, and each ends as it would alone.
 
-The domain's batch path (`record_sends`, `settle_recorded`) is driven directly here, so that the
+The domain's batch path (`Gifts.record_sends`, `Saga.drive`) is driven directly here, so that the
 batch's composition is known; the SendGift tests elsewhere go through it too (batches of one, or of
 whatever arrives together). The `suite` fixture checks conservation across the three services.
 """
@@ -15,9 +15,9 @@ import pytest
 from giftcoin.gifting.v1 import gifting_pb2
 from sqlalchemy import update
 
-from services.gifting.domain import Send, SendAsk, Target
-from services.gifting.saga import new_lease_owner
-from services.gifting.storage import COMPLETED, FAILED, PENDING, TransferRecord, UnitOfWork, gift_transfers
+from services.gifting.model import COMPLETED, FAILED, PENDING, Send, SendAsk, Target, TransferRecord
+from services.gifting.ports import new_lease_owner
+from services.gifting.storage import UnitOfWork, gift_transfers
 from services.runtime import eventloop
 from services.runtime.errors import DomainError
 from tests.gifting.harness import STREAM, Suite, new_id, start_suite
@@ -50,11 +50,15 @@ def ask(sender: str, gift_id: str = "doughnut", quantity: int = 1, recipient: st
 
 def record_and_settle(suite: Suite, asks: list[SendAsk]) -> list[TransferRecord | DomainError]:
     """What the SendGift batcher does with a batch, minus the request-id store and protobuf."""
-    gifting, owner = suite.gifting, new_lease_owner()
-    recorded = gifting.db.run(lambda conn: gifting.record_sends(conn, asks, owner))
+    gifts, owner = suite.gifts, new_lease_owner()
+    recorded = gifts.transactions.run(lambda uow: gifts.record_sends(uow, asks, owner))
     fresh = [r for r in recorded if isinstance(r, TransferRecord)]
     settled = eventloop.run(suite.saga.drive(fresh, owner))
     return [r if isinstance(r, DomainError) else settled[r.transfer_id] for r in recorded]
+
+
+def transfer(suite: Suite, caller_id: str, transfer_id: str) -> TransferRecord:
+    return suite.gifts.transactions.run(lambda uow: suite.gifts.get_transfer(uow, caller_id, transfer_id))
 
 
 def test_each_send_of_a_batch_ends_as_it_would_alone(tight: Suite) -> None:
@@ -89,14 +93,14 @@ def test_each_send_of_a_batch_ends_as_it_would_alone(tight: Suite) -> None:
     failed = [o for o in outcomes if isinstance(o, TransferRecord) and o.state == FAILED]
     assert [f.failure_reason for f in failed] == ["INSUFFICIENT_FUNDS", "RECIPIENT_CANNOT_RECEIVE"]
     # A refused send left nothing recorded: every transfer stored is one answered with its transfer.
-    stored = tight.gifting.db.run(lambda conn: conn.exec_driver_sql("SELECT transfer_id FROM gift_transfers").all())
+    stored = tight.db.run(lambda conn: conn.exec_driver_sql("SELECT transfer_id FROM gift_transfers").all())
     assert sorted(r[0] for r in stored) == sorted(o.transfer_id for o in outcomes if isinstance(o, TransferRecord))
     assert c.balance("vince").total == 700 - 60 - 20 and c.balance("vince").held == 0
     assert c.balance("wendy").total == 699 and c.balance("wendy").held == 0  # the refused credit cost nothing
     assert c.diamonds("carol") == 30 + 0 + 10
     # The completed gifts reached the live feed once each, in the batch's order.
     completed = [o.transfer_id for o in outcomes if isinstance(o, TransferRecord) and o.state == COMPLETED]
-    assert [e.transfer.transfer_id for e in tight.gifting.feed_after(STREAM_TARGET, 0)] == completed
+    assert [e.transfer.transfer_id for e in tight.gifts.feed_after(STREAM_TARGET, 0)] == completed
     # A failed gift gives its coins back to the daily limit (wendy: 1 of 100 used); vince has used 80.
     again = record_and_settle(tight, [ask("wendy", quantity=3), ask("vince")])
     assert states(again) == [COMPLETED, (grpc.StatusCode.RESOURCE_EXHAUSTED, "DAILY_SPENDING_LIMIT_EXCEEDED")]
@@ -127,7 +131,7 @@ def test_a_crash_mid_batch_leaves_every_gift_of_it_to_recovery_which_moves_value
     assert tight.recover() == 0  # the dead batch's lease still holds
     tight.clock.advance(seconds=LEASE + 1)
     assert tight.recover() == 3
-    assert [tight.gifting.get_transfer(a.sender_id, t.transfer_id).state for a, t in zip(asks, sent, strict=True)] == [
+    assert [transfer(tight, a.sender_id, t.transfer_id).state for a, t in zip(asks, sent, strict=True)] == [
         COMPLETED
     ] * 3
     assert c.diamonds("carol") == 15 + 45 + 0
@@ -136,7 +140,7 @@ def test_a_crash_mid_batch_leaves_every_gift_of_it_to_recovery_which_moves_value
 
 def sent_transfers(suite: Suite, asks: list[SendAsk]) -> list[TransferRecord]:
     pairs = [(a.sender_id, a.request_id) for a in asks]
-    found = suite.gifting.db.run(lambda conn: UnitOfWork(conn).transfers.by_requests(pairs).get())
+    found = suite.db.run(lambda conn: UnitOfWork(conn).transfers.by_requests(pairs)())
     return [found[(a.sender_id, a.request_id)] for a in asks]
 
 
@@ -169,7 +173,7 @@ def test_concurrent_send_gift_calls_each_complete_once_and_replay_identically(ti
     for viewer in viewers:
         assert c.balance(viewer).total == 700 - 3 * 30
     assert c.diamonds("carol") + c.diamonds("dave") == len(requests) * 15
-    assert len(tight.gifting.feed_after(STREAM_TARGET, 0)) == len(requests)
+    assert len(tight.gifts.feed_after(STREAM_TARGET, 0)) == len(requests)
     # Each replays as the gift it became; the same id with another gift is refused.
     for key, request in requests.items():
         assert c.send(key[0], request) == answers[key]
@@ -208,7 +212,7 @@ def test_a_peer_down_mid_batch_leaves_every_gift_of_it_pending_and_recovery_fini
     tight.start_payout()
     gifts = [t for t in (*pending, *held) if isinstance(t, TransferRecord)]
     recover_until_finished(tight, expected=len(gifts))
-    assert [tight.gifting.get_transfer(t.sender_id, t.transfer_id).state for t in gifts] == [COMPLETED] * 4
+    assert [transfer(tight, t.sender_id, t.transfer_id).state for t in gifts] == [COMPLETED] * 4
     assert (c.balance("vince").total, c.balance("wendy").total) == (700 - 30 - 60, 700 - 1 - 30)
     assert c.diamonds("carol") == 15 + 0 + 30 + 15
 
@@ -223,9 +227,7 @@ def test_a_batch_that_loses_its_lease_answers_every_client_with_its_gift_as_it_s
     def taken_over(point: str) -> None:  # another replica takes the batch's gifts over mid-saga
         if point == "after_hold":
             pending = gift_transfers.c.state == "pending"
-            tight.gifting.db.run(
-                lambda conn: conn.execute(update(gift_transfers).where(pending).values(lease_owner="b"))
-            )
+            tight.db.run(lambda conn: conn.execute(update(gift_transfers).where(pending).values(lease_owner="b")))
 
     tight.saga.failpoint = taken_over
     answers: dict[str, gifting_pb2.GiftTransfer | grpc.RpcError] = {}

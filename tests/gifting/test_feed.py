@@ -18,9 +18,8 @@ import pytest
 from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 
 from services.gifting.app import GiftingComponents, assemble
-from services.gifting.domain import Target
+from services.gifting.model import FeedEventRecord, Target
 from services.gifting.settings import load_settings
-from services.gifting.storage import FeedEventRecord
 from services.runtime import eventloop
 from services.runtime.config import Env
 from services.runtime.errors import from_rpc_error
@@ -222,7 +221,7 @@ def send_together(suite: Suite, count: int, senders: tuple[str, ...] = ("vince",
 
 def in_feed_order(suite: Suite, count: int) -> list[str]:
     """The transfer ids of the stream's first `count` events, as the outbox numbered them."""
-    return [e.transfer.transfer_id for e in suite.gifting.feed_after(STREAM_TARGET, 0, count)]
+    return [e.transfer.transfer_id for e in suite.gifts.feed_after(STREAM_TARGET, 0, count)]
 
 
 def test_two_hundred_viewers_of_one_replica_each_see_every_gift_once_in_order_and_gifting_goes_on(

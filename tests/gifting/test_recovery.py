@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import pytest
@@ -23,17 +23,19 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.gifting.app import assemble
-from services.gifting.domain import Target
-from services.gifting.saga import CreditOrder, Saga, step_request_id
+from services.gifting.model import Target
+from services.gifting.ports import CreditOrder, Refused, StepUncertain, step_request_id
+from services.gifting.saga import Saga
 from services.gifting.settings import load_settings
 from services.gifting.storage import gift_transfers
 from services.runtime import eventloop
 from services.runtime.config import Env
 from services.wallet.app import HOLD_EXPIRY_LOOP
-from tests.gifting.harness import STREAM, Suite, refused
+from services.wallet.storage import holds as wallet_holds
+from tests.gifting.harness import STREAM, Suite, _read, refused, start_suite
 from tests.support.identity import user
 
 PENDING = gifting_pb2.GIFT_TRANSFER_STATE_PENDING
@@ -77,7 +79,7 @@ def sent_ids(suite: Suite) -> set[str]:
 
 
 def feed_events(suite: Suite) -> list[str]:
-    return [e.transfer.transfer_id for e in suite.gifting.feed_after(STREAM_TARGET, 0)]
+    return [e.transfer.transfer_id for e in suite.gifts.feed_after(STREAM_TARGET, 0)]
 
 
 @pytest.fixture
@@ -195,7 +197,7 @@ def test_a_long_payout_outage_ends_in_failure_never_in_a_late_credit(story: Suit
     assert c.diamonds("carol") == 0
     assert feed_events(story) == []
     # The failed gift's coins no longer count against the day's limit.
-    spent = story.gifting.db.run(
+    spent = story.db.run(
         lambda conn: conn.exec_driver_sql("SELECT coalesce(sum(coins), 0) FROM daily_spending").scalar_one()
     )
     assert spent == 0
@@ -227,6 +229,62 @@ def test_a_credited_gift_completes_even_after_its_hold_lapsed(story: Suite) -> N
     assert c.balance("vince").total == 600 and c.diamonds("carol") == 50
 
 
+class StopsWalletAfterCredit:
+    """Payout's port as the saga sees it, that stops the wallet once a credit has landed (before the capture)."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.suite, self.payout = suite, suite.saga.payout
+
+    async def credit_many(self, orders: Sequence[CreditOrder], timeout: float) -> list[Refused | StepUncertain | None]:
+        answers = await self.payout.credit_many(orders, timeout)
+        await self.suite.wallet_server.stop_async(None)
+        return answers
+
+
+@pytest.fixture
+def patient(make_database: Callable[[str], str]) -> Iterator[Suite]:
+    """The suite with recovery's doubling delay allowed past a hold's whole life (300 s)."""
+    running = start_suite(make_database, GIFTCOIN_GIFTING_RETRY_MAX_SECONDS="600")
+    try:
+        yield running
+        assert running.problems() == []
+    finally:
+        running.close()
+
+
+def test_a_wallet_outage_right_after_the_credit_ends_in_a_capture_of_the_hold_not_of_the_balance(
+    patient: Suite,
+) -> None:
+    c = patient.clients
+    c.viewer("vince")
+    c.creator("carol")
+    stopping = StopsWalletAfterCredit(patient)
+    patient.saga.payout = stopping
+    pending = c.send("vince", gift_id="confetti", recipient_id="carol")
+    assert pending.state == PENDING  # credited; its capture got no answer: left to recovery
+    patient.saga.payout = stopping.payout
+    patient.start_wallet()
+    # Recovery and wallet's hold expiry run as their loops would, every few seconds, until the gift ends:
+    # the gift is asked again while its hold lasts, however long recovery's delay has grown.
+    expiry = next(loop for loop in patient.wallet_server.app.loops if loop.name == HOLD_EXPIRY_LOOP)
+    for _ in range(130):  # 650 s of the fake clock: past recovery's longest delay
+        patient.clock.advance(seconds=5)
+        expiry.step()
+        if patient.recover():
+            break
+        time.sleep(0.05)  # the restarted wallet is reconnected to in the background, in real time
+    assert c.transfer("vince", pending.transfer_id).state == COMPLETED
+    hold = _read(patient.wallet_url, lambda conn: conn.execute(select(wallet_holds)).one())
+    assert (hold.gift_id, hold.state, hold.debt_added) == (pending.transfer_id, "captured", 0)
+    expired = _read(
+        patient.wallet_url,
+        lambda conn: conn.exec_driver_sql("SELECT count(*) FROM ledger_transfers WHERE kind = 'expiry'").scalar_one(),
+    )
+    assert expired == 0  # the hold never lapsed: nothing was given back, then spent from the balance
+    assert c.balance("vince").total == 600 and c.balance("vince").held == 0
+    assert c.diamonds("carol") == 50
+
+
 def test_a_gift_an_earlier_version_left_deciding_to_credit_is_credited_as_it_was_asked_then_completes(
     story: Suite,
 ) -> None:
@@ -238,7 +296,7 @@ def test_a_gift_an_earlier_version_left_deciding_to_credit_is_credited_as_it_was
     # What the earlier version did: the decision written down, then the credit asked (and answered).
     legacy = {"step": "crediting", "promotional_coins": 0, "credit_deadline": None}
     row = gift_transfers.c.transfer_id == transfer_id
-    story.gifting.db.run(lambda conn: conn.execute(update(gift_transfers).where(row).values(**legacy)))
+    story.db.run(lambda conn: conn.execute(update(gift_transfers).where(row).values(**legacy)))
     credit = CreditOrder(step_request_id(transfer_id, "credit"), transfer_id, "carol", 50, 100, 0, None)
     assert eventloop.run(story.saga.payout.credit_many([credit], timeout=5)) == [None]
     story.clock.advance(seconds=LEASE + 1)

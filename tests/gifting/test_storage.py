@@ -16,7 +16,8 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
 from services.gifting import storage
-from services.gifting.storage import PENDING, RECORDED, TransferRecord, UnitOfWork
+from services.gifting.model import PENDING, RECORDED, TransferRecord
+from services.gifting.storage import UnitOfWork
 from services.runtime.clock import FakeClock
 from services.runtime.db import Database
 
@@ -84,7 +85,7 @@ def reserve(db: Database, asks: list[tuple[str, date, int]], limit: int = 100) -
 
     def work(conn: Connection) -> list[int | None]:
         spending = UnitOfWork(conn).spending
-        spent = spending.lock((sender, day) for sender, day, _ in asks).get()
+        spent = spending.lock((sender, day) for sender, day, _ in asks)()
         totals, refused = dict(spent), []
         for sender, day, coins in asks:
             fits = totals[(sender, day)] + coins <= limit
@@ -99,7 +100,7 @@ def reserve(db: Database, asks: list[tuple[str, date, int]], limit: int = 100) -
 def append(conn: Connection, events: list[tuple[str, TransferRecord]], now: datetime) -> list[tuple[int, int]]:
     """The live-feed events of gifts completed together, numbered as a completing batch numbers them."""
     feed = UnitOfWork(conn).feed
-    numbering = feed.number(Counter(target for target, _ in events)).get()
+    numbering = feed.number(Counter(target for target, _ in events))()
     return feed.append(events, numbering, now)
 
 
@@ -136,7 +137,7 @@ def test_one_transfer_per_sender_and_request_id(db: Database) -> None:
     db.run(lambda conn: UnitOfWork(conn).transfers.add_many([wendys, other]))
     assert db.run(lambda conn: UnitOfWork(conn).transfers.by_request("vince", "r-1")) == first
     found = db.run(
-        lambda conn: UnitOfWork(conn).transfers.by_requests([("vince", "r-1"), ("wendy", "r-1"), ("x", "r")]).get()
+        lambda conn: UnitOfWork(conn).transfers.by_requests([("vince", "r-1"), ("wendy", "r-1"), ("x", "r")])()
     )
     assert found == {("vince", "r-1"): first, ("wendy", "r-1"): wendys}
     # A gift to oneself is refused by the database too.
@@ -232,7 +233,7 @@ def test_a_completion_finds_the_event_before_by_the_feeds_primary_key(db: Databa
         plan = "\n".join(row[0] for row in conn.execute(text(f"EXPLAIN {statement.text}"), params))
     assert "Seq Scan on feed_events" not in plan and "Index Scan using pk_feed_events" in plan, plan
     # And it reads what the completion needs: each target's event before the last one.
-    before = db.run(lambda conn: UnitOfWork(conn).feed.number({targets[0]: 1, targets[1]: 1}).get())
+    before = db.run(lambda conn: UnitOfWork(conn).feed.number({targets[0]: 1, targets[1]: 1})())
     assert {t: (n.first, n.previous is not None) for t, n in before.items()} == {
         targets[0]: (81, True),
         targets[1]: (81, True),

@@ -20,9 +20,9 @@ from giftcoin.wallet.v1 import wallet_pb2
 from services.runtime.clock import SystemClock
 from services.runtime.db import Database
 from services.runtime.ledger import MAX_AMOUNT, MAX_BALANCE, Movement, Posting
-from services.wallet.domain import ISSUED_BY_PURCHASE, PURCHASE, WalletAccounts
+from services.wallet.model import ISSUED_BY_PURCHASE, PURCHASE, WalletAccounts
 from services.wallet.receipts import mint_receipt
-from services.wallet.storage import WalletUnit
+from services.wallet.storage import UnitOfWork
 from tests.gifting.harness import OPERATOR, Suite, ledgers_problems, new_id, refused, start_suite
 from tests.support.identity import as_caller, service, user
 
@@ -215,7 +215,7 @@ def _fill_wallet(url: str, user_id: str, coins: int) -> None:
         movement = Movement(
             PURCHASE, "seed", [Posting(ISSUED_BY_PURCHASE, -coins), Posting(WalletAccounts(user_id).purchased, coins)]
         )
-        db.run(lambda conn: WalletUnit(conn).post_many([(user_id, movement)], SystemClock().now()))
+        db.run(lambda conn: UnitOfWork(conn).post_many([(user_id, movement)], SystemClock().now()))
     finally:
         db.dispose()
 

@@ -13,7 +13,7 @@ from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 
 from services.giftctl.demo import STREAM
 from services.giftctl.session import SERVICES
-from services.gifting.domain import creator_diamonds
+from services.gifting.model import creator_diamonds
 from services.reconciler import metrics as reconciler_metrics
 from tests.deploy import kube
 from tests.observability.conftest import StorySuite

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from services.payout import storage
 from services.payout.app import PayoutComponents, assemble
-from services.payout.domain import ProcessingReport
+from services.payout.processor import ProcessingReport
 from services.payout.provider import SandboxProvider
 from services.payout.settings import PayoutSettings, load_settings
 from services.runtime.auth import Caller

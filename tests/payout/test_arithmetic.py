@@ -1,11 +1,11 @@
-"""The payout arithmetic (domain.payout_amounts): integers only, floors written once, nothing lost."""
+"""The payout arithmetic (model.payout_amounts): integers only, floors written once, nothing lost."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.payout.domain import Rate, cash_value, payout_amounts
+from services.payout.model import Rate, cash_value, payout_amounts
 
 DEFAULT_RATE = Rate(cents=100, diamonds=200)
 

@@ -14,7 +14,7 @@ import grpc
 from giftcoin.payout.v1 import payout_pb2
 from sqlalchemy import event
 
-from services.payout import storage
+from services.payout import model, storage
 from services.runtime.errors import from_rpc_error, to_item_error
 from tests.payout.conftest import GIFTING, PayoutHarness, credit_request, rid
 from tests.support.identity import operator, service, user
@@ -230,7 +230,7 @@ def test_batches_conserve_diamonds(payout: PayoutHarness) -> None:
         assert all(reason(outcome(r)) == "OK" for r in batch(payout, requests))
     assert {c: balance(payout, c) for c in creators} == credited
     with payout.components.db.transaction() as conn:
-        issued = storage.UnitOfWork(conn).ledger.balance(storage.DIAMONDS_ISSUED)
+        issued = storage.UnitOfWork(conn).ledger.balance(model.DIAMONDS_ISSUED)
     assert issued == -sum(credited.values())
     assert payout.ledger_problems() == []
 

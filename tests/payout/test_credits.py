@@ -9,7 +9,7 @@ import grpc
 from giftcoin.payout.v1 import payout_pb2
 from sqlalchemy import select
 
-from services.payout import storage
+from services.payout import model, storage
 from services.runtime.errors import DomainError
 from tests.payout.conftest import GIFTING, PayoutHarness, credit_request, rid
 from tests.support.identity import operator, service, user
@@ -27,7 +27,7 @@ def test_credit_moves_diamonds_from_the_platform_to_the_creator(payout: PayoutHa
     assert balance(payout, "alice") == 150
     with payout.components.db.transaction() as conn:
         ledger = storage.UnitOfWork(conn).ledger
-        assert ledger.balance(storage.DIAMONDS_ISSUED) == -150
+        assert ledger.balance(model.DIAMONDS_ISSUED) == -150
     assert payout.ledger_problems() == []
 
 
@@ -156,16 +156,16 @@ def test_a_credit_books_the_gifts_coins_split_into_the_creators_and_the_platform
         ledger = storage.UnitOfWork(conn).ledger
         assert ledger.balances(
             [
-                storage.GIFT_COINS,
-                storage.CREATORS_SHARE,
-                storage.PLATFORM_SHARE,
-                storage.DIAMONDS_ISSUED,
+                model.GIFT_COINS,
+                model.CREATORS_SHARE,
+                model.PLATFORM_SHARE,
+                model.DIAMONDS_ISSUED,
             ]
         ) == {
-            storage.GIFT_COINS: -101 - 1,
-            storage.CREATORS_SHARE: 50,  # coins that became the creator's diamonds
-            storage.PLATFORM_SHARE: (101 - 50) + 1,
-            storage.DIAMONDS_ISSUED: -50,
+            model.GIFT_COINS: -101 - 1,
+            model.CREATORS_SHARE: 50,  # coins that became the creator's diamonds
+            model.PLATFORM_SHARE: (101 - 50) + 1,
+            model.DIAMONDS_ISSUED: -50,
         }
         transfers = conn.execute(
             select(storage.ledger.transfers.c.reference).where(storage.ledger.transfers.c.kind == "gift_credit")

@@ -9,7 +9,7 @@ from datetime import date
 import grpc
 from giftcoin.payout.v1 import payout_pb2
 
-from services.payout import storage
+from services.payout import model, storage
 from services.runtime.errors import DomainError
 from tests.payout.conftest import GIFTING, PayoutHarness, rid
 from tests.support.identity import operator, user
@@ -76,10 +76,10 @@ def test_a_payout_pays_exactly_the_quoted_net(payout: PayoutHarness) -> None:
     assert (earnings.paid_net.amount_minor, earnings.paid_net.currency_code) == (2425, "USD")
     with payout.components.db.transaction() as conn:
         ledger = storage.UnitOfWork(conn).ledger
-        assert ledger.balance(storage.cash_paid_out("USD")) == 2425
-        assert ledger.balance(storage.fee_revenue("USD")) == 75
-        assert ledger.balance(storage.cash_issued("USD")) == -2500
-        assert ledger.balance(storage.DIAMONDS_REDEEMED) == 5000
+        assert ledger.balance(model.cash_paid_out("USD")) == 2425
+        assert ledger.balance(model.fee_revenue("USD")) == 75
+        assert ledger.balance(model.cash_issued("USD")) == -2500
+        assert ledger.balance(model.DIAMONDS_REDEEMED) == 5000
     assert payout.ledger_problems() == []
     assert payout.process().paid == 0  # nothing left to do; paid once
 

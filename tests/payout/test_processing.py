@@ -11,8 +11,8 @@ import threading
 import pytest
 from giftcoin.payout.v1 import payout_pb2
 
-from services.payout.domain import PayoutProcessor
-from services.payout.provider import PayoutProvider, ProviderPayment, ProviderResult
+from services.payout.model import PayoutProvider, ProviderPayment, ProviderResult
+from services.payout.processor import PayoutProcessor
 from tests.payout.conftest import PayoutHarness
 
 
@@ -43,7 +43,7 @@ class FaultyProvider:
 
 
 def processor_with(payout: PayoutHarness, provider: PayoutProvider) -> PayoutProcessor:
-    return PayoutProcessor(payout.components.db, payout.components.payouts, provider)
+    return PayoutProcessor(payout.components.calls.read, payout.components.payouts.clock, provider)
 
 
 def requested_payout(payout: PayoutHarness, destination: str = "succeed") -> payout_pb2.Payout:

@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.payout import storage
-from services.runtime.db import Database, Selection, alembic_config
+from services.payout import model, storage
+from services.runtime.db import Database, alembic_config
 from services.runtime.ledger import Ledger, Posting, ledger_problems
 from tests.support import databases
 
@@ -126,7 +126,7 @@ def test_migration_0002_books_the_platforms_share_of_credits_recorded_before_it(
     try:
         with db.transaction() as conn:
             platform = {"unit": "diamond", "platform": True, "balance": 0, "created_at": NOW}
-            conn.execute(insert(storage.ledger.accounts).values(code=storage.DIAMONDS_ISSUED, **platform))
+            conn.execute(insert(storage.ledger.accounts).values(code=model.DIAMONDS_ISSUED, **platform))
             conn.execute(
                 insert(storage.ledger.accounts).values(
                     code="creator:alice:diamonds", unit="diamond", platform=False, balance=0, created_at=NOW
@@ -152,27 +152,25 @@ def test_migration_0002_books_the_platforms_share_of_credits_recorded_before_it(
             Ledger(storage.ledger, conn).post(
                 "gift_credit",
                 "g1",
-                [Posting(storage.DIAMONDS_ISSUED, -50), Posting("creator:alice:diamonds", 50)],
+                [Posting(model.DIAMONDS_ISSUED, -50), Posting("creator:alice:diamonds", 50)],
                 NOW,
                 transfer_id="credit:cr_1",
             )
         command.upgrade(config, "head")
         with db.transaction() as conn:
             ledger = Ledger(storage.ledger, conn)
-            assert ledger.balances([storage.PLATFORM_SHARE, storage.CREATORS_SHARE, storage.GIFT_COINS]) == {
-                storage.PLATFORM_SHARE: 51 + 1,
-                storage.CREATORS_SHARE: 50,
-                storage.GIFT_COINS: -(101 + 1),
+            assert ledger.balances([model.PLATFORM_SHARE, model.CREATORS_SHARE, model.GIFT_COINS]) == {
+                model.PLATFORM_SHARE: 51 + 1,
+                model.CREATORS_SHARE: 50,
+                model.GIFT_COINS: -(101 + 1),
             }
-            booked = storage.CreditRepository(conn).booked(Selection(), 10)
+            booked = storage.CreditRepository(conn).booked(10)
             assert [(b.credit.gift_id, b.booked_diamonds, b.booked_share, b.diamond_transfers) for b in booked] == [
                 ("g1", 50, 51, 1),
                 ("g2", 0, 1, 0),
             ]
             stored = conn.execute(
-                select(storage.ledger.accounts.c.balance).where(
-                    storage.ledger.accounts.c.code == storage.DIAMONDS_ISSUED
-                )
+                select(storage.ledger.accounts.c.balance).where(storage.ledger.accounts.c.code == model.DIAMONDS_ISSUED)
             ).scalar_one()
             assert stored is None  # a platform balance is no longer stored
             assert ledger_problems(storage.ledger, conn) == []

@@ -19,11 +19,13 @@ from giftcoin.payout.v1 import payout_pb2
 from giftcoin.wallet.v1 import wallet_pb2
 from sqlalchemy import Connection, delete, insert, select, update
 
+from services.payout import model as payout_model
 from services.payout import storage as payout_storage
 from services.reconciler import RECONCILER, Report, Window, check
 from services.runtime.auth import Caller, dev_token
 from services.runtime.db import Database
 from services.runtime.ledger import Ledger, Posting
+from services.wallet import model as wallet_model
 from services.wallet import storage as wallet_storage
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import Suite, new_id, refused, start_suite
@@ -168,7 +170,7 @@ def capture_behind_wallets_back(suite: Suite, gift_id: str) -> str:
     h = wallet_storage.holds
 
     def capture(conn: Connection) -> str:
-        conn.execute(update(h).where(h.c.gift_id == gift_id).values(state=wallet_storage.CAPTURED))
+        conn.execute(update(h).where(h.c.gift_id == gift_id).values(state=wallet_model.CAPTURED))
         return str(conn.execute(select(h.c.hold_id).where(h.c.gift_id == gift_id)).scalar_one())
 
     return str(write(suite.wallet_url, capture))
@@ -195,11 +197,11 @@ def credit_behind_payouts_back(suite: Suite, gift_id: str, creator_id: str, diam
             "gift_credit",
             gift_id,
             [
-                Posting(payout_storage.DIAMONDS_ISSUED, -diamonds),
-                Posting(payout_storage.creator_diamonds(creator_id), diamonds),
-                Posting(payout_storage.GIFT_COINS, -coins),
-                Posting(payout_storage.CREATORS_SHARE, diamonds),
-                Posting(payout_storage.PLATFORM_SHARE, coins - diamonds),
+                Posting(payout_model.DIAMONDS_ISSUED, -diamonds),
+                Posting(payout_model.creator_diamonds(creator_id), diamonds),
+                Posting(payout_model.GIFT_COINS, -coins),
+                Posting(payout_model.CREATORS_SHARE, diamonds),
+                Posting(payout_model.PLATFORM_SHARE, coins - diamonds),
             ],
             now,
             transfer_id=f"credit:{credit_id}",
@@ -217,8 +219,8 @@ def credit_again_behind_payouts_back(suite: Suite, gift_id: str, creator_id: str
             "gift_credit",
             gift_id,
             [
-                Posting(payout_storage.DIAMONDS_ISSUED, -diamonds),
-                Posting(payout_storage.creator_diamonds(creator_id), diamonds),
+                Posting(payout_model.DIAMONDS_ISSUED, -diamonds),
+                Posting(payout_model.creator_diamonds(creator_id), diamonds),
             ],
             suite.clock.now(),
         )
@@ -240,7 +242,7 @@ def delete_credit_behind_payouts_back(suite: Suite, gift_id: str) -> str:
         conn.execute(delete(e).where(e.c.transfer_id == credit.transfer_id))
         conn.execute(delete(t).where(t.c.id == credit.transfer_id))
         conn.execute(delete(c).where(c.c.gift_id == gift_id))
-        account = payout_storage.creator_diamonds(credit.creator_id)
+        account = payout_model.creator_diamonds(credit.creator_id)
         conn.execute(update(a).where(a.c.code == account).values(balance=a.c.balance - credit.diamonds))
         return str(credit.credit_id)
 

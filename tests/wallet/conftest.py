@@ -27,8 +27,9 @@ from services.runtime.errors import DomainError, from_rpc_error
 from services.runtime.ledger import ledger_problems
 from services.runtime.server import BackgroundLoop, RunningServer, create_server
 from services.wallet import app as wallet_app
-from services.wallet import domain, storage
-from services.wallet.domain import Catalogue, WalletAccounts, WalletBook
+from services.wallet import model, storage
+from services.wallet.domain import Catalogue, UnitOfWork, Wallets
+from services.wallet.model import WalletAccounts
 from services.wallet.receipts import SandboxProvider, mint_receipt
 from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, WalletSettings, load_settings
 from tests.support.identity import as_caller, operator, service, user
@@ -106,7 +107,7 @@ def wallet_problems(conn: Connection) -> list[str]:
             )
         ).scalar_one()
         holding = conn.execute(
-            select(func.coalesce(func.sum(h.c.amount), 0)).where(h.c.user_id == user_id, h.c.state == storage.HELD)
+            select(func.coalesce(func.sum(h.c.amount), 0)).where(h.c.user_id == user_id, h.c.state == model.HELD)
         ).scalar_one()
         if held != holding:
             problems.append(f"{user_id}: held accounts {held} != holds in state held {holding}")
@@ -264,31 +265,34 @@ T = TypeVar("T")
 
 
 class Books:
-    """A WalletBook over a real database, each call its own unit of work."""
+    """The wallet's rules (`Wallets`) over a real database, each call its own unit of work."""
 
     def __init__(self, url: str, clock: FakeClock) -> None:
         self.db = Database.from_url(url, pool_size=4)
-        self.store = storage.WalletStore(self.db)
         self.clock = clock
-        self.book = WalletBook(
+        self.wallets = Wallets(
             Catalogue(DEFAULT_PACKAGES), {"sandbox": SandboxProvider(DEV_SANDBOX_RECEIPT_KEY)}, clock, 600
         )
-        self.store.run(self.book.open_platform_accounts)
+        self.run(self.wallets.open_platform_accounts)
 
-    def open(self, user_id: str, born: date = BORN) -> domain.Wallet:
-        return self.store.run(lambda uow: self.book.open_wallet(uow, user_id, born, "US"))
+    def open(self, user_id: str, born: date = BORN) -> model.Wallet:
+        return self.run(lambda uow: self.wallets.open_wallet(uow, user_id, born, "US"))
 
-    def buy(self, user_id: str, package_id: str) -> domain.PurchaseResult:
+    def buy(self, user_id: str, package_id: str) -> model.PurchaseResult:
         receipt = mint_receipt(package_id, user_id=user_id)
-        verified = self.book.verify_purchase(self.store, user_id, package_id, "", "sandbox", receipt)
-        return self.store.run(lambda uow: self.book.purchase(uow, user_id, verified))
+        verified = self.wallets.verify_purchase(self.run, user_id, package_id, "", "sandbox", receipt)
+        return self.run(lambda uow: self.wallets.purchase(uow, user_id, verified))
 
-    def wallet(self, user_id: str) -> domain.Wallet:
-        return self.store.run(lambda uow: self.book.get_wallet(uow, user_id))
+    def wallet(self, user_id: str) -> model.Wallet:
+        return self.run(lambda uow: self.wallets.get_wallet(uow, user_id))
+
+    def run(self, work: Callable[[UnitOfWork], T]) -> T:
+        """`work` on a unit of work of its own, in one transaction."""
+        return self.db.run(lambda conn: work(UnitOfWork(conn)))
 
     def do(self, rule: Callable[..., T], *args: Any) -> T:
-        """`rule(uow, *args)` for a rule of the book, in a unit of work of its own."""
-        return self.store.run(lambda uow: rule(uow, *args))
+        """`rule(uow, *args)` for a rule of `Wallets`, in a unit of work of its own."""
+        return self.run(lambda uow: rule(uow, *args))
 
 
 @pytest.fixture

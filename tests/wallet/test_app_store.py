@@ -19,7 +19,7 @@ from giftcoin.wallet.v1 import wallet_pb2
 
 from services.giftctl.suite import free_port
 from services.runtime.clock import FakeClock
-from services.wallet.domain import account_token
+from services.wallet.model import account_token
 from tests.support.app_store import AppleChain, Transaction, app_store_env, notification
 from tests.support.identity import as_caller, user
 from tests.wallet.conftest import WalletHarness, new_id, rpc_error, running_wallet

@@ -20,9 +20,9 @@ from sqlalchemy import event, text
 
 from services.runtime.clock import FakeClock
 from services.runtime.errors import DomainError, from_item_error, from_rpc_error
-from services.wallet.domain import HoldAsk
+from services.wallet.domain import UnitOfWork
+from services.wallet.model import HoldAsk, HoldRecord
 from services.wallet.servicer import WalletServicer
-from services.wallet.storage import HoldRecord, WalletUnit
 from tests.support.identity import as_caller, service, user
 from tests.wallet.conftest import (
     GIFTING,
@@ -374,7 +374,7 @@ def test_concurrent_batches_and_holds_never_overspend(wallet: WalletHarness) -> 
 
 
 def _statements(servicer: WalletServicer) -> Callable[[Callable[[], object]], int]:
-    engine = servicer.store.db.engine
+    engine = servicer.calls.db.engine
 
     def count(call: Callable[[], object]) -> int:
         executed = 0
@@ -484,8 +484,8 @@ def test_a_hold_committed_for_a_gift_while_a_batch_holds_it_is_that_gifts_answer
     asks = [HoldAsk("gift-x", "bob", 10), HoldAsk("gift-y", "bob", 60), HoldAsk("gift-z", "bob", 10)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         with books.db.transaction() as conn:
-            books.book.hold(WalletUnit(conn), "gift-x", "alice", 10)
-            batch = pool.submit(books.store.run, partial(books.book.hold_many, asks=asks))
+            books.wallets.hold(UnitOfWork(conn), "gift-x", "alice", 10)
+            batch = pool.submit(books.run, partial(books.wallets.hold_many, asks=asks))
             _wait_for_a_lock_wait(books)  # PostgreSQL: the batch's insert waits on gift-x's
         x, y, z = batch.result(timeout=60)
     assert isinstance(x, DomainError) and (x.reason, x.metadata["user_id"]) == ("HOLD_MISMATCH", "alice")

@@ -1,4 +1,4 @@
-"""The wallet's rules driven directly (domain.py over storage.py), without gRPC, on SQLite and PostgreSQL."""
+"""The wallet's rules driven directly (`Wallets` over storage's UnitOfWork), without gRPC, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from services.runtime.errors import DomainError
-from services.wallet.domain import Catalogue, WalletStatus
+from services.wallet.domain import Catalogue
+from services.wallet.model import CAPTURED, EXPIRED, PromotionRecord, WalletStatus
 from services.wallet.settings import parse_packages
-from services.wallet.storage import CAPTURED, EXPIRED, PromotionRecord
 from tests.wallet.conftest import Books
 
 
@@ -26,33 +26,34 @@ def test_holds_take_promotional_coins_first(books: Books) -> None:
     books.buy("alice", "coins_70")
     now = books.clock.now()
     books.do(
-        books.book.create_promotion, PromotionRecord("welcome", "Welcome", 20, 100, now, now.replace(year=now.year + 1))
+        books.wallets.create_promotion,
+        PromotionRecord("welcome", "Welcome", 20, 100, now, now.replace(year=now.year + 1)),
     )
-    books.do(books.book.claim_promotion, "alice", "welcome")
-    hold = books.do(books.book.hold, "gift-1", "alice", 30, 0)
+    books.do(books.wallets.claim_promotion, "alice", "welcome")
+    hold = books.do(books.wallets.hold, "gift-1", "alice", 30, 0)
     assert (hold.amount, hold.promotional_amount) == (30, 20)
     wallet = books.wallet("alice")
     assert (wallet.balance.total, wallet.balance.held, wallet.balance.promotional) == (90, 30, 20)
-    books.do(books.book.capture, "gift-1")
+    books.do(books.wallets.capture, "gift-1")
     wallet = books.wallet("alice")
     assert (wallet.balance.total, wallet.balance.promotional, wallet.balance.purchased) == (60, 0, 60)
-    assert books.do(books.book.promotion_remaining, "welcome") == 80
+    assert books.do(books.wallets.promotion_remaining, "welcome") == 80
 
 
 def test_the_expired_hold_rule_spends_what_is_there_and_owes_the_rest(books: Books) -> None:
     books.open("alice")
     books.buy("alice", "coins_70")
-    books.do(books.book.hold, "gift-late", "alice", 70, 5)
+    books.do(books.wallets.hold, "gift-late", "alice", 70, 5)
     books.clock.advance(seconds=5)
-    assert books.book.expire_due_holds(books.store) == 1
-    assert books.book.expire_due_holds(books.store) == 0
-    books.do(books.book.hold, "gift-other", "alice", 45, 0)  # 25 left available, 45 held elsewhere
-    captured = books.do(books.book.capture, "gift-late")
+    assert books.wallets.expire_due_holds(books.run) == 1
+    assert books.wallets.expire_due_holds(books.run) == 0
+    books.do(books.wallets.hold, "gift-other", "alice", 45, 0)  # 25 left available, 45 held elsewhere
+    captured = books.do(books.wallets.capture, "gift-late")
     assert (captured.state, captured.promotional_amount, captured.debt_added) == (CAPTURED, 0, 45)
     wallet = books.wallet("alice")
     assert (wallet.status, wallet.debt, wallet.balance.total, wallet.balance.held) == (WalletStatus.FROZEN, 45, 45, 45)
     # The other gift still completes from its own hold; releasing it instead settles the debt.
-    books.do(books.book.release, "gift-other")
+    books.do(books.wallets.release, "gift-other")
     wallet = books.wallet("alice")
     assert (wallet.status, wallet.debt, wallet.balance.total) == (WalletStatus.ACTIVE, 0, 0)
 
@@ -60,23 +61,23 @@ def test_the_expired_hold_rule_spends_what_is_there_and_owes_the_rest(books: Boo
 def test_a_hold_is_not_expired_before_its_time(books: Books) -> None:
     books.open("alice")
     books.buy("alice", "coins_70")
-    books.do(books.book.hold, "gift-1", "alice", 10, 60)
+    books.do(books.wallets.hold, "gift-1", "alice", 10, 60)
     books.clock.advance(seconds=59)
-    assert books.do(books.book.expire, "gift-1") is False
+    assert books.do(books.wallets.expire, "gift-1") is False
     books.clock.advance(seconds=1)
-    assert books.do(books.book.expire, "gift-1") is True
-    assert books.store.run(lambda uow: uow.hold_by_gift("gift-1")).state == EXPIRED  # type: ignore[union-attr]
+    assert books.do(books.wallets.expire, "gift-1") is True
+    assert books.run(lambda uow: uow.hold_by_gift("gift-1")).state == EXPIRED  # type: ignore[union-attr]
 
 
 def test_refund_of_a_fully_spent_purchase_is_all_debt(books: Books) -> None:
     books.open("alice")
     bought = books.buy("alice", "coins_350").purchase
-    books.do(books.book.hold, "gift-1", "alice", 350, 0)
-    books.do(books.book.capture, "gift-1")
-    result = books.do(books.book.refund, "sandbox", bought.store_transaction_id, "chargeback")
+    books.do(books.wallets.hold, "gift-1", "alice", 350, 0)
+    books.do(books.wallets.capture, "gift-1")
+    result = books.do(books.wallets.refund, "sandbox", bought.store_transaction_id, "chargeback")
     assert (result.coins_reclaimed, result.debt_added, result.wallet.debt) == (0, 350, 350)
     assert result.purchase.refund_kind == "chargeback"
-    frozen = refused(lambda: books.do(books.book.hold, "gift-2", "alice", 1, 0))
+    frozen = refused(lambda: books.do(books.wallets.hold, "gift-2", "alice", 1, 0))
     assert frozen.reason == "WALLET_FROZEN" and frozen.metadata["debt"] == "350"
 
 
@@ -86,11 +87,11 @@ def test_underage_wallets_open_but_can_neither_buy_nor_spend(books: Books) -> No
     assert teen.adult is False
     bought = refused(lambda: books.buy("teen", "coins_70"))
     assert (bought.code, bought.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PURCHASER_UNDERAGE")
-    assert refused(lambda: books.do(books.book.hold, "gift-1", "teen", 1, 0)).reason == "SENDER_UNDERAGE"
+    assert refused(lambda: books.do(books.wallets.hold, "gift-1", "teen", 1, 0)).reason == "SENDER_UNDERAGE"
     books.clock.advance(days=1)  # the eighteenth birthday
     assert books.wallet("teen").adult is True
     books.buy("teen", "coins_70")
-    assert books.do(books.book.hold, "gift-1", "teen", 1, 0).amount == 1
+    assert books.do(books.wallets.hold, "gift-1", "teen", 1, 0).amount == 1
 
 
 def test_catalogue_from_configuration() -> None:
@@ -113,7 +114,7 @@ def test_user_ids_cannot_reach_each_others_accounts(books: Books) -> None:
     for user_id in ("alice", "held-purchased:alice", "alice:held", "purchased:alice"):
         books.open(user_id)
     books.buy("alice", "coins_70")
-    books.do(books.book.hold, "gift-1", "alice", 20, 0)
+    books.do(books.wallets.hold, "gift-1", "alice", 20, 0)
     for other in ("held-purchased:alice", "alice:held", "purchased:alice"):
         assert books.wallet(other).balance.total == 0
     assert (books.wallet("alice").balance.total, books.wallet("alice").balance.held) == (70, 20)

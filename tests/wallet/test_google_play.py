@@ -23,7 +23,7 @@ from giftcoin.wallet.v1 import wallet_pb2
 from services.giftctl.suite import free_port
 from services.runtime.clock import FakeClock
 from services.wallet.app import GOOGLE_PLAY_LOOP
-from services.wallet.domain import account_token
+from services.wallet.model import account_token
 from tests.support.identity import as_caller, user
 from tests.support.play_api import PACKAGE_NAME, PRODUCTS, PlayApi, serving
 from tests.wallet.conftest import WalletHarness, new_id, rpc_error, running_wallet

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from services.giftctl.suite import free_port
-from services.wallet.domain import account_token
+from services.wallet.model import account_token
 from services.wallet.servicer import FULL_NAME
 from tests.support.app_store import AppleChain, Transaction, app_store_env, notification
 from tests.support.identity import as_caller, user

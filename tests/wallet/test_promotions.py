@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from services.runtime.db import Database
 from services.runtime.errors import from_rpc_error
-from services.wallet import domain, storage
+from services.wallet import model, storage
 from tests.wallet.conftest import WalletHarness, rpc_error
 
 
@@ -95,13 +95,13 @@ def test_promotional_coins_are_held_and_spent_first_and_the_ledger_says_so(walle
                 for row in conn.execute(
                     select(e.c.account, e.c.amount).where(
                         e.c.transfer_id == newest.transaction_id,
-                        e.c.account.in_([domain.SPENT_PROMOTIONAL, domain.SPENT_PURCHASED]),
+                        e.c.account.in_([model.SPENT_PROMOTIONAL, model.SPENT_PURCHASED]),
                     )
                 )
             }
     finally:
         db.dispose()
-    assert spent == {domain.SPENT_PROMOTIONAL: 40, domain.SPENT_PURCHASED: 10}
+    assert spent == {model.SPENT_PROMOTIONAL: 40, model.SPENT_PURCHASED: 10}
 
 
 def test_a_frozen_wallet_may_still_claim_but_not_spend(wallet: WalletHarness) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from services.runtime.config import ConfigError, Env
 from services.wallet.app import payment_providers
-from services.wallet.domain import ReceiptRejected, account_token
+from services.wallet.model import ReceiptRejected, account_token
 from services.wallet.receipts import SandboxProvider, main, mint_receipt
 from services.wallet.settings import DEFAULT_PACKAGES, DEV_SANDBOX_RECEIPT_KEY, load_settings, parse_packages
 
