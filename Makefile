@@ -48,6 +48,7 @@ baseline: $(STAMP)
 lint: $(GEN_STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(GEN_STAMP)
 	$(BIN)/mypy

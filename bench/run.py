@@ -33,12 +33,12 @@ from giftcoin.gifting.v1 import gifting_pb2, gifting_pb2_grpc
 from bench import conservation, echo, feed, storage_ceiling
 from bench.autovacuum import Autovacuum, server_autovacuums
 from bench.commit_probe import CommitProbe
-from bench.databases import Databases
 from bench.load import OK, PENDING, LoadResult, drive
 from bench.options import Options, parse
 from bench.report import FeedFigures, IdleFigures, Report, Row
 from bench.suite import Population, Suite, cpu_seconds, free_port, metadata_for, populate, start_process
 from services.runtime.errors import from_rpc_error
+from services.runtime.scratch import ScratchDatabases
 
 CEILING_COINS_PER_VIEWER = 10**12  # the ceilings' viewers never run out
 # The set-up (wallets, purchases, creators) is not measured: a few calls at a time keep each service
@@ -106,7 +106,9 @@ def gift_amounts(options: Options) -> tuple[int, int]:
     return coins, creator_diamonds(coins, 5000)
 
 
-def storage_ceilings(options: Options, databases: Databases, workdir: Path) -> list[tuple[str, LoadResult | str]]:
+def storage_ceilings(
+    options: Options, databases: ScratchDatabases, workdir: Path
+) -> list[tuple[str, LoadResult | str]]:
     coins, diamonds = gift_amounts(options)
     clients = options.storage_clients
     rows: list[tuple[str, LoadResult | str]] = []
@@ -241,7 +243,7 @@ def run(options: Options) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="giftcoin-bench-"))
     logdir = workdir / "logs"
     logdir.mkdir()
-    databases = Databases(options.postgres, workdir)
+    databases = ScratchDatabases(options.postgres, workdir, prefix="gc_bench")
     try:
         version = databases.server_version()
     except Exception as error:
@@ -397,7 +399,7 @@ def idle_phase(options: Options, suite: Suite, logdir: Path) -> IdleFigures:
     return IdleFigures(viewers=audience.held, kib_per_viewer=grown / max(1, audience.held))
 
 
-def _finish(report: Report, options: Options, workdir: Path, databases: Databases, started: float) -> int:
+def _finish(report: Report, options: Options, workdir: Path, databases: ScratchDatabases, started: float) -> int:
     """Print the table (and the JSON), clean up; 0 unless conservation failed or a service died."""
     report.elapsed = time.monotonic() - started
     print(report.render(), flush=True)

@@ -24,8 +24,9 @@ from giftcoin.payout.v1 import payout_pb2
 from google.protobuf.message import Message
 
 from services.giftctl import arguments, render, traces
-from services.giftctl.cli import build_parser, reconciliation
 from services.giftctl.feed import Follower
+from services.giftctl.parser import build_parser
+from services.giftctl.reconcile_cli import reconciliation
 from services.giftctl.session import ANONYMOUS, SERVICES, CliError, Session
 from services.giftctl.suite import Suite, describe, free_port
 from services.reconciler import to_json

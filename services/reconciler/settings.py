@@ -11,40 +11,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.runtime.config import DEFAULT_PORTS, ConfigError, Env, IdentitySettings, TlsSettings, load_credentials
+from services.runtime.config import (
+    DEFAULT_PORTS,
+    Env,
+    ProcessSettings,
+    check_credentials,
+    positive,
+    read_settings,
+    setting,
+)
 
 SERVICES = ("wallet", "gifting", "payout")
 
 
-@dataclass(frozen=True)
-class ReconcilerSettings:
-    targets: dict[str, str]  # wallet, gifting, payout: host:port
-    identity: IdentitySettings  # how it signs its tokens (it verifies none)
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    window_seconds: int = 7200  # each run checks the gifts, holds and credits of this many seconds back
-    in_flight_seconds: int = 900  # a pending gift younger than this is in flight, older is stuck
-    trace_exporter: str = "none"
-    trace_file: str = ""
-    log_level: str = "INFO"
+@dataclass(frozen=True, kw_only=True)
+class ReconcilerSettings(ProcessSettings):
+    """Its identity signs its tokens (it verifies none)."""
+
+    # wallet, gifting, payout: host:port (GIFTCOIN_RECONCILER_<SERVICE>_TARGET, read by load_settings).
+    targets: dict[str, str] = field(default_factory=dict)
+    # Each run checks the gifts, holds and credits of this many seconds back.
+    window_seconds: int = setting("GIFTCOIN_RECONCILER_WINDOW_SECONDS", 7200, positive)
+    # A pending gift younger than this is in flight, older is stuck.
+    in_flight_seconds: int = setting("GIFTCOIN_RECONCILER_IN_FLIGHT_SECONDS", 900, positive)
 
 
 def load_settings(env: Env) -> ReconcilerSettings:
-    credentials = load_credentials(env, verifies_tokens=False)
-    settings = ReconcilerSettings(
-        targets={
-            name: env.text(f"GIFTCOIN_RECONCILER_{name.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[name]}")
-            for name in SERVICES
-        },
-        identity=credentials.identity,
-        tls=credentials.tls,
-        window_seconds=env.integer("GIFTCOIN_RECONCILER_WINDOW_SECONDS", 7200),
-        in_flight_seconds=env.integer("GIFTCOIN_RECONCILER_IN_FLIGHT_SECONDS", 900),
-        trace_exporter=env.text("GIFTCOIN_TRACE_EXPORTER", "none"),
-        trace_file=env.text("GIFTCOIN_TRACE_FILE", ".data/traces-reconciler.jsonl"),
-        log_level=env.text("GIFTCOIN_LOG_LEVEL", "INFO"),
-    )
-    if settings.window_seconds <= 0 or settings.in_flight_seconds <= 0:
-        raise ConfigError(
-            "GIFTCOIN_RECONCILER_WINDOW_SECONDS and GIFTCOIN_RECONCILER_IN_FLIGHT_SECONDS must be positive"
-        )
+    targets = {
+        name: env.text(f"GIFTCOIN_RECONCILER_{name.upper()}_TARGET", f"127.0.0.1:{DEFAULT_PORTS[name]}")
+        for name in SERVICES
+    }
+    settings = read_settings(ReconcilerSettings, env, "reconciler", targets=targets)
+    check_credentials(settings, verifies_tokens=False)
     return settings

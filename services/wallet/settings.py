@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
-from services.runtime.config import ConfigError, Env, ServiceSettings, load_service_settings
+from services.runtime.config import (
+    ConfigError,
+    Derived,
+    Env,
+    ServiceSettings,
+    load_service_settings,
+    positive,
+    read_setting,
+    setting,
+)
 from services.runtime.ledger import MAX_AMOUNT
 
 # Signs sandbox receipts in dev mode only, so that `make demo` and the tests need no configuration.
@@ -64,48 +73,46 @@ APP_STORE_ENVIRONMENTS = ("Production", "Sandbox")
 GOOGLE_PLAY_API_URL = "https://androidpublisher.googleapis.com"
 
 
-@dataclass(frozen=True)
+def _packages(env: Env, variable: str, default: tuple[PackageConfig, ...]) -> tuple[PackageConfig, ...]:
+    raw = env.text(variable, "")
+    return parse_packages(raw) if raw.strip() else default
+
+
+def _text_or_default(env: Env, variable: str, default: str) -> str:
+    return env.text(variable, "") or default
+
+
+@dataclass(frozen=True, kw_only=True)
 class WalletSettings(ServiceSettings):
-    packages: tuple[PackageConfig, ...] = DEFAULT_PACKAGES
+    # The catalogue: JSON `[{"package_id": "coins_70", "coins": 70, "prices": {"USD": 99}}, ...]`.
+    packages: tuple[PackageConfig, ...] = setting("GIFTCOIN_WALLET_PACKAGES", DEFAULT_PACKAGES, read=_packages)
     # Empty: the sandbox store is off (outside dev mode, unless a key is configured).
-    sandbox_receipt_key: str = ""
+    sandbox_receipt_key: str = setting(
+        "GIFTCOIN_WALLET_SANDBOX_RECEIPT_KEY",
+        Derived(lambda _, read: DEV_SANDBOX_RECEIPT_KEY if read["dev_mode"] else ""),
+        read=_text_or_default,
+    )
+    # Read by load_settings (each store's variables, checked when the store is on).
     app_store: AppStoreSettings | None = None
     google_play: GooglePlaySettings | None = None
     # The HTTP port the stores' notifications arrive on (0: none).
-    store_notifications_port: int = 0
-    hold_ttl_seconds: int = 600
-    hold_ttl_max_seconds: int = 3600
+    store_notifications_port: int = setting("GIFTCOIN_WALLET_STORE_NOTIFICATIONS_PORT", 0)
+    # A hold's default and longest life.
+    hold_ttl_seconds: int = setting("GIFTCOIN_WALLET_HOLD_TTL_SECONDS", 600, positive)
+    hold_ttl_max_seconds: int = setting("GIFTCOIN_WALLET_HOLD_TTL_MAX_SECONDS", 3600, positive)
     # How often lapsed holds are released, and expired request ids reaped.
-    hold_expiry_interval_seconds: int = 5
-    reaper_interval_seconds: int = 600
+    hold_expiry_interval_seconds: int = setting("GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS", 5, positive)
+    reaper_interval_seconds: int = setting("GIFTCOIN_WALLET_REAPER_INTERVAL_SECONDS", 600, positive)
 
 
 def load_settings(env: Env) -> WalletSettings:
-    base = load_service_settings("wallet", env)
-    key = env.text("GIFTCOIN_WALLET_SANDBOX_RECEIPT_KEY", "")
-    packages = load_packages(env)
-    package_ids = {p.package_id for p in packages}
-    settings = WalletSettings(
-        **{f.name: getattr(base, f.name) for f in fields(ServiceSettings)},
-        packages=packages,
-        sandbox_receipt_key=key or (DEV_SANDBOX_RECEIPT_KEY if base.dev_mode else ""),
-        app_store=_load_app_store(env, package_ids),
-        google_play=_load_google_play(env, package_ids),
-        store_notifications_port=env.integer("GIFTCOIN_WALLET_STORE_NOTIFICATIONS_PORT", 0),
-        hold_ttl_seconds=env.integer("GIFTCOIN_WALLET_HOLD_TTL_SECONDS", 600),
-        hold_ttl_max_seconds=env.integer("GIFTCOIN_WALLET_HOLD_TTL_MAX_SECONDS", 3600),
-        hold_expiry_interval_seconds=env.integer("GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS", 5),
-        reaper_interval_seconds=env.integer("GIFTCOIN_WALLET_REAPER_INTERVAL_SECONDS", 600),
+    settings = load_service_settings("wallet", env, WalletSettings)
+    if settings.hold_ttl_seconds > settings.hold_ttl_max_seconds:
+        raise ConfigError("GIFTCOIN_WALLET_HOLD_TTL_SECONDS must be at most GIFTCOIN_WALLET_HOLD_TTL_MAX_SECONDS")
+    package_ids = {p.package_id for p in settings.packages}
+    return replace(
+        settings, app_store=_load_app_store(env, package_ids), google_play=_load_google_play(env, package_ids)
     )
-    if not 0 < settings.hold_ttl_seconds <= settings.hold_ttl_max_seconds:
-        raise ConfigError(
-            "GIFTCOIN_WALLET_HOLD_TTL_SECONDS must be positive and at most GIFTCOIN_WALLET_HOLD_TTL_MAX_SECONDS"
-        )
-    if settings.hold_expiry_interval_seconds <= 0 or settings.reaper_interval_seconds <= 0:
-        raise ConfigError(
-            "GIFTCOIN_WALLET_HOLD_EXPIRY_INTERVAL_SECONDS and GIFTCOIN_WALLET_REAPER_INTERVAL_SECONDS must be positive"
-        )
-    return settings
 
 
 def _load_app_store(env: Env, package_ids: set[str]) -> AppStoreSettings | None:
@@ -192,15 +199,12 @@ def _paths(raw: str) -> tuple[str, ...]:
 
 
 def load_packages(env: Env) -> tuple[PackageConfig, ...]:
-    """The catalogue from GIFTCOIN_WALLET_PACKAGES, else SPEC's default.
+    """The catalogue from GIFTCOIN_WALLET_PACKAGES, else SPEC's default (the sandbox receipt tool's).
 
-    The variable holds JSON: `[{"package_id": "coins_70", "coins": 70, "prices": {"USD": 99}}, ...]`.
     Amounts must be JSON integers: a float never becomes a price.
     """
-    raw = env.text("GIFTCOIN_WALLET_PACKAGES", "")
-    if not raw.strip():
-        return DEFAULT_PACKAGES
-    return parse_packages(raw)
+    packages: tuple[PackageConfig, ...] = read_setting(WalletSettings, "packages", env)
+    return packages
 
 
 def parse_packages(raw: str) -> tuple[PackageConfig, ...]:

@@ -23,11 +23,11 @@ from sqlalchemy import update
 
 from bench import conservation, options
 from bench.commit_probe import CommitProbe
-from bench.databases import Databases
 from bench.load import OK, drive, percentile
 from bench.report import Report, Row
 from bench.suite import Population, Suite, metadata_for, populate
 from services.runtime.db import Database, make_engine
+from services.runtime.scratch import ScratchDatabases
 from services.wallet import storage as wallet_storage
 from tests.support.databases import postgres_dsn
 
@@ -99,7 +99,7 @@ def test_a_short_run_prints_the_table_with_both_ratios_and_passes_conservation(t
 def running_suite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Suite, Population]]:
     if request.param == "postgres" and not postgres_dsn():
         pytest.skip("PostgreSQL not tested: GIFTCOIN_TEST_POSTGRES is not set")
-    databases = Databases(postgres_dsn() if request.param == "postgres" else "", tmp_path)
+    databases = ScratchDatabases(postgres_dsn() if request.param == "postgres" else "", tmp_path, prefix="gc_bench")
     suite = Suite({name: databases.new(name) for name in ("wallet", "payout", "gifting")}, tmp_path, {})
     try:
         suite.start()
@@ -157,7 +157,7 @@ def test_conservation_passes_after_gifts_and_fails_when_the_books_are_broken(
 def test_the_commit_probe_counts_the_commits_that_waited(tmp_path: Path) -> None:
     if not postgres_dsn():
         pytest.skip("PostgreSQL not tested: GIFTCOIN_TEST_POSTGRES is not set")
-    databases = Databases(postgres_dsn(), tmp_path)
+    databases = ScratchDatabases(postgres_dsn(), tmp_path, prefix="gc_bench")
     try:
         dsn = databases.libpq(databases.new("probe"))
         probe = CommitProbe(dsn, interval=0.005)

@@ -131,5 +131,5 @@ def test_a_bad_setting_is_a_configuration_error() -> None:
     assert status == NOT_STARTED
     assert lines == [
         "wallet: configuration error: GIFTCOIN_TRACE_EXPORTER must be one of none, console, file, otlp, memory, "
-        "not 'jaeger'"
+        "got 'jaeger'"
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from services.runtime.migration_tables import create_request_ids_table
 from services.runtime.tables import UtcDateTime
 
 revision = "0001"
@@ -19,22 +20,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "request_ids",
-        sa.Column("caller", sa.String(160), nullable=False),
-        sa.Column("request_id", sa.String(64), nullable=False),
-        sa.Column("method", sa.String(160), nullable=False),
-        sa.Column("fingerprint", sa.String(64), nullable=False),
-        sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("owner", sa.String(32), nullable=False),
-        sa.Column("lease_until", UtcDateTime(), nullable=False),
-        sa.Column("response", sa.LargeBinary(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("attempts", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("caller", "request_id", name="pk_request_ids"),
-    )
-    op.create_index("ix_request_ids_created_at", "request_ids", ["created_at"])
+    create_request_ids_table()
 
     op.create_table(
         "gifts",

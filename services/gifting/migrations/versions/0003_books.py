@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from services.runtime.tables import UtcDateTime
+from services.runtime.migration_tables import create_audit_table
 
 revision = "0003"
 down_revision = "0002"
@@ -22,17 +22,7 @@ FAILED_ONLY = sa.text("state = 'failed'")
 
 
 def upgrade() -> None:
-    op.create_table(
-        "audit_records",
-        sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("actor", sa.String(length=160), nullable=False),
-        sa.Column("action", sa.String(length=64), nullable=False),
-        sa.Column("target", sa.String(length=400), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("request_json", sa.Text(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("sequence"),
-    )
+    create_audit_table()
     op.create_index("ix_gift_transfers_created", "gift_transfers", ["created_at", "transfer_id"])
     op.create_index(
         "ix_gift_transfers_failed",

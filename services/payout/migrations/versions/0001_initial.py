@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from services.runtime.migration_tables import create_ledger_tables, create_request_ids_table
 from services.runtime.tables import UtcDateTime
 
 revision = "0001"
@@ -21,52 +22,8 @@ _IN_FLIGHT = "state IN ('requested', 'processing')"
 
 
 def upgrade() -> None:
-    op.create_table(
-        "request_ids",
-        sa.Column("caller", sa.String(160), nullable=False),
-        sa.Column("request_id", sa.String(64), nullable=False),
-        sa.Column("method", sa.String(160), nullable=False),
-        sa.Column("fingerprint", sa.String(64), nullable=False),
-        sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("owner", sa.String(32), nullable=False),
-        sa.Column("lease_until", UtcDateTime(), nullable=False),
-        sa.Column("response", sa.LargeBinary(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("attempts", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("caller", "request_id", name="pk_request_ids"),
-    )
-    op.create_index("ix_request_ids_created_at", "request_ids", ["created_at"])
-
-    op.create_table(
-        "ledger_accounts",
-        sa.Column("code", sa.String(160), primary_key=True),
-        sa.Column("unit", sa.String(16), nullable=False),
-        sa.Column("platform", sa.Boolean(), nullable=False),
-        sa.Column("balance", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("platform OR balance >= 0", name="ck_ledger_accounts_non_negative"),
-    )
-    op.create_table(
-        "ledger_transfers",
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("kind", sa.String(32), nullable=False),
-        sa.Column("reference", sa.String(160), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-    )
-    op.create_index("ix_ledger_transfers_reference", "ledger_transfers", ["reference"])
-    op.create_table(
-        "ledger_entries",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-        sa.Column("transfer_id", sa.String(64), sa.ForeignKey("ledger_transfers.id"), nullable=False),
-        sa.Column("account", sa.String(160), sa.ForeignKey("ledger_accounts.code"), nullable=False),
-        sa.Column("unit", sa.String(16), nullable=False),
-        sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("amount <> 0", name="ck_ledger_entries_nonzero"),
-    )
-    op.create_index("ix_ledger_entries_account_id", "ledger_entries", ["account", "id"])
-    op.create_index("ix_ledger_entries_transfer", "ledger_entries", ["transfer_id"])
+    create_request_ids_table()
+    create_ledger_tables()
 
     op.create_table(
         "creators",

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
+from services.runtime.migration_tables import create_audit_table
 from services.runtime.tables import UtcDateTime
 
 revision = "0002"
@@ -49,17 +50,7 @@ def upgrade() -> None:
         table.drop_constraint("ck_ledger_accounts_non_negative", type_="check")
         table.create_check_constraint("ck_ledger_accounts_balance", PLATFORM_BALANCE_NOT_STORED)
     _book_platform_shares()
-    op.create_table(
-        "audit_records",
-        sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("actor", sa.String(length=160), nullable=False),
-        sa.Column("action", sa.String(length=64), nullable=False),
-        sa.Column("target", sa.String(length=400), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("request_json", sa.Text(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("sequence"),
-    )
+    create_audit_table()
     op.create_index("ix_diamond_credits_created", "diamond_credits", ["created_at", "credit_id"])
     op.create_index("ix_creators_kyc_status", "creators", ["kyc_status", "creator_id"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from services.runtime.migration_tables import create_ledger_tables, create_request_ids_table
 from services.runtime.tables import UtcDateTime
 
 revision = "0001"
@@ -19,25 +20,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "ledger_accounts",
-        sa.Column("code", sa.String(length=160), nullable=False),
-        sa.Column("unit", sa.String(length=16), nullable=False),
-        sa.Column("platform", sa.Boolean(), nullable=False),
-        sa.Column("balance", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("platform OR balance >= 0", name="ck_ledger_accounts_non_negative"),
-        sa.PrimaryKeyConstraint("code"),
-    )
-    op.create_table(
-        "ledger_transfers",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("kind", sa.String(length=32), nullable=False),
-        sa.Column("reference", sa.String(length=160), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_ledger_transfers_reference", "ledger_transfers", ["reference"])
+    create_ledger_tables()
     op.create_table(
         "promotions",
         sa.Column("promotion_id", sa.String(length=128), nullable=False),
@@ -51,22 +34,7 @@ def upgrade() -> None:
         sa.CheckConstraint("start_time < end_time", name="ck_promotions_window"),
         sa.PrimaryKeyConstraint("promotion_id"),
     )
-    op.create_table(
-        "request_ids",
-        sa.Column("caller", sa.String(length=160), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("method", sa.String(length=160), nullable=False),
-        sa.Column("fingerprint", sa.String(length=64), nullable=False),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("owner", sa.String(length=32), nullable=False),
-        sa.Column("lease_until", UtcDateTime(), nullable=False),
-        sa.Column("response", sa.LargeBinary(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.Column("attempts", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("caller", "request_id", name="pk_request_ids"),
-    )
-    op.create_index("ix_request_ids_created_at", "request_ids", ["created_at"])
+    create_request_ids_table()
     op.create_table(
         "wallets",
         sa.Column("user_id", sa.String(length=128), nullable=False),
@@ -98,21 +66,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("gift_id", name="uq_holds_gift_id"),
     )
     op.create_index("ix_holds_state_expire_time", "holds", ["state", "expire_time"])
-    op.create_table(
-        "ledger_entries",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("transfer_id", sa.String(length=64), nullable=False),
-        sa.Column("account", sa.String(length=160), nullable=False),
-        sa.Column("unit", sa.String(length=16), nullable=False),
-        sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("amount <> 0", name="ck_ledger_entries_nonzero"),
-        sa.ForeignKeyConstraint(["account"], ["ledger_accounts.code"]),
-        sa.ForeignKeyConstraint(["transfer_id"], ["ledger_transfers.id"]),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_ledger_entries_account_id", "ledger_entries", ["account", "id"])
-    op.create_index("ix_ledger_entries_transfer", "ledger_entries", ["transfer_id"])
     op.create_table(
         "promotion_claims",
         sa.Column("promotion_id", sa.String(length=128), nullable=False),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from services.runtime.tables import UtcDateTime
+from services.runtime.migration_tables import create_audit_table
 
 revision = "0003"
 down_revision = "0002"
@@ -30,17 +30,7 @@ def upgrade() -> None:
     with op.batch_alter_table("ledger_accounts") as table:
         table.drop_constraint("ck_ledger_accounts_non_negative", type_="check")
         table.create_check_constraint("ck_ledger_accounts_balance", PLATFORM_BALANCE_NOT_STORED)
-    op.create_table(
-        "audit_records",
-        sa.Column("sequence", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("actor", sa.String(length=160), nullable=False),
-        sa.Column("action", sa.String(length=64), nullable=False),
-        sa.Column("target", sa.String(length=400), nullable=False),
-        sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("request_json", sa.Text(), nullable=False),
-        sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("sequence"),
-    )
+    create_audit_table()
     op.create_index("ix_holds_created", "holds", ["created_at", "hold_id"])
     op.create_index("ix_purchases_created_at", "purchases", ["created_at"])
     op.create_index("ix_purchase_refunds_created_at", "purchase_refunds", ["created_at"])
