@@ -72,8 +72,8 @@ class Audience:
         return float(max(self.lags_ms))
 
 
-def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path, nice: int = 0) -> Audience:
-    """Start viewer processes for `plan` (stream, viewers), at niceness `nice`, and wait until every viewer is live."""
+def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path) -> Audience:
+    """Start viewer processes for `plan` (stream, viewers) and wait until every viewer is live."""
     audience = Audience()
     chunks: list[list[tuple[str, int]]] = [[]]
     room = VIEWERS_PER_PROCESS
@@ -91,7 +91,7 @@ def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path, nice: int =
         with (logdir / f"viewers-{i}.log").open("a") as log:
             audience.processes.append(
                 subprocess.Popen(
-                    ["nice", "-n", str(nice), sys.executable, "-m", "bench.viewers", *args],
+                    [sys.executable, "-m", "bench.viewers", *args],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,

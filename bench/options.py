@@ -34,7 +34,6 @@ class Options:
     hot_viewers: int  # the feed phase's viewers of the hot stream
     quiet_viewers: int  # the feed phase's viewers of the other creators' streams
     idle_viewers: int  # the idle phase's viewers, of streams without gifts
-    viewers_nice: int  # the viewer processes' niceness: they stand in for devices elsewhere
 
     @property
     def storage_clients(self) -> int:
@@ -100,14 +99,6 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--idle-viewers", type=int, default=10_000, help="idle phase: viewers of streams without gifts (default 10000)"
     )
-    parser.add_argument(
-        "--viewers-nice",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the viewer processes at this niceness (0..19), so that they take only the CPU the suite "
-        "leaves: viewers' devices are not the servers' cores (default 0)",
-    )
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs (printed at the end)")
     parser.add_argument(
@@ -137,8 +128,6 @@ def parse(argv: list[str] | None = None) -> Options:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if min(args.hot_viewers, args.quiet_viewers, args.idle_viewers) < 0:
         parser.error("--hot-viewers, --quiet-viewers and --idle-viewers must not be negative")
-    if not 0 <= args.viewers_nice <= 19:
-        parser.error("--viewers-nice must be 0..19")
     if args.warmup < 0 or not 0 <= args.hot_share <= 100:
         parser.error("--warmup must not be negative and --hot-share must be 0..100")
     if args.creators < 2 and "hot" in phases:
@@ -162,5 +151,4 @@ def parse(argv: list[str] | None = None) -> Options:
         hot_viewers=args.hot_viewers,
         quiet_viewers=args.quiet_viewers,
         idle_viewers=args.idle_viewers,
-        viewers_nice=args.viewers_nice,
     )

@@ -348,7 +348,7 @@ def feed_phase(
     report.status(f"suite: connecting {viewers} viewers ...")
     gifting_pid = suite.processes["gifting"].proc.pid
     before = feed.resident_kib(gifting_pid)
-    audience = feed.connect(suite, [(s, n) for s, n in plan if n], logdir, options.viewers_nice)
+    audience = feed.connect(suite, [(s, n) for s, n in plan if n], logdir)
     try:
         grown = feed.resident_kib(gifting_pid) - before
         report.status(f"suite: SendGift hot at {rate:.0f}/s, {audience.held} viewers ...")
@@ -356,13 +356,7 @@ def feed_phase(
         watched = suite_phase(options, suite, population, hot=True, rate=rate, also_count=audience.cpu)
         window = (window_start, window_start + options.duration)
         report.rows.append(
-            Row.of(
-                f"{feed.FEED_PHASE} {rate:.0f}/s, {audience.held} viewers"
-                + (f" at nice {options.viewers_nice}" if options.viewers_nice else ""),
-                watched,
-                suite=True,
-                rate=rate,
-            )
+            Row.of(f"{feed.FEED_PHASE} {rate:.0f}/s, {audience.held} viewers", watched, suite=True, rate=rate)
         )
         feed.wait_for_quiet()
         feed.collect(audience, feed.feed_heads(suite.urls["gifting"], [s for s, _ in plan]), window)
@@ -391,7 +385,7 @@ def idle_phase(options: Options, suite: Suite, logdir: Path) -> IdleFigures:
         (f"live-idle-{i:04d}", options.idle_viewers // streams + (i < options.idle_viewers % streams))
         for i in range(streams)
     ]
-    audience = feed.connect(suite, plan, logdir, options.viewers_nice)
+    audience = feed.connect(suite, plan, logdir)
     try:
         grown = feed.resident_kib(gifting_pid) - before
     finally:
