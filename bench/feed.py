@@ -72,8 +72,9 @@ class Audience:
         return float(max(self.lags_ms))
 
 
-def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path) -> Audience:
-    """Start viewer processes for `plan` (stream, viewers) and wait until every viewer is live."""
+def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path, after: dict[str, int] | None = None) -> Audience:
+    """Start viewer processes for `plan` (stream, viewers), each viewer following its stream from
+    `after[stream]` (default: from now on), and wait until every viewer is live."""
     audience = Audience()
     chunks: list[list[tuple[str, int]]] = [[]]
     room = VIEWERS_PER_PROCESS
@@ -87,7 +88,8 @@ def connect(suite: Suite, plan: list[tuple[str, int]], logdir: Path) -> Audience
             count, room = count - take, room - take
     for i, chunk in enumerate(chunks):
         spec = ",".join(f"{stream}:{count}" for stream, count in chunk)
-        args = [suite.target("gifting"), spec, str(EVENTS_PER_RESPONSE), str(CHANNELS_PER_PROCESS)]
+        starts = json.dumps({stream: (after or {}).get(stream, 0) for stream, _ in chunk})
+        args = [suite.target("gifting"), spec, str(EVENTS_PER_RESPONSE), str(CHANNELS_PER_PROCESS), starts]
         with (logdir / f"viewers-{i}.log").open("a") as log:
             audience.processes.append(
                 subprocess.Popen(

@@ -348,7 +348,9 @@ def feed_phase(
     report.status(f"suite: connecting {viewers} viewers ...")
     gifting_pid = suite.processes["gifting"].proc.pid
     before = feed.resident_kib(gifting_pid)
-    audience = feed.connect(suite, [(s, n) for s, n in plan if n], logdir)
+    # Viewers start from the heads read now: one whose stream gets no gift is still checked against it.
+    starts = feed.feed_heads(suite.urls["gifting"], [s for s, _ in plan])
+    audience = feed.connect(suite, [(s, n) for s, n in plan if n], logdir, starts)
     try:
         grown = feed.resident_kib(gifting_pid) - before
         report.status(f"suite: SendGift hot at {rate:.0f}/s, {audience.held} viewers ...")

@@ -1,8 +1,10 @@
 """Viewers for the benchmark's feed phases: one process holding many WatchGifts streams.
 
-    python -m bench.viewers TARGET PLAN PER_RESPONSE CHANNELS
+    python -m bench.viewers TARGET PLAN PER_RESPONSE CHANNELS [AFTER]
 
-PLAN is `stream:count,stream:count,...` (live streams of the target gifting replica). The process opens
+PLAN is `stream:count,stream:count,...` (live streams of the target gifting replica); AFTER a JSON object
+{stream: sequence} of where each stream's viewers start (`after_sequence`: the stream's head when the
+benchmark read it, so that a viewer that is sent nothing is still checked against the head). The process opens
 the streams (spread over CHANNELS connections), prints `ready N` once every one is live (its response
 headers came), and follows them. It then reads one JSON line on stdin: `{"heads": {stream: last
 sequence}, "window": [start, end]}` (wall-clock seconds), waits (up to a limit) until every viewer has
@@ -80,6 +82,7 @@ class Watching:
         request = gifting_pb2.WatchGiftsRequest(
             target=gifting_pb2.Target(kind=gifting_pb2.TARGET_KIND_LIVE_STREAM, id=viewer.stream),
             max_events_per_response=self.per_response,
+            after_sequence=viewer.last,
         )
         call: Any = stub.WatchGifts(request, metadata=metadata_for(f"watcher-{id(viewer)}"))
         await call.initial_metadata()
@@ -99,11 +102,11 @@ class Watching:
             self.caught_up.set()
 
 
-async def main(target: str, plan: str, per_response: int, channels: int) -> None:
+async def main(target: str, plan: str, per_response: int, channels: int, after: dict[str, int]) -> None:
     watching = Watching(per_response)
     for part in plan.split(","):
         stream, _, count = part.rpartition(":")
-        watching.viewers += [Viewer(stream) for _ in range(int(count))]
+        watching.viewers += [Viewer(stream, last=after.get(stream, 0)) for _ in range(int(count))]
     # Connections of their own (by default channels to one target share one): a viewer's app has its own.
     opened = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
@@ -141,4 +144,5 @@ async def main(target: str, plan: str, per_response: int, channels: int) -> None
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    after = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), after))
