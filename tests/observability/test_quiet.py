@@ -22,6 +22,7 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.wallet.receipts import mint_receipt
 from tests.gifting.harness import wait_for
+from tests.observability.traced import read_spans, traced_suite
 from tests.support.identity import as_caller, user
 from tests.support.processes import ServiceProcess
 
@@ -42,37 +43,8 @@ TICKING = {  # every loop ticks several times a second
 
 @pytest.fixture
 def suite(tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
-    def env(service: str) -> dict[str, str]:
-        return {"GIFTCOIN_TRACE_EXPORTER": "file", "GIFTCOIN_TRACE_FILE": str(tmp_path / f"{service}.jsonl"), **TICKING}
-
-    wallet = ServiceProcess("wallet", f"sqlite:///{tmp_path}/wallet.db", env("wallet"), log_dir=tmp_path)
-    payout = ServiceProcess("payout", f"sqlite:///{tmp_path}/payout.db", env("payout"), log_dir=tmp_path)
-    gifting = ServiceProcess(
-        "gifting",
-        f"sqlite:///{tmp_path}/gifting.db",
-        {
-            **env("gifting"),
-            "GIFTCOIN_GIFTING_WALLET_TARGET": wallet.target,
-            "GIFTCOIN_GIFTING_PAYOUT_TARGET": payout.target,
-        },
-        log_dir=tmp_path,
-    )
-    started = []
-    try:
-        for process in (wallet, payout, gifting):
-            started.append(process.start())
-        yield {"wallet": wallet, "payout": payout, "gifting": gifting}
-    finally:
-        for process in reversed(started):
-            process.kill()
-
-
-def spans(directory: Path) -> list[dict]:
-    found = []
-    for path in directory.glob("*.jsonl"):
-        if not path.name.startswith("metrics-"):
-            found += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return found
+    with traced_suite(tmp_path, TICKING, graceful=False) as processes:
+        yield processes
 
 
 def log_lines(process: ServiceProcess) -> list[dict]:
@@ -118,13 +90,13 @@ def test_an_idle_suite_emits_no_spans_and_its_loops_trace_only_the_work_they_fin
     suite: dict[str, ServiceProcess], tmp_path: Path
 ) -> None:
     time.sleep(5)  # a few dozen ticks of every loop, with nothing to do
-    assert spans(tmp_path) == []
+    assert read_spans(tmp_path) == []
     trace_id = secrets.token_hex(16)
     gift = send(suite, trace_id)
     assert gift.state == gifting_pb2.GIFT_TRANSFER_STATE_COMPLETED
-    wait_for(lambda: any(s["trace_id"] == trace_id for s in spans(tmp_path)), what="the gift's spans")
+    wait_for(lambda: any(s["trace_id"] == trace_id for s in read_spans(tmp_path)), what="the gift's spans")
     time.sleep(3)  # the loops tick on: still nothing of their own
-    roots = [s for s in spans(tmp_path) if not s["parent_span_id"]]
+    roots = [s for s in read_spans(tmp_path) if not s["parent_span_id"]]
     assert all(s["kind"] == "SERVER" for s in roots), [s["name"] for s in roots if s["kind"] != "SERVER"]
 
 

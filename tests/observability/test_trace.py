@@ -22,6 +22,7 @@ from giftcoin.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.runtime.errors import from_rpc_error
 from services.wallet.receipts import mint_receipt
+from tests.observability.traced import read_spans, traced_suite
 from tests.support.identity import as_caller, user
 from tests.support.processes import ServiceProcess
 
@@ -30,36 +31,8 @@ DOB = common_pb2.Date(year=1990, month=1, day=1)
 
 @pytest.fixture
 def suite(tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
-    def traced(service: str) -> dict[str, str]:
-        return {"GIFTCOIN_TRACE_EXPORTER": "file", "GIFTCOIN_TRACE_FILE": str(tmp_path / f"{service}.jsonl")}
-
-    wallet = ServiceProcess("wallet", f"sqlite:///{tmp_path}/wallet.db", traced("wallet"), log_dir=tmp_path)
-    payout = ServiceProcess("payout", f"sqlite:///{tmp_path}/payout.db", traced("payout"), log_dir=tmp_path)
-    gifting = ServiceProcess(
-        "gifting",
-        f"sqlite:///{tmp_path}/gifting.db",
-        {
-            **traced("gifting"),
-            "GIFTCOIN_GIFTING_WALLET_TARGET": wallet.target,
-            "GIFTCOIN_GIFTING_PAYOUT_TARGET": payout.target,
-        },
-        log_dir=tmp_path,
-    )
-    started = []
-    try:
-        for process in (wallet, payout, gifting):
-            started.append(process.start())
-        yield {"wallet": wallet, "payout": payout, "gifting": gifting, "dir": tmp_path}  # type: ignore[dict-item]
-    finally:
-        for process in reversed(started):
-            process.terminate()
-
-
-def read_spans(directory: Path) -> list[dict]:
-    spans = []
-    for path in directory.glob("*.jsonl"):
-        spans += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return spans
+    with traced_suite(tmp_path) as processes:
+        yield {**processes, "dir": tmp_path}  # type: ignore[dict-item]
 
 
 def test_one_send_is_one_trace_across_gifting_wallet_and_payout(suite) -> None:
