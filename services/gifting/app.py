@@ -17,7 +17,7 @@ from services.gifting.saga import Saga
 from services.gifting.sends import Sends
 from services.gifting.servicer import FULL_NAME, GiftingServicer
 from services.gifting.settings import GiftingSettings
-from services.gifting.storage import Transactions, UnitOfWork, audit_records
+from services.gifting.storage import UnitOfWork, audit_records
 from services.gifting.storage import request_ids as request_ids_table
 from services.runtime import auth, eventloop
 from services.runtime.audit import AuditLog
@@ -92,15 +92,14 @@ def assemble(
     if payout is None:
         channels.append(eventloop.run(peer_channel(settings.payout_target, PAYOUT_SERVICE, settings)))
         payout = PayoutClient(channels[-1])
-    transactions = Transactions(db)
-    gifts = Gifts(transactions, clock, policy(settings))
-    feed = LiveFeed(gifts, settings.feed_flush_ms / 1000, settings.feed_max_viewers, settings.feed_writes_per_second)
-    saga = Saga(transactions, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
-    sends = Sends(gifts, saga)
-    gifts.seed_catalogue()
     request_ids = RequestIdStore(db, request_ids_table, clock)
     audit = AuditLog(db, audit_records, clock)
     calls = GuardedCalls(FULL_NAME, request_ids, UnitOfWork, audit)
+    gifts = Gifts(calls.transactions, clock, policy(settings))
+    feed = LiveFeed(gifts, settings.feed_flush_ms / 1000, settings.feed_max_viewers, settings.feed_writes_per_second)
+    saga = Saga(calls.transactions, clock, wallet, payout, policy(settings), Failpoint(settings.failpoint), feed.notify)
+    sends = Sends(gifts, saga)
+    gifts.seed_catalogue()
     servicer = GiftingServicer(
         gifts, sends, feed, calls, audit, settings.send_batch_max, settings.send_batch_stall_ms / 1000
     )

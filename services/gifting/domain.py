@@ -37,7 +37,6 @@ from services.gifting.model import (
     creator_diamonds,
     credit_deadline,
 )
-from services.gifting.storage import Transactions as Transactions
 from services.gifting.storage import UnitOfWork as UnitOfWork
 from services.runtime.clock import Clock
 from services.runtime.errors import (
@@ -51,6 +50,7 @@ from services.runtime.errors import (
     resource_exhausted,
     unavailable,
 )
+from services.runtime.guarded import Transactions
 from services.runtime.pagination import CursorValue, Listing, decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Gifts:
     calls); the ones the live feed, start-up and the metrics call run a transaction of their own.
     """
 
-    def __init__(self, transactions: Transactions, clock: Clock, policy: SagaPolicy) -> None:
+    def __init__(self, transactions: Transactions[UnitOfWork], clock: Clock, policy: SagaPolicy) -> None:
         self.transactions = transactions
         self.clock = clock
         self.policy = policy

@@ -55,7 +55,6 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from services.gifting.domain import (
-    Transactions,
     UnitOfWork,
     failure,
     gift_failed,
@@ -96,6 +95,7 @@ from services.gifting.ports import (
 from services.gifting.traces import batch_span, in_trace
 from services.runtime.clock import Clock
 from services.runtime.errors import DomainError
+from services.runtime.guarded import Transactions
 from services.runtime.telemetry import COINS_MOVED, DIAMONDS_MOVED, GIFT_OUTCOMES, traced
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Saga:
 
     def __init__(
         self,
-        transactions: Transactions,
+        transactions: Transactions[UnitOfWork],
         clock: Clock,
         wallet: WalletPort,
         payout: PayoutPort,

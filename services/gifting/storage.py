@@ -56,7 +56,6 @@ from services.gifting.model import (
 )
 from services.runtime.audit import audit_table
 from services.runtime.db import (
-    Database,
     Selection,
     insert_rows,
     insert_unless_conflict,
@@ -690,19 +689,3 @@ class UnitOfWork:
         self.transfers = TransferRepository(conn)
         self.spending = SpendingRepository(conn)
         self.feed = FeedRepository(conn)
-
-
-class Transactions:
-    """The gifting database's transactions, each over a UnitOfWork: what the domain and the saga work in."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def run(self, work: Callable[[UnitOfWork], T]) -> T:
-        return self.db.run(lambda conn: work(UnitOfWork(conn)))
-
-    async def run_async(self, work: Callable[[UnitOfWork], T]) -> T:
-        return await self.db.run_async(lambda conn: work(UnitOfWork(conn)))
-
-    async def call_async(self, call: Callable[[], T]) -> T:
-        return await self.db.call_async(call)

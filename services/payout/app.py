@@ -84,7 +84,7 @@ def assemble(
     calls = GuardedCalls(FULL_NAME, request_ids, UnitOfWork, audit)
     payouts = Payouts(terms(settings), clock)
     calls.read(payouts.open_platform_accounts)
-    processor = PayoutProcessor(calls.read, clock, provider)
+    processor = PayoutProcessor(calls.transactions, clock, provider)
     unwatch = PAYOUTS_IN_FLIGHT.watch(lambda: [(calls.read(lambda uow: uow.payouts.count_in_flight()), {})])
 
     def close() -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from opentelemetry import trace
 
@@ -42,18 +42,13 @@ from services.payout.model import (
 )
 from services.payout.storage import UnitOfWork
 from services.runtime.clock import Clock
+from services.runtime.guarded import Transactions
 from services.runtime.ledger import Posting
 from services.runtime.telemetry import PAYOUT_OUTCOMES, traced
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 T = TypeVar("T")
-
-
-class Transactions(Protocol):
-    """Runs `work` in a transaction of its own and returns what it returned (GuardedCalls.read)."""
-
-    def __call__(self, work: Callable[[UnitOfWork], T]) -> T: ...
 
 
 @dataclass
@@ -71,17 +66,17 @@ class PayoutProcessor:
     """Drives due payouts through the provider, each step in a transaction of its own (the module's header)."""
 
     def __init__(
-        self, transaction: Transactions, clock: Clock, provider: PayoutProvider, batch_size: int = 100
+        self, transactions: Transactions[UnitOfWork], clock: Clock, provider: PayoutProvider, batch_size: int = 100
     ) -> None:
-        self.transaction = transaction
+        self.transactions = transactions
         self.clock = clock
         self.provider = provider
         self.batch_size = batch_size
 
     def process_due(self) -> ProcessingReport:
         report = ProcessingReport()
-        processing = self.transaction(lambda uow: uow.payouts.ids_in_state(PROCESSING, self.batch_size))
-        requested = self.transaction(lambda uow: uow.payouts.ids_in_state(REQUESTED, self.batch_size))
+        processing = self.transactions.run(lambda uow: uow.payouts.ids_in_state(PROCESSING, self.batch_size))
+        requested = self.transactions.run(lambda uow: uow.payouts.ids_in_state(REQUESTED, self.batch_size))
         for payout_id in processing:
             with traced(), tracer.start_as_current_span("payout.poll", attributes={"giftcoin.payout_id": payout_id}):
                 self._guarded(report, payout_id, self._poll)
@@ -108,26 +103,26 @@ class PayoutProcessor:
         return state
 
     def _submit(self, payout_id: str) -> str:
-        payment = self.transaction(lambda uow: self.start_submission(uow, payout_id))
+        payment = self.transactions.run(lambda uow: self.start_submission(uow, payout_id))
         if payment is None:
             return ""
         result = self.provider.submit(payment)
         return self._apply(payout_id, result)
 
     def _poll(self, payout_id: str) -> str:
-        payment = self.transaction(lambda uow: self.processing_payment(uow, payout_id))
+        payment = self.transactions.run(lambda uow: self.processing_payment(uow, payout_id))
         if payment is None:
             return ""
         result = self.provider.status(payment.idempotency_key)
         if result is None:
-            payment = self.transaction(lambda uow: self.resubmission(uow, payout_id))
+            payment = self.transactions.run(lambda uow: self.resubmission(uow, payout_id))
             if payment is None:
                 return ""
             result = self.provider.submit(payment)
         return self._apply(payout_id, result)
 
     def _apply(self, payout_id: str, result: ProviderResult) -> str:
-        state = self.transaction(lambda uow: self.apply_result(uow, payout_id, result))
+        state = self.transactions.run(lambda uow: self.apply_result(uow, payout_id, result))
         if state in (PAID, FAILED):
             log.info("payout %s %s (provider reference %s)", payout_id, state, result.provider_reference)
             PAYOUT_OUTCOMES.add(1, {"giftcoin.payout.state": state})

@@ -29,6 +29,25 @@ P = TypeVar("P")  # what a batch's work reads, queued with its request ids
 T = TypeVar("T")
 
 
+class Transactions(Generic[U]):
+    """A service's transactions, each over its unit of work: what its domain runs work in outside a
+    request (loops, start-up, the feed), blocking or from the event loop (on the database's threads)."""
+
+    def __init__(self, db: Database, unit_of_work: Callable[[Connection], U]) -> None:
+        self.db = db
+        self.unit_of_work = unit_of_work
+
+    def run(self, work: Callable[[U], T]) -> T:
+        return self.db.run(lambda conn: work(self.unit_of_work(conn)))
+
+    async def run_async(self, work: Callable[[U], T]) -> T:
+        return await self.db.run_async(lambda conn: work(self.unit_of_work(conn)))
+
+    async def call_async(self, call: Callable[[], T]) -> T:
+        """`call` (itself running transactions) on the database's threads."""
+        return await self.db.call_async(call)
+
+
 class GuardedCalls(Generic[U]):
     """A service's mutating RPCs, each run at most once per (caller, request id), on its unit of work."""
 
@@ -43,6 +62,7 @@ class GuardedCalls(Generic[U]):
         self.request_ids = request_ids
         self.unit_of_work = unit_of_work
         self.audit = audit
+        self.transactions = Transactions(request_ids.db, unit_of_work)
 
     @property
     def db(self) -> Database:
@@ -129,4 +149,4 @@ class GuardedCalls(Generic[U]):
 
     def read(self, work: Callable[[U], T]) -> T:
         """`work` in a transaction of its own, guarded by nothing: for reads."""
-        return self.db.run(lambda conn: work(self.unit_of_work(conn)))
+        return self.transactions.run(work)

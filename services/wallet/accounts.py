@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
 
 from services.runtime.clock import Clock
 from services.runtime.errors import DomainError, not_found
@@ -36,14 +35,6 @@ from services.wallet.model import (
     WalletStatus,
 )
 from services.wallet.storage import UnitOfWork
-
-T = TypeVar("T")
-
-
-class UnitRunner(Protocol):
-    """Runs work on a unit of work of its own, in one transaction (the app's `GuardedCalls.read`)."""
-
-    def __call__(self, work: Callable[[UnitOfWork], T], /) -> T: ...
 
 
 @dataclass

@@ -90,7 +90,9 @@ def build(
     servicer = WalletServicer(wallets, calls, audit, settings.hold_ttl_max_seconds, store_threads)
     loops = [
         BackgroundLoop(
-            HOLD_EXPIRY_LOOP, settings.hold_expiry_interval_seconds, lambda: wallets.expire_due_holds(calls.read)
+            HOLD_EXPIRY_LOOP,
+            settings.hold_expiry_interval_seconds,
+            lambda: wallets.expire_due_holds(calls.transactions),
         ),
         BackgroundLoop(
             REAPER_LOOP,
@@ -101,13 +103,13 @@ def build(
     app_store, play = providers.get(APP_STORE), providers.get(GOOGLE_PLAY)
     play_sync = None
     if isinstance(play, GooglePlayProvider):
-        play_sync = GooglePlaySync(play.api, play.products, wallets, calls.read, clock)
+        play_sync = GooglePlaySync(play.api, play.products, wallets, calls.transactions, clock)
         loops.append(BackgroundLoop(GOOGLE_PLAY_LOOP, play.settings.sync_interval_seconds, play_sync.step))
     endpoints = []
     if settings.store_notifications_port:
         notifications = StoreNotifications(
             wallets,
-            calls.read,
+            calls.transactions,
             app_store if isinstance(app_store, AppStoreProvider) else None,
             play_sync,
             settings.google_play,

@@ -16,7 +16,8 @@ from datetime import date, datetime
 
 from services.runtime.clock import Clock
 from services.runtime.errors import DomainError, already_exists
-from services.wallet.accounts import Accounts, UnitRunner
+from services.runtime.guarded import Transactions
+from services.wallet.accounts import Accounts
 from services.wallet.holds import CaptureReads, HoldReads, Holds
 from services.wallet.model import (
     BUDGET_ACCOUNTS,
@@ -58,13 +59,12 @@ __all__ = [
     "HoldReads",
     "PaymentProvider",
     "UnitOfWork",
-    "UnitRunner",
     "Wallets",
 ]
 
 
 class Wallets:
-    """Every wallet rule; each method runs inside the unit of work it is given (or, given a `UnitRunner`,
+    """Every wallet rule; each method runs inside the unit of work it is given (or, given its `Transactions`,
     in units of work of its own). Holds, purchases and promotions are their own classes' (see there)."""
 
     def __init__(
@@ -135,15 +135,21 @@ class Wallets:
     def expire(self, uow: UnitOfWork, gift_id: str) -> bool:
         return self._holds.expire(uow, gift_id)
 
-    def expire_due_holds(self, run: UnitRunner, batch: int = 100) -> int:
-        return self._holds.expire_due_holds(run, batch)
+    def expire_due_holds(self, transactions: Transactions[UnitOfWork], batch: int = 100) -> int:
+        return self._holds.expire_due_holds(transactions, batch)
 
     # --- purchases and the stores' refunds (purchases.py) ----------------------------------------
 
     def verify_purchase(
-        self, run: UnitRunner, user_id: str, package_id: str, currency: str, store: str, payload: str
+        self,
+        transactions: Transactions[UnitOfWork],
+        user_id: str,
+        package_id: str,
+        currency: str,
+        store: str,
+        payload: str,
     ) -> VerifiedPurchase:
-        return self._purchases.verify_purchase(run, user_id, package_id, currency, store, payload)
+        return self._purchases.verify_purchase(transactions, user_id, package_id, currency, store, payload)
 
     def purchase(self, uow: UnitOfWork, user_id: str, verified: VerifiedPurchase) -> PurchaseResult:
         return self._purchases.purchase(uow, user_id, verified)
@@ -154,8 +160,8 @@ class Wallets:
     def apply_store_notice(self, uow: UnitOfWork, notice: StoreNotice) -> str:
         return self._purchases.apply_store_notice(uow, notice)
 
-    def apply_notice_once(self, run: UnitRunner, notice: StoreNotice) -> str:
-        return self._purchases.apply_notice_once(run, notice)
+    def apply_notice_once(self, transactions: Transactions[UnitOfWork], notice: StoreNotice) -> str:
+        return self._purchases.apply_notice_once(transactions, notice)
 
     def purchases_to_consume(self, uow: UnitOfWork, store: str, limit: int = 100) -> list[PurchaseRecord]:
         return self._purchases.purchases_to_consume(uow, store, limit)

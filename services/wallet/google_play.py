@@ -34,7 +34,8 @@ from typing import Any
 import jwt
 
 from services.runtime.clock import Clock
-from services.wallet.domain import UnitRunner, Wallets
+from services.runtime.guarded import Transactions
+from services.wallet.domain import UnitOfWork, Wallets
 from services.wallet.model import CHARGEBACK, REFUND, ReceiptRejected, StoreNotice, StoreUnavailable, VerifiedReceipt
 from services.wallet.settings import GooglePlaySettings
 
@@ -221,12 +222,17 @@ class GooglePlaySync:
     """
 
     def __init__(
-        self, api: PlayDeveloperApi, products: Mapping[str, str], wallets: Wallets, run: UnitRunner, clock: Clock
+        self,
+        api: PlayDeveloperApi,
+        products: Mapping[str, str],
+        wallets: Wallets,
+        transactions: Transactions[UnitOfWork],
+        clock: Clock,
     ) -> None:
         self._api = api
         self._products = {package: product for product, package in products.items()}
         self._wallets = wallets
-        self._run = run
+        self._transactions = transactions
         self._clock = clock
         self._read_until: datetime | None = None  # the end of the last voided purchases read
 
@@ -245,7 +251,7 @@ class GooglePlaySync:
         """Consume every credited purchase not consumed yet; how many were. A purchase Google refuses to
         consume is logged and tried again next time; one it cancelled meanwhile has nothing to consume."""
         consumed = 0
-        for purchase in self._run(lambda uow: self._wallets.purchases_to_consume(uow, GOOGLE_PLAY)):
+        for purchase in self._transactions.run(lambda uow: self._wallets.purchases_to_consume(uow, GOOGLE_PLAY)):
             product_id = self._products.get(purchase.package_id)
             if product_id is None:
                 log.error(
@@ -259,7 +265,7 @@ class GooglePlaySync:
             except PlayApiError as exc:
                 log.error("Google Play refused to consume purchase %s: %s", purchase.purchase_id, exc)
                 continue
-            self._run(lambda uow, p=purchase.purchase_id: self._wallets.consumed(uow, p))  # type: ignore[misc]
+            self._transactions.run(lambda uow, p=purchase.purchase_id: self._wallets.consumed(uow, p))  # type: ignore[misc]
             consumed += 1
         return consumed
 
@@ -288,7 +294,7 @@ class GooglePlaySync:
                 store_transaction_id=token,
                 occurred_at=datetime.fromtimestamp(int(voided_ms) / 1000, UTC),
             )
-            results.append(self._wallets.apply_notice_once(self._run, notice))
+            results.append(self._wallets.apply_notice_once(self._transactions, notice))
         return results
 
 

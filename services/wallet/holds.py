@@ -17,10 +17,11 @@ from opentelemetry import trace
 
 from services.runtime.clock import Clock
 from services.runtime.errors import DomainError, already_exists, failed_precondition, not_found
+from services.runtime.guarded import Transactions
 from services.runtime.ledger import Movement, Posting, new_id
 from services.runtime.telemetry import traced
 from services.runtime.validation import age_on
-from services.wallet.accounts import Accounts, Spendable, UnitRunner, wallet_not_found
+from services.wallet.accounts import Accounts, Spendable, wallet_not_found
 from services.wallet.model import (
     ADULT_AGE,
     CAPTURE,
@@ -261,17 +262,17 @@ class Holds:
         self._return_held(uow, hold, EXPIRED, EXPIRY)
         return True
 
-    def expire_due_holds(self, run: UnitRunner, batch: int = 100) -> int:
+    def expire_due_holds(self, transactions: Transactions[UnitOfWork], batch: int = 100) -> int:
         """The expiry loop's step: release every lapsed hold, each in its own transaction."""
         expired = 0
         while True:
-            due = run(lambda uow: uow.due_holds(self.clock.now(), batch))
+            due = transactions.run(lambda uow: uow.due_holds(self.clock.now(), batch))
             for gift_id in due:
                 with (
                     traced(),
                     tracer.start_as_current_span("wallet.expire_hold", attributes={"giftcoin.gift_id": gift_id}),
                 ):
-                    expired += run(partial(self.expire, gift_id=gift_id))
+                    expired += transactions.run(partial(self.expire, gift_id=gift_id))
             if len(due) < batch:
                 if expired:
                     log.info("released %d lapsed holds", expired)

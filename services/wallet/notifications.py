@@ -22,9 +22,10 @@ import logging
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
+from services.runtime.guarded import Transactions
 from services.runtime.http import Handler, HttpAnswer, HttpRequest
 from services.wallet.app_store import AppStoreProvider
-from services.wallet.domain import UnitRunner, Wallets
+from services.wallet.domain import UnitOfWork, Wallets
 from services.wallet.google_play import GooglePlaySync
 from services.wallet.model import ReceiptRejected, StoreUnavailable
 from services.wallet.settings import GooglePlaySettings
@@ -42,13 +43,13 @@ class StoreNotifications:
     def __init__(
         self,
         wallets: Wallets,
-        run: UnitRunner,
+        transactions: Transactions[UnitOfWork],
         app_store: AppStoreProvider | None,
         google_play: GooglePlaySync | None,
         google_play_settings: GooglePlaySettings | None,
     ) -> None:
         self._wallets = wallets
-        self._run = run
+        self._transactions = transactions
         self._app_store = app_store
         self._google_play = google_play
         self._package = google_play_settings.package_name if google_play_settings else ""
@@ -76,7 +77,7 @@ class StoreNotifications:
             return _unavailable(exc)
         if notice is None:
             return HttpAnswer(HTTPStatus.OK, {"outcome": IGNORED})
-        outcome = self._wallets.apply_notice_once(self._run, notice)
+        outcome = self._wallets.apply_notice_once(self._transactions, notice)
         log.info("App Store notification %s (%s): %s", notice.notification_id, notice.kind, outcome)
         return HttpAnswer(HTTPStatus.OK, {"outcome": outcome, "notification_id": notice.notification_id})
 

@@ -10,10 +10,11 @@ from typing import Protocol
 
 from services.runtime.clock import Clock
 from services.runtime.errors import already_exists, bad_field, failed_precondition, not_found, unavailable
+from services.runtime.guarded import Transactions
 from services.runtime.ledger import MAX_AMOUNT, Posting, new_id
 from services.runtime.telemetry import STORE_NOTIFICATIONS
 from services.runtime.validation import Validator, age_on
-from services.wallet.accounts import Accounts, UnitRunner
+from services.wallet.accounts import Accounts
 from services.wallet.model import (
     ADULT_AGE,
     APPLIED,
@@ -121,7 +122,13 @@ class Purchases:
         self.clock = clock
 
     def verify_purchase(
-        self, run: UnitRunner, user_id: str, package_id: str, currency: str, store: str, payload: str
+        self,
+        transactions: Transactions[UnitOfWork],
+        user_id: str,
+        package_id: str,
+        currency: str,
+        store: str,
+        payload: str,
     ) -> VerifiedPurchase:
         """What `purchase` credits: the package, and the store's word on the receipt.
 
@@ -130,7 +137,7 @@ class Purchases:
         minor's purchase is refused before any store is asked.
         """
         package = self.catalogue.package(package_id, currency)
-        buyer = run(lambda uow: self.accounts.wallet(uow, user_id, lock=False))
+        buyer = transactions.run(lambda uow: self.accounts.wallet(uow, user_id, lock=False))
         if age_on(buyer.date_of_birth, self.clock.now().date()) < ADULT_AGE:
             raise failed_precondition(
                 "PURCHASER_UNDERAGE", f"user {user_id} is under {ADULT_AGE}: only adults buy coins", user_id=user_id
@@ -352,10 +359,10 @@ class Purchases:
         )
         self.accounts.settle_debt(uow, accounts, purchase.purchase_id, now)
 
-    def apply_notice_once(self, run: UnitRunner, notice: StoreNotice) -> str:
+    def apply_notice_once(self, transactions: Transactions[UnitOfWork], notice: StoreNotice) -> str:
         """`apply_store_notice` in a unit of work of its own; a notification seen before is DUPLICATE."""
         try:
-            outcome = run(lambda uow: self.apply_store_notice(uow, notice))
+            outcome = transactions.run(lambda uow: self.apply_store_notice(uow, notice))
         except _NoticeSeen:
             outcome = DUPLICATE
         STORE_NOTIFICATIONS.add(1, {"giftcoin.store": notice.store, "giftcoin.outcome": outcome})

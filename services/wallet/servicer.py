@@ -149,7 +149,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
         def verify() -> model.VerifiedPurchase:
             return self.wallets.verify_purchase(
-                self.calls.read,
+                self.calls.transactions,
                 user_id,
                 request.package_id,
                 request.currency_code,

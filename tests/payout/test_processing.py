@@ -43,7 +43,7 @@ class FaultyProvider:
 
 
 def processor_with(payout: PayoutHarness, provider: PayoutProvider) -> PayoutProcessor:
-    return PayoutProcessor(payout.components.calls.read, payout.components.payouts.clock, provider)
+    return PayoutProcessor(payout.components.calls.transactions, payout.components.payouts.clock, provider)
 
 
 def requested_payout(payout: PayoutHarness, destination: str = "succeed") -> payout_pb2.Payout:

@@ -24,6 +24,7 @@ from services.runtime.clock import FakeClock
 from services.runtime.config import Env
 from services.runtime.db import Database
 from services.runtime.errors import DomainError, from_rpc_error
+from services.runtime.guarded import Transactions
 from services.runtime.ledger import ledger_problems
 from services.runtime.server import BackgroundLoop, RunningServer, create_server
 from services.wallet import app as wallet_app
@@ -269,6 +270,7 @@ class Books:
 
     def __init__(self, url: str, clock: FakeClock) -> None:
         self.db = Database.from_url(url, pool_size=4)
+        self.transactions = Transactions(self.db, UnitOfWork)
         self.clock = clock
         self.wallets = Wallets(
             Catalogue(DEFAULT_PACKAGES), {"sandbox": SandboxProvider(DEV_SANDBOX_RECEIPT_KEY)}, clock, 600
@@ -280,7 +282,7 @@ class Books:
 
     def buy(self, user_id: str, package_id: str) -> model.PurchaseResult:
         receipt = mint_receipt(package_id, user_id=user_id)
-        verified = self.wallets.verify_purchase(self.run, user_id, package_id, "", "sandbox", receipt)
+        verified = self.wallets.verify_purchase(self.transactions, user_id, package_id, "", "sandbox", receipt)
         return self.run(lambda uow: self.wallets.purchase(uow, user_id, verified))
 
     def wallet(self, user_id: str) -> model.Wallet:
@@ -288,7 +290,7 @@ class Books:
 
     def run(self, work: Callable[[UnitOfWork], T]) -> T:
         """`work` on a unit of work of its own, in one transaction."""
-        return self.db.run(lambda conn: work(UnitOfWork(conn)))
+        return self.transactions.run(work)
 
     def do(self, rule: Callable[..., T], *args: Any) -> T:
         """`rule(uow, *args)` for a rule of `Wallets`, in a unit of work of its own."""

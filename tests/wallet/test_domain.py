@@ -45,8 +45,8 @@ def test_the_expired_hold_rule_spends_what_is_there_and_owes_the_rest(books: Boo
     books.buy("alice", "coins_70")
     books.do(books.wallets.hold, "gift-late", "alice", 70, 5)
     books.clock.advance(seconds=5)
-    assert books.wallets.expire_due_holds(books.run) == 1
-    assert books.wallets.expire_due_holds(books.run) == 0
+    assert books.wallets.expire_due_holds(books.transactions) == 1
+    assert books.wallets.expire_due_holds(books.transactions) == 0
     books.do(books.wallets.hold, "gift-other", "alice", 45, 0)  # 25 left available, 45 held elsewhere
     captured = books.do(books.wallets.capture, "gift-late")
     assert (captured.state, captured.promotional_amount, captured.debt_added) == (CAPTURED, 0, 45)
