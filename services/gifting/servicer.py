@@ -212,7 +212,7 @@ class GiftingServicer(gifting_pb2_grpc.GiftingServiceServicer):
                 # The request id records which transfer it made; every answer reads it as it stands.
                 return [o if isinstance(o, DomainError) else _made(o.transfer_id) for o in work(uow, new, reads)]
 
-            responses = await self.calls.db.call_async(
+            responses = await self.calls.transactions.call_async(
                 lambda: self.calls.batch(items, gifting_pb2.SendGiftResponse, answers, read)
             )
             return [r if isinstance(r, DomainError) else r.transfer.transfer_id for r in responses]

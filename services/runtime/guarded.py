@@ -64,10 +64,6 @@ class GuardedCalls(Generic[U]):
         self.audit = audit
         self.transactions = Transactions(request_ids.db, unit_of_work)
 
-    @property
-    def db(self) -> Database:
-        return self.request_ids.db
-
     def method(self, name: str) -> str:
         """A unary method's full name: replays are keyed by it, for it and its batch RPC alike."""
         return f"/{self.service}/{name}"

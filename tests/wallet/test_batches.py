@@ -374,7 +374,7 @@ def test_concurrent_batches_and_holds_never_overspend(wallet: WalletHarness) -> 
 
 
 def _statements(servicer: WalletServicer) -> Callable[[Callable[[], object]], int]:
-    engine = servicer.calls.db.engine
+    engine = servicer.calls.transactions.db.engine
 
     def count(call: Callable[[], object]) -> int:
         executed = 0
